@@ -1,0 +1,104 @@
+"""The fleet's settings: one pydantic-settings class read from the environment (12-factor)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """The environment holds a value the fleet cannot run with."""
+
+
+class Settings(BaseSettings):
+    """Every setting the fleet reads. Unset DATABASE_URL/REDIS_URL mean: use the embedded services."""
+
+    model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    admin_database_url: str | None = None
+    home: Path = Path(".intake")
+    secret_key: str | None = None
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # The ingress.
+    public_base_url: str | None = None
+    trust_proxy_headers: bool = True
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_email_body_bytes: int = Field(default=26_214_400, ge=1024)
+    rate_limit_per_second: float = Field(default=200.0, gt=0)
+    rate_limit_burst: int = Field(default=400, ge=1)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    commit_batch_max: int = Field(default=256, ge=1, le=5000)
+    db_pool_size: int = Field(default=4, ge=1, le=100)
+
+    # The workers.
+    ingest_batch_max: int = Field(default=64, ge=1, le=1000)
+    job_max_retries: int = Field(default=8, ge=0)
+    job_min_backoff_ms: int = Field(default=500, ge=0)
+    job_max_backoff_ms: int = Field(default=300_000, ge=0)
+    job_time_limit_ms: int = Field(default=120_000, ge=1000)
+    heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
+    default_region: str = "US"
+    reopen_window_hours: float = Field(default=72.0, ge=0)
+
+    # AI.
+    ai_provider: Literal["local", "openai"] = "local"
+    ai_base_url: str = "https://api.openai.com/v1"
+    ai_api_key: str | None = None
+    ai_model: str = "gpt-4o-mini"
+    embedding_model: str = "local-ngram-v1"
+    embedding_dim: int = Field(default=384, ge=8, le=4000)
+
+    @field_validator("database_url", "admin_database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError("must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL such as redis://host:6379/0")
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        if len(value) != 2 or not value.isalpha():
+            raise ValueError("must be a two-letter ISO 3166 region code such as US or FI")
+        return value.upper()
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None or self.redis_url is None
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, turning validation errors into one readable message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            env = name if name in ("DATABASE_URL", "REDIS_URL") else f"INTAKE_{name.upper()}"
+            problems.append(f"{env}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

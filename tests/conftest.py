@@ -1,0 +1,68 @@
+"""Test set-up: the real embedded PostgreSQL (+pgvector) and Redis, migrated once per run.
+
+Every test works in tenants of its own, so tests never need to clean up after each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from config import get_settings
+from db import migrate
+from db.engine import make_engine
+from workers.services import EmbeddedServices
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_HOME = Path(os.environ.get("INTAKE_TEST_HOME", ROOT / ".intake-test"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    """Start the embedded services, recreate the database, migrate it, and export the URLs."""
+    services = EmbeddedServices(TEST_HOME)
+    status = services.up()
+    assert status.admin_database_url and status.database_url and status.redis_url
+    server_url = status.admin_database_url.replace("/intake?", "/postgres?")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS intake WITH (FORCE)")
+        conn.execute("CREATE DATABASE intake")
+    migrate.upgrade(status.admin_database_url)
+    redis.Redis.from_url(status.redis_url).flushall()
+    env = {
+        "INTAKE_HOME": str(TEST_HOME),
+        "DATABASE_URL": status.database_url,
+        "INTAKE_ADMIN_DATABASE_URL": status.admin_database_url,
+        "REDIS_URL": status.redis_url,
+        "INTAKE_SECRET_KEY": services.secret_key(),
+        "INTAKE_LOG_FORMAT": "json",
+        "INTAKE_LOG_LEVEL": "warning",
+    }
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+
+
+@pytest.fixture(scope="session")
+def admin_engine(stack: dict[str, str]) -> Iterator[Engine]:
+    engine = make_engine(stack["INTAKE_ADMIN_DATABASE_URL"], application_name="intake-tests-admin")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app_engine(stack: dict[str, str]) -> Iterator[Engine]:
+    engine = make_engine(stack["DATABASE_URL"], application_name="intake-tests")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(stack: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(stack["REDIS_URL"])

@@ -1,0 +1,72 @@
+"""Rows for tests, written as a provider or another application would leave them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, text
+
+from db.tenancy import TenantId, bind_tenant
+from pipelines.crypto import SecretBox
+from pipelines.inboxes import CreatedInbox, create_inbox, create_tenant
+
+
+@dataclass
+class TenantRows:
+    tenant_id: TenantId
+    inbox: CreatedInbox
+    ids: dict[str, uuid.UUID]
+
+
+def _insert(conn: Connection, table: str, values: dict[str, object]) -> uuid.UUID:
+    columns = ", ".join(values)
+    params = ", ".join(f":{k}" for k in values)
+    row = conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({params}) RETURNING id"), values).one()
+    return uuid.UUID(str(row[0]))
+
+
+def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> TenantRows:
+    """One row in every tenant-scoped table, all belonging to a new tenant."""
+    tenant = create_tenant(conn, name)
+    inbox = create_inbox(conn, box, tenant, "api")
+    bind_tenant(conn, tenant)
+    now = datetime.now(UTC)
+    t = {"tenant_id": tenant}
+    ids: dict[str, uuid.UUID] = {"inboxes": inbox.id}
+    ids["teams"] = _insert(conn, "teams", {**t, "name": "Billing"})
+    ids["contacts"] = _insert(conn, "contacts", {**t, "display_name": f"{name} customer"})
+    ids["contact_identities"] = _insert(conn, "contact_identities", {
+        **t, "contact_id": ids["contacts"], "kind": "email", "value": f"{uuid.uuid4().hex}@example.com"})
+    ids["contact_merges"] = _insert(conn, "contact_merges", {
+        **t, "survivor_id": ids["contacts"], "merged_id": uuid.uuid4(), "reason": "test"})
+    ids["conversations"] = _insert(conn, "conversations", {
+        **t, "inbox_id": inbox.id, "contact_id": ids["contacts"]})
+    ids["inbound_events"] = _insert(conn, "inbound_events", {
+        **t, "inbox_id": inbox.id, "channel": "api", "dedupe_key": uuid.uuid4().hex, "body": b"{}"})
+    ids["messages"] = _insert(conn, "messages", {
+        **t, "inbox_id": inbox.id, "conversation_id": ids["conversations"], "contact_id": ids["contacts"],
+        "direction": "inbound", "external_id": uuid.uuid4().hex, "content": "hello", "sent_at": now})
+    ids["ai_classifications"] = _insert(conn, "ai_classifications", {
+        **t, "message_id": ids["messages"], "prompt_version": "v1", "category": "billing",
+        "priority": "normal", "sentiment": "neutral", "language": "en", "confidence": 0.5,
+        "reasoning": "test", "provider": "local", "model": "test"})
+    ids["ai_drafts"] = _insert(conn, "ai_drafts", {
+        **t, "message_id": ids["messages"], "conversation_id": ids["conversations"], "prompt_version": "v1",
+        "content": "Hi", "confidence": 0.5, "provider": "local", "model": "test"})
+    ids["knowledge_documents"] = _insert(conn, "knowledge_documents", {
+        **t, "source": "faq.md", "title": "FAQ", "content_hash": "x", "embedding_model": "m",
+        "embedding_dim": dim})
+    ids["knowledge_chunks"] = _insert(conn, "knowledge_chunks", {
+        **t, "document_id": ids["knowledge_documents"], "ordinal": 0, "content": "Refunds take 5 days",
+        "embedding": "[" + ",".join(["0.1"] * dim) + "]", "embedding_model": "m"})
+    ids["ai_usage"] = _insert(conn, "ai_usage", {**t, "feature": "classify", "provider": "local", "model": "m"})
+    ids["budget_alerts"] = _insert(conn, "budget_alerts", {
+        **t, "month": now.date().replace(day=1), "threshold": 80, "spent_usd": 8, "budget_usd": 10})
+    ids["job_failures"] = _insert(conn, "job_failures", {
+        **t, "queue": "ingest", "actor": "ingest_events", "message_id": uuid.uuid4().hex, "message": "{}",
+        "exception_type": "ValueError", "exception_message": "test"})
+    ids["audit_logs"] = _insert(conn, "audit_logs", {
+        **t, "actor": "test", "action": "test", "subject_type": "contact", "subject_id": "x"})
+    return TenantRows(tenant, inbox, ids)

@@ -1,0 +1,110 @@
+"""Migrations and the unique keys that make ingestion idempotent."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from db import migrate
+from db.tenancy import bind_tenant
+from pipelines.crypto import SecretBox
+from tests.factories import TenantRows, seed_tenant
+
+
+@pytest.fixture
+def seeded(app_engine: Engine) -> TenantRows:
+    with app_engine.begin() as conn:
+        return seed_tenant(conn, SecretBox(os.environ["INTAKE_SECRET_KEY"]), "Schema tests")
+
+
+@pytest.fixture
+def conn(app_engine: Engine, seeded: TenantRows) -> Iterator[Connection]:
+    with app_engine.connect() as connection:
+        connection.begin()
+        bind_tenant(connection, seeded.tenant_id)
+        yield connection
+        connection.rollback()
+
+
+def rejects(conn: Connection, sql: str, params: dict[str, object]) -> bool:
+    savepoint = conn.begin_nested()
+    try:
+        conn.execute(text(sql), params)
+    except IntegrityError:
+        savepoint.rollback()
+        return True
+    savepoint.commit()
+    return False
+
+
+def test_contact_identities_are_unique_per_tenant_kind_and_value(conn: Connection, seeded: TenantRows) -> None:
+    sql = ("INSERT INTO contact_identities (tenant_id, contact_id, kind, value) "
+           "VALUES (:t, :c, 'phone', '+14155550101')")
+    params = {"t": seeded.tenant_id, "c": seeded.ids["contacts"]}
+    assert not rejects(conn, sql, params)
+    assert rejects(conn, sql, params)
+
+
+def test_messages_are_unique_per_inbox_and_external_id(conn: Connection, seeded: TenantRows) -> None:
+    sql = ("INSERT INTO messages (tenant_id, inbox_id, direction, external_id, sent_at) "
+           "VALUES (:t, :i, 'inbound', 'SM123', :now)")
+    params = {"t": seeded.tenant_id, "i": seeded.inbox.id, "now": datetime.now(UTC)}
+    assert not rejects(conn, sql, params)
+    assert rejects(conn, sql, params)
+
+
+def test_inbound_events_are_unique_per_inbox_and_dedupe_key(conn: Connection, seeded: TenantRows) -> None:
+    sql = ("INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, body) "
+           "VALUES (:t, :i, 'api', 'evt_1', '\\x7b7d')")
+    params = {"t": seeded.tenant_id, "i": seeded.inbox.id}
+    assert not rejects(conn, sql, params)
+    assert rejects(conn, sql, params)
+
+
+def test_one_open_conversation_per_contact_and_inbox(conn: Connection, seeded: TenantRows) -> None:
+    insert = ("INSERT INTO conversations (tenant_id, inbox_id, contact_id, status) "
+              "VALUES (:t, :i, :c, :status)")
+    params = {"t": seeded.tenant_id, "i": seeded.inbox.id, "c": seeded.ids["contacts"]}
+    # The seed already holds one open conversation for this contact and inbox.
+    assert rejects(conn, insert, {**params, "status": "open"})
+    assert not rejects(conn, insert, {**params, "status": "resolved"})
+    assert not rejects(conn, insert, {**params, "status": "resolved"})
+    conn.execute(text("UPDATE conversations SET status = 'resolved' WHERE id = :id"),
+                 {"id": seeded.ids["conversations"]})
+    assert not rejects(conn, insert, {**params, "status": "open"})
+
+
+def test_knowledge_chunks_have_an_hnsw_index(admin_engine: Engine) -> None:
+    with admin_engine.connect() as conn:
+        indexdef = conn.execute(text(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'knowledge_chunks' AND indexdef LIKE '%hnsw%'"
+        )).scalar_one()
+    assert "vector_cosine_ops" in indexdef
+
+
+def test_migrations_upgrade_from_empty_and_downgrade_cleanly(stack: dict[str, str]) -> None:
+    server_url = stack["INTAKE_ADMIN_DATABASE_URL"].replace("/intake?", "/postgres?")
+    scratch = f"intake_migrations_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {scratch}")
+    url = stack["INTAKE_ADMIN_DATABASE_URL"].replace("/intake?", f"/{scratch}?")
+    try:
+        migrate.upgrade(url)
+        with psycopg.connect(url) as db:
+            tables = {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"tenants", "messages", "knowledge_chunks", "job_failures", "audit_logs"} <= tables
+        migrate.downgrade(url, "base")
+        with psycopg.connect(url) as db:
+            left = {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert left == {"alembic_version"}
+        migrate.upgrade(url)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")

@@ -1,0 +1,215 @@
+"""The `intake` command line: one entry point for operators, Procfile lines and scripts.
+
+Every command that prints a result takes `--json` and then prints exactly one JSON object on stdout.
+Errors go to stderr as one readable line and exit with status 1 (2 for wrong usage).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from config import SettingsError, configure_logging, get_settings
+from db.engine import make_engine
+from db.tenancy import UnknownTenant, resolve_tenant
+from pipelines.crypto import SecretBox, SecretKeyError
+from pipelines.inboxes import CHANNELS, InboxConfigError, create_inbox, create_tenant, webhook_url
+from workers.runtime import Runtime, ServicesUnavailable, check_database, resolve
+from workers.services import EmbeddedServices, ServiceError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigError, UnknownTenant, SecretKeyError)
+
+
+def emit(data: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(data, default=str).decode() + "\n")
+    sys.stdout.flush()
+
+
+def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors a user can fix into one line on stderr and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except KNOWN_ERRORS as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise SystemExit(1) from None
+
+    return wrapper
+
+
+def runtime(*, start: bool = False) -> Runtime:
+    settings = get_settings()
+    rt = resolve(settings, start=start)
+    if rt.embedded is not None and settings.database_url is None:
+        what = "the embedded PostgreSQL"
+    else:
+        what = "INTAKE_ADMIN_DATABASE_URL" if settings.admin_database_url else "DATABASE_URL"
+    check_database(rt.admin_database_url, what=what)
+    return rt
+
+
+@contextmanager
+def app_transaction(rt: Runtime) -> Iterator[Any]:
+    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-cli")
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="intake")
+def main() -> None:
+    """Intake: a multi-tenant message-ingestion worker fleet."""
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    configure_logging(settings.log_format, settings.log_level)
+
+
+# -- services -------------------------------------------------------------------------------------
+@main.group()
+def services() -> None:
+    """The embedded PostgreSQL (+pgvector) and Redis under $INTAKE_HOME."""
+
+
+def _print_status(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(data)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    out.print(table)
+
+
+@services.command("up")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def services_up(as_json: bool) -> None:
+    """Start the embedded services (reusing running ones) and apply migrations."""
+    from db import migrate
+
+    home = EmbeddedServices(get_settings().home)
+    status = home.up()
+    assert status.admin_database_url is not None
+    migrate.upgrade(status.admin_database_url)
+    home.write_state()
+    _print_status(home.status().as_dict(), as_json)
+
+
+@services.command("down")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def services_down(as_json: bool) -> None:
+    """Stop the embedded services; their data stays in $INTAKE_HOME."""
+    _print_status(EmbeddedServices(get_settings().home).down().as_dict(), as_json)
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def services_status(as_json: bool) -> None:
+    """Show whether the embedded services run and their URLs."""
+    _print_status(EmbeddedServices(get_settings().home).status().as_dict(), as_json)
+
+
+# -- schema ---------------------------------------------------------------------------------------
+@main.command()
+@friendly_errors
+def migrate() -> None:
+    """Apply the database migrations (as the schema owner, INTAKE_ADMIN_DATABASE_URL)."""
+    from db import migrate as migrations
+
+    rt = runtime()
+    migrations.upgrade(rt.admin_database_url)
+    console.print("[green]database is up to date[/]")
+
+
+# -- tenants and inboxes --------------------------------------------------------------------------
+@main.group()
+def tenant() -> None:
+    """Tenants: the companies whose messages the fleet ingests."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def tenant_create(name: str, as_json: bool) -> None:
+    """Create a tenant and print its id."""
+    rt = runtime()
+    with app_transaction(rt) as conn:
+        tenant_id = create_tenant(conn, name)
+    if as_json:
+        emit({"id": str(tenant_id), "name": name.strip()})
+    else:
+        out.print(f"created tenant [bold]{name.strip()}[/] with id [bold]{tenant_id}[/]")
+
+
+def _parse_secrets(pairs: tuple[str, ...]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--secret")
+        result[key.strip()] = value
+    return result
+
+
+@main.group()
+def inbox() -> None:
+    """Inboxes: one webhook endpoint of one channel for one tenant."""
+
+
+@inbox.command("create")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
+@click.option("--channel", required=True, help=f"One of: {', '.join(CHANNELS)}.")
+@click.option("--name", default=None, help="A name for people.")
+@click.option("--secret", "secrets_", multiple=True, metavar="KEY=VALUE", help="A channel secret (repeatable).")
+@click.option("--region", default=None, help="Default region for national phone numbers (e.g. US, FI).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def inbox_create(
+    tenant_id: str, channel: str, name: str | None, secrets_: tuple[str, ...], region: str | None, as_json: bool
+) -> None:
+    """Create an inbox; its secrets are printed once, then kept encrypted."""
+    given = _parse_secrets(secrets_)
+    rt = runtime()
+    box = SecretBox(rt.require_secret_key())
+    settings = {"default_region": region.upper()} if region else {}
+    with app_transaction(rt) as conn:
+        tenant = resolve_tenant(conn, tenant_id)
+        created = create_inbox(conn, box, tenant, channel, name=name, given_secrets=given, settings=settings)
+    base = rt.settings.public_base_url or "http://127.0.0.1:8000"
+    data = {
+        "id": str(created.id), "tenant_id": str(created.tenant_id), "channel": created.channel,
+        "name": created.name, "webhook_url": webhook_url(base, channel, created.id, created.secrets),
+        "secrets": created.secrets,
+    }
+    if as_json:
+        emit(data)
+        return
+    out.print(f"created {channel} inbox [bold]{created.id}[/] for tenant {created.tenant_id}")
+    out.print(f"webhook URL: {data['webhook_url']}")
+    for key, value in created.secrets.items():
+        out.print(f"  {key} = {value}")
+    out.print("[yellow]the secrets are shown once; they are stored encrypted[/]")

