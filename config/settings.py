@@ -40,11 +40,14 @@ class Settings(BaseSettings):
 
     # The workers.
     ingest_batch_max: int = Field(default=64, ge=1, le=1000)
+    worker_processes: int = Field(default=2, ge=1, le=64)
+    worker_threads: int = Field(default=8, ge=1, le=256)
     job_max_retries: int = Field(default=8, ge=0)
     job_min_backoff_ms: int = Field(default=500, ge=0)
     job_max_backoff_ms: int = Field(default=300_000, ge=0)
     job_time_limit_ms: int = Field(default=120_000, ge=1000)
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
 

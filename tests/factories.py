@@ -39,6 +39,10 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
     ids["contacts"] = _insert(conn, "contacts", {**t, "display_name": f"{name} customer"})
     ids["contact_identities"] = _insert(conn, "contact_identities", {
         **t, "contact_id": ids["contacts"], "kind": "email", "value": f"{uuid.uuid4().hex}@example.com"})
+    other = _insert(conn, "contacts", {**t, "display_name": f"{name} customer"})
+    ids["contact_duplicate_candidates"] = _insert(conn, "contact_duplicate_candidates", {
+        **t, "contact_id": min(ids["contacts"], other), "candidate_id": max(ids["contacts"], other),
+        "score": 90, "reason": "same name"})
     ids["contact_merges"] = _insert(conn, "contact_merges", {
         **t, "survivor_id": ids["contacts"], "merged_id": uuid.uuid4(), "reason": "test"})
     ids["conversations"] = _insert(conn, "conversations", {

@@ -6,6 +6,7 @@ Errors go to stderr as one readable line and exit with status 1 (2 for wrong usa
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,3 +214,58 @@ def inbox_create(
     for key, value in created.secrets.items():
         out.print(f"  {key} = {value}")
     out.print("[yellow]the secrets are shown once; they are stored encrypted[/]")
+
+
+# -- processes ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@friendly_errors
+def serve(host: str, port: int) -> None:
+    """Run the web ingress (the Procfile's web process)."""
+    import uvicorn
+
+    from workers.runtime import check_unprivileged
+    from workers.web.app import create_app
+
+    rt = runtime()
+    check_unprivileged(rt.database_url)
+    os.environ.update(rt.child_env())
+    get_settings.cache_clear()
+    app = create_app(get_settings(), database_url=rt.database_url, redis_url=rt.redis_url,
+                     secret_key=rt.require_secret_key())
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_config=None,
+                lifespan="on", backlog=2048, timeout_graceful_shutdown=10, server_header=False)
+
+
+@main.command()
+@click.option("--processes", type=int, default=None, help="Worker processes [INTAKE_WORKER_PROCESSES, 2].")
+@click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
+@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "maintenance"]),
+              help="Queues to consume (repeatable; default: all).")
+@friendly_errors
+def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
+    """Run dramatiq workers (the Procfile's worker process)."""
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    from workers.runtime import check_unprivileged
+
+    rt = runtime()
+    check_unprivileged(rt.database_url)
+    settings = get_settings()
+    os.environ.update(rt.child_env())
+    os.environ["INTAKE_PROCESS_ROLE"] = "worker"
+    if threads:
+        os.environ["INTAKE_WORKER_THREADS"] = str(threads)
+    get_settings.cache_clear()
+    argv = [
+        "workers.actors",
+        "--processes", str(processes or settings.worker_processes),
+        "--threads", str(threads or settings.worker_threads),
+        "--skip-logging",
+        "--worker-shutdown-timeout", "30000",
+    ]
+    if queues:
+        argv += ["--queues", *queues]
+    raise SystemExit(dramatiq_main(make_argument_parser().parse_args(argv)))

@@ -1,0 +1,176 @@
+"""Contact resolution: one contact per real person, safe under any interleaving of workers.
+
+The unique key contact_identities(tenant_id, kind, value) decides every race. A resolver looks the
+identities up; creates a contact and claims the missing identities with ON CONFLICT DO NOTHING inside a
+savepoint; and when another worker claimed one first, rolls the savepoint back and looks again (the
+conflicting insert waited for that worker's commit, so the next look sees it). When one message's
+identities belong to two contacts, they are merged into the oldest, deterministically.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import orjson
+from rapidfuzz import fuzz
+from sqlalchemy import Connection, text
+
+from db.tenancy import TenantId
+
+MAX_ATTEMPTS = 5
+
+LOOKUP = text("""
+SELECT ci.kind, ci.value, COALESCE(c.merged_into_id, c.id) AS contact_id
+FROM contact_identities ci JOIN contacts c ON c.id = ci.contact_id
+WHERE ci.tenant_id = :tenant AND (ci.kind, ci.value) IN (SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])))
+""")
+CLAIM = text("""
+INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
+SELECT :tenant, :contact, kind, value FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS t(kind, value)
+ON CONFLICT (tenant_id, kind, value) DO NOTHING
+RETURNING kind, value
+""")
+
+
+class ResolutionConflict(RuntimeError):
+    """Identities kept changing hands while resolving; the job is retried."""
+
+
+def resolve_contact(
+    conn: Connection, tenant: TenantId, identities: Sequence[tuple[str, str]], name: str | None
+) -> uuid.UUID:
+    """The contact these identities belong to, created or merged as needed."""
+    wanted = sorted(set(identities))
+    kinds, values = [k for k, _ in wanted], [v for _, v in wanted]
+    for _ in range(MAX_ATTEMPTS):
+        rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": kinds, "values": values}).all()
+        owners = sorted({row.contact_id for row in rows})
+        known = {(row.kind, row.value) for row in rows}
+        missing = [pair for pair in wanted if pair not in known]
+        if len(owners) > 1:
+            contact = merge_contacts(conn, tenant, owners, reason="shared identity", identities=wanted)
+        elif owners:
+            contact = owners[0]
+        else:
+            contact = None
+        if not missing:
+            assert contact is not None
+            if name:
+                conn.execute(text("UPDATE contacts SET display_name = :name, updated_at = now() "
+                                  "WHERE id = :id AND display_name IS NULL"), {"id": contact, "name": name})
+            return contact
+        savepoint = conn.begin_nested()
+        created = contact is None
+        if contact is None:
+            contact = conn.execute(
+                text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, :n) RETURNING id"),
+                {"t": tenant, "n": name},
+            ).scalar_one()
+        claimed = conn.execute(CLAIM, {
+            "tenant": tenant, "contact": contact,
+            "kinds": [k for k, _ in missing], "values": [v for _, v in missing],
+        }).all()
+        if len(claimed) == len(missing):
+            savepoint.commit()
+            if created and name:
+                record_duplicate_candidates(conn, tenant, contact, name, wanted)
+            return contact
+        savepoint.rollback()  # someone claimed an identity first: look again
+    raise ResolutionConflict(f"identities {wanted} kept changing hands")
+
+
+def merge_contacts(
+    conn: Connection, tenant: TenantId, contact_ids: Sequence[uuid.UUID], *, reason: str,
+    identities: Sequence[tuple[str, str]] = (),
+) -> uuid.UUID:
+    """Merge contacts into the oldest (then lowest id): identities, conversations and messages move."""
+    rows = conn.execute(
+        text("SELECT id, created_at FROM contacts WHERE tenant_id = :t AND id = ANY(:ids) ORDER BY id FOR UPDATE"),
+        {"t": tenant, "ids": list(contact_ids)},
+    ).all()
+    ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
+    survivor = ordered[0].id
+    for loser in (r.id for r in ordered[1:]):
+        _absorb(conn, tenant, survivor, loser, reason, identities)
+    return survivor
+
+
+def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid.UUID, reason: str,
+            identities: Sequence[tuple[str, str]]) -> None:
+    params = {"t": tenant, "survivor": survivor, "loser": loser}
+    moved = conn.execute(text(
+        "UPDATE contact_identities SET contact_id = :survivor WHERE tenant_id = :t AND contact_id = :loser "
+        "RETURNING kind, value"), params).all()
+    # Where both have an open conversation in one inbox, the loser's messages join the survivor's.
+    pairs = conn.execute(text("""
+        UPDATE conversations l SET status = 'merged', updated_at = now()
+        FROM conversations s
+        WHERE l.tenant_id = :t AND l.contact_id = :loser AND l.status = 'open'
+          AND s.tenant_id = :t AND s.contact_id = :survivor AND s.status = 'open' AND s.inbox_id = l.inbox_id
+        RETURNING l.id AS loser_conv, s.id AS survivor_conv"""), params).all()
+    for pair in pairs:
+        conn.execute(text("UPDATE messages SET conversation_id = :s WHERE tenant_id = :t AND conversation_id = :l"),
+                     {"t": tenant, "s": pair.survivor_conv, "l": pair.loser_conv})
+        refresh_conversation_counters(conn, tenant, pair.survivor_conv)
+        refresh_conversation_counters(conn, tenant, pair.loser_conv)
+    conn.execute(text("UPDATE conversations SET contact_id = :survivor, updated_at = now() "
+                      "WHERE tenant_id = :t AND contact_id = :loser"), params)
+    conn.execute(text("UPDATE messages SET contact_id = :survivor WHERE tenant_id = :t AND contact_id = :loser"),
+                 params)
+    conn.execute(text("UPDATE contacts SET merged_into_id = :survivor, updated_at = now() "
+                      "WHERE tenant_id = :t AND (id = :loser OR merged_into_id = :loser)"), params)
+    conn.execute(text("UPDATE contacts SET display_name = COALESCE(display_name, "
+                      "(SELECT display_name FROM contacts WHERE id = :loser)), updated_at = now() WHERE id = :survivor"),
+                 params)
+    details = {
+        "moved_identities": [list(r) for r in moved],
+        "trigger_identities": [list(i) for i in identities],
+        "merged_conversations": [str(p.loser_conv) for p in pairs],
+    }
+    conn.execute(text("INSERT INTO contact_merges (tenant_id, survivor_id, merged_id, reason, details) "
+                      "VALUES (:t, :survivor, :loser, :reason, CAST(:details AS jsonb))"),
+                 {**params, "reason": reason, "details": orjson.dumps(details).decode()})
+    conn.execute(text("INSERT INTO audit_logs (tenant_id, actor, action, subject_type, subject_id, details) "
+                      "VALUES (:t, 'intake.ingest', 'contact.merged', 'contact', :survivor, CAST(:details AS jsonb))"),
+                 {**params, "survivor": str(survivor),
+                  "details": orjson.dumps({"merged_id": str(loser), "reason": reason, **details}).decode()})
+
+
+def refresh_conversation_counters(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID) -> None:
+    conn.execute(text("""
+        UPDATE conversations c SET
+            message_count = s.total, inbound_count = s.inbound, first_message_at = s.first_at,
+            last_message_at = s.last_at, last_inbound_at = s.last_inbound_at, updated_at = now()
+        FROM (SELECT count(*) AS total, count(*) FILTER (WHERE direction = 'inbound') AS inbound,
+                     min(sent_at) AS first_at, max(sent_at) AS last_at,
+                     max(sent_at) FILTER (WHERE direction = 'inbound') AS last_inbound_at
+              FROM messages WHERE tenant_id = :t AND conversation_id = :id) s
+        WHERE c.tenant_id = :t AND c.id = :id"""), {"t": tenant, "id": conversation_id})
+
+
+def record_duplicate_candidates(
+    conn: Connection, tenant: TenantId, contact: uuid.UUID, name: str, identities: Sequence[tuple[str, str]]
+) -> int:
+    """Flag look-alikes of a new contact (same name, similar email) for a person to review; never merge."""
+    rows = conn.execute(text("""
+        SELECT c.id, c.display_name, array_agg(ci.value) FILTER (WHERE ci.kind = 'email') AS emails
+        FROM contacts c LEFT JOIN contact_identities ci ON ci.contact_id = c.id
+        WHERE c.tenant_id = :t AND c.id <> :id AND c.merged_into_id IS NULL
+          AND lower(c.display_name) = lower(:name)
+        GROUP BY c.id, c.display_name LIMIT 20"""), {"t": tenant, "id": contact, "name": name}).all()
+    emails = [v for k, v in identities if k == "email"]
+    flagged = 0
+    for row in rows:
+        score = 90.0  # the same full name
+        reason = "same name"
+        if emails and row.emails:
+            best = max(fuzz.ratio(a, b) for a in emails for b in row.emails)
+            if best >= 80:
+                score, reason = max(score, best), f"same name, similar email ({best:.0f}%)"
+        conn.execute(text("""
+            INSERT INTO contact_duplicate_candidates (tenant_id, contact_id, candidate_id, score, reason)
+            VALUES (:t, :a, :b, :score, :reason) ON CONFLICT DO NOTHING"""),
+            {"t": tenant, "a": min(contact, row.id), "b": max(contact, row.id), "score": score, "reason": reason})
+        flagged += 1
+    return flagged

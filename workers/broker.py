@@ -1,0 +1,83 @@
+"""The fleet's one dramatiq broker. Importing this module configures it: import it before any actor.
+
+Queues: `ingest` (provider events), `ai` (classification and drafts) and `maintenance` (sweeps,
+replays), so housekeeping and AI never starve ingestion. Each worker process picks its queues.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from config import configure_logging, get_settings
+from workers.errors import is_permanent
+from workers.middleware import LogContext
+
+QUEUES = ("ingest", "ai", "maintenance")
+
+settings = get_settings()
+configure_logging(settings.log_format, settings.log_level)
+
+
+def _redis_url() -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    from workers.runtime import resolve
+
+    return resolve(settings).redis_url
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    return not is_permanent(exc) and retries < settings.job_max_retries
+
+
+def _middleware() -> list[dramatiq.Middleware]:
+    middleware: list[dramatiq.Middleware] = [
+        AgeLimit(),
+        TimeLimit(time_limit=settings.job_time_limit_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.job_max_retries,
+            min_backoff=settings.job_min_backoff_ms,
+            max_backoff=settings.job_max_backoff_ms,
+            retry_when=_retry_when,
+        ),
+        CurrentMessage(),
+        LogContext(),
+    ]
+    if settings.worker_metrics_port and os.environ.get("INTAKE_PROCESS_ROLE") == "worker":
+        os.environ.setdefault("dramatiq_prom_port", str(settings.worker_metrics_port))
+        os.environ.setdefault("dramatiq_prom_host", "127.0.0.1")
+        from dramatiq.middleware.prometheus import Prometheus
+
+        middleware.append(Prometheus())
+    return middleware
+
+
+broker = RedisBroker(
+    url=_redis_url(),
+    middleware=_middleware(),
+    # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
+    heartbeat_timeout=settings.heartbeat_timeout_ms,
+    # Requeue crashed workers' messages often enough that recovery takes seconds.
+    maintenance_chance=100,
+    socket_connect_timeout=2,
+    socket_timeout=10,
+    health_check_interval=30,
+)
+for queue in QUEUES:
+    broker.declare_queue(queue)
+dramatiq.set_broker(broker)

@@ -1,0 +1,46 @@
+"""Per-process resources for the workers, created on first use (after a fork, never before)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from config import get_settings
+from db.engine import make_engine
+from pipelines.ingest import IngestPolicy
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def _database_url(admin: bool) -> str:
+    settings = get_settings()
+    url = settings.admin_database_url if admin else settings.database_url
+    if url is None:
+        from workers.runtime import resolve
+
+        runtime = resolve(settings)
+        url = runtime.admin_database_url if admin else runtime.database_url
+    return url
+
+
+def engine(*, admin: bool = False) -> Engine:
+    """This process's engine: the fleet role, or with `admin` the owner role for cross-tenant upkeep."""
+    key = (os.getpid(), "admin" if admin else "app")
+    with _lock:
+        found = _engines.get(key)
+        if found is None:
+            settings = get_settings()
+            found = make_engine(_database_url(admin), pool_size=max(2, settings.worker_threads),
+                                application_name="intake-worker")
+            _engines[key] = found
+        return found
+
+
+def ingest_policy() -> IngestPolicy:
+    settings = get_settings()
+    return IngestPolicy(default_region=settings.default_region,
+                        reopen_window=timedelta(hours=settings.reopen_window_hours))

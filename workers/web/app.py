@@ -1,0 +1,355 @@
+"""The web ingress: verify each webhook, store it durably, acknowledge, then enqueue.
+
+    POST /v1/webhooks/{channel}/{inbox_id}   a provider's delivery
+    GET  /v1/webhooks/whatsapp/{inbox_id}    Meta's subscription handshake
+    GET  /healthz  /readyz  /metrics
+
+Order of checks: route and inbox (404), size (413), rate (429), signature (401), payload (400), then the
+durable insert (503 when the database is unavailable, so the provider retries). Every error has the body
+{"error": code, "detail": text}; nothing a provider sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from config import Settings
+from pipelines.channels import ADAPTERS, PayloadError, SignatureError, VerifyContext, WebhookRequest
+from pipelines.channels.whatsapp import handshake
+from pipelines.crypto import SecretBox
+from workers.web.inboxes import Inbox, InboxDirectory
+from workers.web.ratelimit import TokenBuckets
+from workers.web.writer import Enqueue, EventRow, EventWriter
+
+log = structlog.get_logger("intake.ingress")
+
+EMAIL_CHANNELS = frozenset({"postmark", "mailgun", "sendgrid"})
+# Headers stored with each event: enough to verify and parse it again, never a credential.
+STORED_HEADERS = frozenset({
+    "content-type", "user-agent", "x-twilio-signature", "x-hub-signature-256", "webhook-id",
+    "webhook-timestamp", "webhook-signature", "x-forwarded-for", "x-request-id", "i-twilio-idempotency-token",
+})
+TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def accepted(channel: str) -> Response:
+    if channel == "twilio":
+        return Response(TWIML_EMPTY, media_type="text/xml")
+    return JSONResponse({"status": "accepted"})
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    enqueue_failures: Counter
+    batch_rows: Histogram
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter("intake_webhook_requests", "Webhook deliveries by channel and outcome",
+                             ["channel", "outcome"], registry=registry),
+            latency=Histogram("intake_webhook_latency_seconds", "Time from request to acknowledgement",
+                              ["channel"], registry=registry,
+                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)),
+            enqueue_failures=Counter("intake_enqueue_failures", "Stored events whose enqueue failed",
+                                     registry=registry),
+            batch_rows=Histogram("intake_commit_batch_rows", "Events per group commit", registry=registry,
+                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
+        )
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the channel's limit."""
+
+
+class Ingress:
+    """The state one web process shares between requests."""
+
+    def __init__(self, settings: Settings, database_url: str, redis_url: str, secret_key: str,
+                 enqueue: Enqueue | None = None) -> None:
+        self.settings = settings
+        self.pool = AsyncConnectionPool(
+            database_url, min_size=1, max_size=settings.db_pool_size, open=False, timeout=5,
+            kwargs={"application_name": "intake-web", "autocommit": False},
+        )
+        self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key))
+        self.buckets = TokenBuckets()
+        self.metrics = Metrics.create()
+        self.writer = EventWriter(
+            self.pool, enqueue or send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
+            batch_max=settings.commit_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
+        )
+        self._seen_tokens: dict[str, float] = {}
+
+    async def start(self) -> None:
+        await self.pool.open(wait=False)
+        self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+        await self.pool.close()
+        await self.redis.aclose()
+
+    # -- the pieces of a delivery -----------------------------------------------------------------
+    def provider_url(self, request: Request) -> tuple[str, tuple[str, ...]]:
+        """The URL as the provider requested it, and its variant with or without the default port."""
+        path = request.url.path
+        query = request.url.query
+        if self.settings.public_base_url:
+            base = self.settings.public_base_url.rstrip("/")
+        else:
+            headers = request.headers
+            scheme = request.url.scheme
+            host = headers.get("host") or request.url.netloc
+            if self.settings.trust_proxy_headers:
+                scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
+                host = headers.get("x-forwarded-host", host).split(",")[0].strip()
+            base = f"{scheme}://{host}"
+        url = base + path + (f"?{query}" if query else "")
+        scheme, _, rest = base.partition("://")
+        hostpart = rest.split("/", 1)[0]
+        default_port = {"https": "443", "http": "80"}.get(scheme)
+        alternates: tuple[str, ...] = ()
+        if default_port:
+            if hostpart.endswith(f":{default_port}"):
+                alt_host = hostpart[: -len(default_port) - 1]
+            elif ":" not in hostpart.rsplit("]", 1)[-1]:
+                alt_host = f"{hostpart}:{default_port}"
+            else:
+                alt_host = ""
+            if alt_host:
+                alternates = (url.replace(f"{scheme}://{hostpart}", f"{scheme}://{alt_host}", 1),)
+        return url, alternates
+
+    def body_limit(self, channel: str) -> int:
+        return self.settings.max_email_body_bytes if channel in EMAIL_CHANNELS else self.settings.max_body_bytes
+
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise PayloadError("invalid Content-Length")
+            if int(declared) > limit:
+                raise BodyTooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def rate_limited(self, inbox: Inbox) -> float:
+        rate = float(inbox.settings.get("rate_limit_per_second", self.settings.rate_limit_per_second))
+        burst = int(inbox.settings.get("rate_limit_burst", self.settings.rate_limit_burst))
+        return self.buckets.take(inbox.id, rate, burst)
+
+    async def claim_token(self, token: str, ttl: int) -> bool:
+        """True the first time a one-time token is seen (Redis, or this process while Redis is down)."""
+        key = f"intake:replay:{token}"
+        try:
+            return bool(await self.redis.set(key, b"1", nx=True, ex=ttl))
+        except Exception as exc:
+            log.warning("ingress.replay_guard.degraded", error=repr(exc))
+            now = time.monotonic()
+            if len(self._seen_tokens) > 100_000:
+                self._seen_tokens = {k: v for k, v in self._seen_tokens.items() if v > now}
+            if self._seen_tokens.get(key, 0) > now:
+                return False
+            self._seen_tokens[key] = now + ttl
+            return True
+
+    async def release_token(self, token: str) -> None:
+        self._seen_tokens.pop(f"intake:replay:{token}", None)
+        try:
+            await self.redis.delete(f"intake:replay:{token}")
+        except Exception as exc:
+            log.warning("ingress.replay_guard.degraded", error=repr(exc))
+
+    # -- handlers ---------------------------------------------------------------------------------
+    async def inbox_for(self, request: Request) -> tuple[str, Inbox | None]:
+        channel = request.path_params["channel"]
+        try:
+            inbox_id = uuid.UUID(request.path_params["inbox_id"])
+        except ValueError:
+            return channel, None
+        if channel not in ADAPTERS:
+            return channel, None
+        inbox = await self.inboxes.get(inbox_id)
+        if inbox is None or not inbox.enabled or inbox.channel != channel:
+            return channel, None
+        return channel, inbox
+
+    async def webhook(self, request: Request) -> Response:
+        started = time.perf_counter()
+        channel = request.path_params["channel"]
+        label = channel if channel in ADAPTERS else "unknown"
+        try:
+            response = await self._webhook(request)
+        except ClientDisconnect:
+            response = error(400, "client_disconnected", "the request body was not received in full")
+        except Exception as exc:
+            # The database or pool is unavailable: nothing was stored, so ask the provider to retry.
+            log.error("ingress.unavailable", channel=channel, error=repr(exc))
+            response = error(503, "unavailable", "the event could not be stored; retry later",
+                             {"Retry-After": "5"})
+        outcome = str(response.status_code)
+        self.metrics.requests.labels(label, outcome).inc()
+        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    async def _webhook(self, request: Request) -> Response:
+        channel, inbox = await self.inbox_for(request)
+        if inbox is None:
+            return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
+        try:
+            body = await self.read_body(request, self.body_limit(channel))
+        except BodyTooLarge:
+            return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes")
+        except PayloadError as exc:
+            return error(400, "malformed_payload", str(exc))
+        wait = self.rate_limited(inbox)
+        if wait > 0:
+            return error(429, "rate_limited", "too many deliveries for this inbox",
+                         {"Retry-After": TokenBuckets.retry_after(wait)})
+        url, alternates = self.provider_url(request)
+        received_at = datetime.now(UTC)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        webhook = WebhookRequest(method="POST", url=url, headers=headers, body=body,
+                                 query=dict(request.query_params), alternate_urls=alternates,
+                                 received_at=received_at)
+        adapter = ADAPTERS[channel]
+        context = VerifyContext(now=received_at, tolerance_seconds=self.settings.webhook_tolerance_seconds)
+        try:
+            adapter.verify(webhook, inbox.secrets, context)
+        except Exception as exc:  # SignatureError, or any surprise from hostile input: never a 500
+            if not isinstance(exc, SignatureError):
+                log.warning("ingress.verify.crashed", channel=channel, error=repr(exc))
+            return error(401, "invalid_signature", "signature verification failed")
+        token = adapter.replay_token(webhook) if hasattr(adapter, "replay_token") else None
+        if token is not None and not await self.claim_token(f"{channel}:{inbox.id}:{token}",
+                                                            2 * self.settings.webhook_tolerance_seconds):
+            return error(401, "invalid_signature", "signature verification failed")
+        try:
+            delivery = adapter.parse(webhook)
+        except Exception as exc:
+            if token is not None:
+                await self.release_token(f"{channel}:{inbox.id}:{token}")
+            detail = str(exc) if isinstance(exc, PayloadError) else "the body is not a payload this channel sends"
+            if not isinstance(exc, PayloadError):
+                log.warning("ingress.parse.crashed", channel=channel, error=repr(exc))
+            return error(400, "malformed_payload", detail)
+        stored = {k: v for k, v in headers.items() if k in STORED_HEADERS}
+        stored["x-intake-url"] = url
+        row = EventRow(inbox.tenant_id, inbox.id, channel, delivery.dedupe_key,
+                       headers.get("content-type", ""), stored, body, received_at)
+        try:
+            await self.writer.submit(row)
+        except Exception:
+            if token is not None:
+                await self.release_token(f"{channel}:{inbox.id}:{token}")
+            raise
+        return accepted(channel)
+
+    async def whatsapp_handshake(self, request: Request) -> Response:
+        channel, inbox = await self.inbox_for(request)
+        if inbox is None or channel != "whatsapp":
+            return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
+        try:
+            challenge = handshake(dict(request.query_params), inbox.secrets)
+        except SignatureError:
+            return error(403, "invalid_verify_token", "the verify token does not match")
+        return PlainTextResponse(challenge)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"unavailable: {type(exc).__name__}"
+        try:
+            await self.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unavailable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def send_to_ingest_queue(tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
+    from workers.actors import ingest_events
+
+    await asyncio.to_thread(ingest_events.send, str(tenant_id), [str(i) for i in event_ids])
+
+
+def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,
+               enqueue: Enqueue | None = None) -> Starlette:
+    ingress = Ingress(settings, database_url, redis_url, secret_key, enqueue)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await ingress.start()
+        yield
+        await ingress.stop()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                     exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("ingress.unhandled", error=repr(exc))
+        return error(503, "unavailable", "temporarily unavailable; retry later", {"Retry-After": "5"})
+
+    handlers: dict[Any, Any] = {HTTPException: http_error, Exception: server_error}
+    app = Starlette(
+        routes=[
+            Route("/v1/webhooks/whatsapp/{inbox_id}", ingress.whatsapp_handshake, methods=["GET"]),
+            Route("/v1/webhooks/{channel}/{inbox_id}", ingress.webhook, methods=["POST"]),
+            Route("/healthz", ingress.healthz, methods=["GET"]),
+            Route("/readyz", ingress.readyz, methods=["GET"]),
+            Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers=handlers,
+    )
+    app.state.ingress = ingress
+    return app
