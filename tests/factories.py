@@ -74,3 +74,19 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
     ids["audit_logs"] = _insert(conn, "audit_logs", {
         **t, "actor": "test", "action": "test", "subject_type": "contact", "subject_id": "x"})
     return TenantRows(tenant, inbox, ids)
+
+
+def new_inbox(engine: object, channel: str, *, secrets: dict[str, str] | None = None,
+              settings: dict[str, object] | None = None, tenant_name: str = "Test tenant") -> CreatedInbox:
+    """A new tenant with one inbox of `channel`; provider-issued secrets get test values."""
+    import os
+
+    from sqlalchemy import Engine
+
+    assert isinstance(engine, Engine)
+    issued = {"twilio": {"auth_token": "twilio-auth-token"}, "whatsapp": {"app_secret": "meta-app-secret"},
+              "mailgun": {"signing_key": "key-mailgun-signing"}}
+    with engine.begin() as conn:
+        tenant = create_tenant(conn, tenant_name)
+        return create_inbox(conn, SecretBox(os.environ["INTAKE_SECRET_KEY"]), tenant, channel,
+                            given_secrets={**issued.get(channel, {}), **(secrets or {})}, settings=settings)

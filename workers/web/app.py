@@ -195,18 +195,17 @@ class Ingress:
             log.warning("ingress.replay_guard.degraded", error=repr(exc))
 
     # -- handlers ---------------------------------------------------------------------------------
-    async def inbox_for(self, request: Request) -> tuple[str, Inbox | None]:
-        channel = request.path_params["channel"]
+    async def inbox_for(self, request: Request, channel: str) -> Inbox | None:
         try:
             inbox_id = uuid.UUID(request.path_params["inbox_id"])
         except ValueError:
-            return channel, None
+            return None
         if channel not in ADAPTERS:
-            return channel, None
+            return None
         inbox = await self.inboxes.get(inbox_id)
         if inbox is None or not inbox.enabled or inbox.channel != channel:
-            return channel, None
-        return channel, inbox
+            return None
+        return inbox
 
     async def webhook(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -227,7 +226,8 @@ class Ingress:
         return response
 
     async def _webhook(self, request: Request) -> Response:
-        channel, inbox = await self.inbox_for(request)
+        channel = request.path_params["channel"]
+        inbox = await self.inbox_for(request, channel)
         if inbox is None:
             return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
         try:
@@ -280,8 +280,8 @@ class Ingress:
         return accepted(channel)
 
     async def whatsapp_handshake(self, request: Request) -> Response:
-        channel, inbox = await self.inbox_for(request)
-        if inbox is None or channel != "whatsapp":
+        inbox = await self.inbox_for(request, "whatsapp")
+        if inbox is None:
             return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
         try:
             challenge = handshake(dict(request.query_params), inbox.secrets)

@@ -1,0 +1,82 @@
+"""Start the fleet's real processes (`intake serve`, `intake worker`) for tests, and stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+INTAKE = str(Path(sys.executable).parent / "intake")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@contextmanager
+def web_server(env: dict[str, str] | None = None, log_path: Path | None = None) -> Iterator[str]:
+    port = free_port()
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([INTAKE, "serve", "--port", str(port)], env={**os.environ, **(env or {})},
+                            stdout=out, stderr=out, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"intake serve exited with {proc.returncode}")
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("intake serve did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        stop(proc)
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def worker(processes: int = 1, threads: int = 4, env: dict[str, str] | None = None,
+           queues: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    args = [INTAKE, "worker", "--processes", str(processes), "--threads", str(threads)]
+    for queue in queues:
+        args += ["--queues", queue]
+    proc = subprocess.Popen(args, env={**os.environ, "INTAKE_WORKER_METRICS_PORT": "0", **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc, timeout=40)
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)
