@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     job_time_limit_ms: int = Field(default=120_000, ge=1000)
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
 

@@ -33,6 +33,9 @@ RETURNING kind, value
 """)
 
 
+LOCK = text("SELECT merged_into_id, display_name FROM contacts WHERE id = :id FOR SHARE")
+
+
 class ResolutionConflict(RuntimeError):
     """Identities kept changing hands while resolving; the job is retried."""
 
@@ -56,9 +59,14 @@ def resolve_contact(
             contact = None
         if not missing:
             assert contact is not None
-            if name:
-                conn.execute(text("UPDATE contacts SET display_name = :name, updated_at = now() "
-                                  "WHERE id = :id AND display_name IS NULL"), {"id": contact, "name": name})
+            # Hold the contact until this transaction ends, so a concurrent merge either finishes first
+            # (and we follow it) or waits for us (and then moves what we wrote).
+            row = conn.execute(LOCK, {"id": contact}).one()
+            if row.merged_into_id is not None:
+                continue
+            if name and row.display_name is None:
+                conn.execute(text("UPDATE contacts SET display_name = :name, updated_at = now() WHERE id = :id"),
+                             {"id": contact, "name": name})
             return contact
         savepoint = conn.begin_nested()
         created = contact is None
@@ -72,6 +80,9 @@ def resolve_contact(
             "kinds": [k for k, _ in missing], "values": [v for _, v in missing],
         }).all()
         if len(claimed) == len(missing):
+            if not created and conn.execute(LOCK, {"id": contact}).one().merged_into_id is not None:
+                savepoint.rollback()  # merged away meanwhile: resolve again towards the survivor
+                continue
             savepoint.commit()
             if created and name:
                 record_duplicate_candidates(conn, tenant, contact, name, wanted)

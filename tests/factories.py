@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+
+import orjson
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, text
@@ -90,3 +92,30 @@ def new_inbox(engine: object, channel: str, *, secrets: dict[str, str] | None = 
         tenant = create_tenant(conn, tenant_name)
         return create_inbox(conn, SecretBox(os.environ["INTAKE_SECRET_KEY"]), tenant, channel,
                             given_secrets={**issued.get(channel, {}), **(secrets or {})}, settings=settings)
+
+
+def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str, *,
+            headers: dict[str, str] | None = None, policy: object = None) -> object:
+    """Store an event as the ingress would and run the ingest pipeline on it, in one transaction."""
+    from datetime import timedelta
+
+    from sqlalchemy import Engine
+
+    from pipelines.channels import ADAPTERS, WebhookRequest
+    from pipelines.ingest import IngestPolicy, ingest_events
+
+    assert isinstance(engine, Engine)
+    all_headers = {"content-type": content_type, **(headers or {})}
+    request = WebhookRequest(method="POST", url="https://hooks.example.com/x", headers=all_headers, body=body)
+    key = ADAPTERS[inbox.channel].parse(request).dedupe_key
+    with engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        event_id = conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body) "
+            "VALUES (:t, :i, :c, :k, :ct, CAST(:h AS jsonb), :b) "
+            "ON CONFLICT (tenant_id, inbox_id, dedupe_key) DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key "
+            "RETURNING id"),
+            {"t": inbox.tenant_id, "i": inbox.id, "c": inbox.channel, "k": key, "ct": content_type,
+             "h": orjson.dumps(all_headers).decode(), "b": body}).scalar_one()
+        return ingest_events(conn, inbox.tenant_id, [event_id],
+                             policy or IngestPolicy(reopen_window=timedelta(hours=72)))

@@ -59,8 +59,7 @@ def _middleware() -> list[dramatiq.Middleware]:
         LogContext(),
     ]
     if settings.worker_metrics_port and os.environ.get("INTAKE_PROCESS_ROLE") == "worker":
-        os.environ.setdefault("dramatiq_prom_port", str(settings.worker_metrics_port))
-        os.environ.setdefault("dramatiq_prom_host", "127.0.0.1")
+        # `intake worker` exports dramatiq_prom_host/port for the exposition server it forks.
         from dramatiq.middleware.prometheus import Prometheus
 
         middleware.append(Prometheus())
@@ -73,7 +72,7 @@ broker = RedisBroker(
     # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
     heartbeat_timeout=settings.heartbeat_timeout_ms,
     # Requeue crashed workers' messages often enough that recovery takes seconds.
-    maintenance_chance=100,
+    maintenance_chance=10_000,  # 1% of broker commands (dramatiq scales by 1,000,000)
     socket_connect_timeout=2,
     socket_timeout=10,
     health_check_interval=30,

@@ -256,6 +256,9 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
     settings = get_settings()
     os.environ.update(rt.child_env())
     os.environ["INTAKE_PROCESS_ROLE"] = "worker"
+    # dramatiq's exposition server runs in a process forked from this one and reads these at import.
+    os.environ["dramatiq_prom_host"] = settings.worker_metrics_host
+    os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)
     if threads:
         os.environ["INTAKE_WORKER_THREADS"] = str(threads)
     get_settings.cache_clear()
