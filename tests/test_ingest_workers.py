@@ -139,8 +139,8 @@ def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(
     server: str, app_engine: Engine, redis_client: object
 ) -> None:
     tenants = [Tenant(app_engine, "US", 60, seed=11)]
+    assert set(asyncio.run(post_all(server, tenants))) == {200}  # queued up, no worker yet
     with worker(processes=1, threads=4, env=WORKER_ENV) as first:
-        asyncio.run(post_all(server, tenants))
         wait_for(lambda: tenants[0].counts(app_engine)["messages"] > 50, timeout=60, interval=0.05)
         os.killpg(first.pid, signal.SIGKILL)  # the parent and its worker process, mid-batch
         first.wait(10)

@@ -72,7 +72,7 @@ broker = RedisBroker(
     # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
     heartbeat_timeout=settings.heartbeat_timeout_ms,
     # Requeue crashed workers' messages often enough that recovery takes seconds.
-    maintenance_chance=10_000,  # 1% of broker commands (dramatiq scales by 1,000,000)
+    maintenance_chance=100_000,  # 10% of broker commands (dramatiq scales by 1,000,000)
     socket_connect_timeout=2,
     socket_timeout=10,
     health_check_interval=30,

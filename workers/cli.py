@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -272,3 +273,55 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
     if queues:
         argv += ["--queues", *queues]
     raise SystemExit(dramatiq_main(make_argument_parser().parse_args(argv)))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--processes", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker process.")
+@friendly_errors
+def run(host: str, port: int, processes: int, threads: int) -> None:
+    """Everything in the foreground: services, migrations, web, workers and a demo tenant."""
+    from db import migrate as migrations
+    from pipelines.demo import ensure_demo
+    from workers.supervisor import Child, supervise
+
+    settings = get_settings()
+    home = EmbeddedServices(settings.home)
+    before = home.status()
+    rt = resolve(settings, start=True)
+    started = rt.embedded is not None and not (before.postgres_running and before.redis_running)
+    try:
+        check_database(rt.admin_database_url)
+        migrations.upgrade(rt.admin_database_url)
+        with app_transaction(rt) as conn:
+            demo = ensure_demo(conn, SecretBox(rt.require_secret_key()), Path(settings.home) / "demo.json")
+        env = rt.child_env()
+        base = settings.public_base_url or f"http://{host}:{port}"
+        _print_next_steps(base, demo, rt, Path(settings.home) / "demo.json")
+        supervise([
+            Child("web", ["serve", "--host", host, "--port", str(port)], env),
+            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], env),
+        ])
+    finally:
+        if started:
+            home.down()
+            console.print("stopped the embedded services (their data stays in $INTAKE_HOME)")
+
+
+def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) -> None:
+    telegram = demo["inboxes"]["telegram"]
+    url = f"{base}/v1/webhooks/telegram/{telegram['id']}"
+    body = ('{"update_id": 1, "message": {"message_id": 1, "date": 1700000000, "chat": {"id": 42, "type": '
+            '"private"}, "from": {"id": 42, "first_name": "Ada"}, "text": "Hello, where is my order?"}}')
+    out.print(f"[bold green]Intake is running[/] on {base} with a demo tenant {demo['tenant_id']}")
+    out.print(f"  inboxes and their secrets: {path}")
+    out.print(f"  database: {rt.database_url}\n  redis:    {rt.redis_url}")
+    out.print("Send a message as Telegram would:")
+    out.print(f"  curl -s {url} -H 'content-type: application/json' \\\n"
+              f"    -H 'X-Telegram-Bot-Api-Secret-Token: {telegram['secrets']['secret_token']}' \\\n"
+              f"    -d '{body}'")
+    out.print("Then look at it:")
+    out.print(f"  psql '{rt.admin_database_url}' -c 'SELECT content, sent_at FROM messages'")
+    out.print("Press Ctrl-C to stop.")

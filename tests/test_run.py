@@ -1,0 +1,58 @@
+"""`intake run` (what `make run` starts) brings the whole fleet up on embedded services and tears it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from tests.processes import INTAKE, free_port, wait_for
+
+
+def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
+    env.update({"INTAKE_HOME": str(tmp_path / "home"), "INTAKE_WORKER_METRICS_PORT": "0"})
+    port = free_port()
+    proc = subprocess.Popen([INTAKE, "run", "--port", str(port), "--threads", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            try:
+                return httpx.get(base + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout=90, interval=0.5)
+        demo = json.loads((tmp_path / "home" / "demo.json").read_text())
+        assert set(demo["inboxes"]) == {"twilio", "whatsapp", "postmark", "mailgun", "sendgrid", "telegram", "api"}
+        telegram = demo["inboxes"]["telegram"]
+        response = httpx.post(
+            f"{base}/v1/webhooks/telegram/{telegram['id']}",
+            headers={"X-Telegram-Bot-Api-Secret-Token": telegram["secrets"]["secret_token"]},
+            json={"update_id": 1, "message": {"message_id": 1, "date": 1700000000, "chat": {"id": 42, "type": "private"},
+                                              "from": {"id": 42, "first_name": "Ada"}, "text": "Where is my order?"}},
+        )
+        assert response.status_code == 200
+        socket_dir = tmp_path / "home" / "postgres"
+        url = f"postgresql://postgres@/intake?host={socket_dir}"
+
+        def stored() -> bool:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("SELECT content FROM messages").fetchone()
+            return row is not None and row[0] == "Where is my order?"
+
+        wait_for(stored, timeout=60, interval=0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    assert b"Intake is running" in out
+    status = subprocess.run([INTAKE, "services", "status", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(status.stdout)["postgres_running"] is False  # it stopped what it started
