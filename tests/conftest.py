@@ -47,6 +47,8 @@ def stack() -> Iterator[dict[str, str]]:
     os.environ.update(env)
     get_settings.cache_clear()
     yield env
+    if os.environ.get("INTAKE_TEST_KEEP_SERVICES") != "1":
+        services.down()
 
 
 @pytest.fixture(scope="session")

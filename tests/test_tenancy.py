@@ -148,7 +148,7 @@ def test_the_tenant_setting_does_not_outlive_its_transaction(
     with app_engine.connect() as conn:
         with conn.begin():
             bind_tenant(conn, a.tenant_id)
-            assert conn.execute(text("SELECT count(*) FROM contacts")).scalar_one() == 1
+            assert conn.execute(text("SELECT count(*) FROM contacts")).scalar_one() == 2  # the seed's two
         with conn.begin():
             assert conn.execute(text("SELECT count(*) FROM contacts")).scalar_one() == 0
 
