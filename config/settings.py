@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    sweep_grace_seconds: float = Field(default=60.0, ge=0)
+    clock_metrics_port: int = Field(default=9192, ge=0, le=65535)
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
 

@@ -17,7 +17,8 @@ from tests.processes import INTAKE, free_port, wait_for
 def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
-    env.update({"INTAKE_HOME": str(tmp_path / "home"), "INTAKE_WORKER_METRICS_PORT": "0"})
+    env.update({"INTAKE_HOME": str(tmp_path / "home"), "INTAKE_WORKER_METRICS_PORT": "0",
+                "INTAKE_CLOCK_METRICS_PORT": "0"})
     port = free_port()
     proc = subprocess.Popen([INTAKE, "run", "--port", str(port), "--threads", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)

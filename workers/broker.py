@@ -22,6 +22,8 @@ from dramatiq.middleware import (
 
 from config import configure_logging, get_settings
 from workers.errors import is_permanent
+from workers.context import engine
+from workers.ledger import FailureLedger
 from workers.middleware import LogContext
 
 QUEUES = ("ingest", "ai", "maintenance")
@@ -49,6 +51,9 @@ def _middleware() -> list[dramatiq.Middleware]:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        # dramatiq runs after_* hooks in reverse order: listed before Retries, the ledger runs after it
+        # and sees each failed message's final fate.
+        FailureLedger(engine),
         Retries(
             max_retries=settings.job_max_retries,
             min_backoff=settings.job_min_backoff_ms,

@@ -303,6 +303,7 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
         supervise([
             Child("web", ["serve", "--host", host, "--port", str(port)], env),
             Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], env),
+            Child("clock", ["clock"], env),
         ])
     finally:
         if started:
@@ -325,3 +326,7 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
     out.print("Then look at it:")
     out.print(f"  psql '{rt.admin_database_url}' -c 'SELECT content, sent_at FROM messages'")
     out.print("Press Ctrl-C to stop.")
+
+
+# The operators' commands register themselves on `main`.
+from workers import cli_ops as _cli_ops  # noqa: E402, F401

@@ -1,0 +1,84 @@
+"""The sweeper: stored events that were never processed get enqueued again.
+
+An event stays `received` when its enqueue failed (Redis down), when Redis lost the job (restarted empty,
+flushed), or while its job waits in a long queue. After a grace period the sweeper sends it to the `ingest`
+queue again and stamps `enqueued_at`, so a backlog is not re-sent on every sweep. Processing is idempotent,
+so a sweep that races the original job costs a little work and changes nothing.
+
+`intake clock` runs `sweep` every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
+gauges. Run one clock per deployment (two are harmless, just wasteful).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import Engine, text
+
+log = structlog.get_logger("intake.sweeper")
+
+CLAIM_STUCK = text("""
+UPDATE inbound_events SET enqueued_at = now()
+WHERE id IN (SELECT id FROM inbound_events
+             WHERE status = 'received' AND received_at < now() - :grace
+               AND (enqueued_at IS NULL OR enqueued_at < now() - :grace)
+             ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING tenant_id, id
+""")
+STUCK_COUNTS = text("""
+SELECT count(*) FILTER (WHERE status = 'received' AND received_at < now() - :grace) AS stuck,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE status = 'received')), 0) AS oldest_s
+FROM inbound_events WHERE status IN ('received', 'failed')
+""")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    enqueued: int
+    stuck: int
+    failed: int
+    oldest_seconds: float
+
+
+Send = Callable[[uuid.UUID, list[uuid.UUID]], None]
+
+
+def sweep(engine: Engine, send: Send, *, grace: timedelta, limit: int = 10_000, chunk: int = 100) -> SweepResult:
+    """Enqueue events stuck longer than `grace`, at most `limit` per sweep, `chunk` per job."""
+    with engine.begin() as conn:
+        rows = conn.execute(CLAIM_STUCK, {"grace": grace, "limit": limit}).all()
+        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        for tenant_id, event_id in rows:
+            by_tenant[tenant_id].append(event_id)
+        # Sent inside the transaction: if Redis is down the claim rolls back and the next sweep retries.
+        for tenant_id, ids in by_tenant.items():
+            for start in range(0, len(ids), chunk):
+                send(tenant_id, ids[start:start + chunk])
+    with engine.connect() as conn:
+        counts = conn.execute(STUCK_COUNTS, {"grace": grace}).one()
+    result = SweepResult(len(rows), int(counts.stuck), int(counts.failed), float(counts.oldest_s))
+    if rows:
+        log.info("sweeper.enqueued", events=len(rows), tenants=len(by_tenant))
+    return result
+
+
+def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,
+              on_sweep: Callable[[SweepResult], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
+              ) -> None:
+    while not should_stop():
+        started = time.monotonic()
+        try:
+            result = sweep(engine, send, grace=grace)
+            if on_sweep is not None:
+                on_sweep(result)
+        except Exception as exc:  # Postgres or Redis unavailable: try again next round
+            log.warning("sweeper.failed", error=repr(exc))
+        while not should_stop() and time.monotonic() - started < interval:
+            time.sleep(0.2)
