@@ -1,0 +1,140 @@
+"""Nothing acknowledged is lost, nothing is stored twice: workers killed, Redis wiped, PostgreSQL restarted.
+
+Each scenario drives a corpus over real HTTP while the fault happens, then checks the books: events sent,
+events stored, messages stored, duplicates, lost. The figures are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from tests.fleet import CorpusTenant, PostResult, post_all, settle
+from tests.processes import INTAKE, wait_for, web_server, worker
+from workers.services import EmbeddedServices
+
+WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "200",
+              "INTAKE_JOB_MAX_BACKOFF_MS": "2000", "INTAKE_JOB_MAX_RETRIES": "20"}
+
+
+@pytest.fixture
+def server(stack: dict[str, str]) -> Iterator[str]:
+    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
+        yield base
+
+
+class Background:
+    """Post a corpus from another thread while the test breaks things."""
+
+    def __init__(self, base: str, tenants: list[CorpusTenant], concurrency: int = 8) -> None:
+        self.result = PostResult()
+        self._thread = threading.Thread(target=self._run, args=(base, tenants, concurrency), daemon=True)
+        self._thread.start()
+
+    def _run(self, base: str, tenants: list[CorpusTenant], concurrency: int) -> None:
+        self.result = asyncio.run(post_all(base, tenants, concurrency=concurrency, retry_unavailable=True))
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float = 240) -> PostResult:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "posting did not finish"
+        return self.result
+
+
+def sweep() -> dict[str, object]:
+    env = dict(os.environ, INTAKE_SWEEP_GRACE_SECONDS="0")
+    result = subprocess.run([INTAKE, "clock", "--once", "--json"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def books(name: str, tenant: CorpusTenant, engine: Engine, posted: PostResult) -> dict[str, int]:
+    figures = tenant.report(engine, sent=len(posted.codes))
+    print(f"\n[{name}] " + json.dumps({**figures, "provider_retries": posted.retries}))
+    return figures
+
+
+def test_worker_killed_repeatedly_while_events_flow(server: str, app_engine: Engine) -> None:
+    tenant = CorpusTenant(app_engine, "US", 200, seed=21)
+    assert len(tenant.corpus.deliveries) >= 2000  # "a few thousand"
+    posting = Background(server, [tenant])
+    kills = 0
+    while kills < 3:
+        with worker(processes=1, threads=4, env=WORKER_ENV) as proc:
+            time.sleep(2.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+    posted = posting.join()
+    assert set(posted.codes) == {200}
+    with worker(processes=2, threads=4, env=WORKER_ENV):
+        settle([tenant], app_engine, timeout=120)
+    assert tenant.counts(app_engine) == tenant.expected()
+    figures = books("kill -9 x3", tenant, app_engine, posted)
+    assert (figures["duplicates"], figures["lost"]) == (0, 0)
+
+
+def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
+    server: str, app_engine: Engine, stack: dict[str, str]
+) -> None:
+    services = EmbeddedServices(__import__("tests.conftest", fromlist=["TEST_HOME"]).TEST_HOME)
+    tenant = CorpusTenant(app_engine, "FI", 80, seed=22)
+    with worker(processes=1, threads=4, env=WORKER_ENV):
+        posting = Background(server, [tenant], concurrency=4)
+        wait_for(lambda: tenant.counts(app_engine)["messages"] > 100, timeout=60, interval=0.1)
+        services._stop_redis()
+        time.sleep(2)  # deliveries keep arriving with Redis down
+        services._start_redis()
+        redis.Redis.from_url(stack["REDIS_URL"]).flushall()  # and it came back empty
+        assert services.status().redis_url == stack["REDIS_URL"]
+        posted = posting.join()
+        assert set(posted.codes) == {200}  # the ingress acknowledged every delivery throughout
+
+        def drained() -> bool:
+            sweep()  # re-enqueue what Redis lost or never got
+            return tenant.counts(app_engine)["unprocessed"] == 0
+
+        wait_for(drained, timeout=120, interval=2)
+    assert tenant.counts(app_engine) == tenant.expected()
+    figures = books("redis stop+flush", tenant, app_engine, posted)
+    assert (figures["duplicates"], figures["lost"]) == (0, 0)
+
+
+def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
+    from pgserver._commands import pg_ctl
+
+    from tests.conftest import TEST_HOME
+
+    tenant = CorpusTenant(app_engine, "US", 80, seed=23)
+    with worker(processes=1, threads=4, env=WORKER_ENV):
+        posting = Background(server, [tenant], concurrency=4)
+        wait_for(lambda: tenant.counts(app_engine)["messages"] > 100, timeout=60, interval=0.1)
+        user = "pgserver" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=TEST_HOME / "postgres", user=user, timeout=60)
+        posted = posting.join()
+        assert set(posted.codes) == {200}
+        assert posted.retries > 0  # the outage was real: some deliveries were refused with 503 and retried
+
+        def drained() -> bool:
+            sweep()
+            return tenant.counts(app_engine)["unprocessed"] == 0
+
+        wait_for(drained, timeout=120, interval=2)
+    assert tenant.counts(app_engine) == tenant.expected()
+    figures = books("postgres restart", tenant, app_engine, posted)
+    assert (figures["duplicates"], figures["lost"]) == (0, 0)
