@@ -20,10 +20,14 @@ from db.tenancy import TenantId
 
 MAX_ATTEMPTS = 5
 
+# One index probe per wanted identity (LATERAL), whatever the table statistics say: a tenant that is
+# growing fast has stale statistics, and a hash join over all its identities is far slower.
 LOOKUP = text("""
-SELECT ci.kind, ci.value, COALESCE(c.merged_into_id, c.id) AS contact_id
-FROM contact_identities ci JOIN contacts c ON c.id = ci.contact_id
-WHERE ci.tenant_id = :tenant AND (ci.kind, ci.value) IN (SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])))
+SELECT u.kind, u.value, COALESCE(c.merged_into_id, c.id) AS contact_id
+FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS u(kind, value)
+CROSS JOIN LATERAL (SELECT contact_id FROM contact_identities ci
+                    WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value) ci
+JOIN contacts c ON c.id = ci.contact_id
 """)
 CLAIM = text("""
 INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
@@ -33,7 +37,17 @@ RETURNING kind, value
 """)
 
 
-LOCK = text("SELECT merged_into_id, display_name FROM contacts WHERE id = :id FOR SHARE")
+LOCK = text("SELECT merged_into_id, display_name FROM contacts WHERE id = :id FOR KEY SHARE")
+# A new contact and its identities in one statement; `claimed` tells whether every identity was free.
+CREATE = text("""
+WITH c AS (INSERT INTO contacts (tenant_id, display_name) VALUES (:t, :n) RETURNING id),
+     i AS (INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
+           SELECT :t, c.id, u.kind, u.value
+           FROM c, unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS u(kind, value)
+           ON CONFLICT (tenant_id, kind, value) DO NOTHING
+           RETURNING 1)
+SELECT (SELECT id FROM c) AS id, (SELECT count(*) FROM i) AS claimed
+""")
 
 
 class ResolutionConflict(RuntimeError):
@@ -41,54 +55,94 @@ class ResolutionConflict(RuntimeError):
 
 
 def resolve_contact(
-    conn: Connection, tenant: TenantId, identities: Sequence[tuple[str, str]], name: str | None
+    conn: Connection, tenant: TenantId, identities: Sequence[tuple[str, str]], name: str | None, *,
+    known: dict[tuple[str, str], uuid.UUID] | None = None,
 ) -> uuid.UUID:
-    """The contact these identities belong to, created or merged as needed."""
+    """The contact these identities belong to, created or merged as needed.
+
+    `known` may carry what a batch look-up already found for these identities, saving the first look-up.
+    """
     wanted = sorted(set(identities))
     kinds, values = [k for k, _ in wanted], [v for _, v in wanted]
-    for _ in range(MAX_ATTEMPTS):
-        rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": kinds, "values": values}).all()
-        owners = sorted({row.contact_id for row in rows})
-        known = {(row.kind, row.value) for row in rows}
-        missing = [pair for pair in wanted if pair not in known]
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt == 0 and known is not None:
+            found = {pair: known[pair] for pair in wanted if pair in known}
+        else:
+            rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": kinds, "values": values}).all()
+            found = {(row.kind, row.value): row.contact_id for row in rows}
+        owners = sorted(set(found.values()))
+        missing = [pair for pair in wanted if pair not in found]
+        if not owners:
+            row = conn.execute(CREATE, {"t": tenant, "n": name, "kinds": kinds, "values": values}).one()
+            if row.claimed == len(wanted):
+                if name:
+                    record_duplicate_candidates(conn, tenant, row.id, name, wanted)
+                return uuid.UUID(str(row.id))
+            # Another worker claimed one of these first: drop ours (its identities go with it) and look again.
+            conn.execute(text("DELETE FROM contacts WHERE id = :id"), {"id": row.id})
+            continue
         if len(owners) > 1:
             contact = merge_contacts(conn, tenant, owners, reason="shared identity", identities=wanted)
-        elif owners:
-            contact = owners[0]
+            current_name = None
         else:
-            contact = None
-        if not missing:
-            assert contact is not None
+            contact = owners[0]
             # Hold the contact until this transaction ends, so a concurrent merge either finishes first
             # (and we follow it) or waits for us (and then moves what we wrote).
-            row = conn.execute(LOCK, {"id": contact}).one()
-            if row.merged_into_id is not None:
+            locked = conn.execute(LOCK, {"id": contact}).one()
+            if locked.merged_into_id is not None:
                 continue
-            if name and row.display_name is None:
-                conn.execute(text("UPDATE contacts SET display_name = :name, updated_at = now() WHERE id = :id"),
-                             {"id": contact, "name": name})
-            return contact
-        savepoint = conn.begin_nested()
-        created = contact is None
-        if contact is None:
-            contact = conn.execute(
-                text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, :n) RETURNING id"),
-                {"t": tenant, "n": name},
-            ).scalar_one()
-        claimed = conn.execute(CLAIM, {
-            "tenant": tenant, "contact": contact,
-            "kinds": [k for k, _ in missing], "values": [v for _, v in missing],
-        }).all()
-        if len(claimed) == len(missing):
-            if not created and conn.execute(LOCK, {"id": contact}).one().merged_into_id is not None:
-                savepoint.rollback()  # merged away meanwhile: resolve again towards the survivor
-                continue
-            savepoint.commit()
-            if created and name:
-                record_duplicate_candidates(conn, tenant, contact, name, wanted)
-            return contact
-        savepoint.rollback()  # someone claimed an identity first: look again
+            current_name = locked.display_name
+        if missing:
+            claimed = conn.execute(CLAIM, {"tenant": tenant, "contact": contact, "kinds": [k for k, _ in missing],
+                                           "values": [v for _, v in missing]}).all()
+            if len(claimed) < len(missing):
+                continue  # someone else owns one of them now: the next round merges
+        if name and current_name is None:
+            conn.execute(text("UPDATE contacts SET display_name = :name, updated_at = now() "
+                              "WHERE id = :id AND display_name IS NULL"), {"id": contact, "name": name})
+        return uuid.UUID(str(contact))
     raise ResolutionConflict(f"identities {wanted} kept changing hands")
+
+
+LOCK_MANY = text("SELECT id, merged_into_id FROM contacts WHERE id = ANY(:ids) ORDER BY id FOR KEY SHARE")
+
+
+def resolve_contacts(
+    conn: Connection, tenant: TenantId, people: Sequence[tuple[Sequence[tuple[str, str]], str | None]]
+) -> list[uuid.UUID]:
+    """`resolve_contact` for a batch: one look-up and one lock for every sender already known.
+
+    A sender whose identities all belong to one live contact needs nothing else; any other (new, partly
+    known, spanning two contacts, or merged meanwhile) takes the careful one-by-one path.
+    """
+    wanted = sorted({pair for identities, _ in people for pair in identities})
+    rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": [k for k, _ in wanted],
+                                 "values": [v for _, v in wanted]}).all()
+    owner = {(row.kind, row.value): row.contact_id for row in rows}
+    known = {}
+    for index, (identities, _) in enumerate(people):
+        owners = {owner.get(pair) for pair in identities}
+        if len(owners) == 1 and None not in owners:
+            known[index] = owners.pop()
+    live: set[uuid.UUID] = set()
+    if known:
+        locked = conn.execute(LOCK_MANY, {"ids": sorted(set(known.values()))}).all()
+        live = {row.id for row in locked if row.merged_into_id is None}
+    resolved = {index: contact for index, contact in known.items() if contact in live}
+    # The careful path claims rows through unique indexes; taking them in one global order (sorted by
+    # identity) keeps two workers that meet the same new senders from deadlocking on each other.
+    slow = sorted((i for i in range(len(people)) if i not in resolved), key=lambda i: sorted(people[i][0]))
+    for index in slow:
+        identities, name = people[index]
+        if all(owner.get(pair) in live for pair in identities) and len({owner[p] for p in identities}) == 1:
+            resolved[index] = owner[identities[0]]  # resolved a moment ago for an earlier sender
+            continue
+        contact = resolve_contact(conn, tenant, identities, name, known=owner)
+        for pair in identities:
+            owner[pair] = contact
+        live.add(contact)
+        resolved[index] = contact
+    return [resolved[i] for i in range(len(people))]
 
 
 def merge_contacts(

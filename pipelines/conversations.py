@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, text
@@ -22,15 +23,18 @@ SELECT conversation_id FROM messages
 WHERE tenant_id = :t AND inbox_id = :inbox AND rfc_message_id = ANY(:refs) AND conversation_id IS NOT NULL
 ORDER BY sent_at DESC LIMIT 1
 """)
-OPEN = text("""
-SELECT id FROM conversations WHERE tenant_id = :t AND inbox_id = :inbox AND contact_id = :contact AND status = 'open'
+# The open conversation, and the latest one resolved within the reopen window, in one round trip.
+CANDIDATES = text("""
+SELECT (SELECT id FROM conversations
+        WHERE tenant_id = :t AND inbox_id = :inbox AND contact_id = :contact AND status = 'open') AS open_id,
+       (SELECT id FROM conversations
+        WHERE tenant_id = :t AND inbox_id = :inbox AND contact_id = :contact AND status = 'resolved'
+          AND resolved_at >= CAST(:since AS timestamptz)
+        ORDER BY resolved_at DESC LIMIT 1) AS reopen_id
 """)
 REOPEN = text("""
 UPDATE conversations SET status = 'open', resolved_at = NULL, updated_at = now()
-WHERE id = (SELECT id FROM conversations
-            WHERE tenant_id = :t AND inbox_id = :inbox AND contact_id = :contact AND status = 'resolved'
-              AND resolved_at >= :since
-            ORDER BY resolved_at DESC LIMIT 1)
+WHERE id = :id AND status = 'resolved'
 RETURNING id
 """)
 CREATE = text("""
@@ -38,6 +42,48 @@ INSERT INTO conversations (tenant_id, inbox_id, contact_id, subject) VALUES (:t,
 ON CONFLICT (tenant_id, inbox_id, contact_id) WHERE status = 'open' DO NOTHING
 RETURNING id
 """)
+
+
+OPEN_MANY = text("""
+SELECT u.inbox_id, u.contact_id, o.id
+FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[])) AS u(inbox_id, contact_id)
+CROSS JOIN LATERAL (SELECT id FROM conversations c
+                    WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
+                      AND c.status = 'open') o
+""")
+
+
+@dataclass(frozen=True)
+class ThreadRequest:
+    inbox_id: uuid.UUID
+    contact_id: uuid.UUID
+    sent_at: datetime
+    reopen_window: timedelta
+    references: tuple[str, ...] = ()
+    subject: str | None = None
+
+
+def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest]) -> list[uuid.UUID]:
+    """`find_or_open` for a batch: one look-up of the open conversations, the careful path for the rest."""
+    plain = sorted({(r.inbox_id, r.contact_id) for r in requests if not r.references})
+    open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
+    if plain:
+        rows = conn.execute(OPEN_MANY, {"t": tenant, "inboxes": [i for i, _ in plain],
+                                        "contacts": [c for _, c in plain]}).all()
+        open_now = {(row.inbox_id, row.contact_id): row.id for row in rows}
+    result: dict[int, uuid.UUID] = {}
+    # New conversations are claimed in one global order, so concurrent batches cannot deadlock.
+    for index in sorted(range(len(requests)), key=lambda i: (str(requests[i].inbox_id), str(requests[i].contact_id))):
+        r = requests[index]
+        key = (r.inbox_id, r.contact_id)
+        found = None if r.references else open_now.get(key)
+        if found is None:
+            found = find_or_open(conn, tenant, r.inbox_id, r.contact_id, sent_at=r.sent_at,
+                                 reopen_window=r.reopen_window, references=r.references, subject=r.subject)
+            if not r.references:
+                open_now[key] = found
+        result[index] = found
+    return [result[i] for i in range(len(requests))]
 
 
 def find_or_open(
@@ -49,22 +95,24 @@ def find_or_open(
         if found is not None:
             return uuid.UUID(str(found))
     params = {"t": tenant, "inbox": inbox_id, "contact": contact_id}
+    since = sent_at - reopen_window if reopen_window > timedelta(0) else None
     for _ in range(3):
-        current = conn.execute(OPEN, params).scalar()
-        if current is not None:
-            return uuid.UUID(str(current))
-        if reopen_window > timedelta(0):
+        current = conn.execute(CANDIDATES, {**params, "since": since}).one()
+        if current.open_id is not None:
+            return uuid.UUID(str(current.open_id))
+        if current.reopen_id is not None:
             savepoint = conn.begin_nested()
             try:
-                reopened = conn.execute(REOPEN, {**params, "since": sent_at - reopen_window}).scalar()
+                reopened = conn.execute(REOPEN, {"id": current.reopen_id}).scalar()
                 savepoint.commit()
             except IntegrityError:  # another worker opened one meanwhile
                 savepoint.rollback()
                 continue
             if reopened is not None:
                 return uuid.UUID(str(reopened))
+            continue
         created = conn.execute(CREATE, {**params, "subject": subject}).scalar()
         if created is not None:
             return uuid.UUID(str(created))
-    current = conn.execute(OPEN, params).scalar_one()
-    return uuid.UUID(str(current))
+    current = conn.execute(CANDIDATES, {**params, "since": None}).one()
+    return uuid.UUID(str(current.open_id))

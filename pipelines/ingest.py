@@ -20,8 +20,8 @@ from sqlalchemy import Connection, text
 from db.tenancy import TenantId
 from pipelines import normalize
 from pipelines.channels import ADAPTERS, InboundMessage, StatusUpdate, WebhookRequest
-from pipelines.contacts import resolve_contact
-from pipelines.conversations import find_or_open
+from pipelines.contacts import resolve_contacts
+from pipelines.conversations import ThreadRequest, find_or_open_many
 
 log = structlog.get_logger("intake.ingest")
 
@@ -32,27 +32,37 @@ WHERE e.tenant_id = :t AND e.id = ANY(:ids) AND e.status <> 'processed'
 ORDER BY e.received_at, e.id
 FOR UPDATE OF e SKIP LOCKED
 """)
-INSERT_MESSAGE = text("""
+INSERT_MESSAGES = text("""
 INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, event_id, direction, kind, external_id,
                       rfc_message_id, subject, content, content_html, quoted_text, attachments, metadata,
                       status, sent_at, received_at)
-VALUES (:t, :inbox, :conversation, :contact, :event, 'inbound', :kind, :external_id, :rfc_id, :subject, :content,
-        :html, :quoted, CAST(:attachments AS jsonb), CAST(:metadata AS jsonb), 'received', :sent_at, :received_at)
+SELECT :t, inbox, conversation, contact, event, 'inbound', kind, external_id, rfc_id, subject, content, html,
+       quoted, attachments, metadata, 'received', sent_at, received_at
+FROM unnest(CAST(:inbox AS uuid[]), CAST(:conversation AS uuid[]), CAST(:contact AS uuid[]),
+            CAST(:event AS uuid[]), CAST(:kind AS text[]), CAST(:external_id AS text[]), CAST(:rfc_id AS text[]),
+            CAST(:subject AS text[]), CAST(:content AS text[]), CAST(:html AS text[]), CAST(:quoted AS text[]),
+            CAST(:attachments AS jsonb[]), CAST(:metadata AS jsonb[]), CAST(:sent_at AS timestamptz[]),
+            CAST(:received_at AS timestamptz[]))
+     AS m(inbox, conversation, contact, event, kind, external_id, rfc_id, subject, content, html, quoted,
+          attachments, metadata, sent_at, received_at)
 ON CONFLICT (tenant_id, inbox_id, external_id) DO NOTHING
-RETURNING id
+RETURNING id, conversation_id, sent_at, subject
 """)
-COUNT_MESSAGE = text("""
-UPDATE conversations SET
-    message_count = message_count + 1,
-    inbound_count = inbound_count + 1,
-    first_message_at = LEAST(first_message_at, :sent_at),
-    awaiting_reply = CASE WHEN last_message_at IS NULL OR :sent_at >= last_message_at THEN true
-                          ELSE awaiting_reply END,
-    last_message_at = GREATEST(last_message_at, :sent_at),
-    last_inbound_at = GREATEST(last_inbound_at, :sent_at),
-    subject = COALESCE(subject, :subject),
+# Counters move only for rows this batch inserted, all conversations in one statement.
+COUNT_MESSAGES = text("""
+UPDATE conversations c SET
+    message_count = c.message_count + n.total,
+    inbound_count = c.inbound_count + n.total,
+    first_message_at = LEAST(c.first_message_at, n.first_at),
+    awaiting_reply = CASE WHEN c.last_message_at IS NULL OR n.last_at >= c.last_message_at THEN true
+                          ELSE c.awaiting_reply END,
+    last_message_at = GREATEST(c.last_message_at, n.last_at),
+    last_inbound_at = GREATEST(c.last_inbound_at, n.last_at),
+    subject = COALESCE(c.subject, n.subject),
     updated_at = now()
-WHERE tenant_id = :t AND id = :conversation
+FROM unnest(CAST(:ids AS uuid[]), CAST(:totals AS int[]), CAST(:firsts AS timestamptz[]),
+            CAST(:lasts AS timestamptz[]), CAST(:subjects AS text[])) AS n(id, total, first_at, last_at, subject)
+WHERE c.tenant_id = :t AND c.id = n.id
 """)
 APPLY_EDIT = text("""
 UPDATE messages SET content = :content,
@@ -103,9 +113,64 @@ def request_from_event(row: Any) -> WebhookRequest:
                           body=bytes(row.body), received_at=row.received_at)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    event_id: uuid.UUID
+    inbox_id: uuid.UUID
+    received_at: datetime
+    message: InboundMessage
+    region: str
+    reopen_window: timedelta
+
+
+PEEK_EVENTS = text("""
+SELECT e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings
+FROM inbound_events e JOIN inboxes i ON i.id = e.inbox_id
+WHERE e.tenant_id = :t AND e.id = ANY(:ids) AND e.status <> 'processed'
+""")
+
+
+def _pending(row: Any, delivery: Any, policy: IngestPolicy) -> list[_Pending]:
+    settings = row.settings or {}
+    region = str(settings.get("default_region") or policy.default_region)
+    hours = settings.get("reopen_window_hours")
+    window = timedelta(hours=float(hours)) if hours is not None else policy.reopen_window
+    return [_Pending(row.id, row.inbox_id, row.received_at, m, region, window) for m in delivery.messages]
+
+
+def prepare_senders(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy) -> int:
+    """Give every sender in these events a contact and an open conversation, in a short transaction.
+
+    New identities and conversations are claimed through unique indexes, and a claim holds its row
+    until the transaction commits. Done inside the long batch transaction, every other worker that
+    meets the same new sender would queue behind the whole batch; done here and committed at once,
+    they wait for a few statements at most. Everything here is an idempotent upsert. Returns the number
+    of messages seen.
+    """
+    pending: list[_Pending] = []
+    for row in conn.execute(PEEK_EVENTS, {"t": tenant, "ids": event_ids}).all():
+        adapter = ADAPTERS.get(row.channel)
+        try:
+            delivery = adapter.parse(request_from_event(row)) if adapter else None
+        except Exception:  # noqa: S112  (the batch transaction records corrupt events)
+            continue
+        if delivery is not None:
+            pending.extend(p for p in _pending(row, delivery, policy) if not p.message.edited)
+    if pending:
+        _senders_and_threads(conn, tenant, pending)
+    return len(pending)
+
+
 def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy) -> IngestResult:
+    """Process a batch of stored events set-wise: a handful of statements for the whole batch.
+
+    Senders are resolved and conversations found with one look-up each for the batch; messages go in
+    with one multi-row insert and conversation counters move with one update. Anything unusual (a new
+    sender, a merge, an email thread, a reopen) takes the careful one-by-one path.
+    """
     result = IngestResult()
     processed: list[uuid.UUID] = []
+    pending: list[_Pending] = []
     for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all():
         result.events += 1
         adapter = ADAPTERS.get(row.channel)
@@ -119,61 +184,89 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
             result.failed[row.id] = message
             log.warning("ingest.event.corrupt", event_id=str(row.id), error=message)
             continue
-        settings = row.settings or {}
-        region = str(settings.get("default_region") or policy.default_region)
-        window = timedelta(hours=float(settings.get("reopen_window_hours", policy.reopen_window.total_seconds() / 3600)))
-        for message in delivery.messages:
-            created = store_inbound(conn, tenant, row.inbox_id, row.id, message, region=region,
-                                    reopen_window=window, received_at=row.received_at)
-            if created is None:
+        for item in _pending(row, delivery, policy):
+            if item.message.edited and _apply_edit(conn, tenant, row.inbox_id, item.message):
                 result.duplicates += 1
-            else:
-                result.messages_created.append(created)
+                continue
+            pending.append(item)
         for status in delivery.statuses:
             result.statuses_applied += apply_status(conn, tenant, row.inbox_id, status)
         processed.append(row.id)
+    if pending:
+        created = store_inbound_many(conn, tenant, pending)
+        result.messages_created.extend(created)
+        result.duplicates += len(pending) - len(created)
     if processed:
         conn.execute(MARK_PROCESSED, {"t": tenant, "ids": processed})
     return result
 
 
-def store_inbound(
-    conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, event_id: uuid.UUID, message: InboundMessage, *,
-    region: str, reopen_window: timedelta, received_at: datetime,
-) -> uuid.UUID | None:
-    """Store one inbound message; None when it was already stored (or was an edit of a stored one)."""
-    content, html, quoted = _content(message)
-    if message.edited:
-        edited = conn.execute(APPLY_EDIT, {"t": tenant, "inbox": inbox_id, "external_id": message.external_id,
-                                           "content": content, "at": message.sent_at.isoformat()}).first()
-        if edited is not None:
-            return None
-    identities = [normalize.identity(i, region) for i in message.identities]
-    name = normalize.display_name(message.sender_name, *(v for _, v in identities))
-    contact = resolve_contact(conn, tenant, identities, name)
-    references = (*(r for r in [message.in_reply_to] if r), *message.references) if message.kind == "email" else ()
-    conversation = find_or_open(conn, tenant, inbox_id, contact, sent_at=message.sent_at,
-                                reopen_window=reopen_window, references=references, subject=message.subject)
-    metadata = dict(message.metadata)
-    if message.headers:
-        metadata["headers"] = message.headers
-    if message.recipients:
-        metadata["recipients"] = list(message.recipients)
-    if message.in_reply_to:
-        metadata["in_reply_to"] = message.in_reply_to
-    created = conn.execute(INSERT_MESSAGE, {
-        "t": tenant, "inbox": inbox_id, "conversation": conversation, "contact": contact, "event": event_id,
-        "kind": message.kind, "external_id": message.external_id, "rfc_id": message.rfc_message_id,
-        "subject": message.subject, "content": content, "html": html, "quoted": quoted,
-        "attachments": orjson.dumps([a.model_dump(exclude_none=True) for a in message.attachments]).decode(),
-        "metadata": orjson.dumps(metadata, default=str).decode(),
-        "sent_at": message.sent_at, "received_at": received_at,
-    }).scalar()
-    if created is None:
-        return None
-    conn.execute(COUNT_MESSAGE, {"t": tenant, "conversation": conversation, "sent_at": message.sent_at,
-                                 "subject": message.subject})
-    return uuid.UUID(str(created))
+def _senders_and_threads(
+    conn: Connection, tenant: TenantId, pending: list[_Pending]
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    people = []
+    for p in pending:
+        identities = [normalize.identity(i, p.region) for i in p.message.identities]
+        people.append((identities, normalize.display_name(p.message.sender_name, *(v for _, v in identities))))
+    contacts = resolve_contacts(conn, tenant, people)
+    threads = find_or_open_many(conn, tenant, [
+        ThreadRequest(p.inbox_id, contact, p.message.sent_at, p.reopen_window,
+                      (*(r for r in [p.message.in_reply_to] if r), *p.message.references)
+                      if p.message.kind == "email" else (), p.message.subject)
+        for p, contact in zip(pending, contacts, strict=True)
+    ])
+    return contacts, threads
+
+
+def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message: InboundMessage) -> bool:
+    content, _, _ = _content(message)
+    edited = conn.execute(APPLY_EDIT, {"t": tenant, "inbox": inbox_id, "external_id": message.external_id,
+                                       "content": content, "at": message.sent_at.isoformat()}).first()
+    return edited is not None
+
+
+def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pending]) -> list[uuid.UUID]:
+    """Store a batch of inbound messages; returns the ids of those not stored before."""
+    contacts, threads = _senders_and_threads(conn, tenant, pending)
+    columns: dict[str, list[Any]] = {name: [] for name in (
+        "inbox", "conversation", "contact", "event", "kind", "external_id", "rfc_id", "subject", "content",
+        "html", "quoted", "attachments", "metadata", "sent_at", "received_at")}
+    for p, contact, conversation in zip(pending, contacts, threads, strict=True):
+        message = p.message
+        content, html, quoted = _content(message)
+        metadata = dict(message.metadata)
+        if message.headers:
+            metadata["headers"] = message.headers
+        if message.recipients:
+            metadata["recipients"] = list(message.recipients)
+        if message.in_reply_to:
+            metadata["in_reply_to"] = message.in_reply_to
+        for name, value in (
+            ("inbox", p.inbox_id), ("conversation", conversation), ("contact", contact), ("event", p.event_id),
+            ("kind", message.kind), ("external_id", message.external_id), ("rfc_id", message.rfc_message_id),
+            ("subject", message.subject), ("content", content), ("html", html), ("quoted", quoted),
+            ("attachments", orjson.dumps([a.model_dump(exclude_none=True) for a in message.attachments]).decode()),
+            ("metadata", orjson.dumps(metadata, default=str).decode()), ("sent_at", message.sent_at),
+            ("received_at", p.received_at),
+        ):
+            columns[name].append(value)
+    inserted = conn.execute(INSERT_MESSAGES, {"t": tenant, **columns}).all()
+    if inserted:
+        conn.execute(COUNT_MESSAGES, {"t": tenant, **_counters(inserted)})
+    return [uuid.UUID(str(row.id)) for row in inserted]
+
+
+def _counters(inserted: list[Any]) -> dict[str, list[Any]]:
+    """Per conversation: how many messages were added, their first and last times, the first subject."""
+    totals: dict[uuid.UUID, list[Any]] = {}
+    for row in sorted(inserted, key=lambda r: r.sent_at):
+        entry = totals.setdefault(row.conversation_id, [0, row.sent_at, row.sent_at, None])
+        entry[0] += 1
+        entry[2] = row.sent_at
+        entry[3] = entry[3] or row.subject
+    ids = sorted(totals)  # a fixed order, so concurrent batches lock conversations alike
+    return {"ids": ids, "totals": [totals[i][0] for i in ids], "firsts": [totals[i][1] for i in ids],
+            "lasts": [totals[i][2] for i in ids], "subjects": [totals[i][3] for i in ids]}
 
 
 def _content(message: InboundMessage) -> tuple[str, str | None, str | None]:

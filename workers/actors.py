@@ -8,8 +8,9 @@ import dramatiq
 import structlog
 
 from workers import broker as _broker  # noqa: F401  (configures the broker before the actors bind to it)
-from db.tenancy import UnknownTenant, resolve_tenant
+from db.tenancy import UnknownTenant, bind_tenant, resolve_tenant
 from pipelines.ingest import ingest_events as run_ingest
+from pipelines.ingest import prepare_senders
 from workers.context import engine, ingest_policy
 from workers.errors import CorruptEvent, UnknownTenantError
 
@@ -20,12 +21,16 @@ log = structlog.get_logger("intake.worker")
 def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
     """Turn stored inbound events into contacts, conversations and messages."""
     ids = [uuid.UUID(i) for i in event_ids]
+    policy = ingest_policy()
     with engine().begin() as conn:
         try:
             tenant = resolve_tenant(conn, tenant_id)
         except UnknownTenant as exc:
             raise UnknownTenantError(str(exc)) from None
-        result = run_ingest(conn, tenant, ids, ingest_policy())
+        prepare_senders(conn, tenant, ids, policy)
+    with engine().begin() as conn:
+        bind_tenant(conn, tenant)
+        result = run_ingest(conn, tenant, ids, policy)
     log.info("ingest.batch.stored", events=result.events, messages=len(result.messages_created),
              duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
     if result.failed:

@@ -36,7 +36,7 @@ KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigErr
 
 
 def emit(data: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(data, default=str).decode() + "\n")
+    sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
     sys.stdout.flush()
 
 
@@ -330,3 +330,4 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
 
 # The operators' commands register themselves on `main`.
 from workers import cli_ops as _cli_ops  # noqa: E402, F401
+from workers import cli_bench as _cli_bench  # noqa: E402, F401

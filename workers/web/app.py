@@ -105,10 +105,13 @@ class Ingress:
         self.writer = EventWriter(
             self.pool, enqueue or send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
             batch_max=settings.commit_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
+            on_batch=self.metrics.batch_rows.observe,
         )
         self._seen_tokens: dict[str, float] = {}
 
     async def start(self) -> None:
+        import workers.actors  # noqa: F401  (import the broker now, not inside the first request)
+
         await self.pool.open(wait=False)
         self.writer.start()
 

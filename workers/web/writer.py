@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
+import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
@@ -51,7 +52,8 @@ class EventRow:
 
 class EventWriter:
     def __init__(self, pool: AsyncConnectionPool, enqueue: Enqueue, *, writers: int, batch_max: int,
-                 on_enqueue_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_enqueue_error: Callable[[BaseException], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self._pool = pool
         self._enqueue = enqueue
         self._batch_max = batch_max
@@ -60,6 +62,7 @@ class EventWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._enqueues: set[asyncio.Task[None]] = set()
         self._on_enqueue_error = on_enqueue_error
+        self._on_batch = on_batch
         self.batches = 0
         self.rows = 0
 
@@ -103,15 +106,32 @@ class EventWriter:
                 task.add_done_callback(self._enqueues.discard)
 
     async def _write(self, batch: list[EventRow]) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
-        groups: dict[uuid.UUID, list[EventRow]] = defaultdict(list)
+        # One row per idempotency key, in one global order: concurrent writers then take the unique
+        # index's locks in the same order and cannot deadlock on a provider's simultaneous retries.
+        unique: dict[tuple[uuid.UUID, uuid.UUID, str], EventRow] = {}
         for row in batch:
-            groups[row.tenant_id].append(row)
+            unique.setdefault((row.tenant_id, row.inbox_id, row.dedupe_key), row)
+        groups: dict[uuid.UUID, list[EventRow]] = defaultdict(list)
+        for key in sorted(unique):
+            groups[key[0]].append(unique[key])
+        for attempt in range(3):
+            try:
+                return await self._insert(groups, len(batch))
+            except psycopg.errors.DeadlockDetected:  # belt and braces: another writer outside our order
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _insert(self, groups: dict[uuid.UUID, list[EventRow]],
+                      size: int) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
         created: dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]] = {}
-        async with self._pool.connection() as conn, conn.transaction():
+        cursors = []
+        # Pipeline mode: every statement of the batch goes out before the first answer comes back.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             for tenant, rows in groups.items():
                 # One transaction may serve several tenants: each INSERT runs under its own tenant.
                 await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
-                cursor = await conn.execute(INSERT_EVENTS, {
+                cursors.append((tenant, await conn.execute(INSERT_EVENTS, {
                     "tenant": tenant,
                     "inbox": [r.inbox_id for r in rows],
                     "channel": [r.channel for r in rows],
@@ -120,11 +140,14 @@ class EventWriter:
                     "headers": [orjson.dumps(r.headers).decode() for r in rows],
                     "body": [r.body for r in rows],
                     "received": [r.received_at for r in rows],
-                })
+                })))
+            for tenant, cursor in cursors:
                 for event_id, inbox_id, dedupe_key in await cursor.fetchall():
                     created[(inbox_id, dedupe_key)] = (tenant, event_id)
         self.batches += 1
-        self.rows += len(batch)
+        self.rows += size
+        if self._on_batch is not None:
+            self._on_batch(size)
         return created
 
     async def _send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
