@@ -123,42 +123,12 @@ class _Pending:
     reopen_window: timedelta
 
 
-PEEK_EVENTS = text("""
-SELECT e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings
-FROM inbound_events e JOIN inboxes i ON i.id = e.inbox_id
-WHERE e.tenant_id = :t AND e.id = ANY(:ids) AND e.status <> 'processed'
-""")
-
-
 def _pending(row: Any, delivery: Any, policy: IngestPolicy) -> list[_Pending]:
     settings = row.settings or {}
     region = str(settings.get("default_region") or policy.default_region)
     hours = settings.get("reopen_window_hours")
     window = timedelta(hours=float(hours)) if hours is not None else policy.reopen_window
     return [_Pending(row.id, row.inbox_id, row.received_at, m, region, window) for m in delivery.messages]
-
-
-def prepare_senders(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy) -> int:
-    """Give every sender in these events a contact and an open conversation, in a short transaction.
-
-    New identities and conversations are claimed through unique indexes, and a claim holds its row
-    until the transaction commits. Done inside the long batch transaction, every other worker that
-    meets the same new sender would queue behind the whole batch; done here and committed at once,
-    they wait for a few statements at most. Everything here is an idempotent upsert. Returns the number
-    of messages seen.
-    """
-    pending: list[_Pending] = []
-    for row in conn.execute(PEEK_EVENTS, {"t": tenant, "ids": event_ids}).all():
-        adapter = ADAPTERS.get(row.channel)
-        try:
-            delivery = adapter.parse(request_from_event(row)) if adapter else None
-        except Exception:  # noqa: S112  (the batch transaction records corrupt events)
-            continue
-        if delivery is not None:
-            pending.extend(p for p in _pending(row, delivery, policy) if not p.message.edited)
-    if pending:
-        _senders_and_threads(conn, tenant, pending)
-    return len(pending)
 
 
 def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy) -> IngestResult:

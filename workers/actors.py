@@ -8,9 +8,8 @@ import dramatiq
 import structlog
 
 from workers import broker as _broker  # noqa: F401  (configures the broker before the actors bind to it)
-from db.tenancy import UnknownTenant, bind_tenant, resolve_tenant
+from db.tenancy import UnknownTenant, resolve_tenant
 from pipelines.ingest import ingest_events as run_ingest
-from pipelines.ingest import prepare_senders
 from workers.context import engine, ingest_policy
 from workers.errors import CorruptEvent, UnknownTenantError
 
@@ -27,9 +26,6 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
             tenant = resolve_tenant(conn, tenant_id)
         except UnknownTenant as exc:
             raise UnknownTenantError(str(exc)) from None
-        prepare_senders(conn, tenant, ids, policy)
-    with engine().begin() as conn:
-        bind_tenant(conn, tenant)
         result = run_ingest(conn, tenant, ids, policy)
     log.info("ingest.batch.stored", events=result.events, messages=len(result.messages_created),
              duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
