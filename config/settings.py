@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     ai_base_url: str = "https://api.openai.com/v1"
     ai_api_key: str | None = None
     ai_model: str = "gpt-4o-mini"
+    ai_timeout_seconds: float = Field(default=30.0, gt=0)
+    ai_max_retries: int = Field(default=3, ge=0, le=10)
+    ai_rate_limit_per_second: int = Field(default=20, ge=1)
+    # USD per million tokens, in and out, by model.
+    ai_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: {
+        "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
+        "text-embedding-3-small": (0.02, 0.0), "text-embedding-3-large": (0.13, 0.0),
+    })
     embedding_model: str = "local-ngram-v1"
     embedding_dim: int = Field(default=384, ge=8, le=4000)
 

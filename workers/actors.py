@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import dramatiq
 import structlog
@@ -10,6 +11,8 @@ import structlog
 from workers import broker as _broker  # noqa: F401  (configures the broker before the actors bind to it)
 from db.tenancy import UnknownTenant, resolve_tenant
 from pipelines.ingest import ingest_events as run_ingest
+from config import get_settings
+from workers.ai import assist_messages as run_assist
 from workers.context import engine, ingest_policy
 from workers.errors import CorruptEvent, UnknownTenantError
 
@@ -27,8 +30,40 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
         except UnknownTenant as exc:
             raise UnknownTenantError(str(exc)) from None
         result = run_ingest(conn, tenant, ids, policy)
+    if result.messages_created:
+        # After the commit: AI runs on its own queue, so a slow or failing provider never holds up ingestion.
+        assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
     log.info("ingest.batch.stored", events=result.events, messages=len(result.messages_created),
              duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
     if result.failed:
         # The rest of the batch is committed; the corrupt events go to the dead-letter ledger.
         raise CorruptEvent("; ".join(f"event {k}: {v}" for k, v in result.failed.items()))
+
+
+@dramatiq.actor(queue_name="ai")
+def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
+    """Classify stored inbound messages and draft replies where the inbox asks for them."""
+    settings = get_settings()
+    with engine().begin() as conn:
+        try:
+            tenant = resolve_tenant(conn, tenant_id)
+        except UnknownTenant as exc:
+            raise UnknownTenantError(str(exc)) from None
+    counts = run_assist(engine(), settings, tenant, [uuid.UUID(m) for m in message_ids], limiter=provider_limit)
+    log.info("ai.batch.stored", messages=len(message_ids), **counts)
+
+
+def provider_limit(provider: str) -> Any:
+    """A per-provider rate limit shared by every worker, on Redis (dramatiq's keys are not namespaced)."""
+    from dramatiq.rate_limits import WindowRateLimiter
+    from dramatiq.rate_limits.backends import RedisBackend
+
+    global _limiter_backend
+    if _limiter_backend is None:
+        _limiter_backend = RedisBackend(client=_broker.broker.client)
+    limiter = WindowRateLimiter(_limiter_backend, f"intake:ai:{provider}", limit=get_settings().ai_rate_limit_per_second,
+                                window=1)
+    return limiter.acquire()
+
+
+_limiter_backend: Any = None

@@ -331,3 +331,4 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
 # The operators' commands register themselves on `main`.
 from workers import cli_ops as _cli_ops  # noqa: E402, F401
 from workers import cli_bench as _cli_bench  # noqa: E402, F401
+from workers import cli_ai as _cli_ai  # noqa: E402, F401

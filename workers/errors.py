@@ -14,6 +14,7 @@ import redis
 import sqlalchemy.exc
 
 from db.tenancy import UnknownTenant
+from pipelines.ai.base import AIBadOutput, AIUnavailable
 from pipelines.channels import ChannelError
 
 
@@ -39,9 +40,9 @@ class RetryableError(IntakeError):
 
 def is_permanent(exc: BaseException) -> bool:
     """Sort any exception into permanent (True) or retryable (False)."""
-    if isinstance(exc, PermanentError | ChannelError | UnknownTenant):
+    if isinstance(exc, PermanentError | ChannelError | UnknownTenant | AIBadOutput):
         return True
-    if isinstance(exc, RetryableError):
+    if isinstance(exc, RetryableError | AIUnavailable):
         return False
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         exc = exc.orig or exc

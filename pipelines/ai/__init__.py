@@ -1,0 +1,1 @@
+"""AI for inbound messages: classification, grounded reply drafts, embeddings, behind one small interface."""

@@ -1,0 +1,106 @@
+"""The one interface every AI provider implements, and the values that cross it.
+
+    classify(ClassifyRequest) -> (Classification, Usage)
+    draft(DraftRequest) -> (DraftReply, Usage)
+    embed(texts) -> (vectors, Usage)
+
+Errors: `AIUnavailable` (timeouts, 429, 5xx: retry later) and `AIBadOutput` (the answer is not what was
+asked for, even after one repair attempt: permanent for this message).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from pipelines.ai.taxonomy import Category
+
+PROMPT_VERSION = "v1"
+Priority = Literal["low", "normal", "high", "urgent"]
+Sentiment = Literal["negative", "neutral", "positive"]
+
+
+class AIError(Exception):
+    """An AI provider could not answer."""
+
+
+class AIUnavailable(AIError):
+    """The provider is down, slow or rate-limiting us: try again later."""
+
+
+class AIBadOutput(AIError):
+    """The provider answered, but not in the shape asked for."""
+
+
+class Classification(BaseModel):
+    category: str
+    priority: Priority
+    sentiment: Sentiment
+    sentiment_score: float = Field(ge=-1, le=1)
+    language: str = Field(min_length=2, max_length=2)
+    confidence: float = Field(ge=0, le=1)
+    reasoning: str = Field(min_length=1, max_length=1000)
+    team: str | None = None
+
+
+class DraftReply(BaseModel):
+    text: str = Field(min_length=1)
+    cited_chunk_ids: list[str] = Field(default_factory=list)
+    confidence: float = Field(ge=0, le=1)
+    language: str = Field(min_length=2, max_length=2)
+
+
+@dataclass(frozen=True)
+class Usage:
+    provider: str
+    model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    text: str
+    subject: str | None
+    categories: tuple[Category, ...]
+    teams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: str
+    heading: str
+    content: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str = "Customer support"
+    tone: str = "friendly and concise"
+    system_prompt: str = ""
+    language: str | None = None  # None: answer in the customer's language
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    message: str
+    contact_name: str | None
+    language: str
+    category: str
+    passages: tuple[Passage, ...]
+    persona: Persona = field(default_factory=Persona)
+
+
+class Provider(Protocol):
+    name: str
+    model: str
+
+    def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]: ...
+
+    def draft(self, request: DraftRequest) -> tuple[DraftReply, Usage]: ...
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]: ...

@@ -1,0 +1,50 @@
+"""The local embedder: character n-gram feature hashing, honest about being lexical.
+
+Each text becomes the counts of its character 3- to 5-grams (within word boundaries), hashed into a fixed
+number of dimensions with a signed hash, log-scaled and L2-normalised. It needs no model and no network,
+works the same in every language, and matches texts that share words and word pieces (so "invoice",
+"invoices" and "invoiced" are close). It knows nothing of meaning: "refund" and "money back" are far
+apart. That is what `model = local-ngram-v1` says in the knowledge tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections import Counter
+
+MODEL = "local-ngram-v1"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_WORD.findall(text))
+
+
+def _features(text: str) -> Counter[str]:
+    features: Counter[str] = Counter()
+    for word in normalise(text).split():
+        padded = f"<{word}>"
+        features["w:" + word] += 2
+        for n in (3, 4, 5):
+            for i in range(max(1, len(padded) - n + 1)):
+                features[padded[i:i + n]] += 1
+    return features
+
+
+def embed(text: str, dim: int) -> list[float]:
+    vector = [0.0] * dim
+    for feature, count in _features(text).items():
+        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dim
+        sign = 1.0 if digest[4] & 1 else -1.0
+        vector[index] += sign * (1.0 + math.log(count))
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm else vector
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))

@@ -1,0 +1,223 @@
+"""The local provider: offline, no API key, no network.
+
+- language: `lingua` (its models ship in the package), restricted to the languages Intake serves;
+- sentiment: VADER for English, the lexicons in `lexicons` for the others;
+- category: keyword cues plus n-gram similarity to the category's examples and description;
+- priority: urgency words, strong negative sentiment, complaints; spam and auto-replies are low;
+- drafts: a reply in the customer's language built around the best knowledge passages, which says
+  plainly when nothing relevant was found.
+Every answer carries a confidence and a one-sentence reasoning naming its evidence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+from pipelines.ai import embedding, lexicons
+from pipelines.ai.base import (
+    Classification,
+    ClassifyRequest,
+    DraftReply,
+    DraftRequest,
+    Usage,
+)
+from pipelines.ai.taxonomy import Category
+
+LANGUAGES = ("en", "fi", "sv", "de", "es", "fr")
+MODEL = "local-lexical-v1"
+_EXAMPLE_DIM = 512
+_lock = threading.Lock()
+_detector: Any = None
+_vader: Any = None
+
+
+def _lingua() -> Any:
+    global _detector
+    with _lock:
+        if _detector is None:
+            from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+            codes = [getattr(IsoCode639_1, code.upper()) for code in LANGUAGES]
+            _detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).with_preloaded_language_models().build()
+        return _detector
+
+
+def _vader_analyzer() -> Any:
+    global _vader
+    with _lock:
+        if _vader is None:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            _vader = SentimentIntensityAnalyzer()
+        return _vader
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, confidence); English with zero confidence when there is nothing to go on."""
+    if not re.search(r"[^\W\d_]", text):
+        return "en", 0.0
+    values = _lingua().compute_language_confidence_values(text)
+    best = values[0]
+    return best.language.iso_code_639_1.name.lower(), float(best.value)
+
+
+def _padded(text: str) -> str:
+    return " " + embedding.normalise(text) + " "
+
+
+def _cues(padded: str, cues: tuple[str, ...]) -> list[str]:
+    return [cue for cue in cues if " " + embedding.normalise(cue) in padded]
+
+
+def sentiment(text: str, language: str) -> tuple[str, float, list[str]]:
+    """(label, score in [-1, 1], evidence words)."""
+    if language == "en":
+        score = float(_vader_analyzer().polarity_scores(text)["compound"])
+        evidence: list[str] = []
+    else:
+        padded = _padded(text)
+        words = padded.split()
+        negations = set(lexicons.NEGATIONS.get(language, ()))
+        total, evidence = 0.0, []
+        for polarity, cues in ((1.0, lexicons.POSITIVE.get(language, ())), (-1.0, lexicons.NEGATIVE.get(language, ()))):
+            for cue in _cues(padded, cues):
+                first = embedding.normalise(cue).split()[0]
+                index = next((i for i, w in enumerate(words) if w.startswith(first)), 0)
+                flipped = any(w in negations for w in words[max(0, index - 2):index]) and " " not in cue.strip()
+                total += -polarity if flipped else polarity
+                evidence.append(cue.strip())
+        score = max(-1.0, min(1.0, total / math.sqrt(len(evidence) + 1)))
+    label = "positive" if score >= 0.05 else "negative" if score <= -0.05 else "neutral"
+    return label, score, evidence
+
+
+@lru_cache(maxsize=64)
+def _example_vectors(category: Category) -> tuple[tuple[float, ...], ...]:
+    texts = (category.description, *category.examples)
+    return tuple(tuple(embedding.embed(t, _EXAMPLE_DIM)) for t in texts if t)
+
+
+def score_categories(text: str, categories: tuple[Category, ...]) -> list[tuple[float, Category, list[str], float]]:
+    padded = _padded(text)
+    vector = embedding.embed(text, _EXAMPLE_DIM)
+    scored = []
+    for category in categories:
+        hits = _cues(padded, category.keywords)
+        similarity = max((embedding.cosine(vector, list(v)) for v in _example_vectors(category)), default=0.0)
+        scored.append((len(hits) + 3.0 * max(0.0, similarity - 0.1), category, hits, similarity))
+    scored.sort(key=lambda item: item[0], reverse=True)
+    return scored
+
+
+class LocalProvider:
+    name = "local"
+    model = MODEL
+
+    def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]:
+        started = time.perf_counter()
+        text = "\n".join(t for t in (request.subject, request.text) if t)
+        language, language_confidence = detect_language(text)
+        label, score, sentiment_evidence = sentiment(text, language)
+        scored = score_categories(text, request.categories)
+        best_score, best, hits, similarity = scored[0] if scored else (0.0, None, [], 0.0)
+        second = scored[1][0] if len(scored) > 1 else 0.0
+        if best is None or best_score < 0.6:
+            category_id, team, confidence = "other", None, 0.3
+            because = "no category's keywords or examples matched"
+        else:
+            category_id, team = best.id, best.team
+            confidence = min(0.97, 0.35 + 0.6 * (best_score - second) / (best_score + 0.5))
+            evidence = [f"'{h}'" for h in hits[:3]]
+            if similarity >= 0.25:
+                evidence.append(f"{similarity:.0%} similar to its examples")
+            because = "matched " + ", ".join(evidence) if evidence else "closest to its examples"
+        urgent = _cues(_padded(text), lexicons.URGENT)
+        if category_id in ("spam", "auto_reply"):
+            priority = "low"
+        elif urgent and (label == "negative" or category_id == "complaint"):
+            priority = "urgent"
+        elif urgent or category_id == "complaint" or score <= -0.6:
+            priority = "high"
+        else:
+            priority = "normal"
+        reasons = [f"{category_id} ({because})", f"language {language} ({language_confidence:.0%})",
+                   f"sentiment {label} ({score:+.2f}" + (f"; {', '.join(sentiment_evidence[:3])})" if
+                                                         sentiment_evidence else ")")]
+        if urgent:
+            reasons.append(f"urgent wording: {', '.join(urgent[:2])}")
+        result = Classification(
+            category=category_id, priority=priority, sentiment=label, sentiment_score=round(score, 4),  # type: ignore[arg-type]
+            language=language, confidence=round(confidence, 3), team=team,
+            reasoning="Classified as " + "; ".join(reasons) + ".",
+        )
+        return result, Usage(self.name, self.model, latency_ms=int((time.perf_counter() - started) * 1000))
+
+    def draft(self, request: DraftRequest) -> tuple[DraftReply, Usage]:
+        started = time.perf_counter()
+        language = request.persona.language or request.language
+        phrases = PHRASES.get(language, PHRASES["en"])
+        greeting = phrases["hello"].format(name=f" {request.contact_name.split()[0]}" if request.contact_name else "")
+        relevant = [p for p in request.passages if p.score >= 0.1][:2]
+        if relevant:
+            body = phrases["found"] + "\n\n" + "\n\n".join(_excerpt(p.content) for p in relevant)
+            confidence = min(0.9, 0.4 + relevant[0].score)
+        else:
+            body = phrases["not_found"]
+            confidence = 0.2
+        text = f"{greeting}\n\n{phrases['thanks']}\n\n{body}\n\n{phrases['closing']}\n{request.persona.name}"
+        reply = DraftReply(text=text, cited_chunk_ids=[p.chunk_id for p in relevant], confidence=round(confidence, 3),
+                           language=language)
+        return reply, Usage(self.name, self.model, latency_ms=int((time.perf_counter() - started) * 1000))
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], Usage]:
+        from config import get_settings
+
+        dim = get_settings().embedding_dim
+        return [embedding.embed(t, dim) for t in texts], Usage(self.name, embedding.MODEL)
+
+
+def _excerpt(content: str, limit: int = 600) -> str:
+    content = " ".join(content.split())
+    if len(content) <= limit:
+        return content
+    cut = content[:limit].rsplit(". ", 1)[0]
+    return cut + "."
+
+
+PHRASES: dict[str, dict[str, str]] = {
+    "en": {"hello": "Hi{name},", "thanks": "Thank you for your message.",
+           "found": "Here is what our help articles say about this:",
+           "not_found": "I could not find an answer to this in our help articles, so a member of our team will "
+                        "look into it and get back to you.",
+           "closing": "Best regards,"},
+    "fi": {"hello": "Hei{name},", "thanks": "Kiitos viestistäsi.",
+           "found": "Ohjeissamme kerrotaan tästä seuraavaa:",
+           "not_found": "En löytänyt tähän vastausta ohjeistamme, joten tiimimme selvittää asian ja palaa "
+                        "sinulle pian.",
+           "closing": "Ystävällisin terveisin,"},
+    "sv": {"hello": "Hej{name},", "thanks": "Tack för ditt meddelande.",
+           "found": "Så här står det i våra hjälpartiklar:",
+           "not_found": "Jag hittade inget svar på detta i våra hjälpartiklar, så någon i vårt team tittar på "
+                        "det och återkommer till dig.",
+           "closing": "Vänliga hälsningar,"},
+    "de": {"hello": "Hallo{name},", "thanks": "vielen Dank für Ihre Nachricht.",
+           "found": "In unseren Hilfeartikeln steht dazu Folgendes:",
+           "not_found": "Ich habe dazu in unseren Hilfeartikeln keine Antwort gefunden. Ein Kollege aus unserem "
+                        "Team kümmert sich darum und meldet sich bei Ihnen.",
+           "closing": "Mit freundlichen Grüßen"},
+    "es": {"hello": "Hola{name}:", "thanks": "Gracias por tu mensaje.",
+           "found": "Esto es lo que dicen nuestros artículos de ayuda:",
+           "not_found": "No he encontrado la respuesta en nuestros artículos de ayuda, así que alguien de "
+                        "nuestro equipo lo revisará y te responderá.",
+           "closing": "Un saludo,"},
+    "fr": {"hello": "Bonjour{name},", "thanks": "Merci pour votre message.",
+           "found": "Voici ce qu'indiquent nos articles d'aide :",
+           "not_found": "Je n'ai pas trouvé de réponse dans nos articles d'aide ; un membre de notre équipe va "
+                        "examiner votre demande et revenir vers vous.",
+           "closing": "Cordialement,"},
+}

@@ -1,0 +1,229 @@
+"""Classification and reply drafting for stored inbound messages, with usage, cost and budgets.
+
+The work is split so that no database transaction stays open across a provider call:
+`load` reads what a message needs, `think` calls the provider (no database), `store` writes the results
+with ON CONFLICT on (message, prompt version), so a retried or replayed job changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from db.tenancy import TenantId
+from pipelines import knowledge
+from pipelines.ai import taxonomy
+from pipelines.ai.base import (
+    PROMPT_VERSION,
+    Classification,
+    ClassifyRequest,
+    DraftReply,
+    DraftRequest,
+    Passage,
+    Persona,
+    Provider,
+    Usage,
+)
+
+AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
+NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
+
+LOAD = text("""
+SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
+       c.last_inbound_at, ct.display_name, i.settings AS inbox_settings, t.settings AS tenant_settings,
+       EXISTS (SELECT 1 FROM ai_classifications a WHERE a.message_id = m.id AND a.prompt_version = :v) AS classified,
+       EXISTS (SELECT 1 FROM ai_drafts d WHERE d.message_id = m.id AND d.prompt_version = :v) AS drafted
+FROM messages m
+JOIN conversations c ON c.id = m.conversation_id
+JOIN inboxes i ON i.id = m.inbox_id
+JOIN tenants t ON t.id = m.tenant_id
+LEFT JOIN contacts ct ON ct.id = m.contact_id
+WHERE m.tenant_id = :t AND m.id = ANY(:ids) AND m.direction = 'inbound'
+""")
+
+
+@dataclass
+class Context:
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    text: str
+    subject: str | None
+    contact_name: str | None
+    is_latest: bool
+    auto_reply: bool
+    want_classification: bool
+    want_draft: bool
+    categories: tuple[taxonomy.Category, ...]
+    teams: dict[str, uuid.UUID]  # lower-cased team name or keyword -> team id
+    persona: Persona
+    passages: tuple[Passage, ...] = ()
+
+
+@dataclass
+class Results:
+    classification: Classification | None = None
+    draft: DraftReply | None = None
+    usage: list[tuple[str, Usage]] = field(default_factory=list)
+
+
+def is_auto_reply(headers: dict[str, Any]) -> bool:
+    """RFC 3834 Auto-Submitted, Precedence and the common vendor headers."""
+    auto = str(headers.get("auto-submitted", "no")).strip().lower()
+    precedence = str(headers.get("precedence", "")).strip().lower()
+    return (auto not in ("", "no") or precedence in AUTO_PRECEDENCE or "x-autoreply" in headers
+            or "x-autorespond" in headers)
+
+
+def ai_settings(tenant_settings: dict[str, Any] | None) -> dict[str, Any]:
+    value = (tenant_settings or {}).get("ai")
+    return value if isinstance(value, dict) else {}
+
+
+def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, force: bool = False) -> list[Context]:
+    teams = {}
+    for row in conn.execute(text("SELECT id, name, keywords FROM teams WHERE tenant_id = :t"), {"t": tenant}):
+        teams[row.name.lower()] = row.id
+        for keyword in row.keywords or []:
+            teams.setdefault(str(keyword).lower(), row.id)
+    contexts = []
+    for row in conn.execute(LOAD, {"t": tenant, "ids": message_ids, "v": PROMPT_VERSION}).all():
+        metadata = row.metadata or {}
+        auto = is_auto_reply(metadata.get("headers") or {})
+        inbox_settings = row.inbox_settings or {}
+        persona_raw = ai_settings(row.tenant_settings).get("persona") or {}
+        persona = Persona(**{k: v for k, v in persona_raw.items() if k in ("name", "tone", "system_prompt", "language")})
+        latest = row.last_inbound_at is None or row.sent_at >= row.last_inbound_at
+        contexts.append(Context(
+            message_id=row.id, conversation_id=row.conversation_id, text=row.content or "", subject=row.subject,
+            contact_name=row.display_name, is_latest=latest, auto_reply=auto,
+            want_classification=force or not row.classified,
+            want_draft=(not row.drafted and not auto and latest and bool(inbox_settings.get("ai_drafts", True))),
+            categories=taxonomy.from_settings((row.tenant_settings or {}).get("taxonomy")),
+            teams=teams, persona=persona,
+        ))
+    return contexts
+
+
+def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Provider) -> Results:
+    """Call the provider; `conn_for_retrieval` opens a short read transaction for knowledge look-ups."""
+    results = Results()
+    if ctx.want_classification or ctx.want_draft:
+        classification, usage = provider.classify(ClassifyRequest(ctx.text, ctx.subject, ctx.categories,
+                                                                  tuple(sorted(ctx.teams))))
+        if ctx.auto_reply:
+            classification = classification.model_copy(update={
+                "category": "auto_reply", "priority": "low",
+                "reasoning": "Marked as an automatic reply by its Auto-Submitted/Precedence headers. "
+                             + classification.reasoning})
+        results.classification = classification
+        results.usage.append(("classify", usage))
+    if ctx.want_draft and results.classification and results.classification.category not in NO_DRAFT_CATEGORIES:
+        question = "\n".join(t for t in (ctx.subject, ctx.text) if t)
+        vectors, embed_usage = provider.embed([question])
+        if embed_usage.tokens_in:
+            results.usage.append(("embed", embed_usage))
+        ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(conn, tenant, question, vectors[0])))
+        draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, results.classification.language,
+                                                   results.classification.category, ctx.passages, ctx.persona))
+        results.draft = draft
+        results.usage.append(("draft", usage))
+    return results
+
+
+def team_for(ctx: Context, classification: Classification) -> uuid.UUID | None:
+    for key in (classification.team, classification.category):
+        if key and key.lower() in ctx.teams:
+            return ctx.teams[key.lower()]
+    return None
+
+
+UPSERT_CLASSIFICATION = """
+INSERT INTO ai_classifications (tenant_id, message_id, prompt_version, category, priority, sentiment, sentiment_score,
+                                language, confidence, reasoning, suggested_team_id, is_auto_reply, provider, model)
+VALUES (:t, :m, :v, :category, :priority, :sentiment, :score, :language, :confidence, :reasoning, :team, :auto,
+        :provider, :model)
+ON CONFLICT (tenant_id, message_id, prompt_version) DO {action}
+RETURNING id
+"""
+REPLACE = """UPDATE SET category = EXCLUDED.category, priority = EXCLUDED.priority, sentiment = EXCLUDED.sentiment,
+    sentiment_score = EXCLUDED.sentiment_score, language = EXCLUDED.language, confidence = EXCLUDED.confidence,
+    reasoning = EXCLUDED.reasoning, suggested_team_id = EXCLUDED.suggested_team_id,
+    is_auto_reply = EXCLUDED.is_auto_reply, provider = EXCLUDED.provider, model = EXCLUDED.model,
+    created_at = now()"""
+
+
+def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
+          *, force: bool = False) -> dict[str, bool]:
+    stored = {"classification": False, "draft": False}
+    classification = results.classification
+    if classification is not None and ctx.want_classification:
+        usage = next(u for f, u in results.usage if f == "classify")
+        team = team_for(ctx, classification)
+        row = conn.execute(text(UPSERT_CLASSIFICATION.format(action=REPLACE if force else "NOTHING")), {
+            "t": tenant, "m": ctx.message_id, "v": PROMPT_VERSION, "category": classification.category,
+            "priority": classification.priority, "sentiment": classification.sentiment,
+            "score": classification.sentiment_score, "language": classification.language,
+            "confidence": classification.confidence, "reasoning": classification.reasoning, "team": team,
+            "auto": ctx.auto_reply or classification.category == "auto_reply", "provider": usage.provider,
+            "model": usage.model}).first()
+        stored["classification"] = row is not None
+        if row is not None and ctx.is_latest:
+            conn.execute(text("UPDATE conversations SET category = :c, priority = :p, suggested_team_id = :team, "
+                              "updated_at = now() WHERE tenant_id = :t AND id = :id"),
+                         {"c": classification.category, "p": classification.priority, "team": team, "t": tenant,
+                          "id": ctx.conversation_id})
+    if results.draft is not None:
+        usage = next(u for f, u in results.usage if f == "draft")
+        row = conn.execute(text("""
+            INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, cited_chunk_ids,
+                                   confidence, language, provider, model)
+            VALUES (:t, :m, :c, :v, :content, CAST(:cited AS uuid[]), :confidence, :language, :provider, :model)
+            ON CONFLICT (tenant_id, message_id, prompt_version) DO NOTHING RETURNING id"""), {
+            "t": tenant, "m": ctx.message_id, "c": ctx.conversation_id, "v": PROMPT_VERSION,
+            "content": results.draft.text, "cited": results.draft.cited_chunk_ids,
+            "confidence": results.draft.confidence, "language": results.draft.language,
+            "provider": usage.provider, "model": usage.model}).first()
+        stored["draft"] = row is not None
+    if stored["classification"] or stored["draft"]:
+        # Usage is recorded once, with the results it paid for (a replayed job that stores nothing, costs nothing).
+        for feature, usage in results.usage:
+            record_usage(conn, tenant, ctx.message_id, feature, usage, prices)
+    return stored
+
+
+def cost(usage: Usage, prices: dict[str, tuple[float, float]]) -> Decimal:
+    price_in, price_out = prices.get(usage.model, (0.0, 0.0))
+    return (Decimal(str(price_in)) * usage.tokens_in + Decimal(str(price_out)) * usage.tokens_out) / Decimal(1_000_000)
+
+
+def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None, feature: str, usage: Usage,
+                 prices: dict[str, tuple[float, float]]) -> None:
+    conn.execute(text("""
+        INSERT INTO ai_usage (tenant_id, message_id, feature, provider, model, tokens_in, tokens_out, cost_usd, latency_ms)
+        VALUES (:t, :m, :f, :p, :model, :i, :o, :cost, :ms)"""),
+        {"t": tenant, "m": message_id, "f": feature, "p": usage.provider, "model": usage.model,
+         "i": usage.tokens_in, "o": usage.tokens_out, "cost": cost(usage, prices), "ms": usage.latency_ms})
+
+
+def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None) -> bool:
+    """Raise the 80% and 100% alerts for this month; True while the tenant may still spend."""
+    if not budget_usd:
+        return True
+    now = now or datetime.now(UTC)
+    month = now.date().replace(day=1)
+    spent = Decimal(conn.execute(text(
+        "SELECT coalesce(sum(cost_usd), 0) FROM ai_usage WHERE tenant_id = :t AND created_at >= :month"),
+        {"t": tenant, "month": month}).scalar_one())
+    budget = Decimal(str(budget_usd))
+    for threshold in (80, 100):
+        if spent >= budget * threshold / 100:
+            conn.execute(text("""
+                INSERT INTO budget_alerts (tenant_id, month, threshold, spent_usd, budget_usd)
+                VALUES (:t, :month, :threshold, :spent, :budget) ON CONFLICT DO NOTHING"""),
+                {"t": tenant, "month": month, "threshold": threshold, "spent": spent, "budget": budget})
+    return spent < budget
