@@ -131,7 +131,7 @@ def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, k
     digest = hashlib.sha256(markdown.encode()).hexdigest()
     existing = conn.execute(text("SELECT id, content_hash, embedding_model FROM knowledge_documents "
                                  "WHERE tenant_id = :t AND source = :s FOR UPDATE"), {"t": tenant, "s": source}).first()
-    model = provider.embedding_model if hasattr(provider, "embedding_model") else provider.model
+    model = provider.embedding_model
     if existing and existing.content_hash == digest and existing.embedding_model == model:
         return ImportResult(source, "unchanged", 0)
     pieces = chunk(markdown)

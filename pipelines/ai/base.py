@@ -98,6 +98,7 @@ class DraftRequest:
 class Provider(Protocol):
     name: str
     model: str
+    embedding_model: str
 
     def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]: ...
 

@@ -117,6 +117,7 @@ def score_categories(text: str, categories: tuple[Category, ...]) -> list[tuple[
 class LocalProvider:
     name = "local"
     model = MODEL
+    embedding_model = embedding.MODEL
 
     def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]:
         started = time.perf_counter()
@@ -178,7 +179,7 @@ class LocalProvider:
         from config import get_settings
 
         dim = get_settings().embedding_dim
-        return [embedding.embed(t, dim) for t in texts], Usage(self.name, embedding.MODEL)
+        return [embedding.embed(t, dim) for t in texts], Usage(self.name, self.embedding_model)
 
 
 def _excerpt(content: str, limit: int = 600) -> str:
