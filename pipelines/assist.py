@@ -32,6 +32,7 @@ from pipelines.ai.base import (
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
+PERSONA_FIELDS = ("name", "tone", "system_prompt", "language")
 
 LOAD = text("""
 SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
@@ -96,7 +97,7 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
         auto = is_auto_reply(metadata.get("headers") or {})
         inbox_settings = row.inbox_settings or {}
         persona_raw = ai_settings(row.tenant_settings).get("persona") or {}
-        persona = Persona(**{k: v for k, v in persona_raw.items() if k in ("name", "tone", "system_prompt", "language")})
+        persona = Persona(**{k: v for k, v in persona_raw.items() if k in PERSONA_FIELDS})
         latest = row.last_inbound_at is None or row.sent_at >= row.last_inbound_at
         contexts.append(Context(
             message_id=row.id, conversation_id=row.conversation_id, text=row.content or "", subject=row.subject,
@@ -204,7 +205,8 @@ def cost(usage: Usage, prices: dict[str, tuple[float, float]]) -> Decimal:
 def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None, feature: str, usage: Usage,
                  prices: dict[str, tuple[float, float]]) -> None:
     conn.execute(text("""
-        INSERT INTO ai_usage (tenant_id, message_id, feature, provider, model, tokens_in, tokens_out, cost_usd, latency_ms)
+        INSERT INTO ai_usage (tenant_id, message_id, feature, provider, model, tokens_in, tokens_out, cost_usd,
+                              latency_ms)
         VALUES (:t, :m, :f, :p, :model, :i, :o, :cost, :ms)"""),
         {"t": tenant, "m": message_id, "f": feature, "p": usage.provider, "model": usage.model,
          "i": usage.tokens_in, "o": usage.tokens_out, "cost": cost(usage, prices), "ms": usage.latency_ms})

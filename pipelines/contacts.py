@@ -70,7 +70,7 @@ def resolve_contact(
         else:
             rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": kinds, "values": values}).all()
             found = {(row.kind, row.value): row.contact_id for row in rows}
-        owners = sorted(set(found.values()))
+        owners: list[uuid.UUID] = sorted(set(found.values()))
         missing = [pair for pair in wanted if pair not in found]
         if not owners:
             row = conn.execute(CREATE, {"t": tenant, "n": name, "kinds": kinds, "values": values}).one()
@@ -118,12 +118,13 @@ def resolve_contacts(
     wanted = sorted({pair for identities, _ in people for pair in identities})
     rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": [k for k, _ in wanted],
                                  "values": [v for _, v in wanted]}).all()
-    owner = {(row.kind, row.value): row.contact_id for row in rows}
-    known = {}
+    owner: dict[tuple[str, str], uuid.UUID] = {(row.kind, row.value): row.contact_id for row in rows}
+    known: dict[int, uuid.UUID] = {}
     for index, (identities, _) in enumerate(people):
         owners = {owner.get(pair) for pair in identities}
-        if len(owners) == 1 and None not in owners:
-            known[index] = owners.pop()
+        only = owners.pop() if len(owners) == 1 else None
+        if only is not None:
+            known[index] = only
     live: set[uuid.UUID] = set()
     if known:
         locked = conn.execute(LOCK_MANY, {"ids": sorted(set(known.values()))}).all()
@@ -155,7 +156,7 @@ def merge_contacts(
         {"t": tenant, "ids": list(contact_ids)},
     ).all()
     ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
-    survivor = ordered[0].id
+    survivor: uuid.UUID = ordered[0].id
     for loser in (r.id for r in ordered[1:]):
         _absorb(conn, tenant, survivor, loser, reason, identities)
     return survivor
@@ -185,8 +186,8 @@ def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid
                  params)
     conn.execute(text("UPDATE contacts SET merged_into_id = :survivor, updated_at = now() "
                       "WHERE tenant_id = :t AND (id = :loser OR merged_into_id = :loser)"), params)
-    conn.execute(text("UPDATE contacts SET display_name = COALESCE(display_name, "
-                      "(SELECT display_name FROM contacts WHERE id = :loser)), updated_at = now() WHERE id = :survivor"),
+    conn.execute(text("UPDATE contacts SET display_name = COALESCE(display_name, (SELECT display_name "
+                      "FROM contacts WHERE id = :loser)), updated_at = now() WHERE id = :survivor"),
                  params)
     details = {
         "moved_identities": [list(r) for r in moved],

@@ -9,6 +9,7 @@ adapter can parse are marked failed and reported, without holding up the rest of
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -226,7 +227,7 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
     return [uuid.UUID(str(row.id)) for row in inserted]
 
 
-def _counters(inserted: list[Any]) -> dict[str, list[Any]]:
+def _counters(inserted: Sequence[Any]) -> dict[str, list[Any]]:
     """Per conversation: how many messages were added, their first and last times, the first subject."""
     totals: dict[uuid.UUID, list[Any]] = {}
     for row in sorted(inserted, key=lambda r: r.sent_at):

@@ -59,7 +59,7 @@ def display_name(raw: str | None, *handles: str) -> str | None:
         return None
     cleaned = "".join(ch for ch in unicodedata.normalize("NFC", raw) if unicodedata.category(ch)[0] != "C")
     cleaned = _SPACE.sub(" ", cleaned).strip().strip("\"'`").strip()
-    if not cleaned or cleaned.lower() in {h.lower() for h in handles} or "@" in cleaned and " " not in cleaned:
+    if not cleaned or cleaned.lower() in {h.lower() for h in handles} or ("@" in cleaned and " " not in cleaned):
         return None
     return cleaned[:200]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-
-import orjson
 from datetime import UTC, datetime
 
+import orjson
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId, bind_tenant

@@ -36,7 +36,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 @contextmanager
 def web_server(env: dict[str, str] | None = None, log_path: Path | None = None) -> Iterator[str]:
     port = free_port()
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([INTAKE, "serve", "--port", str(port)], env={**os.environ, **(env or {})},
                             stdout=out, stderr=out, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -66,8 +66,8 @@ def test_messages_are_classified_drafted_and_routed(server: str, app_engine: Eng
         post_api(server, inbox, "m1", "Hi, I was charged twice this month. How long does a refund take?",
                  "ada@example.com")
         wait_for(lambda: len(rows(app_engine, inbox, "SELECT 1 FROM ai_drafts")) == 1, timeout=60)
-    ((category, priority, language, provider, team_name, reasoning),) = rows(app_engine, inbox, """
-        SELECT a.category, a.priority, a.language, a.provider, t.name, a.reasoning FROM ai_classifications a
+    ((category, language, provider, team_name, reasoning),) = rows(app_engine, inbox, """
+        SELECT a.category, a.language, a.provider, t.name, a.reasoning FROM ai_classifications a
         LEFT JOIN teams t ON t.id = a.suggested_team_id""")
     assert (category, language, provider, team_name) == ("billing", "en", "local", "Money")
     assert "billing" in reasoning

@@ -6,11 +6,11 @@ check.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import httpx
-import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +20,7 @@ from pipelines.inboxes import CHANNELS, CreatedInbox
 from tests.factories import new_inbox
 from tests.processes import web_server
 from tests.webhooks import sign
+
 
 def _dumps(value: object) -> bytes:
     return json.dumps(value).encode()  # the stdlib writes any integer, as a hostile sender might

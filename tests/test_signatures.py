@@ -11,8 +11,17 @@ from urllib.parse import urlencode
 
 import pytest
 
-from pipelines.channels import SignatureError, VerifyContext, WebhookRequest
-from pipelines.channels import api, mailgun, postmark, telegram, twilio, whatsapp
+from pipelines.channels import (
+    SignatureError,
+    VerifyContext,
+    WebhookRequest,
+    api,
+    mailgun,
+    postmark,
+    telegram,
+    twilio,
+    whatsapp,
+)
 from tests.webhooks import basic
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -8,10 +8,10 @@ from typing import Any
 import dramatiq
 import structlog
 
-from workers import broker as _broker  # noqa: F401  (configures the broker before the actors bind to it)
+from config import get_settings
 from db.tenancy import UnknownTenant, resolve_tenant
 from pipelines.ingest import ingest_events as run_ingest
-from config import get_settings
+from workers import broker as _broker
 from workers.ai import assist_messages as run_assist
 from workers.context import engine, ingest_policy
 from workers.errors import CorruptEvent, UnknownTenantError
@@ -61,8 +61,8 @@ def provider_limit(provider: str) -> Any:
     global _limiter_backend
     if _limiter_backend is None:
         _limiter_backend = RedisBackend(client=_broker.broker.client)
-    limiter = WindowRateLimiter(_limiter_backend, f"intake:ai:{provider}", limit=get_settings().ai_rate_limit_per_second,
-                                window=1)
+    limit = get_settings().ai_rate_limit_per_second
+    limiter = WindowRateLimiter(_limiter_backend, f"intake:ai:{provider}", limit=limit, window=1)
     return limiter.acquire()
 
 

@@ -21,8 +21,8 @@ from dramatiq.middleware import (
 )
 
 from config import configure_logging, get_settings
-from workers.errors import is_permanent
 from workers.context import engine
+from workers.errors import is_permanent
 from workers.ledger import FailureLedger
 from workers.middleware import LogContext
 

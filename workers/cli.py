@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -329,6 +329,6 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
 
 
 # The operators' commands register themselves on `main`.
-from workers import cli_ops as _cli_ops  # noqa: E402, F401
-from workers import cli_bench as _cli_bench  # noqa: E402, F401
 from workers import cli_ai as _cli_ai  # noqa: E402, F401
+from workers import cli_bench as _cli_bench  # noqa: E402, F401
+from workers import cli_ops as _cli_ops  # noqa: E402, F401

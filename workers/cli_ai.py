@@ -45,7 +45,8 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
         tenant = resolve_tenant(conn, tenant_id)
         from pipelines.assist import ai_settings
 
-        tenant_ai = ai_settings(conn.execute(text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}).scalar())
+        raw = conn.execute(text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}).scalar()
+        tenant_ai = ai_settings(raw)
     provider = provider_for(settings, tenant_ai, within_budget=True)
     found = knowledge.files(path)
     if not found:

@@ -55,11 +55,13 @@ def report(r: dict[str, Any]) -> Table:
                   f"{r['baseline']['hello_p50_ms']} / {r['baseline']['hello_p99_ms']}", "")
     table.add_row("pipeline messages/s", f"{r['pipeline']['messages_per_s']:,.0f}",
                   f"{r['baseline']['dramatiq_noop_per_s']:,.0f} (no-op jobs)", f"{r['ratio']['pipeline_vs_noop']}")
+    table.add_row("ai messages/s", f"{r['ai']['messages_per_s']}", f"({r['ai']['provider']} provider)", "")
     table.add_row(f"end to end p50 / p99 ms at {r['e2e']['rate_per_s']:,.0f}/s",
                   f"{r['e2e']['p50_ms']} / {r['e2e']['p99_ms']}", "", "")
     table.add_row("PostgreSQL commits/s, COPY rows/s", "",
                   f"{r['baseline']['pg_commit_per_s']:,.0f}, {r['baseline']['pg_copy_rows_per_s']:,.0f}", "")
-    table.add_row("peak RSS MB web / worker", f"{r['rss_mb']['web_peak']} / {r['rss_mb']['worker_peak']}", "", "")
+    table.add_row("peak RSS MB web / worker / ai worker",
+                  f"{r['rss_mb']['web_peak']} / {r['rss_mb']['worker_peak']} / {r['rss_mb']['ai_worker_peak']}", "", "")
     c = r["correct"]
     table.add_row("deliveries, events, messages",
                   f"{c['deliveries_sent']:,}, {c['events_stored']:,}, {c['messages_stored']:,}",

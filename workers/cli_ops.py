@@ -21,7 +21,7 @@ _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class When(click.ParamType):
+class When(click.ParamType):  # type: ignore[type-arg,unused-ignore]
     """An ISO 8601 date or time, or an age such as 30m, 2h, 7d."""
 
     name = "when"
@@ -215,7 +215,8 @@ EVENT_STATUSES = ("received", "processed", "failed")
 
 def event_where(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uuid.UUID | None,
                 since: datetime | None, until: datetime | None) -> tuple[str, dict[str, Any]]:
-    clauses, params = [], {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
     for column, value in (("status", status), ("tenant_id", tenant)):
         if value is not None:
             clauses.append(f"{column} = :{column}")

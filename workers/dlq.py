@@ -34,7 +34,8 @@ class Filters:
     status: str | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
-        clauses, params = [], {}
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
         if self.ids:
             clauses.append("id = ANY(:ids)")
             params["ids"] = list(self.ids)
@@ -79,7 +80,7 @@ def show(conn: Connection, failure_id: uuid.UUID) -> dict[str, Any] | None:
 
 
 def stats(conn: Connection) -> dict[str, Any]:
-    by_status = dict(conn.execute(text("SELECT status, count(*) FROM job_failures GROUP BY 1")).all())
+    by_status: dict[str, int] = dict(conn.execute(text("SELECT status, count(*) FROM job_failures GROUP BY 1")).all())
     by_queue = [dict(r) for r in conn.execute(text(
         "SELECT queue, actor, count(*) AS dead, max(last_failed_at) AS last_failed_at FROM job_failures "
         "WHERE status = 'dead' GROUP BY 1, 2 ORDER BY 3 DESC")).mappings()]

@@ -46,7 +46,8 @@ def is_permanent(exc: BaseException) -> bool:
         return False
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         exc = exc.orig or exc
-    if isinstance(exc, psycopg.errors.IntegrityError | psycopg.errors.DataError | psycopg.errors.SyntaxErrorOrAccessRuleViolation):
+    errors = psycopg.errors
+    if isinstance(exc, errors.IntegrityError | errors.DataError | errors.SyntaxErrorOrAccessRuleViolation):
         # Constraint violations that survive our upserts are bugs or bad data; retrying repeats them.
         return not isinstance(exc, psycopg.errors.UniqueViolation)
     if isinstance(exc, psycopg.OperationalError | redis.RedisError | OSError | TimeoutError):

@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 import orjson
 import structlog
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +52,7 @@ def scrub(value: str) -> str:
     return value
 
 
-def job_tenant(message: dramatiq.Message[Any]) -> uuid.UUID | None:
+def job_tenant(message: MessageProxy) -> uuid.UUID | None:
     """By convention an actor's first argument (or `tenant_id` keyword) names the tenant."""
     raw = (message.kwargs or {}).get("tenant_id") or (message.args[0] if message.args else None)
     try:
@@ -60,14 +61,14 @@ def job_tenant(message: dramatiq.Message[Any]) -> uuid.UUID | None:
         return None
 
 
-def job_refs(message: dramatiq.Message[Any]) -> str | None:
+def job_refs(message: MessageProxy) -> str | None:
     ids = [str(a) for a in message.args[1:]] + [f"{k}={v}" for k, v in (message.kwargs or {}).items()
                                                 if k != "tenant_id"]
     return scrub(", ".join(ids))[:2000] or None
 
 
-def replayable(message: dramatiq.Message[Any]) -> dict[str, Any]:
-    data = message.asdict()
+def replayable(message: MessageProxy) -> dict[str, Any]:
+    data: dict[str, Any] = message.asdict()
     data["queue_name"] = q_name(data["queue_name"])
     data["options"] = {k: v for k, v in data["options"].items() if k not in ATTEMPT_OPTIONS}
     data["redis_message_id"] = message.options.get("redis_message_id")
@@ -78,17 +79,17 @@ class FailureLedger(dramatiq.Middleware):
     def __init__(self, engine_factory: Any) -> None:
         self._engine = engine_factory
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        if exception is not None and message.failed:  # type: ignore[attr-defined]
+        if exception is not None and message.failed:
             self.record(message, exception)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
-        if message.failed:  # type: ignore[attr-defined]
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if message.failed:
             # AgeLimit skips a message too old to run: that is terminal as well.
             self.record(message, TimeoutError("message exceeded its age limit before it ran"))
 
-    def record(self, message: dramatiq.Message[Any], exception: BaseException) -> None:
+    def record(self, message: MessageProxy, exception: BaseException) -> None:
         tenant = job_tenant(message)
         params = {
             "tenant": tenant, "queue": q_name(message.queue_name), "actor": message.actor_name,

@@ -6,12 +6,13 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.broker import MessageProxy
 
 
 class LogContext(dramatiq.Middleware):
     """Bind actor, message id, attempt and the job's ids to structlog for the message's duration."""
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
         context: dict[str, Any] = {
             "actor": message.actor_name,
@@ -26,9 +27,10 @@ class LogContext(dramatiq.Middleware):
         structlog.contextvars.bind_contextvars(**context)
 
     def after_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+        self, broker: dramatiq.Broker, message: MessageProxy, *,
         result: Any = None, exception: BaseException | None = None,
     ) -> None:
         structlog.contextvars.clear_contextvars()
 
-    after_skip_message = after_process_message  # type: ignore[assignment]
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()

@@ -84,7 +84,7 @@ class EmbeddedServices:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+                server = pgserver.get_server(self.pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
         except Exception as exc:
             log = self.pgdata / "log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -98,7 +98,7 @@ class EmbeddedServices:
     def _stop_postgres(self) -> None:
         if self._postmaster() is None:
             return
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         user = "pgserver" if os.geteuid() == 0 else None
         with contextlib.suppress(subprocess.CalledProcessError):

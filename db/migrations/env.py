@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-url = context.config.get_main_option("sqlalchemy.url")
+url: str = context.config.get_main_option("sqlalchemy.url") or ""
 assert url, "db.migrate sets sqlalchemy.url"
 
 

@@ -203,7 +203,7 @@ def multipart_parts(request: WebhookRequest) -> list[tuple[str, Message]]:
     if not message.is_multipart():
         raise PayloadError("malformed multipart body")
     parts: list[tuple[str, Message]] = []
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str):
             parts.append((name, part))

@@ -94,7 +94,7 @@ def parse(request: WebhookRequest) -> Delivery:
             parts = _from_mime(mime, fields)
         except Exception:  # the stdlib parser raises many types on hostile MIME
             raise PayloadError("malformed body-mime") from None
-        pairs = parts["headers"]  # type: ignore[assignment]
+        pairs = parts["headers"]
         text, html = str(parts["text"]), parts["html"]
         attachments = list(parts["attachments"])  # type: ignore[call-overload]
     else:

@@ -36,7 +36,7 @@ def _recipients(value: Any) -> tuple[str, ...]:
 
 def parse(request: WebhookRequest) -> Delivery:
     data = expect_dict(json_body(request), "body")
-    from_full = data.get("FromFull") if isinstance(data.get("FromFull"), dict) else {}
+    from_full: dict[str, Any] = data["FromFull"] if isinstance(data.get("FromFull"), dict) else {}
     sender_email = from_full.get("Email") or email.address(data.get("From"))[1]
     if not sender_email:
         raise PayloadError("missing sender ('FromFull.Email' or 'From')")

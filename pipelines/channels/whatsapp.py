@@ -137,7 +137,7 @@ def parse(request: WebhookRequest) -> Delivery:
             if change.get("field") != "messages":
                 continue
             value = expect_dict(change.get("value", {}), "value")
-            metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+            metadata: dict[str, Any] = value["metadata"] if isinstance(value.get("metadata"), dict) else {}
             phone_number_id = metadata.get("phone_number_id")
             names = {
                 str(c.get("wa_id")): str(c.get("profile", {}).get("name"))

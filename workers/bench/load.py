@@ -35,7 +35,7 @@ class LoadResult:
         if not self.latencies_ms:
             return 0.0
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def _connection(host: str, port: int, requests: list[bytes], cursor: list[int], result: LoadResult,

@@ -169,7 +169,7 @@ def noop_rate(env: dict[str, str], redis_url: str, processes: int, threads: int,
     """Jobs per second a no-op actor drains from a pre-filled queue, on the fleet's broker settings."""
     from workers.bench import noop as noop_module
 
-    broker = noop_module.noop.broker
+    broker: Any = noop_module.noop.broker
     client = redis.Redis.from_url(redis_url)
     for n in range(jobs):
         noop_module.noop.send(n)
@@ -315,6 +315,26 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
                         "(ORDER BY extract(epoch FROM stored_at - received_at) * 1000) "
                         "FROM messages WHERE received_at >= %s", (mark,)).fetchone()[0]  # type: ignore[index]
 
+        progress("ai: classifying and drafting the stored messages", 0.0)
+        ai_args = [sys.executable, "-m", "workers", "worker", "--processes", str(options.processes),
+                   "--threads", str(options.threads), "--queues", "ai"]
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            def classified() -> int:
+                row = conn.execute("SELECT count(*) FROM ai_classifications").fetchone()
+                return int(row[0]) if row else 0
+
+            total_messages = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])  # type: ignore[index]
+            with process(ai_args, env, sampler, "worker_ai"):
+                started = time.perf_counter()
+
+                def ai_done() -> bool:
+                    done_now = classified()
+                    progress("ai: classifying and drafting the stored messages", done_now / max(1, total_messages))
+                    return done_now >= total_messages or time.perf_counter() - started > 90
+
+                _wait(ai_done, timeout=120, interval=0.5)
+                ai_seconds = time.perf_counter() - started
+                ai_messages = classified()
         progress("checking the books", None)
         books = _books(admin_url, deliveries + paced)
         results.update({
@@ -323,7 +343,8 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
                         "statuses": ingress_stats},
             "pipeline": {"messages_per_s": round(pipeline_rate, 1), "messages": pipeline_messages,
                          "seconds": round(pipeline_seconds, 2)},
-            "ai": {"messages_per_s": None},
+            "ai": {"messages_per_s": round(ai_messages / ai_seconds, 1) if ai_seconds else None,
+                   "messages": ai_messages, "provider": os.environ.get("INTAKE_AI_PROVIDER", "local")},
             "e2e": {"rate_per_s": round(rate, 1), "p50_ms": round(float(latency[0]), 2),
                     "p99_ms": round(float(latency[1]), 2), "statuses": paced_result.statuses},
             "baseline": {"hello_asgi_per_s": round(hello.per_second, 1), "hello_p50_ms": round(hello.percentile(50), 2),
@@ -333,7 +354,8 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
             "ratio": {"ingress_vs_hello": round(ingress.per_second / hello.per_second, 3) if hello.per_second else None,
                       "pipeline_vs_noop": round(pipeline_rate / noop, 3) if noop else None},
             "rss_mb": {"web_peak": round(sampler.peaks.get("web", 0.0), 1),
-                       "worker_peak": round(sampler.peaks.get("worker", 0.0), 1)},
+                       "worker_peak": round(sampler.peaks.get("worker", 0.0), 1),
+                       "ai_worker_peak": round(sampler.peaks.get("worker_ai", 0.0), 1)},
             "correct": books,
         })
         return results

@@ -6,6 +6,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -33,6 +34,7 @@ class Delivery:
 
 
 def _body(channel: str, person: int, n: int, rng: random.Random, now: datetime) -> tuple[bytes, str, str | None, str]:
+    body: dict[str, Any]
     text = rng.choice(TEXTS)
     phone = f"+1415{person:07d}"
     sent = now - timedelta(seconds=rng.randint(0, 600))
