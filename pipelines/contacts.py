@@ -104,6 +104,7 @@ def resolve_contact(
     raise ResolutionConflict(f"identities {wanted} kept changing hands")
 
 
+MERGED = text("SELECT id, merged_into_id FROM contacts WHERE id = ANY(:ids) AND merged_into_id IS NOT NULL")
 LOCK_MANY = text("SELECT id, merged_into_id FROM contacts WHERE id = ANY(:ids) ORDER BY id FOR KEY SHARE")
 
 
@@ -143,6 +144,17 @@ def resolve_contacts(
             owner[pair] = contact
         live.add(contact)
         resolved[index] = contact
+    if slow:
+        # A careful resolution may have merged a contact that an earlier sender of this batch resolved to:
+        # point those senders at the survivor too.
+        merged: dict[uuid.UUID, uuid.UUID] = {
+            row.id: row.merged_into_id for row in conn.execute(MERGED, {"ids": sorted(set(resolved.values()))})}
+        for index, contact in resolved.items():
+            for _ in range(5):
+                if contact not in merged:
+                    break
+                contact = merged[contact]
+            resolved[index] = contact
     return [resolved[i] for i in range(len(people))]
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
@@ -53,8 +57,13 @@ def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
     log.info("ai.batch.stored", messages=len(message_ids), **counts)
 
 
-def provider_limit(provider: str) -> Any:
-    """A per-provider rate limit shared by every worker, on Redis (dramatiq's keys are not namespaced)."""
+@contextmanager
+def provider_limit(provider: str) -> Iterator[None]:
+    """A per-provider call rate shared by every worker, kept on Redis (dramatiq's keys are not namespaced).
+
+    A call over the limit waits for the next window instead of failing: waiting for a slot is not an
+    error, and must not spend the job's retries.
+    """
     from dramatiq.rate_limits import WindowRateLimiter
     from dramatiq.rate_limits.backends import RedisBackend
 
@@ -63,7 +72,12 @@ def provider_limit(provider: str) -> Any:
         _limiter_backend = RedisBackend(client=_broker.broker.client)
     limit = get_settings().ai_rate_limit_per_second
     limiter = WindowRateLimiter(_limiter_backend, f"intake:ai:{provider}", limit=limit, window=1)
-    return limiter.acquire()
+    while True:
+        with limiter.acquire(raise_on_failure=False) as acquired:
+            if acquired:
+                yield
+                return
+        time.sleep(0.05 + random.random() * 0.1)  # noqa: S311  (jitter, not a secret)
 
 
 _limiter_backend: Any = None
