@@ -239,6 +239,12 @@ def expect_dict(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def verify_basic_auth(request: WebhookRequest, secrets: Mapping[str, str], context: VerifyContext) -> None:
+    """`verify` for providers that authenticate with HTTP Basic credentials in the webhook URL."""
+    if not basic_auth_matches(request, secrets["basic_user"], secrets["basic_password"]):
+        raise SignatureError("signature verification failed")
+
+
 def basic_auth_matches(request: WebhookRequest, user: str, password: str) -> bool:
     """HTTP Basic credentials, compared in constant time (both parts always compared)."""
     import base64

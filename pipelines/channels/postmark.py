@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.channels import email
@@ -12,20 +11,16 @@ from pipelines.channels.base import (
     Identity,
     InboundMessage,
     PayloadError,
-    SignatureError,
-    VerifyContext,
     WebhookRequest,
-    basic_auth_matches,
     expect_dict,
     json_body,
+    verify_basic_auth,
 )
 
 CHANNEL = "postmark"
 
 
-def verify(request: WebhookRequest, secrets: Mapping[str, str], context: VerifyContext) -> None:
-    if not basic_auth_matches(request, secrets["basic_user"], secrets["basic_password"]):
-        raise SignatureError("signature verification failed")
+verify = verify_basic_auth
 
 
 def _recipients(value: Any) -> tuple[str, ...]:

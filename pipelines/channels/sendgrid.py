@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import orjson
 
 from pipelines.channels import email
@@ -13,22 +11,18 @@ from pipelines.channels.base import (
     Identity,
     InboundMessage,
     PayloadError,
-    SignatureError,
-    VerifyContext,
     WebhookRequest,
-    basic_auth_matches,
     body_digest,
     first,
     form_fields,
     multipart_parts,
+    verify_basic_auth,
 )
 
 CHANNEL = "sendgrid"
 
 
-def verify(request: WebhookRequest, secrets: Mapping[str, str], context: VerifyContext) -> None:
-    if not basic_auth_matches(request, secrets["basic_user"], secrets["basic_password"]):
-        raise SignatureError("signature verification failed")
+verify = verify_basic_auth
 
 
 def parse(request: WebhookRequest) -> Delivery:
