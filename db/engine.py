@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
 
@@ -27,14 +24,3 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "intake
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
 
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """One transaction: committed when the block ends, rolled back if it raises."""
-    with engine.begin() as conn:
-        yield conn
-
-
-def check_reachable(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))

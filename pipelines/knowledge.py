@@ -217,7 +217,3 @@ def retrieve(conn: Connection, tenant: TenantId, question: str, vector: list[flo
     return [Passage(str(r.id), r.heading, r.content, round(float(r.similarity) + (0.15 if r.keyword_hit else 0.0), 4))
             for r in rows]
 
-
-def document_count(conn: Connection, tenant: TenantId) -> int:
-    return int(conn.execute(text("SELECT count(*) FROM knowledge_documents WHERE tenant_id = :t"),
-                            {"t": tenant}).scalar_one())
