@@ -125,7 +125,11 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
         posting = Background(server, [tenant], concurrency=4)
         wait_for(lambda: tenant.counts(app_engine)["messages"] > 100, timeout=60, interval=0.1)
         user = "pgserver" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=TEST_HOME / "postgres", user=user, timeout=60)
+        pgdata = (TEST_HOME / "postgres").resolve()
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+        time.sleep(1.5)  # down long enough that deliveries and jobs surely meet the outage
+        pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"], pgdata=pgdata,
+               user=user, timeout=60)
         posted = posting.join()
         assert set(posted.codes) == {200}
         assert posted.retries > 0  # the outage was real: some deliveries were refused with 503 and retried
