@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=4, ge=1, le=100)
 
     # The workers.
-    ingest_batch_max: int = Field(default=64, ge=1, le=1000)
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_threads: int = Field(default=8, ge=1, le=256)
     job_max_retries: int = Field(default=8, ge=0)
