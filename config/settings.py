@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=400, ge=1)
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     commit_batch_max: int = Field(default=256, ge=1, le=5000)
+    ingest_batch_max: int = Field(default=200, ge=1, le=5000)
     db_pool_size: int = Field(default=4, ge=1, le=100)
 
     # The workers.
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     job_max_backoff_ms: int = Field(default=300_000, ge=0)
     job_time_limit_ms: int = Field(default=120_000, ge=1000)
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
+    worker_poll_ms: int = Field(default=100, ge=5, le=10_000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)

@@ -4,6 +4,12 @@
 again (the raw event is the source of truth), resolves the sender to a contact, threads the message,
 stores it exactly once, applies delivery-status updates, and marks the events processed. Events that no
 adapter can parse are marked failed and reported, without holding up the rest of the batch.
+
+A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
+fleet falls behind, and the per-job cost is paid once for many events. A job's own events are locked in
+one global order and waited for; waiting events are taken only when free (SKIP LOCKED). So a job whose
+events another job took waits for that job to commit and then finds them processed, and a waiting event
+that does not parse is left untouched for its own job to report.
 """
 
 from __future__ import annotations
@@ -26,11 +32,23 @@ from pipelines.conversations import ThreadRequest, find_or_open_many
 
 log = structlog.get_logger("intake.ingest")
 
-LOAD_EVENTS = text("""
-SELECT e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings
-FROM inbound_events e JOIN inboxes i ON i.id = e.inbox_id
-WHERE e.tenant_id = :t AND e.id = ANY(:ids) AND e.status <> 'processed'
+EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
+# The job's own events (failed ones too: a replay retries them), locked in one global order.
+LOAD_EVENTS = text(f"""
+SELECT {EVENT_COLUMNS}
+FROM unnest(CAST(:ids AS uuid[])) AS u(id)
+JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
+JOIN inboxes i ON i.id = e.inbox_id
+WHERE e.status <> 'processed'
 ORDER BY e.received_at, e.id
+FOR UPDATE OF e
+""")
+LOAD_WAITING = text(f"""
+SELECT {EVENT_COLUMNS}
+FROM inbound_events e JOIN inboxes i ON i.id = e.inbox_id
+WHERE e.tenant_id = :t AND e.status = 'received' AND e.id <> ALL(CAST(:ids AS uuid[]))
+ORDER BY e.received_at
+LIMIT :n
 FOR UPDATE OF e SKIP LOCKED
 """)
 INSERT_MESSAGES = text("""
@@ -105,6 +123,7 @@ class IngestResult:
     messages_created: list[uuid.UUID] = field(default_factory=list)
     duplicates: int = 0
     statuses_applied: int = 0
+    waiting_taken: int = 0  # events of other jobs this batch took
     failed: dict[uuid.UUID, str] = field(default_factory=dict)
 
 
@@ -132,29 +151,40 @@ def _pending(row: Any, delivery: Any, policy: IngestPolicy) -> list[_Pending]:
     return [_Pending(row.id, row.inbox_id, row.received_at, m, region, window) for m in delivery.messages]
 
 
-def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy) -> IngestResult:
+def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy, *,
+                  batch_max: int = 0) -> IngestResult:
     """Process a batch of stored events set-wise: a handful of statements for the whole batch.
 
     Senders are resolved and conversations found with one look-up each for the batch; messages go in
     with one multi-row insert and conversation counters move with one update. Anything unusual (a new
-    sender, a merge, an email thread, a reopen) takes the careful one-by-one path.
+    sender, a merge, an email thread, a reopen) takes the careful one-by-one path. With `batch_max`, the
+    batch is topped up to that many events with the tenant's oldest waiting ones.
     """
     result = IngestResult()
     processed: list[uuid.UUID] = []
     pending: list[_Pending] = []
-    for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all():
-        result.events += 1
+    event_ids = list(dict.fromkeys(event_ids))
+    rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
+    if batch_max > len(event_ids):
+        waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})
+        rows += [(row, False) for row in waiting.all()]
+    for row, own in rows:
         adapter = ADAPTERS.get(row.channel)
         try:
             if adapter is None:
                 raise ValueError(f"no adapter for channel {row.channel!r}")
             delivery = adapter.parse(request_from_event(row))
         except Exception as exc:  # a stored event that no longer parses: keep it, mark it, report it
+            if not own:  # its own job reports it, once
+                continue
+            result.events += 1
             message = f"{type(exc).__name__}: {exc}"
             conn.execute(MARK_FAILED, {"t": tenant, "id": row.id, "error": message[:2000]})
             result.failed[row.id] = message
             log.warning("ingest.event.corrupt", event_id=str(row.id), error=message)
             continue
+        result.events += 1
+        result.waiting_taken += not own
         for item in _pending(row, delivery, policy):
             if item.message.edited and _apply_edit(conn, tenant, row.inbox_id, item.message):
                 result.duplicates += 1

@@ -247,3 +247,64 @@ def test_a_corrupt_event_is_marked_failed_and_reported(app_engine: Engine) -> No
     assert list(result.failed) == [event_id]
     ((status, error),) = query(app_engine, api, "SELECT status, error FROM inbound_events")
     assert status == "failed" and "JSON" in error
+
+
+def store_events(engine: Engine, inbox: CreatedInbox, bodies: list[bytes]) -> list[uuid.UUID]:
+    """Events as the ingress leaves them (stored, `received`), one after another."""
+    with engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        return [conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body, "
+            "received_at) VALUES (:t, :i, 'api', :k, 'application/json', CAST(:h AS jsonb), :b, "
+            "now() + :n * interval '1 ms') RETURNING id"),
+            {"t": inbox.tenant_id, "i": inbox.id, "k": f"k{n}", "b": body, "n": n,
+             "h": orjson.dumps({"content-type": "application/json", "webhook-id": f"wh_{n}"}).decode()}).scalar_one()
+            for n, body in enumerate(bodies)]
+
+
+def test_a_job_tops_its_batch_up_with_its_tenants_waiting_events(app_engine: Engine) -> None:
+    import threading
+
+    from pipelines.ingest import IngestPolicy, ingest_events
+
+    api, other = new_inbox(app_engine, "api"), new_inbox(app_engine, "api")
+    sent = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    bodies = [api_message(f"m{n}", sent, f"hello {n}", external_id="cust")[0] for n in range(6)]
+    bodies.insert(2, b'{"id": "x", "truncat')  # a waiting event that no longer parses
+    own, first_waiting, corrupt, second_waiting, *later = store_events(app_engine, api, bodies)
+    store_events(app_engine, other, bodies[:2])
+
+    with app_engine.begin() as conn:
+        bind_tenant(conn, api.tenant_id)
+        result = ingest_events(conn, api.tenant_id, [own], IngestPolicy(), batch_max=4)
+    # Its own event plus the three oldest waiting: the corrupt one is left for its own job to report.
+    assert (result.events, result.waiting_taken, len(result.messages_created), result.failed) == (3, 2, 3, {})
+    statuses = dict(query(app_engine, api, "SELECT id, status FROM inbound_events"))
+    assert {k for k, v in statuses.items() if v == "processed"} == {own, first_waiting, second_waiting}
+    assert statuses[corrupt] == "received" and {statuses[e] for e in later} == {"received"}
+    assert {s for (s,) in query(app_engine, other, "SELECT status FROM inbound_events")} == {"received"}
+
+    # A job whose event another job holds waits for it, then finds it done and stores nothing twice.
+    holder = app_engine.connect()
+    transaction = holder.begin()
+    bind_tenant(holder, api.tenant_id)
+    taken = ingest_events(holder, api.tenant_id, [], IngestPolicy(), batch_max=1)
+    assert taken.waiting_taken == 0 and taken.events == 0  # the oldest waiting is the corrupt event
+    held = ingest_events(holder, api.tenant_id, [later[0]], IngestPolicy())
+    assert held.events == 1
+    outcome: list[Any] = []
+
+    def second_job() -> None:
+        with app_engine.begin() as conn:
+            bind_tenant(conn, api.tenant_id)
+            outcome.append(ingest_events(conn, api.tenant_id, [later[0]], IngestPolicy()))
+
+    thread = threading.Thread(target=second_job)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive()  # waiting on the holder's lock, not skipping the event
+    transaction.commit()
+    holder.close()
+    thread.join(10)
+    assert outcome and (outcome[0].events, outcome[0].messages_created) == (0, [])
+    assert query(app_engine, api, "SELECT count(*), count(DISTINCT external_id) FROM messages") == [(4, 4)]

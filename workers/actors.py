@@ -33,12 +33,13 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
             tenant = resolve_tenant(conn, tenant_id)
         except UnknownTenant as exc:
             raise UnknownTenantError(str(exc)) from None
-        result = run_ingest(conn, tenant, ids, policy)
+        result = run_ingest(conn, tenant, ids, policy, batch_max=get_settings().ingest_batch_max)
     if result.messages_created:
         # After the commit: AI runs on its own queue, so a slow or failing provider never holds up ingestion.
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
-    log.info("ingest.batch.stored", events=result.events, messages=len(result.messages_created),
-             duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
+    log.info("ingest.batch.stored", events=result.events, waiting_taken=result.waiting_taken,
+             messages=len(result.messages_created), duplicates=result.duplicates,
+             statuses=result.statuses_applied, failed=len(result.failed))
     if result.failed:
         # The rest of the batch is committed; the corrupt events go to the dead-letter ledger.
         raise CorruptEvent("; ".join(f"event {k}: {v}" for k, v in result.failed.items()))

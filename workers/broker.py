@@ -24,7 +24,7 @@ from config import configure_logging, get_settings
 from workers.context import engine
 from workers.errors import is_permanent
 from workers.ledger import FailureLedger
-from workers.middleware import LogContext
+from workers.middleware import LogContext, PollInterval
 
 QUEUES = ("ingest", "ai", "maintenance")
 
@@ -62,6 +62,7 @@ def _middleware() -> list[dramatiq.Middleware]:
         ),
         CurrentMessage(),
         LogContext(),
+        PollInterval(settings.worker_poll_ms),
     ]
     if settings.worker_metrics_port and os.environ.get("INTAKE_PROCESS_ROLE") == "worker":
         # `intake worker` exports dramatiq_prom_host/port for the exposition server it forks.
