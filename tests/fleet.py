@@ -72,6 +72,7 @@ class CorpusTenant:
 class PostResult:
     codes: list[int] = field(default_factory=list)
     retries: int = 0
+    transport_errors: list[str] = field(default_factory=list)  # what a 599 stands for
 
 
 async def post_all(base: str, tenants: list[CorpusTenant], *, concurrency: int = 32,
@@ -94,8 +95,9 @@ async def post_all(base: str, tenants: list[CorpusTenant], *, concurrency: int =
                                          webhook_id=d.webhook_id)
                     try:
                         status = (await client.post(url, content=body, headers=headers)).status_code
-                    except httpx.TransportError:
+                    except httpx.TransportError as exc:
                         status = 599
+                        result.transport_errors.append(repr(exc))
                     if not retry_unavailable or status not in (503, 599):
                         return status
                     result.retries += 1

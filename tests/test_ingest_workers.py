@@ -45,8 +45,8 @@ def test_corpus_through_two_worker_processes_is_exact_and_idempotent(
                CorpusTenant(app_engine, "US", 50, seed=3)]
     assert sum(len(t.corpus.deliveries) for t in tenants) >= 2000
     with worker(processes=2, threads=6, env=WORKER_ENV):
-        codes = asyncio.run(post_all(server, tenants)).codes
-        assert set(codes) == {200}
+        posted = asyncio.run(post_all(server, tenants))
+        assert set(posted.codes) == {200}, posted.transport_errors[:3]
         settle(tenants, app_engine)
         for tenant in tenants:
             assert tenant.counts(app_engine) == tenant.expected()

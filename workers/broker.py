@@ -7,6 +7,8 @@ replays), so housekeeping and AI never starve ingestion. Each worker process pic
 from __future__ import annotations
 
 import os
+import uuid
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -86,3 +88,21 @@ broker = RedisBroker(
 for queue in QUEUES:
     broker.declare_queue(queue)
 dramatiq.set_broker(broker)
+
+
+async def enqueue_async(client: Any, actor: dramatiq.Actor[Any, Any], *args: Any) -> dramatiq.Message[Any]:
+    """Enqueue from an asyncio process without a thread: what `RedisBroker.enqueue` writes, atomically.
+
+    dramatiq's enqueue is one HSET of the encoded message under a fresh Redis message id, then an RPUSH of
+    that id onto the queue; `client` is a `redis.asyncio` client on the same Redis.
+    """
+    message = actor.message(*args).copy(options={"redis_message_id": str(uuid.uuid4())})
+    broker.emit_before("enqueue", message, None)
+    queue = f"{broker.namespace}:{message.queue_name}"
+    redis_id = message.options["redis_message_id"]
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(f"{queue}.msgs", redis_id, message.encode())
+        pipe.rpush(queue, redis_id)
+        await pipe.execute()
+    broker.emit_after("enqueue", message, None)
+    return message

@@ -11,7 +11,6 @@ durable insert (503 when the database is unavailable, so the provider retries). 
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -103,8 +102,9 @@ class Ingress:
         self.buckets = TokenBuckets()
         self.metrics = Metrics.create()
         self.writer = EventWriter(
-            self.pool, enqueue or send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
-            batch_max=settings.commit_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
+            self.pool, enqueue or self.send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
+            batch_max=settings.commit_batch_max, enqueue_window=settings.enqueue_window_ms / 1000,
+            job_max_ids=settings.ingest_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
             on_batch=self.metrics.batch_rows.observe,
         )
         self._seen_tokens: dict[str, float] = {}
@@ -119,6 +119,12 @@ class Ingress:
         await self.writer.stop()
         await self.pool.close()
         await self.redis.aclose()
+
+    async def send_to_ingest_queue(self, tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
+        from workers.actors import ingest_events
+        from workers.broker import enqueue_async
+
+        await enqueue_async(self.redis, ingest_events, str(tenant_id), [str(i) for i in event_ids])
 
     # -- the pieces of a delivery -----------------------------------------------------------------
     def provider_url(self, request: Request) -> tuple[str, tuple[str, ...]]:
@@ -314,12 +320,6 @@ class Ingress:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def send_to_ingest_queue(tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
-    from workers.actors import ingest_events
-
-    await asyncio.to_thread(ingest_events.send, str(tenant_id), [str(i) for i in event_ids])
 
 
 def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,

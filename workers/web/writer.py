@@ -3,8 +3,9 @@
 A request hands its event row to `EventWriter.submit` and waits. Writer tasks take whatever rows are
 waiting (up to a batch limit), insert them in one transaction with ON CONFLICT DO NOTHING on the
 (tenant, inbox, dedupe key) idempotency key, commit, and wake the requests: only then may they
-acknowledge. New events are then sent to the `ingest` queue, one job per tenant per batch, off the
-request path. If Redis is down the events stay `received`, and the sweeper enqueues them later.
+acknowledge. New events then go to the `ingest` queue off the request path, through an `Outbox` that
+sends at most one job per tenant per window. If Redis is down the events stay `received`, and the sweeper
+enqueues them later.
 
 psycopg is used directly here, not through SQLAlchemy: this is the hottest path in the fleet.
 """
@@ -12,6 +13,7 @@ psycopg is used directly here, not through SQLAlchemy: this is the hottest path 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -50,8 +52,57 @@ class EventRow:
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+class Outbox:
+    """Stored event ids on their way to the `ingest` queue: at most one job per tenant per window.
+
+    The first ids after a quiet window leave at once, so a lone delivery is not held back. Under
+    sustained traffic a tenant's ids gather for up to `window` seconds and leave as one job (or sooner,
+    at `max_ids`): jobs grow with the rate instead of multiplying, and each job costs a transaction.
+    """
+
+    def __init__(self, send: Callable[[uuid.UUID, list[uuid.UUID]], None], *, window: float, max_ids: int) -> None:
+        self._send = send
+        self._window = window
+        self._max_ids = max_ids
+        self._waiting: dict[uuid.UUID, list[uuid.UUID]] = {}
+        self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._last_sent: dict[uuid.UUID, float] = {}
+
+    def add(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
+        waiting = self._waiting.setdefault(tenant, [])
+        waiting.extend(ids)
+        if len(waiting) >= self._max_ids:
+            self._flush(tenant)
+            return
+        if tenant in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_sent.get(tenant, -math.inf) + self._window
+        if loop.time() >= due:
+            self._flush(tenant)
+        else:
+            self._timers[tenant] = loop.call_at(due, self._flush, tenant)
+
+    def flush_all(self) -> None:
+        for tenant in list(self._waiting):
+            self._flush(tenant)
+
+    def _flush(self, tenant: uuid.UUID) -> None:
+        timer = self._timers.pop(tenant, None)
+        if timer is not None:
+            timer.cancel()
+        ids = self._waiting.pop(tenant, [])
+        now = asyncio.get_running_loop().time()
+        self._last_sent[tenant] = now
+        if len(self._last_sent) > 10_000:  # forget tenants that have been quiet for a window
+            self._last_sent = {t: at for t, at in self._last_sent.items() if now - at < self._window}
+        if ids:
+            self._send(tenant, ids)
+
+
 class EventWriter:
     def __init__(self, pool: AsyncConnectionPool, enqueue: Enqueue, *, writers: int, batch_max: int,
+                 enqueue_window: float = 0.0, job_max_ids: int = 500,
                  on_enqueue_error: Callable[[BaseException], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self._pool = pool
@@ -60,6 +111,7 @@ class EventWriter:
         self._writers = writers
         self._queue: asyncio.Queue[EventRow] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox = Outbox(self._start_send, window=enqueue_window, max_ids=job_max_ids)
         self._enqueues: set[asyncio.Task[None]] = set()
         self._on_enqueue_error = on_enqueue_error
         self._on_batch = on_batch
@@ -73,6 +125,7 @@ class EventWriter:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._outbox.flush_all()
         if self._enqueues:
             await asyncio.wait(self._enqueues, timeout=5)
 
@@ -101,9 +154,7 @@ class EventWriter:
             for (_, _), (tenant, event_id) in created.items():
                 by_tenant[tenant].append(event_id)
             for tenant, ids in by_tenant.items():
-                task = asyncio.create_task(self._send(tenant, ids))
-                self._enqueues.add(task)
-                task.add_done_callback(self._enqueues.discard)
+                self._outbox.add(tenant, ids)
 
     async def _write(self, batch: list[EventRow]) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
         # One row per idempotency key, in one global order: concurrent writers then take the unique
@@ -149,6 +200,11 @@ class EventWriter:
         if self._on_batch is not None:
             self._on_batch(size)
         return created
+
+    def _start_send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
+        task = asyncio.create_task(self._send(tenant, ids))
+        self._enqueues.add(task)
+        task.add_done_callback(self._enqueues.discard)
 
     async def _send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
         try:
