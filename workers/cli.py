@@ -236,7 +236,9 @@ def serve(host: str, port: int) -> None:
     app = create_app(get_settings(), database_url=rt.database_url, redis_url=rt.redis_url,
                      secret_key=rt.require_secret_key())
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_config=None,
-                lifespan="on", backlog=2048, timeout_graceful_shutdown=10, server_header=False)
+                lifespan="on", backlog=2048, timeout_graceful_shutdown=10, server_header=False,
+                # Forwarded headers are trusted only under INTAKE_TRUST_PROXY_HEADERS, by the ingress itself.
+                proxy_headers=False)
 
 
 @main.command()

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Settings
 from pipelines.channels import ADAPTERS, PayloadError, SignatureError, VerifyContext, WebhookRequest
@@ -45,6 +46,7 @@ STORED_HEADERS = frozenset({
     "content-type", "user-agent", "x-twilio-signature", "x-hub-signature-256", "webhook-id",
     "webhook-timestamp", "webhook-signature", "x-forwarded-for", "x-request-id", "i-twilio-idempotency-token",
 })
+WEBHOOK_PREFIX = "/v1/webhooks/"
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -323,7 +325,7 @@ class Ingress:
 
 
 def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_key: str,
-               enqueue: Enqueue | None = None) -> Starlette:
+               enqueue: Enqueue | None = None) -> ASGIApp:
     ingress = Ingress(settings, database_url, redis_url, secret_key, enqueue)
 
     @asynccontextmanager
@@ -343,7 +345,7 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
         return error(503, "unavailable", "temporarily unavailable; retry later", {"Retry-After": "5"})
 
     handlers: dict[Any, Any] = {HTTPException: http_error, Exception: server_error}
-    app = Starlette(
+    routes = Starlette(
         routes=[
             Route("/v1/webhooks/whatsapp/{inbox_id}", ingress.whatsapp_handshake, methods=["GET"]),
             Route("/v1/webhooks/{channel}/{inbox_id}", ingress.webhook, methods=["POST"]),
@@ -354,5 +356,18 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
         lifespan=lifespan,
         exception_handlers=handlers,
     )
-    app.state.ingress = ingress
+    routes.state.ingress = ingress
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # Deliveries, the hot path, go straight to `webhook`, which answers every outcome itself (never a
+        # 500); everything else (handshake, health, metrics, 404s and 405s) goes through the router.
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(WEBHOOK_PREFIX):
+            channel, _, inbox_id = scope["path"][len(WEBHOOK_PREFIX):].partition("/")
+            if channel and inbox_id and "/" not in inbox_id:
+                scope["path_params"] = {"channel": channel, "inbox_id": inbox_id}
+                response = await ingress.webhook(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await routes(scope, receive, send)
+
     return app
