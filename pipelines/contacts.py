@@ -50,6 +50,40 @@ SELECT (SELECT id FROM c) AS id, (SELECT count(*) FROM i) AS claimed
 """)
 
 
+# New contacts for a batch of unknown senders, ids chosen by the caller; `claimed` per contact tells which
+# got every identity (identities arrive sorted, so concurrent batches claim them in one global order).
+CREATE_MANY = text("""
+WITH c AS (INSERT INTO contacts (id, tenant_id, display_name)
+           SELECT id, :t, name FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[])) AS u(id, name)),
+     i AS (INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
+           SELECT :t, contact, kind, value
+           FROM unnest(CAST(:owners AS uuid[]), CAST(:kinds AS text[]), CAST(:values AS text[]))
+                AS u(contact, kind, value)
+           ON CONFLICT (tenant_id, kind, value) DO NOTHING
+           RETURNING contact_id)
+SELECT contact_id, count(*) AS claimed FROM i GROUP BY contact_id
+""")
+LOOK_ALIKES = text("""
+SELECT u.id AS new_id, c.id, array_agg(ci.value) FILTER (WHERE ci.kind = 'email') AS emails
+FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[])) AS u(id, name)
+CROSS JOIN LATERAL (SELECT c.id FROM contacts c
+                    WHERE c.tenant_id = :t AND c.id <> u.id AND c.merged_into_id IS NULL
+                      AND lower(c.display_name) = lower(u.name)
+                    LIMIT 20) c
+LEFT JOIN contact_identities ci ON ci.tenant_id = :t AND ci.contact_id = c.id
+GROUP BY u.id, c.id
+""")
+FLAG_LOOK_ALIKES = text("""
+INSERT INTO contact_duplicate_candidates (tenant_id, contact_id, candidate_id, score, reason)
+SELECT :t, a, b, score, reason
+FROM unnest(CAST(:a AS uuid[]), CAST(:b AS uuid[]), CAST(:scores AS real[]), CAST(:reasons AS text[]))
+     AS u(a, b, score, reason)
+ON CONFLICT DO NOTHING
+""")
+
+Identities = Sequence[tuple[str, str]]
+
+
 class ResolutionConflict(RuntimeError):
     """Identities kept changing hands while resolving; the job is retried."""
 
@@ -76,7 +110,7 @@ def resolve_contact(
             row = conn.execute(CREATE, {"t": tenant, "n": name, "kinds": kinds, "values": values}).one()
             if row.claimed == len(wanted):
                 if name:
-                    record_duplicate_candidates(conn, tenant, row.id, name, wanted)
+                    record_duplicate_candidates(conn, tenant, [(row.id, name, wanted)])
                 return uuid.UUID(str(row.id))
             # Another worker claimed one of these first: drop ours (its identities go with it) and look again.
             conn.execute(text("DELETE FROM contacts WHERE id = :id"), {"id": row.id})
@@ -134,6 +168,13 @@ def resolve_contacts(
     # The careful path claims rows through unique indexes; taking them in one global order (sorted by
     # identity) keeps two workers that meet the same new senders from deadlocking on each other.
     slow = sorted((i for i in range(len(people)) if i not in resolved), key=lambda i: sorted(people[i][0]))
+    unknown = [i for i in slow if not any(pair in owner for pair in people[i][0])]
+    for index, contact in create_contacts(conn, tenant, [people[i] for i in unknown]).items():
+        for pair in people[unknown[index]][0]:
+            owner[pair] = contact
+        live.add(contact)
+        resolved[unknown[index]] = contact
+    slow = [i for i in slow if i not in resolved]
     for index in slow:
         identities, name = people[index]
         if all(owner.get(pair) in live for pair in identities) and len({owner[p] for p in identities}) == 1:
@@ -156,6 +197,52 @@ def resolve_contacts(
                 contact = merged[contact]
             resolved[index] = contact
     return [resolved[i] for i in range(len(people))]
+
+
+def create_contacts(conn: Connection, tenant: TenantId,
+                    senders: Sequence[tuple[Identities, str | None]]) -> dict[int, uuid.UUID]:
+    """New contacts for senders none of whose identities is known yet, in one statement.
+
+    Senders of the batch that share an identity are one person and get one contact (the first name
+    given). Returns sender index -> contact for every contact that claimed all its identities; where
+    another worker claimed one first, the contact is dropped and its senders take the careful path.
+    """
+    if not senders:
+        return {}
+    group_of: dict[tuple[str, str], int] = {}
+    parent = list(range(len(senders)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for index, (identities, _) in enumerate(senders):
+        for pair in identities:
+            if pair in group_of:
+                parent[root(index)] = root(group_of[pair])
+            else:
+                group_of[pair] = index
+    by_group: dict[int, uuid.UUID] = {}
+    contacts: dict[int, uuid.UUID] = {}
+    names: dict[uuid.UUID, str | None] = {}
+    wanted: dict[uuid.UUID, set[tuple[str, str]]] = {}
+    for index, (identities, name) in enumerate(senders):
+        contact = contacts[index] = by_group.setdefault(root(index), uuid.uuid4())
+        names[contact] = names.get(contact) or name
+        wanted.setdefault(contact, set()).update(identities)
+    claims = sorted((pair, contact) for contact, pairs in wanted.items() for pair in pairs)
+    ids = sorted(wanted)
+    claimed = {row.contact_id: row.claimed for row in conn.execute(CREATE_MANY, {
+        "t": tenant, "ids": ids, "names": [names[c] for c in ids], "owners": [c for _, c in claims],
+        "kinds": [k for (k, _), _ in claims], "values": [v for (_, v), _ in claims]})}
+    lost = [c for c in ids if claimed.get(c, 0) < len(wanted[c])]
+    if lost:  # their identities go with them
+        conn.execute(text("DELETE FROM contacts WHERE tenant_id = :t AND id = ANY(:ids)"), {"t": tenant, "ids": lost})
+    kept = set(ids) - set(lost)
+    record_duplicate_candidates(conn, tenant, [(c, names[c], sorted(wanted[c])) for c in sorted(kept) if names[c]])
+    return {index: contacts[index] for index in range(len(senders)) if contacts[index] in kept}
 
 
 def merge_contacts(
@@ -228,27 +315,27 @@ def refresh_conversation_counters(conn: Connection, tenant: TenantId, conversati
 
 
 def record_duplicate_candidates(
-    conn: Connection, tenant: TenantId, contact: uuid.UUID, name: str, identities: Sequence[tuple[str, str]]
+    conn: Connection, tenant: TenantId, new: Sequence[tuple[uuid.UUID, str | None, Identities]]
 ) -> int:
-    """Flag look-alikes of a new contact (same name, similar email) for a person to review; never merge."""
-    rows = conn.execute(text("""
-        SELECT c.id, c.display_name, array_agg(ci.value) FILTER (WHERE ci.kind = 'email') AS emails
-        FROM contacts c LEFT JOIN contact_identities ci ON ci.contact_id = c.id
-        WHERE c.tenant_id = :t AND c.id <> :id AND c.merged_into_id IS NULL
-          AND lower(c.display_name) = lower(:name)
-        GROUP BY c.id, c.display_name LIMIT 20"""), {"t": tenant, "id": contact, "name": name}).all()
-    emails = [v for k, v in identities if k == "email"]
-    flagged = 0
+    """Flag look-alikes of new contacts (same name, similar email) for a person to review; never merge."""
+    named = [(contact, name, identities) for contact, name, identities in new if name]
+    if not named:
+        return 0
+    rows = conn.execute(LOOK_ALIKES, {"t": tenant, "ids": [c for c, _, _ in named],
+                                      "names": [n for _, n, _ in named]}).all()
+    emails = {contact: [v for k, v in identities if k == "email"] for contact, _, identities in named}
+    pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]] = {}
     for row in rows:
-        score = 90.0  # the same full name
-        reason = "same name"
-        if emails and row.emails:
-            best = max(fuzz.ratio(a, b) for a in emails for b in row.emails)
+        score, reason = 90.0, "same name"
+        mine = emails[row.new_id]
+        if mine and row.emails:
+            best = max(fuzz.ratio(a, b) for a in mine for b in row.emails)
             if best >= 80:
                 score, reason = max(score, best), f"same name, similar email ({best:.0f}%)"
-        conn.execute(text("""
-            INSERT INTO contact_duplicate_candidates (tenant_id, contact_id, candidate_id, score, reason)
-            VALUES (:t, :a, :b, :score, :reason) ON CONFLICT DO NOTHING"""),
-            {"t": tenant, "a": min(contact, row.id), "b": max(contact, row.id), "score": score, "reason": reason})
-        flagged += 1
-    return flagged
+        key = (min(row.new_id, row.id), max(row.new_id, row.id))
+        pairs[key] = max(pairs.get(key, (0.0, "")), (score, reason))
+    if pairs:
+        keys = sorted(pairs)
+        conn.execute(FLAG_LOOK_ALIKES, {"t": tenant, "a": [a for a, _ in keys], "b": [b for _, b in keys],
+                                        "scores": [pairs[k][0] for k in keys], "reasons": [pairs[k][1] for k in keys]})
+    return len(pairs)

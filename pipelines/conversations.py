@@ -51,6 +51,25 @@ CROSS JOIN LATERAL (SELECT id FROM conversations c
                     WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
                       AND c.status = 'open') o
 """)
+# Of the pairs with no open conversation, those with a resolved one inside their reopen window.
+REOPENABLE_MANY = text("""
+SELECT u.inbox_id, u.contact_id
+FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[]), CAST(:sinces AS timestamptz[]))
+     AS u(inbox_id, contact_id, since)
+WHERE EXISTS (SELECT 1 FROM conversations c
+              WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
+                AND c.status = 'resolved' AND c.resolved_at >= u.since)
+""")
+# New conversations for a batch, claimed in the caller's (global) order; a pair another worker opened
+# meanwhile returns nothing and takes the careful path.
+CREATE_MANY = text("""
+INSERT INTO conversations (tenant_id, inbox_id, contact_id, subject)
+SELECT :t, inbox_id, contact_id, subject
+FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[]), CAST(:subjects AS text[]))
+     AS u(inbox_id, contact_id, subject)
+ON CONFLICT (tenant_id, inbox_id, contact_id) WHERE status = 'open' DO NOTHING
+RETURNING id, inbox_id, contact_id
+""")
 
 
 @dataclass(frozen=True)
@@ -64,16 +83,18 @@ class ThreadRequest:
 
 
 def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest]) -> list[uuid.UUID]:
-    """`find_or_open` for a batch: one look-up of the open conversations, the careful path for the rest."""
+    """`find_or_open` for a batch: one look-up of the open conversations, one insert of the new ones, and
+    the careful path for the rest (email references, reopens, races)."""
     plain = sorted({(r.inbox_id, r.contact_id) for r in requests if not r.references})
     open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
     if plain:
         rows = conn.execute(OPEN_MANY, {"t": tenant, "inboxes": [i for i, _ in plain],
                                         "contacts": [c for _, c in plain]}).all()
         open_now = {(row.inbox_id, row.contact_id): row.id for row in rows}
+        open_now.update(_open_new(conn, tenant, requests, open_now))
     result: dict[int, uuid.UUID] = {}
     # New conversations are claimed in one global order, so concurrent batches cannot deadlock.
-    for index in sorted(range(len(requests)), key=lambda i: (str(requests[i].inbox_id), str(requests[i].contact_id))):
+    for index in sorted(range(len(requests)), key=lambda i: _claim_order(requests[i].inbox_id, requests[i].contact_id)):
         r = requests[index]
         key = (r.inbox_id, r.contact_id)
         found = None if r.references else open_now.get(key)
@@ -84,6 +105,32 @@ def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[Thr
                 open_now[key] = found
         result[index] = found
     return [result[i] for i in range(len(requests))]
+
+
+def _claim_order(inbox_id: uuid.UUID, contact_id: uuid.UUID) -> tuple[str, str]:
+    return str(inbox_id), str(contact_id)
+
+
+def _open_new(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest],
+              open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
+    """Open, in one statement, a conversation for every plain pair that has none and nothing to reopen."""
+    first: dict[tuple[uuid.UUID, uuid.UUID], ThreadRequest] = {}
+    for r in requests:
+        if not r.references and (r.inbox_id, r.contact_id) not in open_now:
+            first.setdefault((r.inbox_id, r.contact_id), r)
+    if not first:
+        return {}
+    pairs = sorted(first, key=lambda pair: _claim_order(*pair))
+    sinces = [first[p].sent_at - first[p].reopen_window if first[p].reopen_window > timedelta(0) else None
+              for p in pairs]
+    reopenable = {(row.inbox_id, row.contact_id) for row in conn.execute(REOPENABLE_MANY, {
+        "t": tenant, "inboxes": [i for i, _ in pairs], "contacts": [c for _, c in pairs], "sinces": sinces})}
+    pairs = [p for p in pairs if p not in reopenable]
+    if not pairs:
+        return {}
+    rows = conn.execute(CREATE_MANY, {"t": tenant, "inboxes": [i for i, _ in pairs], "contacts": [c for _, c in pairs],
+                                      "subjects": [first[p].subject for p in pairs]}).all()
+    return {(row.inbox_id, row.contact_id): row.id for row in rows}
 
 
 def find_or_open(

@@ -5,6 +5,10 @@ again (the raw event is the source of truth), resolves the sender to a contact, 
 stores it exactly once, applies delivery-status updates, and marks the events processed. Events that no
 adapter can parse are marked failed and reported, without holding up the rest of the batch.
 
+One ingest transaction runs per tenant at a time (a transaction-level advisory lock): concurrent batches of
+one tenant share senders, and would otherwise meet on the same identities and contacts in opposite orders.
+Tenants run in parallel; within a tenant, throughput comes from batch size, not from threads.
+
 A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
 fleet falls behind, and the per-job cost is paid once for many events. A job's own events are locked in
 one global order and waited for; waiting events are taken only when free (SKIP LOCKED). So a job whose
@@ -32,6 +36,7 @@ from pipelines.conversations import ThreadRequest, find_or_open_many
 
 log = structlog.get_logger("intake.ingest")
 
+SERIALIZE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
 # The job's own events (failed ones too: a replay retries them), locked in one global order.
 LOAD_EVENTS = text(f"""
@@ -163,6 +168,7 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     result = IngestResult()
     processed: list[uuid.UUID] = []
     pending: list[_Pending] = []
+    conn.execute(SERIALIZE, {"key": f"intake.ingest:{tenant}"})
     event_ids = list(dict.fromkeys(event_ids))
     rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
     if batch_max > len(event_ids):

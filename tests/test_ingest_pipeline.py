@@ -257,9 +257,9 @@ def store_events(engine: Engine, inbox: CreatedInbox, bodies: list[bytes]) -> li
             "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body, "
             "received_at) VALUES (:t, :i, 'api', :k, 'application/json', CAST(:h AS jsonb), :b, "
             "now() + :n * interval '1 ms') RETURNING id"),
-            {"t": inbox.tenant_id, "i": inbox.id, "k": f"k{n}", "b": body, "n": n,
-             "h": orjson.dumps({"content-type": "application/json", "webhook-id": f"wh_{n}"}).decode()}).scalar_one()
-            for n, body in enumerate(bodies)]
+            {"t": inbox.tenant_id, "i": inbox.id, "k": key, "b": body, "n": n,
+             "h": orjson.dumps({"content-type": "application/json", "webhook-id": key}).decode()}).scalar_one()
+            for n, (body, key) in enumerate((body, f"wh_{uuid.uuid4()}") for body in bodies)]
 
 
 def test_a_job_tops_its_batch_up_with_its_tenants_waiting_events(app_engine: Engine) -> None:
@@ -302,9 +302,50 @@ def test_a_job_tops_its_batch_up_with_its_tenants_waiting_events(app_engine: Eng
     thread = threading.Thread(target=second_job)
     thread.start()
     thread.join(1.0)
-    assert thread.is_alive()  # waiting on the holder's lock, not skipping the event
+    assert thread.is_alive()  # waiting for the holder, not skipping the event
     transaction.commit()
     holder.close()
     thread.join(10)
     assert outcome and (outcome[0].events, outcome[0].messages_created) == (0, [])
     assert query(app_engine, api, "SELECT count(*), count(DISTINCT external_id) FROM messages") == [(4, 4)]
+
+
+def test_new_senders_in_one_batch_are_created_together_and_correctly(app_engine: Engine) -> None:
+    from pipelines.ingest import IngestPolicy, ingest_events
+
+    api = new_inbox(app_engine, "api", settings={"reopen_window_hours": 24})
+    now = datetime.now(UTC)
+    body, _, _ = api_message("old", now - timedelta(days=1), "earlier", external_id="returning")
+    (earlier,) = store_events(app_engine, api, [body])
+    with app_engine.begin() as conn:
+        bind_tenant(conn, api.tenant_id)
+        ingest_events(conn, api.tenant_id, [earlier], IngestPolicy())
+        conn.execute(text("UPDATE conversations SET status = 'resolved', resolved_at = :at"),
+                     {"at": now - timedelta(hours=1)})
+    batch = [
+        api_message("b1", now, "one", phone="+14155550101", name="Ann Lee"),
+        api_message("b2", now, "two", phone="+14155550101", email="ann@example.com"),  # the same person
+        api_message("b3", now, "three", email="ann@example.com", external_id="ann-crm"),  # linked through b2
+        api_message("b4", now, "four", phone="+14155550199", name="Ann Lee"),  # a look-alike, not the same
+        api_message("b5", now, "five", external_id="returning"),  # reopens within the window
+    ]
+    ids = store_events(app_engine, api, [body for body, _, _ in batch])
+    with app_engine.begin() as conn:
+        bind_tenant(conn, api.tenant_id)
+        result = ingest_events(conn, api.tenant_id, ids, IngestPolicy())
+    assert len(result.messages_created) == 5
+    contacts = query(app_engine, api, """
+        SELECT c.display_name, array_agg(ci.kind || ':' || ci.value ORDER BY ci.kind, ci.value)
+        FROM contacts c JOIN contact_identities ci ON ci.contact_id = c.id
+        WHERE c.merged_into_id IS NULL GROUP BY c.id, c.display_name ORDER BY 2""")
+    assert sorted(contacts, key=str) == sorted([
+        ("Ann Lee", ["email:ann@example.com", "external:ann-crm", "phone:+14155550101"]),
+        ("Ann Lee", ["phone:+14155550199"]),
+        (None, ["external:returning"]),
+    ], key=str)
+    (candidate,) = query(app_engine, api, "SELECT reason FROM contact_duplicate_candidates")
+    assert candidate == ("same name",)
+    conversations = query(app_engine, api, """
+        SELECT array_agg(m.external_id ORDER BY m.external_id), v.status, v.message_count
+        FROM conversations v JOIN messages m ON m.conversation_id = v.id GROUP BY v.id ORDER BY 1""")
+    assert conversations == [(["b1", "b2", "b3"], "open", 3), (["b4"], "open", 1), (["b5", "old"], "open", 2)]
