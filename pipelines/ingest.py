@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -174,6 +174,8 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     if batch_max > len(event_ids):
         waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})
         rows += [(row, False) for row in waiting.all()]
+    rows.sort(key=lambda pair: (pair[0].received_at, pair[0].id))
+    first_of: dict[tuple[uuid.UUID, str], int] = {}  # (inbox, external id) -> its place in `pending`
     for row, own in rows:
         adapter = ADAPTERS.get(row.channel)
         try:
@@ -192,9 +194,16 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
         result.events += 1
         result.waiting_taken += not own
         for item in _pending(row, delivery, policy):
-            if item.message.edited and _apply_edit(conn, tenant, row.inbox_id, item.message):
-                result.duplicates += 1
-                continue
+            key = (row.inbox_id, item.message.external_id)
+            if item.message.edited:
+                if _apply_edit(conn, tenant, row.inbox_id, item.message):
+                    result.duplicates += 1
+                    continue
+                if key in first_of:  # the message it edits arrived in this same batch
+                    pending[first_of[key]] = _with_edit(pending[first_of[key]], item.message)
+                    result.duplicates += 1
+                    continue
+            first_of.setdefault(key, len(pending))
             pending.append(item)
         for status in delivery.statuses:
             result.statuses_applied += apply_status(conn, tenant, row.inbox_id, status)
@@ -223,6 +232,12 @@ def _senders_and_threads(
         for p, contact in zip(pending, contacts, strict=True)
     ])
     return contacts, threads
+
+
+def _with_edit(original: _Pending, edit: InboundMessage) -> _Pending:
+    """A message not stored yet, as its edit left it (what `_apply_edit` does to a stored one)."""
+    metadata = {**original.message.metadata, "edited": True, "edited_at": edit.sent_at.isoformat()}
+    return replace(original, message=original.message.model_copy(update={"text": edit.text, "metadata": metadata}))
 
 
 def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message: InboundMessage) -> bool:

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox, create_inbox
 from tests.factories import deliver, new_inbox
+from tests.webhooks import fixture
 
 
 def query(engine: Engine, inbox: CreatedInbox, sql: str, **params: Any) -> list[Any]:
@@ -224,11 +225,23 @@ def test_failed_status_records_the_error(app_engine: Engine) -> None:
 
 
 def test_telegram_edits_update_the_stored_message(app_engine: Engine) -> None:
-    from tests.webhooks import fixture
-
     telegram = new_inbox(app_engine, "telegram")
     deliver(app_engine, telegram, *fixture("telegram/message.json"))
     deliver(app_engine, telegram, *fixture("telegram/edited_message.json"))
+    ((content, metadata),) = query(app_engine, telegram, "SELECT content, metadata FROM messages")
+    assert content == "Edited text" and metadata["edited"] is True
+
+
+def test_an_edit_in_the_same_batch_as_its_message_is_applied(app_engine: Engine) -> None:
+    from pipelines.ingest import IngestPolicy, ingest_events
+
+    telegram = new_inbox(app_engine, "telegram")
+    ids = store_events(app_engine, telegram, [fixture("telegram/message.json")[0],
+                                              fixture("telegram/edited_message.json")[0]])
+    with app_engine.begin() as conn:
+        bind_tenant(conn, telegram.tenant_id)
+        result = ingest_events(conn, telegram.tenant_id, ids, IngestPolicy())
+    assert (len(result.messages_created), result.duplicates) == (1, 1)
     ((content, metadata),) = query(app_engine, telegram, "SELECT content, metadata FROM messages")
     assert content == "Edited text" and metadata["edited"] is True
 
@@ -250,14 +263,14 @@ def test_a_corrupt_event_is_marked_failed_and_reported(app_engine: Engine) -> No
 
 
 def store_events(engine: Engine, inbox: CreatedInbox, bodies: list[bytes]) -> list[uuid.UUID]:
-    """Events as the ingress leaves them (stored, `received`), one after another."""
+    """JSON events as the ingress leaves them (stored, `received`), one after another."""
     with engine.begin() as conn:
         bind_tenant(conn, inbox.tenant_id)
         return [conn.execute(text(
             "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body, "
-            "received_at) VALUES (:t, :i, 'api', :k, 'application/json', CAST(:h AS jsonb), :b, "
+            "received_at) VALUES (:t, :i, :c, :k, 'application/json', CAST(:h AS jsonb), :b, "
             "now() + :n * interval '1 ms') RETURNING id"),
-            {"t": inbox.tenant_id, "i": inbox.id, "k": key, "b": body, "n": n,
+            {"t": inbox.tenant_id, "i": inbox.id, "c": inbox.channel, "k": key, "b": body, "n": n,
              "h": orjson.dumps({"content-type": "application/json", "webhook-id": key}).decode()}).scalar_one()
             for n, (body, key) in enumerate((body, f"wh_{uuid.uuid4()}") for body in bodies)]
 
