@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,10 +54,13 @@ def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
+# The acknowledgements never change: built once, sent as they are (a Response holds no per-request state).
+ACCEPTED = JSONResponse({"status": "accepted"})
+ACCEPTED_TWIML = Response(TWIML_EMPTY, media_type="text/xml")
+
+
 def accepted(channel: str) -> Response:
-    if channel == "twilio":
-        return Response(TWIML_EMPTY, media_type="text/xml")
-    return JSONResponse({"status": "accepted"})
+    return ACCEPTED_TWIML if channel == "twilio" else ACCEPTED
 
 
 @dataclass
@@ -67,6 +70,15 @@ class Metrics:
     latency: Histogram
     enqueue_failures: Counter
     batch_rows: Histogram
+    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+
+    def observe(self, channel: str, outcome: str, seconds: float) -> None:
+        key = (channel, outcome)
+        children = self._children.get(key)
+        if children is None:  # prometheus_client's label look-up is slow on a hot path: look up once
+            children = self._children[key] = (self.requests.labels(channel, outcome), self.latency.labels(channel))
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def create(cls) -> Metrics:
@@ -232,8 +244,7 @@ class Ingress:
             response = error(503, "unavailable", "the event could not be stored; retry later",
                              {"Retry-After": "5"})
         outcome = str(response.status_code)
-        self.metrics.requests.labels(label, outcome).inc()
-        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        self.metrics.observe(label, outcome, time.perf_counter() - started)
         return response
 
     async def _webhook(self, request: Request) -> Response:
