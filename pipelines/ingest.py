@@ -36,6 +36,10 @@ from pipelines.conversations import ThreadRequest, find_or_open_many
 
 log = structlog.get_logger("intake.ingest")
 
+ANY_LEFT = text("""
+SELECT EXISTS (SELECT 1 FROM unnest(CAST(:ids AS uuid[])) AS u(id)
+               JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id WHERE e.status <> 'processed')
+""")
 SERIALIZE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
 # The job's own events (failed ones too: a replay retries them), locked in one global order.
@@ -168,8 +172,10 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     result = IngestResult()
     processed: list[uuid.UUID] = []
     pending: list[_Pending] = []
-    conn.execute(SERIALIZE, {"key": f"intake.ingest:{tenant}"})
     event_ids = list(dict.fromkeys(event_ids))
+    if event_ids and not conn.execute(ANY_LEFT, {"t": tenant, "ids": event_ids}).scalar():
+        return result  # another job's batch took them all: nothing to wait for
+    conn.execute(SERIALIZE, {"key": f"intake.ingest:{tenant}"})
     rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
     if batch_max > len(event_ids):
         waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})
