@@ -38,13 +38,18 @@ def phone_e164(raw: str, region: str | None) -> str | None:
 
 
 @lru_cache(maxsize=16_384)
-def email_address(raw: str) -> str | None:
-    """The validated address, lower-cased (mailbox providers treat local parts case-insensitively)."""
+def valid_email(raw: str) -> str | None:
+    """The address in email-validator's normal form (domain lower-cased), or None when it is not one."""
     try:
-        result = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=True)
+        return validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=True).normalized
     except EmailNotValidError:
         return None
-    return result.normalized.lower()
+
+
+def email_address(raw: str) -> str | None:
+    """The validated address, lower-cased (mailbox providers treat local parts case-insensitively)."""
+    normalized = valid_email(raw)
+    return normalized.lower() if normalized else None
 
 
 def identity(item: Identity, region: str | None) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pipelines.channels.base import (
     Attachment,
@@ -40,9 +40,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+def _email(value: str) -> str:
+    from pipelines.normalize import valid_email  # cached: the same senders write again and again
+
+    normalized = valid_email(value)
+    if normalized is None:
+        raise ValueError("value is not a valid email address")
+    return normalized
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+
+
 class ApiContact(_Strict):
     name: str | None = Field(default=None, max_length=200)
-    email: EmailStr | None = None
+    email: Email | None = None
     phone: str | None = Field(default=None, max_length=64)
     external_id: str | None = Field(default=None, max_length=256)
 
