@@ -7,7 +7,9 @@ adapter can parse are marked failed and reported, without holding up the rest of
 
 One ingest transaction runs per tenant at a time (a transaction-level advisory lock): concurrent batches of
 one tenant share senders, and would otherwise meet on the same identities and contacts in opposite orders.
-Tenants run in parallel; within a tenant, throughput comes from batch size, not from threads.
+Tenants run in parallel; within a tenant, throughput comes from batch size, not from threads. A job that
+finds its tenant busy does not wait (a busy tenant would hold every worker thread and starve the others):
+it raises `TenantBusy` with its events still waiting, and the actor sends them again a moment later.
 
 A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
 fleet falls behind, and the per-job cost is paid once for many events. A job's own events are locked in
@@ -36,11 +38,12 @@ from pipelines.conversations import ThreadRequest, find_or_open_many
 
 log = structlog.get_logger("intake.ingest")
 
-ANY_LEFT = text("""
-SELECT EXISTS (SELECT 1 FROM unnest(CAST(:ids AS uuid[])) AS u(id)
-               JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id WHERE e.status <> 'processed')
+LEFT = text("""
+SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS u(id)
+JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
+WHERE e.status <> 'processed'
 """)
-SERIALIZE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+TAKE_TENANT = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
 EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
 # The job's own events (failed ones too: a replay retries them), locked in one global order.
 LOAD_EVENTS = text(f"""
@@ -118,6 +121,14 @@ WHERE tenant_id = :t AND id = :id
 """)
 
 
+class TenantBusy(Exception):
+    """Another transaction is ingesting this tenant's events; `waiting` are this job's, not yet stored."""
+
+    def __init__(self, waiting: list[uuid.UUID]) -> None:
+        super().__init__(f"{len(waiting)} events wait for the tenant's running batch")
+        self.waiting = waiting
+
+
 @dataclass(frozen=True)
 class IngestPolicy:
     """Fleet-wide defaults; an inbox's settings override them."""
@@ -173,9 +184,13 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     processed: list[uuid.UUID] = []
     pending: list[_Pending] = []
     event_ids = list(dict.fromkeys(event_ids))
-    if event_ids and not conn.execute(ANY_LEFT, {"t": tenant, "ids": event_ids}).scalar():
-        return result  # another job's batch took them all: nothing to wait for
-    conn.execute(SERIALIZE, {"key": f"intake.ingest:{tenant}"})
+    left: list[uuid.UUID] = []
+    if event_ids:
+        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": event_ids})]
+        if not left:
+            return result  # another job's batch took them all
+    if not conn.execute(TAKE_TENANT, {"key": f"intake.ingest:{tenant}"}).scalar():
+        raise TenantBusy(left)
     rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
     if batch_max > len(event_ids):
         waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})

@@ -14,6 +14,7 @@ import structlog
 
 from config import get_settings
 from db.tenancy import UnknownTenant, resolve_tenant
+from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from workers import broker as _broker
 from workers.ai import assist_messages as run_assist
@@ -22,18 +23,28 @@ from workers.errors import CorruptEvent, UnknownTenantError
 
 log = structlog.get_logger("intake.worker")
 
+BUSY_DELAY_MS = 100  # a job whose tenant is busy comes back after 100-200 ms
+
 
 @dramatiq.actor(queue_name="ingest")
 def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
     """Turn stored inbound events into contacts, conversations and messages."""
     ids = [uuid.UUID(i) for i in event_ids]
     policy = ingest_policy()
-    with engine().begin() as conn:
-        try:
-            tenant = resolve_tenant(conn, tenant_id)
-        except UnknownTenant as exc:
-            raise UnknownTenantError(str(exc)) from None
-        result = run_ingest(conn, tenant, ids, policy, batch_max=get_settings().ingest_batch_max)
+    try:
+        with engine().begin() as conn:
+            try:
+                tenant = resolve_tenant(conn, tenant_id)
+            except UnknownTenant as exc:
+                raise UnknownTenantError(str(exc)) from None
+            result = run_ingest(conn, tenant, ids, policy, batch_max=get_settings().ingest_batch_max)
+    except TenantBusy as busy:
+        # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
+        # once the running batch has had time to finish (or to take them).
+        if busy.waiting:
+            ingest_events.send_with_options(args=(tenant_id, [str(i) for i in busy.waiting]),
+                                            delay=BUSY_DELAY_MS + random.randrange(BUSY_DELAY_MS))  # noqa: S311
+        return
     if result.messages_created:
         # After the commit: AI runs on its own queue, so a slow or failing provider never holds up ingestion.
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
