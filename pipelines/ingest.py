@@ -7,9 +7,10 @@ adapter can parse are marked failed and reported, without holding up the rest of
 
 One ingest transaction runs per tenant at a time (a transaction-level advisory lock): concurrent batches of
 one tenant share senders, and would otherwise meet on the same identities and contacts in opposite orders.
-Tenants run in parallel; within a tenant, throughput comes from batch size, not from threads. A job that
-finds its tenant busy does not wait (a busy tenant would hold every worker thread and starve the others):
-it raises `TenantBusy` with its events still waiting, and the actor sends them again a moment later.
+Tenants run in parallel; within a tenant, throughput comes from batch size, not from threads. A job waits
+for its tenant's turn for at most `TENANT_WAIT_MS` (so a flooding tenant cannot hold worker threads for
+long while other tenants' jobs wait); then it raises `TenantBusy` with its events still waiting, and the
+actor sends them again a moment later.
 
 A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
 fleet falls behind, and the per-job cost is paid once for many events. A job's own events are locked in
@@ -28,7 +29,9 @@ from typing import Any
 
 import orjson
 import structlog
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from db.tenancy import TenantId
 from pipelines import normalize
@@ -43,7 +46,10 @@ SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS u(id)
 JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
 WHERE e.status <> 'processed'
 """)
-TAKE_TENANT = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
+TENANT_WAIT_MS = 1000
+# lock_timeout bounds this wait; it also bounds any later lock wait of the transaction, and with one ingest
+# transaction per tenant those are only waits on other writers (a retryable error if ever reached).
+TAKE_TENANT = text("SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(hashtextextended(:key, 0))")
 EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
 # The job's own events (failed ones too: a replay retries them), locked in one global order.
 LOAD_EVENTS = text(f"""
@@ -189,8 +195,12 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
         left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": event_ids})]
         if not left:
             return result  # another job's batch took them all
-    if not conn.execute(TAKE_TENANT, {"key": f"intake.ingest:{tenant}"}).scalar():
-        raise TenantBusy(left)
+    try:
+        conn.execute(TAKE_TENANT, {"key": f"intake.ingest:{tenant}", "wait": str(TENANT_WAIT_MS)})
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise TenantBusy(left) from None
+        raise
     rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
     if batch_max > len(event_ids):
         waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})

@@ -296,7 +296,7 @@ def test_a_job_tops_its_batch_up_with_its_tenants_waiting_events(app_engine: Eng
     assert statuses[corrupt] == "received" and {statuses[e] for e in later} == {"received"}
     assert {s for (s,) in query(app_engine, other, "SELECT status FROM inbound_events")} == {"received"}
 
-    # While one transaction ingests the tenant, another job does not wait: it hands its events back.
+    # While one transaction ingests the tenant, another job waits a moment, then hands its events back.
     holder = app_engine.connect()
     transaction = holder.begin()
     bind_tenant(holder, api.tenant_id)
