@@ -13,10 +13,10 @@ long while other tenants' jobs wait); then it raises `TenantBusy` with its event
 actor sends them again a moment later.
 
 A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
-fleet falls behind, and the per-job cost is paid once for many events. A job's own events are locked in
-one global order and waited for; waiting events are taken only when free (SKIP LOCKED). So a job whose
-events another job took waits for that job to commit and then finds them processed, and a waiting event
-that does not parse is left untouched for its own job to report.
+fleet falls behind, and the per-job cost is paid once for many events. A job that finds its own events
+already stored by another batch returns at once. Waiting events are taken only when no one holds them
+(SKIP LOCKED), and one that does not parse is left untouched for its own job to report, so the failure
+ledger still records each failure once, under the ids of the job that owns it.
 """
 
 from __future__ import annotations
