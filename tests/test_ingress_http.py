@@ -233,3 +233,29 @@ def test_deliveries_are_acknowledged_and_kept_while_redis_is_down(
         assert "intake_enqueue_failures_total 1.0" in httpx.get(base + "/metrics").text
     (event,) = stored_events(app_engine, inbox)
     assert event["status"] == "received"  # left for the sweeper to enqueue
+
+
+SCOPE = {"type": "http", "scheme": "http", "server": ("10.0.0.5", 8000), "root_path": "",
+         "path": "/v1/webhooks/twilio/abc", "query_string": b""}
+
+
+@pytest.mark.parametrize(("settings", "headers", "query", "expected"), [
+    ({}, {"host": "intake.example"}, b"",
+     ("http://intake.example/v1/webhooks/twilio/abc", ("http://intake.example:80/v1/webhooks/twilio/abc",))),
+    ({}, {}, b"bodySHA256=x%20y",  # no Host header: the address the server listens on
+     ("http://10.0.0.5:8000/v1/webhooks/twilio/abc?bodySHA256=x%20y", ())),
+    ({}, {"host": "10.0.0.5:8000", "x-forwarded-proto": "https", "x-forwarded-host": "hooks.example, proxy"}, b"",
+     ("https://hooks.example/v1/webhooks/twilio/abc", ("https://hooks.example:443/v1/webhooks/twilio/abc",))),
+    ({"trust_proxy_headers": False}, {"host": "10.0.0.5:8000", "x-forwarded-host": "evil.example"}, b"",
+     ("http://10.0.0.5:8000/v1/webhooks/twilio/abc", ())),
+    ({"public_base_url": "https://hooks.example:443/"}, {"host": "ignored", "x-forwarded-host": "ignored"}, b"",
+     ("https://hooks.example:443/v1/webhooks/twilio/abc", ("https://hooks.example/v1/webhooks/twilio/abc",))),
+])
+def test_the_url_is_rebuilt_as_the_provider_requested_it(
+    settings: dict[str, object], headers: dict[str, str], query: bytes, expected: tuple[str, tuple[str, ...]]
+) -> None:
+    from config import Settings
+    from workers.web.app import Ingress
+
+    ingress = Ingress(Settings(**settings), "postgresql://unused", "redis://unused", "k" * 44)
+    assert ingress.provider_url({**SCOPE, "query_string": query}, headers) == expected

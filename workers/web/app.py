@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 import redis.asyncio as aioredis
 import structlog
@@ -48,6 +50,25 @@ STORED_HEADERS = frozenset({
 })
 WEBHOOK_PREFIX = "/v1/webhooks/"
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+@lru_cache(maxsize=4096)
+def _provider_url(base: str, path: str, query: str) -> tuple[str, tuple[str, ...]]:
+    """`base + path + query`, and the same URL with the default port added or removed (Twilio signs
+    whichever form it was configured with). Cached: a provider posts to the same few URLs over and over."""
+    url = base + path + (f"?{query}" if query else "")
+    scheme, _, rest = base.partition("://")
+    hostpart = rest.split("/", 1)[0]
+    default_port = {"https": "443", "http": "80"}.get(scheme)
+    if not default_port:
+        return url, ()
+    if hostpart.endswith(f":{default_port}"):
+        alt_host = hostpart[: -len(default_port) - 1]
+    elif ":" not in hostpart.rsplit("]", 1)[-1]:
+        alt_host = f"{hostpart}:{default_port}"
+    else:
+        return url, ()
+    return url, (url.replace(f"{scheme}://{hostpart}", f"{scheme}://{alt_host}", 1),)
 
 
 def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -141,49 +162,49 @@ class Ingress:
         await enqueue_async(self.redis, ingest_events, str(tenant_id), [str(i) for i in event_ids])
 
     # -- the pieces of a delivery -----------------------------------------------------------------
-    def provider_url(self, request: Request) -> tuple[str, tuple[str, ...]]:
+    def provider_url(self, scope: Scope, headers: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
         """The URL as the provider requested it, and its variant with or without the default port."""
-        path = request.url.path
-        query = request.url.query
         if self.settings.public_base_url:
             base = self.settings.public_base_url.rstrip("/")
         else:
-            headers = request.headers
-            scheme = request.url.scheme
-            host = headers.get("host") or request.url.netloc
+            scheme = scope.get("scheme", "http")
+            host = headers.get("host")
+            if not host:
+                server = scope.get("server")
+                host = "" if server is None else (
+                    server[0] if server[1] == {"https": 443, "http": 80}.get(scheme) else f"{server[0]}:{server[1]}")
             if self.settings.trust_proxy_headers:
                 scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
                 host = headers.get("x-forwarded-host", host).split(",")[0].strip()
             base = f"{scheme}://{host}"
-        url = base + path + (f"?{query}" if query else "")
-        scheme, _, rest = base.partition("://")
-        hostpart = rest.split("/", 1)[0]
-        default_port = {"https": "443", "http": "80"}.get(scheme)
-        alternates: tuple[str, ...] = ()
-        if default_port:
-            if hostpart.endswith(f":{default_port}"):
-                alt_host = hostpart[: -len(default_port) - 1]
-            elif ":" not in hostpart.rsplit("]", 1)[-1]:
-                alt_host = f"{hostpart}:{default_port}"
-            else:
-                alt_host = ""
-            if alt_host:
-                alternates = (url.replace(f"{scheme}://{hostpart}", f"{scheme}://{alt_host}", 1),)
-        return url, alternates
+        query = scope.get("query_string", b"").decode("latin-1")
+        return _provider_url(base, scope.get("root_path", "") + scope["path"], query)
 
     def body_limit(self, channel: str) -> int:
         return self.settings.max_email_body_bytes if channel in EMAIL_CHANNELS else self.settings.max_body_bytes
 
-    async def read_body(self, request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
+    @staticmethod
+    async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
         if declared is not None:
             if not declared.isdigit():
                 raise PayloadError("invalid Content-Length")
             if int(declared) > limit:
                 raise BodyTooLarge
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):  # the usual case: the whole body in one message
+            if len(body) > limit:
+                raise BodyTooLarge
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge
@@ -218,24 +239,24 @@ class Ingress:
             log.warning("ingress.replay_guard.degraded", error=repr(exc))
 
     # -- handlers ---------------------------------------------------------------------------------
-    async def inbox_for(self, request: Request, channel: str) -> Inbox | None:
-        try:
-            inbox_id = uuid.UUID(request.path_params["inbox_id"])
-        except ValueError:
-            return None
+    async def inbox_for(self, channel: str, inbox_id: str) -> Inbox | None:
         if channel not in ADAPTERS:
             return None
-        inbox = await self.inboxes.get(inbox_id)
+        try:
+            key = uuid.UUID(inbox_id)
+        except ValueError:
+            return None
+        inbox = await self.inboxes.get(key)
         if inbox is None or not inbox.enabled or inbox.channel != channel:
             return None
         return inbox
 
-    async def webhook(self, request: Request) -> Response:
+    async def webhook(self, scope: Scope, receive: Receive, channel: str, inbox_id: str) -> Response:
+        """One delivery, straight from the ASGI scope: the hot path builds no framework request object."""
         started = time.perf_counter()
-        channel = request.path_params["channel"]
         label = channel if channel in ADAPTERS else "unknown"
         try:
-            response = await self._webhook(request)
+            response = await self._webhook(scope, receive, channel, inbox_id)
         except ClientDisconnect:
             response = error(400, "client_disconnected", "the request body was not received in full")
         except Exception as exc:
@@ -247,13 +268,14 @@ class Ingress:
         self.metrics.observe(label, outcome, time.perf_counter() - started)
         return response
 
-    async def _webhook(self, request: Request) -> Response:
-        channel = request.path_params["channel"]
-        inbox = await self.inbox_for(request, channel)
+    async def _webhook(self, scope: Scope, receive: Receive, channel: str, inbox_id: str) -> Response:
+        inbox = await self.inbox_for(channel, inbox_id)
         if inbox is None:
             return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
+        # ASGI servers lower-case header names; a repeated header keeps its last value.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            body = await self.read_body(request, self.body_limit(channel))
+            body = await self.read_body(receive, headers.get("content-length"), self.body_limit(channel))
         except BodyTooLarge:
             return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes")
         except PayloadError as exc:
@@ -262,12 +284,12 @@ class Ingress:
         if wait > 0:
             return error(429, "rate_limited", "too many deliveries for this inbox",
                          {"Retry-After": TokenBuckets.retry_after(wait)})
-        url, alternates = self.provider_url(request)
+        url, alternates = self.provider_url(scope, headers)
+        query_string = scope.get("query_string", b"")
+        query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
         received_at = datetime.now(UTC)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        webhook = WebhookRequest(method="POST", url=url, headers=headers, body=body,
-                                 query=dict(request.query_params), alternate_urls=alternates,
-                                 received_at=received_at)
+        webhook = WebhookRequest(method="POST", url=url, headers=headers, body=body, query=query,
+                                 alternate_urls=alternates, received_at=received_at)
         adapter = ADAPTERS[channel]
         context = VerifyContext(now=received_at, tolerance_seconds=self.settings.webhook_tolerance_seconds)
         try:
@@ -302,7 +324,7 @@ class Ingress:
         return accepted(channel)
 
     async def whatsapp_handshake(self, request: Request) -> Response:
-        inbox = await self.inbox_for(request, "whatsapp")
+        inbox = await self.inbox_for("whatsapp", request.path_params["inbox_id"])
         if inbox is None:
             return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
         try:
@@ -359,7 +381,6 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
     routes = Starlette(
         routes=[
             Route("/v1/webhooks/whatsapp/{inbox_id}", ingress.whatsapp_handshake, methods=["GET"]),
-            Route("/v1/webhooks/{channel}/{inbox_id}", ingress.webhook, methods=["POST"]),
             Route("/healthz", ingress.healthz, methods=["GET"]),
             Route("/readyz", ingress.readyz, methods=["GET"]),
             Route("/metrics", ingress.metrics_endpoint, methods=["GET"]),
@@ -370,13 +391,13 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
     routes.state.ingress = ingress
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        # Deliveries, the hot path, go straight to `webhook`, which answers every outcome itself (never a
-        # 500); everything else (handshake, health, metrics, 404s and 405s) goes through the router.
+        # Deliveries (POST /v1/webhooks/{channel}/{inbox_id}), the hot path, go straight to `webhook`, which
+        # answers every outcome itself (never a 500); everything else (the handshake, health, metrics, 404s
+        # and 405s) goes through the router.
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(WEBHOOK_PREFIX):
             channel, _, inbox_id = scope["path"][len(WEBHOOK_PREFIX):].partition("/")
             if channel and inbox_id and "/" not in inbox_id:
-                scope["path_params"] = {"channel": channel, "inbox_id": inbox_id}
-                response = await ingress.webhook(Request(scope, receive))
+                response = await ingress.webhook(scope, receive, channel, inbox_id)
                 await response(scope, receive, send)
                 return
         await routes(scope, receive, send)
