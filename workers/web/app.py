@@ -130,7 +130,7 @@ class Ingress:
         self.settings = settings
         self.pool = AsyncConnectionPool(
             database_url, min_size=1, max_size=settings.db_pool_size, open=False, timeout=5,
-            kwargs={"application_name": "intake-web", "autocommit": False},
+            kwargs={"application_name": "intake-web", "autocommit": True},
         )
         self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
         self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key))
@@ -242,11 +242,7 @@ class Ingress:
     async def inbox_for(self, channel: str, inbox_id: str) -> Inbox | None:
         if channel not in ADAPTERS:
             return None
-        try:
-            key = uuid.UUID(inbox_id)
-        except ValueError:
-            return None
-        inbox = await self.inboxes.get(key)
+        inbox = await self.inboxes.get(inbox_id)
         if inbox is None or not inbox.enabled or inbox.channel != channel:
             return None
         return inbox

@@ -1,7 +1,7 @@
 """Group commit for the ingress: many concurrent deliveries share one transaction and one enqueue.
 
 A request hands its event row to `EventWriter.submit` and waits. Writer tasks take whatever rows are
-waiting (up to a batch limit), insert them in one transaction with ON CONFLICT DO NOTHING on the
+waiting (up to a batch limit), insert them in one statement with ON CONFLICT DO NOTHING on the
 (tenant, inbox, dedupe key) idempotency key, commit, and wake the requests: only then may they
 acknowledge. New events then go to the `ingest` queue off the request path, through an `Outbox` that
 sends at most one job per tenant per window. If Redis is down the events stay `received`, and the sweeper
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from base64 import b64encode
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,17 +27,10 @@ from psycopg_pool import AsyncConnectionPool
 
 log = structlog.get_logger("intake.ingress")
 
-# Parameters go in PostgreSQL's binary format (%(name)b): bodies need no escaping and arrays no text
-# rendering, which was a fifth of the web process's time.
-INSERT_EVENTS = """
-INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body, received_at)
-SELECT %(tenant)s, inbox_id, channel, dedupe_key, content_type, headers, body, received_at
-FROM unnest(%(inbox)b::uuid[], %(channel)b::text[], %(dedupe)b::text[], %(ctype)b::text[],
-            %(headers)b::text[]::jsonb[], %(body)b::bytea[], %(received)b::timestamptz[])
-     AS t(inbox_id, channel, dedupe_key, content_type, headers, body, received_at)
-ON CONFLICT (tenant_id, inbox_id, dedupe_key) DO NOTHING
-RETURNING id, inbox_id, dedupe_key
-"""
+# The whole batch is one statement: `intake_store_events` (migration 0006) inserts each tenant's rows
+# under that tenant, ON CONFLICT DO NOTHING on the idempotency key, and returns the rows it created. On an
+# autocommit connection the statement is its own transaction: one round trip, committed when it returns.
+STORE_EVENTS = "SELECT * FROM intake_store_events(%s::json)"
 
 Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
 
@@ -177,26 +171,19 @@ class EventWriter:
 
     async def _insert(self, groups: dict[uuid.UUID, list[EventRow]],
                       size: int) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
-        created: dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]] = {}
-        cursors = []
-        # Pipeline mode: every statement of the batch goes out before the first answer comes back.
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            for tenant, rows in groups.items():
-                # One transaction may serve several tenants: each INSERT runs under its own tenant.
-                await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
-                cursors.append((tenant, await conn.execute(INSERT_EVENTS, {
-                    "tenant": tenant,
-                    "inbox": [r.inbox_id for r in rows],
-                    "channel": [r.channel for r in rows],
-                    "dedupe": [r.dedupe_key for r in rows],
-                    "ctype": [r.content_type for r in rows],
-                    "headers": [orjson.dumps(r.headers).decode() for r in rows],
-                    "body": [r.body for r in rows],
-                    "received": [r.received_at for r in rows],
-                })))
-            for tenant, cursor in cursors:
-                for event_id, inbox_id, dedupe_key in await cursor.fetchall():
-                    created[(inbox_id, dedupe_key)] = (tenant, event_id)
+        batch = orjson.dumps([
+            {"tenant": tenant, "rows": [
+                {"inbox_id": r.inbox_id, "channel": r.channel, "dedupe_key": r.dedupe_key,
+                 "content_type": r.content_type, "headers": r.headers, "body": b64encode(r.body).decode(),
+                 "received_at": r.received_at}
+                for r in rows
+            ]}
+            for tenant, rows in groups.items()
+        ]).decode()
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(STORE_EVENTS, (batch,))
+            created = {(inbox_id, dedupe_key): (tenant, event_id)
+                       for tenant, event_id, inbox_id, dedupe_key in await cursor.fetchall()}
         self.batches += 1
         self.rows += size
         if self._on_batch is not None:
