@@ -32,14 +32,20 @@ class InboxDirectory:
         self._pool = pool
         self._box = box
         self._ttl = ttl
-        self._cache: dict[uuid.UUID, tuple[float, Inbox | None]] = {}
+        self._cache: dict[str, tuple[float, Inbox | None]] = {}
 
-    async def get(self, inbox_id: uuid.UUID) -> Inbox | None:
+    async def get(self, inbox_id: str) -> Inbox | None:
+        """The inbox the URL names (its id as written there), or None for an id no inbox has."""
         now = time.monotonic()
         cached = self._cache.get(inbox_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        inbox = await self._load(inbox_id)
+        try:
+            key = uuid.UUID(inbox_id)
+        except ValueError:
+            inbox = None
+        else:
+            inbox = await self._load(key)
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[inbox_id] = (now + self._ttl, inbox)
