@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     commit_batch_max: int = Field(default=256, ge=1, le=5000)
     ingest_batch_max: int = Field(default=200, ge=1, le=5000)
-    enqueue_window_ms: int = Field(default=20, ge=0, le=1000)
+    enqueue_window_ms: int = Field(default=100, ge=0, le=1000)
     db_pool_size: int = Field(default=4, ge=1, le=100)
 
     # The workers.

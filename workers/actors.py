@@ -11,6 +11,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.middleware import CurrentMessage
 
 from config import get_settings
 from db.tenancy import UnknownTenant, resolve_tenant
@@ -29,6 +30,7 @@ BUSY_DELAY_MS = 100  # a job whose tenant is busy comes back after 100-200 ms
 @dramatiq.actor(queue_name="ingest")
 def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
     """Turn stored inbound events into contacts, conversations and messages."""
+    started = time.time()
     ids = [uuid.UUID(i) for i in event_ids]
     policy = ingest_policy()
     try:
@@ -50,10 +52,20 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
     log.info("ingest.batch.stored", events=result.events, waiting_taken=result.waiting_taken,
              messages=len(result.messages_created), duplicates=result.duplicates,
-             statuses=result.statuses_applied, failed=len(result.failed))
+             statuses=result.statuses_applied, failed=len(result.failed),
+             queued_ms=_queued_ms(started), took_ms=round((time.time() - started) * 1000, 1))
     if result.failed:
         # The rest of the batch is committed; the corrupt events go to the dead-letter ledger.
         raise CorruptEvent("; ".join(f"event {k}: {v}" for k, v in result.failed.items()))
+
+
+def _queued_ms(started: float) -> float | None:
+    """How long the running job waited between its enqueue (or its delay's end) and its start."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return None
+    enqueued = float(message.options.get("eta", message.message_timestamp))
+    return round(started * 1000 - enqueued, 1)
 
 
 @dramatiq.actor(queue_name="ai")
