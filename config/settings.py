@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_grace_seconds: float = Field(default=60.0, ge=0)
+    ai_sweep_grace_seconds: float = Field(default=600.0, ge=0)
+    ai_sweep_horizon_seconds: float = Field(default=3600.0, ge=0)
     clock_metrics_port: int = Field(default=9192, ge=0, le=65535)
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)

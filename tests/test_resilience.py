@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from db.tenancy import bind_tenant
 from tests.fleet import CorpusTenant, PostResult, post_all, settle
 from tests.processes import INTAKE, wait_for, web_server, worker
 from workers.services import EmbeddedServices
@@ -54,8 +55,8 @@ class Background:
         return self.result
 
 
-def sweep() -> dict[str, object]:
-    env = dict(os.environ, INTAKE_SWEEP_GRACE_SECONDS="0")
+def sweep(env: dict[str, str] | None = None) -> dict[str, object]:
+    env = dict(os.environ, INTAKE_SWEEP_GRACE_SECONDS="0", **(env or {}))
     result = subprocess.run([INTAKE, "clock", "--once", "--json"], capture_output=True, text=True, env=env,
                             timeout=60)
     assert result.returncode == 0, result.stderr
@@ -142,3 +143,31 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("postgres restart", tenant, app_engine, posted)
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
+
+
+def test_ai_jobs_lost_with_redis_are_swept_once(server: str, app_engine: Engine, stack: dict[str, str]) -> None:
+    started = time.time()
+    tenant = CorpusTenant(app_engine, "US", 30, seed=24)
+    with worker(processes=1, threads=4, env=WORKER_ENV, queues=("ingest",)):
+        posted = asyncio.run(post_all(server, [tenant], concurrency=8))
+        assert set(posted.codes) == {200}
+        settle([tenant], app_engine)
+    redis.Redis.from_url(stack["REDIS_URL"]).flushall()  # every `ai` job the ingest sent is gone
+
+    def ai_counts() -> tuple[int, int]:
+        with app_engine.begin() as conn:
+            bind_tenant(conn, tenant.tenant_id)
+            row = conn.execute(text(
+                "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM ai_classifications a "
+                "WHERE a.message_id = m.id)) FROM messages m WHERE direction = 'inbound'")).one()
+        return int(row[0]), int(row[1])
+
+    inbound, classified = ai_counts()
+    assert inbound > 0 and classified == 0
+    # Look back exactly over this test's messages, with no grace: all of them need their AI job again.
+    env = {"INTAKE_AI_SWEEP_GRACE_SECONDS": "0", "INTAKE_AI_SWEEP_HORIZON_SECONDS": str(time.time() - started)}
+    assert sweep(env)["ai_enqueued"] == inbound
+    assert sweep(env)["ai_enqueued"] == 0  # those jobs are waiting in Redis: nothing is sent twice
+    with worker(processes=1, threads=4, env=WORKER_ENV, queues=("ai",)):
+        wait_for(lambda: ai_counts() == (inbound, inbound), timeout=120, interval=0.5)
+    assert sweep(env)["ai_enqueued"] == 0  # classified: nothing left to send

@@ -311,36 +311,49 @@ def events_reprocess(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uui
 @click.option("--json", "as_json", is_flag=True, help="With --once: print one JSON object.")
 @friendly_errors
 def clock(once: bool, as_json: bool) -> None:
-    """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed."""
+    """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed,
+    and stored messages whose AI job was lost."""
     import os
     import signal
 
     from prometheus_client import Gauge, start_http_server
 
-    from workers.sweeper import SweepResult, run_clock, sweep
+    from workers.sweeper import AiSweep, SweepResult, run_clock, sweep
 
     rt = runtime()
     os.environ.update(rt.child_env())
     get_settings.cache_clear()
     settings = get_settings()
-    from workers.actors import ingest_events
+    from workers.actors import assist_messages, ingest_events
+    from workers.broker import broker
 
     def send(tenant: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
         ingest_events.send(str(tenant), [str(e) for e in event_ids])
 
+    def send_ai(tenant: uuid.UUID, message_ids: list[uuid.UUID]) -> None:
+        assist_messages.send(str(tenant), [str(m) for m in message_ids])
+
+    def ai_backlog() -> int:  # jobs waiting on the `ai` queue, delayed ones (retries) included
+        queue = f"{broker.namespace}:{assist_messages.queue_name}"
+        return int(broker.client.llen(queue)) + int(broker.client.llen(f"{queue}.DQ"))
+
     engine = admin_engine()
     grace = timedelta(seconds=settings.sweep_grace_seconds)
+    ai_sweep = AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
+                       horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds))
     if once:
         result = sweep(engine, send, grace=grace)
+        ai_enqueued = ai_sweep()
         engine.dispose()
         data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
-                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3)}
+                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued}
         emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
         return
     stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
     failed = Gauge("intake_events_failed", "Stored events that failed to parse")
     oldest = Gauge("intake_events_oldest_unprocessed_seconds", "Age of the oldest unprocessed event")
     swept = Gauge("intake_events_swept_last", "Events re-enqueued by the last sweep")
+    ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")
     if settings.clock_metrics_port:
         try:
             start_http_server(settings.clock_metrics_port, addr=settings.worker_metrics_host)
@@ -353,6 +366,11 @@ def clock(once: bool, as_json: bool) -> None:
         oldest.set(result.oldest_seconds)
         swept.set(result.enqueued)
 
+    def sweep_ai() -> int:
+        sent = ai_sweep()
+        ai_swept.set(sent)
+        return sent
+
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -362,5 +380,5 @@ def clock(once: bool, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     run_clock(engine, send, interval=settings.sweep_interval_seconds, grace=grace, on_sweep=report,
-              should_stop=lambda: stopping)
+              should_stop=lambda: stopping, ai_sweep=sweep_ai)
     engine.dispose()

@@ -1,11 +1,18 @@
-"""The sweeper: stored events that were never processed get enqueued again.
+"""The sweepers: stored events that were never processed, and stored messages never classified, go back
+on their queues.
 
 An event stays `received` when its enqueue failed (Redis down), when Redis lost the job (restarted empty,
 flushed), or while its job waits in a long queue. After a grace period the sweeper sends it to the `ingest`
 queue again and stamps `enqueued_at`, so a backlog is not re-sent on every sweep. Processing is idempotent,
 so a sweep that races the original job costs a little work and changes nothing.
 
-`intake clock` runs `sweep` every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
+A message's `ai` job is sent after its ingest commit; if Redis loses that job the message stays
+unclassified. `AiSweep` walks forward through stored messages in time (each message is looked at once per
+clock, after INTAKE_AI_SWEEP_GRACE_SECONDS) and sends the inbound ones that have no classification back to
+the `ai` queue. While `ai` jobs are waiting in Redis it does not move: the messages it would send are most
+likely among them.
+
+`intake clock` runs both every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
 gauges. Run one clock per deployment (two are harmless, just wasteful).
 """
 
@@ -16,7 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import Engine, text
@@ -36,6 +43,14 @@ SELECT count(*) FILTER (WHERE status = 'received' AND received_at < now() - :gra
        count(*) FILTER (WHERE status = 'failed') AS failed,
        coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE status = 'received')), 0) AS oldest_s
 FROM inbound_events WHERE status IN ('received', 'failed')
+""")
+
+
+UNCLASSIFIED = text("""
+SELECT m.tenant_id, m.id FROM messages m
+WHERE m.stored_at >= :since AND m.stored_at < :until AND m.direction = 'inbound'
+  AND NOT EXISTS (SELECT 1 FROM ai_classifications a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id)
+ORDER BY m.stored_at
 """)
 
 
@@ -69,15 +84,51 @@ def sweep(engine: Engine, send: Send, *, grace: timedelta, limit: int = 10_000, 
     return result
 
 
+class AiSweep:
+    """Stored inbound messages with no classification, found once each as the window moves forward."""
+
+    def __init__(self, engine: Engine, send: Send, backlog: Callable[[], int], *, grace: timedelta,
+                 horizon: timedelta, chunk: int = 50) -> None:
+        self._engine = engine
+        self._send = send
+        self._backlog = backlog
+        self._grace = grace
+        self._chunk = chunk
+        self._since: datetime | None = None
+        self._horizon = horizon
+
+    def __call__(self) -> int:
+        """Send the unclassified messages stored since the last sweep; how many were sent."""
+        if self._backlog() > 0:
+            return 0  # `ai` jobs are waiting: the window waits too
+        with self._engine.begin() as conn:
+            now: datetime = conn.execute(text("SELECT now()")).scalar_one()
+            since = self._since if self._since is not None else now - self._horizon
+            until = now - self._grace
+            rows = conn.execute(UNCLASSIFIED, {"since": since, "until": until}).all() if until > since else []
+            by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+            for tenant_id, message_id in rows:
+                by_tenant[tenant_id].append(message_id)
+            for tenant_id, ids in by_tenant.items():
+                for start in range(0, len(ids), self._chunk):
+                    self._send(tenant_id, ids[start:start + self._chunk])
+        self._since = max(since, until)  # only once everything in the window was sent
+        if rows:
+            log.info("sweeper.ai_enqueued", messages=len(rows), tenants=len(by_tenant))
+        return len(rows)
+
+
 def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,
               on_sweep: Callable[[SweepResult], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-              ) -> None:
+              ai_sweep: Callable[[], int] | None = None) -> None:
     while not should_stop():
         started = time.monotonic()
         try:
             result = sweep(engine, send, grace=grace)
             if on_sweep is not None:
                 on_sweep(result)
+            if ai_sweep is not None:
+                ai_sweep()
         except Exception as exc:  # Postgres or Redis unavailable: try again next round
             log.warning("sweeper.failed", error=repr(exc))
         while not should_stop() and time.monotonic() - started < interval:
