@@ -7,12 +7,31 @@ acknowledge. New events then go to the `ingest` queue off the request path, thro
 sends at most one job per tenant per window. If Redis is down the events stay `received`, and the sweeper
 enqueues them later.
 
+A delivery the database refuses must not take its batch down with it. When the statement fails for a
+reason that is not the database's availability (a NUL in a dedupe key, a value too large to index), the
+batch is split in halves and each half retried, recursively: the good rows commit, and the culprit alone
+is refused as `UnstorableEvent` (about 2 log2(n) statements for one bad row in n, paid only then). When the
+database is unavailable (connection lost, pool timeout, deadlock, cancelled) the whole batch fails with the
+original error, and nobody is acknowledged. Any other error of a row alone is a bug, passed on as it is.
+
+A row may carry a one-time token (Mailgun's): the statement claims it with the event, in the same
+transaction, so a token is accepted once by the whole fleet; `submit` says `REPLAYED` when another delivery
+holds it.
+
+The queue in front of the writers is bounded: when it is full, `submit` raises `WriterBusy` at once, and the
+ingress answers 503 with Retry-After instead of holding more bodies in memory while the database is slow.
+
+    Exception
+     +-- WriterBusy          the queue is full: retry later (503)
+     +-- UnstorableEvent     the database refuses this row: the delivery is at fault (400)
+
 psycopg is used directly here, not through SQLAlchemy: this is the hottest path in the fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import uuid
 from base64 import b64encode
@@ -23,16 +42,62 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 log = structlog.get_logger("intake.ingress")
 
-# The whole batch is one statement: `intake_store_events` (migration 0006) inserts each tenant's rows
-# under that tenant, ON CONFLICT DO NOTHING on the idempotency key, and returns the rows it created. On an
-# autocommit connection the statement is its own transaction: one round trip, committed when it returns.
+# The whole batch is one statement: `intake_store_events` (migrations 0006, 0009) inserts each tenant's
+# rows under that tenant, ON CONFLICT DO NOTHING, and returns the rows it created and those whose one-time
+# token another delivery already holds. On an autocommit connection the statement is its own transaction:
+# one round trip, committed when it returns.
 STORE_EVENTS = "SELECT * FROM intake_store_events(%s::json)"
 
+# SQLSTATE classes of a database that is unavailable or busy, not of a bad row: connection exception,
+# transaction rollback (deadlock, serialization), insufficient resources, object not in prerequisite state
+# (lock not available), operator intervention (cancelled, shutting down), system error.
+TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+# SQLSTATE classes that blame the row, with what the sender is told: never the database's own message,
+# which may quote values (another tenant's, in a unique violation).
+INPUT_FAULTS = {
+    "22": "it contains a value the database cannot store (a NUL character, invalid Unicode or a malformed value)",
+    "23": "it breaks a constraint of the event store",
+    "54": "a value in it is too large to store or index",
+}
+
 Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
+Key = tuple[uuid.UUID, str]  # (inbox id, dedupe key): inbox ids are unique across tenants
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"  # a new event
+    DUPLICATE = "duplicate"  # the provider repeated a delivery already stored
+    REPLAYED = "replayed"  # its one-time token is already held by another delivery: not stored
+
+
+class WriterBusy(Exception):
+    """Too many deliveries are waiting for a commit; nothing was stored."""
+
+
+class UnstorableEvent(Exception):
+    """The database refuses this delivery's row; the delivery itself is at fault."""
+
+
+def transient(exc: BaseException) -> bool:
+    """True when `exc` says the database is unavailable or busy, not that a row is bad."""
+    if isinstance(exc, PoolTimeout | psycopg.InterfaceError | OSError):
+        return True
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT_CLASSES
+    return False
+
+
+def input_fault(exc: BaseException) -> str | None:
+    """Why the sender's row cannot be stored, when `exc` blames the row; None when it does not."""
+    if isinstance(exc, orjson.JSONEncodeError | UnicodeError):
+        return "it contains text that is not valid Unicode (a lone surrogate)"
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        return INPUT_FAULTS.get(exc.sqlstate[:2])
+    return None
 
 
 @dataclass
@@ -45,7 +110,8 @@ class EventRow:
     headers: dict[str, str]
     body: bytes
     received_at: object
-    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    replay_token: str | None = None  # a one-time token the sender must not use again (Mailgun's)
+    done: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Outbox:
@@ -98,14 +164,14 @@ class Outbox:
 
 class EventWriter:
     def __init__(self, pool: AsyncConnectionPool, enqueue: Enqueue, *, writers: int, batch_max: int,
-                 enqueue_window: float = 0.0, job_max_ids: int = 500,
+                 queue_max: int = 1024, enqueue_window: float = 0.0, job_max_ids: int = 500,
                  on_enqueue_error: Callable[[BaseException], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self._pool = pool
         self._enqueue = enqueue
         self._batch_max = batch_max
         self._writers = writers
-        self._queue: asyncio.Queue[EventRow] = asyncio.Queue()
+        self._queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=queue_max)
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox = Outbox(self._start_send, window=enqueue_window, max_ids=job_max_ids)
         self._enqueues: set[asyncio.Task[None]] = set()
@@ -125,9 +191,16 @@ class EventWriter:
         if self._enqueues:
             await asyncio.wait(self._enqueues, timeout=5)
 
-    async def submit(self, row: EventRow) -> bool:
-        """Store the event durably; True when it is new, False when the provider repeated itself."""
-        await self._queue.put(row)
+    async def submit(self, row: EventRow) -> Outcome:
+        """Store the event durably and say how it went.
+
+        Raises `WriterBusy` at once when the queue is full, `UnstorableEvent` when the database refuses this
+        row, and the database's own error when it is unavailable: in every case nothing was stored.
+        """
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            raise WriterBusy("too many deliveries are waiting to be stored") from None
         return await row.done
 
     async def _run(self) -> None:
@@ -136,23 +209,50 @@ class EventWriter:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                created = await self._write(batch)
-            except Exception as exc:  # the database is unreachable or refused: nothing was acknowledged
-                log.error("ingress.batch.failed", rows=len(batch), error=repr(exc))
-                for row in batch:
-                    if not row.done.done():
-                        row.done.set_exception(exc)
-                continue
-            for row in batch:
-                if not row.done.done():
-                    row.done.set_result((row.inbox_id, row.dedupe_key) in created)
-            by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-            for (_, _), (tenant, event_id) in created.items():
-                by_tenant[tenant].append(event_id)
-            for tenant, ids in by_tenant.items():
-                self._outbox.add(tenant, ids)
+                await self._commit(batch)
+            except Exception as exc:  # a bug past the statement: still answer every waiting request
+                self._fail(batch, exc)
 
-    async def _write(self, batch: list[EventRow]) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
+    async def _commit(self, batch: list[EventRow]) -> None:
+        """Write `batch` and settle every row; split it in halves when the statement fails on a row."""
+        try:
+            created, replayed = await self._write(batch)
+        except Exception as exc:
+            if len(batch) > 1 and not transient(exc):
+                log.warning("ingress.batch.split", rows=len(batch), error=type(exc).__name__)
+                half = len(batch) // 2
+                await self._commit(batch[:half])
+                await self._commit(batch[half:])
+            else:
+                self._fail(batch, exc)
+            return
+        for row in batch:
+            if not row.done.done():
+                key = (row.inbox_id, row.dedupe_key)
+                row.done.set_result(Outcome.STORED if key in created
+                                    else Outcome.REPLAYED if key in replayed else Outcome.DUPLICATE)
+        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        for tenant, event_id in created.values():
+            by_tenant[tenant].append(event_id)
+        for tenant, ids in by_tenant.items():
+            self._outbox.add(tenant, ids)
+
+    def _fail(self, batch: list[EventRow], exc: Exception) -> None:
+        fault = input_fault(exc) if len(batch) == 1 else None
+        if fault is None:  # the database is unreachable or refused: nothing was acknowledged
+            log.error("ingress.batch.failed", rows=len(batch), error=repr(exc))
+            settle: Exception = exc
+        else:
+            (row,) = batch
+            log.warning("ingress.event.unstorable", tenant_id=str(row.tenant_id), inbox_id=str(row.inbox_id),
+                        channel=row.channel, error=type(exc).__name__,
+                        sqlstate=getattr(exc, "sqlstate", None))
+            settle = UnstorableEvent(f"the delivery cannot be stored: {fault}")
+        for row in batch:
+            if not row.done.done():
+                row.done.set_exception(settle)
+
+    async def _write(self, batch: list[EventRow]) -> tuple[dict[Key, tuple[uuid.UUID, uuid.UUID]], set[Key]]:
         # One row per idempotency key, in one global order: concurrent writers then take the unique
         # index's locks in the same order and cannot deadlock on a provider's simultaneous retries.
         unique: dict[tuple[uuid.UUID, uuid.UUID, str], EventRow] = {}
@@ -170,25 +270,22 @@ class EventWriter:
         raise AssertionError("unreachable")
 
     async def _insert(self, groups: dict[uuid.UUID, list[EventRow]],
-                      size: int) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
-        batch = orjson.dumps([
-            {"tenant": tenant, "rows": [
-                {"inbox_id": r.inbox_id, "channel": r.channel, "dedupe_key": r.dedupe_key,
-                 "content_type": r.content_type, "headers": r.headers, "body": b64encode(r.body).decode(),
-                 "received_at": r.received_at}
-                for r in rows
-            ]}
-            for tenant, rows in groups.items()
-        ]).decode()
+                      size: int) -> tuple[dict[Key, tuple[uuid.UUID, uuid.UUID]], set[Key]]:
+        batch = orjson.dumps([_group(tenant, rows) for tenant, rows in groups.items()]).decode()
+        created: dict[Key, tuple[uuid.UUID, uuid.UUID]] = {}
+        replayed: set[Key] = set()
         async with self._pool.connection() as conn:
             cursor = await conn.execute(STORE_EVENTS, (batch,))
-            created = {(inbox_id, dedupe_key): (tenant, event_id)
-                       for tenant, event_id, inbox_id, dedupe_key in await cursor.fetchall()}
+            for tenant, event_id, inbox_id, dedupe_key, was_replayed in await cursor.fetchall():
+                if was_replayed:
+                    replayed.add((inbox_id, dedupe_key))
+                else:
+                    created[(inbox_id, dedupe_key)] = (tenant, event_id)
         self.batches += 1
         self.rows += size
         if self._on_batch is not None:
             self._on_batch(size)
-        return created
+        return created, replayed
 
     def _start_send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
         task = asyncio.create_task(self._send(tenant, ids))
@@ -203,3 +300,19 @@ class EventWriter:
             log.warning("ingress.enqueue.failed", tenant_id=str(tenant), events=len(ids), error=repr(exc))
             if self._on_enqueue_error is not None:
                 self._on_enqueue_error(exc)
+
+
+def _group(tenant: uuid.UUID, rows: list[EventRow]) -> dict[str, object]:
+    """One tenant's rows as `intake_store_events` reads them; `replay` only when a row carries a token."""
+    items: list[dict[str, object]] = []
+    replay = False
+    for r in rows:
+        item: dict[str, object] = {
+            "inbox_id": r.inbox_id, "channel": r.channel, "dedupe_key": r.dedupe_key,
+            "content_type": r.content_type, "headers": r.headers, "body": b64encode(r.body).decode(),
+            "received_at": r.received_at}
+        if r.replay_token is not None:
+            item["replay_token"] = r.replay_token
+            replay = True
+        items.append(item)
+    return {"tenant": tenant, "replay": True, "rows": items} if replay else {"tenant": tenant, "rows": items}

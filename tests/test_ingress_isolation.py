@@ -1,0 +1,334 @@
+"""One delivery cannot spoil anyone else's: the group commit isolates a row the database refuses, the writer
+queue answers 503 when full instead of growing, and a Mailgun token is accepted once across web processes
+whatever happens to Redis. Real PostgreSQL, Redis, `intake serve` processes and HTTP throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import redis
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Engine, text
+
+from db.tenancy import TenantId
+from pipelines.inboxes import CreatedInbox
+from tests.factories import new_inbox
+from tests.processes import free_port, web_server
+from tests.webhooks import fixture, sign
+from workers.web.writer import EventRow, EventWriter, Outcome, UnstorableEvent
+
+GOOD_ROWS = 255
+
+
+def stored_keys(engine: Engine, inbox: CreatedInbox) -> list[str]:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(inbox.tenant_id)})
+        return list(conn.execute(text("SELECT dedupe_key FROM inbound_events WHERE inbox_id = :i"),
+                                 {"i": inbox.id}).scalars())
+
+
+def event_row(inbox: CreatedInbox, key: str, **changes: object) -> EventRow:
+    row = EventRow(inbox.tenant_id, inbox.id, inbox.channel, key, "application/json",
+                   {"content-type": "application/json"}, b'{"text": "hello"}', datetime.now(UTC))
+    for name, value in changes.items():
+        setattr(row, name, value)
+    return row
+
+
+async def commit_together(url: str, make_rows: Callable[[], list[EventRow]], *, pool_timeout: float = 5,
+                          ) -> tuple[list[Outcome | BaseException], EventWriter, list[uuid.UUID]]:
+    """Queue every row first, then start one writer: the rows share one group commit."""
+    rows = make_rows()  # in the loop: each row holds a future of it
+    enqueued: list[uuid.UUID] = []
+
+    async def enqueue(tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
+        enqueued.extend(ids)
+
+    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, timeout=pool_timeout,
+                               kwargs={"autocommit": True})
+    await pool.open(wait=False)
+    writer = EventWriter(pool, enqueue, writers=1, batch_max=len(rows), queue_max=len(rows))
+    try:
+        pending = [asyncio.create_task(writer.submit(row)) for row in rows]
+        await asyncio.sleep(0)  # every submit is queued before the writer takes its first batch
+        writer.start()
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await writer.stop()
+        await pool.close()
+    return outcomes, writer, enqueued
+
+
+@pytest.fixture(scope="module")
+def tenants(app_engine: Engine) -> list[CreatedInbox]:
+    return [new_inbox(app_engine, "api", tenant_name=f"Isolation {i}") for i in range(3)]
+
+
+# -- the group commit survives one bad member ---------------------------------------------------------
+
+HOSTILE_ROWS = {
+    "nul_in_dedupe_key": {"dedupe_key": "<a\x00b@mail.example.com>"},
+    "nul_in_header": {"headers": {"content-type": "application/json", "user-agent": "a\x00b"}},
+    "nul_in_content_type": {"content_type": "text/plain\x00"},
+    "lone_surrogate_in_dedupe_key": {"dedupe_key": "id-\udc80"},
+    "dedupe_key_too_large_to_index": {"dedupe_key": "".join(uuid.uuid4().hex for _ in range(300))},
+    "inbox_that_does_not_exist": {"inbox_id": uuid.uuid4()},
+    "nul_in_replay_token": {"replay_token": "tok\x00en"},
+    "replay_token_too_large_to_index": {"replay_token": "".join(uuid.uuid4().hex for _ in range(300))},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_ROWS))
+def test_one_refused_row_among_255_good_ones_from_three_tenants(
+        stack: dict[str, str], app_engine: Engine, tenants: list[CreatedInbox], shape: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    good_keys = [(i % 3, f"{run}-{i}") for i in range(GOOD_ROWS)]
+
+    def rows() -> list[EventRow]:
+        good = [event_row(tenants[t], key) for t, key in good_keys]
+        bad = event_row(tenants[1], f"{run}-bad", **HOSTILE_ROWS[shape])
+        return [*good[:100], bad, *good[100:]]
+
+    outcomes, writer, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], rows))
+
+    refused = outcomes[100]
+    assert isinstance(refused, UnstorableEvent)
+    assert str(refused).startswith("the delivery cannot be stored: ")
+    for leak in ("inbound_events", "violates", "DETAIL", "\\u0000", "0x00", "Key ("):
+        assert leak not in str(refused)
+    assert outcomes[:100] + outcomes[101:] == [Outcome.STORED] * GOOD_ROWS
+    for t, inbox in enumerate(tenants):
+        mine = {k for k in stored_keys(app_engine, inbox) if k.startswith(run)}
+        assert mine == {key for owner, key in good_keys if owner == t}
+    assert len(enqueued) == GOOD_ROWS
+    # Bisection: about two statements per halving, not one per row.
+    assert writer.rows == GOOD_ROWS and writer.batches <= 2 * 9
+
+
+def test_several_bad_rows_in_one_batch_are_each_refused_alone(
+        stack: dict[str, str], app_engine: Engine, tenants: list[CreatedInbox]) -> None:
+    run = uuid.uuid4().hex[:8]
+    culprits = {5, 6, 33, 63}
+    rows = lambda: [event_row(tenants[i % 3], f"{run}-{i}" + ("\x00" if i in culprits else ""))  # noqa: E731
+                    for i in range(64)]
+    outcomes, _, _ = asyncio.run(commit_together(stack["DATABASE_URL"], rows))
+    assert {i for i, o in enumerate(outcomes) if isinstance(o, UnstorableEvent)} == culprits
+    assert sum(o is Outcome.STORED for o in outcomes) == 64 - len(culprits)
+
+
+def test_a_duplicate_in_a_split_batch_is_still_a_duplicate(
+        stack: dict[str, str], tenants: list[CreatedInbox]) -> None:
+    run = uuid.uuid4().hex[:8]
+    once = lambda: [event_row(tenants[0], f"{run}-once")]  # noqa: E731
+    first, _, _ = asyncio.run(commit_together(stack["DATABASE_URL"], once))
+    assert first == [Outcome.STORED]
+    rows = lambda: [event_row(tenants[0], f"{run}-once"), event_row(tenants[0], f"{run}-\x00"),  # noqa: E731
+                    event_row(tenants[0], f"{run}-new")]
+    outcomes, _, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], rows))
+    assert outcomes[0] is Outcome.DUPLICATE and isinstance(outcomes[1], UnstorableEvent)
+    assert outcomes[2] is Outcome.STORED and len(enqueued) == 1
+
+
+def test_an_unreachable_database_fails_the_whole_batch_without_splitting() -> None:
+    url = f"postgresql://intake@127.0.0.1:{free_port()}/intake?connect_timeout=1"
+    inbox = CreatedInbox(id=uuid.uuid4(), tenant_id=TenantId(uuid.uuid4()), channel="api", name="", secrets={})
+    started = time.monotonic()
+    outcomes, writer, _ = asyncio.run(commit_together(url, lambda: [event_row(inbox, f"k{i}") for i in range(8)],
+                                                      pool_timeout=1))
+    assert all(isinstance(o, psycopg.OperationalError) for o in outcomes), outcomes
+    assert not any(isinstance(o, UnstorableEvent) for o in outcomes)
+    assert writer.batches == 0
+    assert time.monotonic() - started < 5  # one pool timeout, not one per bisection step
+
+
+# -- the bounded writer queue ------------------------------------------------------------------------
+
+QUEUE_MAX, BATCH_MAX = 8, 4
+
+
+def telegram(server: str, inbox: CreatedInbox, update_id: int) -> tuple[str, bytes, dict[str, str]]:
+    body = orjson.dumps({"update_id": update_id, "message": {
+        "message_id": update_id, "date": 1700000000, "chat": {"id": 7, "type": "private"},
+        "from": {"id": 7, "first_name": "Queue"}, "text": "hi"}})
+    url = f"{server}/v1/webhooks/telegram/{inbox.id}"
+    headers, body = sign("telegram", inbox.secrets, url, body, "application/json")
+    return url, body, headers
+
+
+def test_a_full_writer_queue_answers_503_at_once_and_every_2xx_is_stored(
+        stack: dict[str, str], app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "telegram")
+    env = {"INTAKE_COMMIT_QUEUE_MAX": str(QUEUE_MAX), "INTAKE_COMMIT_BATCH_MAX": str(BATCH_MAX),
+           "INTAKE_DB_POOL_SIZE": "2", "INTAKE_RATE_LIMIT_PER_SECOND": "10000",
+           "INTAKE_RATE_LIMIT_BURST": "10000"}
+    total = 60
+    with web_server(env) as server:
+        url, body, headers = telegram(server, inbox, 1)
+        assert httpx.post(url, content=body, headers=headers).status_code == 200  # the inbox is cached
+        # A transaction that holds a lock every insert into inbound_events waits for: a stalled database.
+        with psycopg.connect(stack["INTAKE_ADMIN_DATABASE_URL"]) as blocker:
+            blocker.execute("LOCK TABLE inbound_events IN SHARE MODE")
+            answers = asyncio.run(burst(server, inbox, total, release=blocker.commit))
+    codes = [status for _, status, _, _ in answers]
+    overloaded = [a for a in answers if a[1] == 503]
+    # At most the queue and one batch in flight wait for the database; everyone else is told at once.
+    assert len(overloaded) >= total - QUEUE_MAX - BATCH_MAX
+    assert set(codes) == {200, 503}
+    for _, _, seconds, response in overloaded:
+        assert seconds < 5 and response["error"] == "overloaded"
+    stored = stored_update_ids(app_engine, inbox)
+    assert {update_id for update_id, status, _, _ in answers if status == 200} <= stored
+    assert not {update_id for update_id, status, _, _ in answers if status == 503} & stored
+
+
+def stored_update_ids(engine: Engine, inbox: CreatedInbox) -> set[int]:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(inbox.tenant_id)})
+        bodies = conn.execute(text("SELECT body FROM inbound_events WHERE inbox_id = :i"), {"i": inbox.id})
+        return {int(orjson.loads(bytes(body))["update_id"]) for body in bodies.scalars()}
+
+
+async def burst(server: str, inbox: CreatedInbox, total: int, release: object) -> list[
+        tuple[int, int, float, dict[str, object]]]:
+    """`total` deliveries at once; once every request but a queue's worth is answered, `release()`."""
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=total)) as client:
+        async def one(update_id: int) -> tuple[int, int, float, dict[str, object]]:
+            url, body, headers = telegram(server, inbox, update_id)
+            started = time.monotonic()
+            response = await client.post(url, content=body, headers=headers)
+            if response.status_code == 503:
+                assert response.headers["retry-after"]
+            return update_id, response.status_code, time.monotonic() - started, response.json()
+
+        tasks = [asyncio.create_task(one(100 + i)) for i in range(total)]
+        deadline = time.monotonic() + 20
+        while sum(t.done() for t in tasks) < total - QUEUE_MAX - BATCH_MAX and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert all(t.result()[1] == 503 for t in tasks if t.done())  # nothing was stored while stalled
+        release()  # type: ignore[operator]
+        return await asyncio.gather(*tasks)
+
+
+# -- Mailgun's one-time tokens, claimed in PostgreSQL ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_servers(stack: dict[str, str]) -> Iterator[tuple[str, str]]:
+    with web_server() as first, web_server() as second:
+        yield first, second
+
+
+def mailgun(server: str, inbox: CreatedInbox) -> tuple[str, bytes, dict[str, str]]:
+    """A genuine delivery, signed with a new token."""
+    body, ctype = fixture("mailgun/inbound.form")
+    url = f"{server}/v1/webhooks/mailgun/{inbox.id}"
+    headers, signed = sign("mailgun", inbox.secrets, url, body, ctype)
+    return url, signed, headers
+
+
+def other_body(signed: bytes) -> bytes:
+    """The same timestamp, token and signature around another message (another Message-Id too)."""
+    replay = signed.replace(b"Thanks%2C+that+works", b"Send+money+now")
+    assert b"Message-Id=" in replay
+    return replay.replace(b"Message-Id=", b"Message-Id=%3Cforged-" + uuid.uuid4().hex.encode() + b"%40x%3E&x=", 1)
+
+
+def forged_401(server: str, inbox: CreatedInbox) -> httpx.Response:
+    url, signed, headers = mailgun(server, inbox)
+    return httpx.post(url, content=signed.replace(b"signature=", b"signature=0"), headers=headers)
+
+
+def test_a_token_is_accepted_once_across_web_processes_and_after_redis_forgets(
+        two_servers: tuple[str, str], app_engine: Engine, redis_client: redis.Redis) -> None:
+    first, second = two_servers
+    inbox = new_inbox(app_engine, "mailgun")
+    url, signed, headers = mailgun(first, inbox)
+    assert httpx.post(url, content=signed, headers=headers).status_code == 200
+    refused = forged_401(first, inbox)
+    assert refused.status_code == 401
+
+    for body in (other_body(signed), signed.replace(b"Thanks%2C+that+works", b"Send+money+now")):
+        replay = httpx.post(url.replace(first, second), content=body, headers=headers)
+        assert (replay.status_code, replay.json()) == (401, refused.json())
+    redis_client.flushall()
+    replay = httpx.post(url, content=other_body(signed), headers=headers)
+    assert (replay.status_code, replay.json()) == (401, refused.json())
+    assert len(stored_keys(app_engine, inbox)) == 1
+
+
+def test_a_genuine_retry_with_the_same_token_is_a_duplicate(
+        two_servers: tuple[str, str], app_engine: Engine) -> None:
+    first, second = two_servers
+    inbox = new_inbox(app_engine, "mailgun")
+    url, signed, headers = mailgun(first, inbox)
+    assert httpx.post(url, content=signed, headers=headers).status_code == 200
+    assert httpx.post(url.replace(first, second), content=signed, headers=headers).status_code == 200
+    assert httpx.post(url, content=signed, headers=headers).status_code == 200
+    assert len(stored_keys(app_engine, inbox)) == 1
+
+
+def test_racing_replays_of_one_token_store_exactly_one(
+        two_servers: tuple[str, str], app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "mailgun")
+    url, signed, headers = mailgun(two_servers[0], inbox)
+    bodies = [other_body(signed) for _ in range(12)]
+
+    async def race() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [r.status_code for r in await asyncio.gather(*(
+                client.post(url.replace(two_servers[0], two_servers[i % 2]), content=body, headers=headers)
+                for i, body in enumerate(bodies)))]
+
+    codes = asyncio.run(race())
+    assert sorted(codes) == [200] + [401] * 11
+    assert len(stored_keys(app_engine, inbox)) == 1
+
+
+def test_the_guard_holds_while_redis_is_down(stack: dict[str, str], app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "mailgun")
+    nowhere = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    with web_server(nowhere) as first, web_server(nowhere) as second:
+        url, signed, headers = mailgun(first, inbox)
+        assert httpx.post(url, content=signed, headers=headers, timeout=10).status_code == 200  # stored
+        for server in (first, second):
+            retry = httpx.post(url.replace(first, server), content=signed, headers=headers, timeout=10)
+            assert retry.status_code == 200
+            replay = httpx.post(url.replace(first, server), content=other_body(signed), headers=headers,
+                                timeout=10)
+            assert replay.status_code == 401
+    assert len(stored_keys(app_engine, inbox)) == 1
+
+
+def test_an_email_the_database_refuses_does_not_fail_the_deliveries_it_shares_a_commit_with(
+        stack: dict[str, str], app_engine: Engine) -> None:
+    chats = [new_inbox(app_engine, "telegram", tenant_name=f"Neighbour {i}") for i in range(3)]
+    email_inbox = new_inbox(app_engine, "mailgun")
+    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "10000", "INTAKE_RATE_LIMIT_BURST": "10000"}) as server:
+        url, signed, headers = mailgun(server, email_inbox)
+        poison = signed.replace(b"Message-Id=%3CCAF", b"Message-Id=%3Ca%00b", 1)
+
+        async def together() -> tuple[httpx.Response, list[int]]:
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+                async def chat(i: int) -> int:
+                    chat_url, body, chat_headers = telegram(server, chats[i % 3], 5000 + i)
+                    return (await client.post(chat_url, content=body, headers=chat_headers)).status_code
+                email = asyncio.create_task(client.post(url, content=poison, headers=headers))
+                codes = await asyncio.gather(*(chat(i) for i in range(90)))
+                return await email, list(codes)
+
+        email, codes = asyncio.run(together())
+    assert codes == [200] * 90
+    for i, inbox in enumerate(chats):
+        assert stored_update_ids(app_engine, inbox) == {5000 + n for n in range(i, 90, 3)}
+    # Refused alone with a clear 400, or stored once its key is made storable: never a 503.
+    if email.status_code == 400:
+        assert email.json()["error"] == "unstorable_payload"
+    else:
+        assert email.status_code == 200 and len(stored_keys(app_engine, email_inbox)) == 1
