@@ -29,13 +29,20 @@ class Settings(BaseSettings):
 
     # The ingress.
     public_base_url: str | None = None
-    trust_proxy_headers: bool = True
+    trust_proxy_headers: bool = False
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_email_body_bytes: int = Field(default=26_214_400, ge=1024)
     rate_limit_per_second: float = Field(default=200.0, gt=0)
     rate_limit_burst: int = Field(default=400, ge=1)
+    client_error_rate_per_second: float = Field(default=1.0, gt=0)
+    client_error_burst: int = Field(default=50, ge=1)
+    inbox_cache_size: int = Field(default=10_000, ge=16)
+    parse_threads: int = Field(default=4, ge=1, le=64)
+    parse_deadline_seconds: float = Field(default=10.0, gt=0)
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     commit_batch_max: int = Field(default=256, ge=1, le=5000)
+    # Deliveries waiting for a group commit; past this the ingress answers 503 at once (backpressure).
+    commit_queue_max: int = Field(default=1024, ge=1, le=100_000)
     ingest_batch_max: int = Field(default=200, ge=1, le=5000)
     enqueue_window_ms: int = Field(default=100, ge=0, le=1000)
     db_pool_size: int = Field(default=4, ge=1, le=100)

@@ -244,8 +244,11 @@ SCOPE = {"type": "http", "scheme": "http", "server": ("10.0.0.5", 8000), "root_p
      ("http://intake.example/v1/webhooks/twilio/abc", ("http://intake.example:80/v1/webhooks/twilio/abc",))),
     ({}, {}, b"bodySHA256=x%20y",  # no Host header: the address the server listens on
      ("http://10.0.0.5:8000/v1/webhooks/twilio/abc?bodySHA256=x%20y", ())),
-    ({}, {"host": "10.0.0.5:8000", "x-forwarded-proto": "https", "x-forwarded-host": "hooks.example, proxy"}, b"",
-     ("https://hooks.example/v1/webhooks/twilio/abc", ("https://hooks.example:443/v1/webhooks/twilio/abc",))),
+    ({"trust_proxy_headers": True},  # the entry the trusted proxy appended, not the client's own
+     {"host": "10.0.0.5:8000", "x-forwarded-proto": "http, https", "x-forwarded-host": "evil.example, hooks.example"},
+     b"", ("https://hooks.example/v1/webhooks/twilio/abc", ("https://hooks.example:443/v1/webhooks/twilio/abc",))),
+    ({}, {"host": "10.0.0.5:8000", "x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}, b"",
+     ("http://10.0.0.5:8000/v1/webhooks/twilio/abc", ())),  # not trusted unless configured
     ({"trust_proxy_headers": False}, {"host": "10.0.0.5:8000", "x-forwarded-host": "evil.example"}, b"",
      ("http://10.0.0.5:8000/v1/webhooks/twilio/abc", ())),
     ({"public_base_url": "https://hooks.example:443/"}, {"host": "ignored", "x-forwarded-host": "ignored"}, b"",

@@ -4,24 +4,41 @@
     GET  /v1/webhooks/whatsapp/{inbox_id}    Meta's subscription handshake
     GET  /healthz  /readyz  /metrics
 
-Order of checks: route and inbox (404), size (413), rate (429), signature (401), payload (400), then the
-durable insert (503 when the database is unavailable, so the provider retries). Every error has the body
-{"error": code, "detail": text}; nothing a provider sends can produce a 500.
+Order of checks: route and inbox (404), size (413), signature (401), the inbox's rate (429), payload (400),
+then the durable insert. Nothing is spent on a delivery before it is authenticated: the inbox's rate is
+charged only after the signature holds, and the 401 and 404 answers are charged to the client's own bucket
+(429 once it is empty; an unknown inbox id then costs no database query). Heavy parsing (email, and any
+body over PARSE_INLINE_BYTES) runs in a small thread pool with a deadline, so one slow email cannot stall
+the event loop that answers everyone else.
+
+A body over the limit is answered 413 after the rest of it is read and discarded (up to DRAIN_LIMIT_BYTES),
+because clients that write the whole body before reading (urllib, many SDKs) would otherwise see a
+connection reset instead of the 413, and retry.
+
+Every error has the body {"error": code, "detail": text}. 503 with Retry-After means the database, its
+pool, Redis or the commit queue is unavailable right now: nothing was stored and the provider should retry.
+Anything else that goes wrong is a bug, answered 500 with an error id that is logged with its traceback
+(never sent to the client), so a bug is not mistaken for an outage and retried forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
+import psycopg
 import redis.asyncio as aioredis
+import redis.exceptions
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool
@@ -33,12 +50,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Settings
-from pipelines.channels import ADAPTERS, PayloadError, SignatureError, VerifyContext, WebhookRequest
+from pipelines.channels import ADAPTERS, Delivery, PayloadError, SignatureError, VerifyContext, WebhookRequest
 from pipelines.channels.whatsapp import handshake
 from pipelines.crypto import SecretBox
+from workers.ledger import scrub
 from workers.web.inboxes import Inbox, InboxDirectory
-from workers.web.ratelimit import TokenBuckets
-from workers.web.writer import Enqueue, EventRow, EventWriter
+from workers.web.ratelimit import TokenBuckets, client_key
+from workers.web.writer import Enqueue, EventRow, EventWriter, Outcome, UnstorableEvent, WriterBusy
 
 log = structlog.get_logger("intake.ingress")
 
@@ -49,6 +67,10 @@ STORED_HEADERS = frozenset({
     "webhook-timestamp", "webhook-signature", "x-forwarded-for", "x-request-id", "i-twilio-idempotency-token",
 })
 WEBHOOK_PREFIX = "/v1/webhooks/"
+# Chat payloads under this size parse inline (the hot path: a thread hop would cost more than the parse).
+PARSE_INLINE_BYTES = 65_536
+# An oversized body is read and discarded up to this many bytes so the client reads its 413.
+DRAIN_LIMIT_BYTES = 64 * 1_048_576
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -71,8 +93,32 @@ def _provider_url(base: str, path: str, query: str) -> tuple[str, tuple[str, ...
     return url, (url.replace(f"{scheme}://{hostpart}", f"{scheme}://{alt_host}", 1),)
 
 
+def forwarded(headers: Mapping[str, str], name: str) -> str:
+    """The entry the trusted proxy appended to an X-Forwarded-* header: the last one. Earlier entries
+    are whatever the client wrote, and the client is not trusted."""
+    return headers.get(name, "").rpartition(",")[2].strip()
+
+
 def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def client_slowed(wait: float) -> JSONResponse:
+    return error(429, "rate_limited", "too many failed requests from this client",
+                 {"Retry-After": TokenBuckets.retry_after(wait)})
+
+
+def failure(exc: BaseException, **context: str) -> JSONResponse:
+    """The answer to an exception nobody handled: 503 when a dependency is unavailable (retry later),
+    else 500 with an error id; the traceback is logged under that id and never sent to the client."""
+    if isinstance(exc, UNAVAILABLE):
+        log.error("ingress.unavailable", error=scrub(repr(exc)), **context)
+        detail = str(exc) if isinstance(exc, ParseTimeout) else "the event could not be stored"
+        return error(503, "unavailable", f"{detail}; retry later", {"Retry-After": "5"})
+    error_id = uuid.uuid4().hex[:16]
+    log.error("ingress.internal_error", error_id=error_id, error=scrub(repr(exc)),
+              traceback=scrub("".join(traceback.format_exception(exc))), **context)
+    return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
 
 
 # The acknowledgements never change: built once, sent as they are (a Response holds no per-request state).
@@ -121,6 +167,23 @@ class Metrics:
 class BodyTooLarge(Exception):
     """The request body exceeds the channel's limit."""
 
+    def __init__(self, *, unread: bool, drainable: bool = True) -> None:
+        super().__init__()
+        self.unread = unread  # the rest of the body is still on the wire
+        self.drainable = drainable  # and short enough to read and discard
+
+
+class ParseTimeout(Exception):
+    """An authentic body was not parsed within INTAKE_PARSE_DEADLINE_SECONDS; nothing was stored."""
+
+
+# Failures that mean "unavailable right now, retry": the database or a connection to it (PoolTimeout is an
+# OperationalError), Redis, a full commit queue, parsing that did not finish in time.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError, psycopg.InterfaceError, ConnectionError, redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError, WriterBusy, ParseTimeout,
+)
+
 
 class Ingress:
     """The state one web process shares between requests."""
@@ -133,16 +196,18 @@ class Ingress:
             kwargs={"application_name": "intake-web", "autocommit": True},
         )
         self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
-        self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key))
-        self.buckets = TokenBuckets()
+        self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key), max_entries=settings.inbox_cache_size)
+        self.buckets = TokenBuckets(max_keys=max(settings.inbox_cache_size, 10_000))  # per inbox
+        self.client_buckets = TokenBuckets()  # per client address, charged for 401 and 404 answers
+        self.parsers = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="intake-parse")
         self.metrics = Metrics.create()
         self.writer = EventWriter(
             self.pool, enqueue or self.send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
-            batch_max=settings.commit_batch_max, enqueue_window=settings.enqueue_window_ms / 1000,
+            batch_max=settings.commit_batch_max, queue_max=settings.commit_queue_max,
+            enqueue_window=settings.enqueue_window_ms / 1000,
             job_max_ids=settings.ingest_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
             on_batch=self.metrics.batch_rows.observe,
         )
-        self._seen_tokens: dict[str, float] = {}
 
     async def start(self) -> None:
         import workers.actors  # noqa: F401  (import the broker now, not inside the first request)
@@ -153,6 +218,7 @@ class Ingress:
     async def stop(self) -> None:
         await self.writer.stop()
         await self.pool.close()
+        self.parsers.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
 
     async def send_to_ingest_queue(self, tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
@@ -174,11 +240,20 @@ class Ingress:
                 host = "" if server is None else (
                     server[0] if server[1] == {"https": 443, "http": 80}.get(scheme) else f"{server[0]}:{server[1]}")
             if self.settings.trust_proxy_headers:
-                scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
-                host = headers.get("x-forwarded-host", host).split(",")[0].strip()
+                scheme = forwarded(headers, "x-forwarded-proto") or scheme
+                host = forwarded(headers, "x-forwarded-host") or host
             base = f"{scheme}://{host}"
         query = scope.get("query_string", b"").decode("latin-1")
         return _provider_url(base, scope.get("root_path", "") + scope["path"], query)
+
+    def client(self, scope: Scope, headers: Mapping[str, str]) -> str:
+        """The client's bucket key: the peer address, or the address the trusted proxy saw."""
+        if self.settings.trust_proxy_headers:
+            address = forwarded(headers, "x-forwarded-for")
+            if address:
+                return client_key(address)
+        peer = scope.get("client")
+        return client_key(peer[0]) if peer else "unknown"
 
     def body_limit(self, channel: str) -> int:
         return self.settings.max_email_body_bytes if channel in EMAIL_CHANNELS else self.settings.max_body_bytes
@@ -186,17 +261,17 @@ class Ingress:
     @staticmethod
     async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
                 raise PayloadError("invalid Content-Length")
             if int(declared) > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(unread=True, drainable=int(declared) <= DRAIN_LIMIT_BYTES)
         message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False):  # the usual case: the whole body in one message
             if len(body) > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(unread=False)
             return body
         chunks = [body]
         size = len(body)
@@ -207,36 +282,75 @@ class Ingress:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(unread=message.get("more_body", False))
             chunks.append(chunk)
         return b"".join(chunks)
+
+    @staticmethod
+    async def drain(receive: Receive, cap: int) -> bool:
+        """Read and discard the rest of the body, up to `cap` bytes: True when it was read to its end."""
+        size = 0
+        while size <= cap:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
+
+    async def too_large(self, receive: Receive, headers: Mapping[str, str], channel: str,
+                        exc: BodyTooLarge) -> Response:
+        """413, sent once the client has finished writing (when that is cheap enough) so it reads it.
+
+        A client that asked `Expect: 100-continue` has not sent its body and will not: it reads the 413 at
+        once. A body longer than DRAIN_LIMIT_BYTES is refused without reading it, and the connection is
+        closed.
+        """
+        complete = not exc.unread
+        if exc.unread and exc.drainable and headers.get("expect", "").lower() != "100-continue":
+            complete = await self.drain(receive, DRAIN_LIMIT_BYTES)
+        return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes",
+                     None if complete else {"Connection": "close"})
+
+    @property
+    def client_rate(self) -> tuple[float, int]:
+        return self.settings.client_error_rate_per_second, self.settings.client_error_burst
+
+    def slow_guesser(self, scope: Scope, headers: Mapping[str, str], inbox_id: str) -> Response | None:
+        """429 for an id not known to be an inbox, from a client that has failed too often: a guess then
+        costs no database query. Ids that recently named a real inbox pass, so a provider sharing an
+        address with a prober (one proxy, headers not trusted) keeps delivering."""
+        if self.inboxes.known(inbox_id):
+            return None
+        wait = self.client_buckets.wait(self.client(scope, headers), *self.client_rate)
+        return client_slowed(wait) if wait > 0 else None
+
+    def refuse(self, scope: Scope, headers: Mapping[str, str], status: int, code: str, detail: str) -> Response:
+        """A 401 or 404, charged to the client's bucket: 429 instead once the client has failed too often,
+        which also stops a prober from telling real inbox ids from made-up ones."""
+        wait = self.client_buckets.take(self.client(scope, headers), *self.client_rate)
+        return client_slowed(wait) if wait > 0 else error(status, code, detail)
+
+    async def parse(self, channel: str, webhook: WebhookRequest) -> Delivery:
+        """The adapter's parse: inline for small chat payloads, else in the parse threads, within the
+        deadline. Past it the delivery is not acknowledged (ParseTimeout, answered 503 so the provider
+        retries): the adapters parse in linear time, so a miss means a busy process rather than a body
+        that can never be parsed, and a 4xx would drop an authentic message for good."""
+        adapter = ADAPTERS[channel]
+        if channel not in EMAIL_CHANNELS and len(webhook.body) <= PARSE_INLINE_BYTES:
+            return cast(Delivery, adapter.parse(webhook))
+        job = asyncio.get_running_loop().run_in_executor(self.parsers, adapter.parse, webhook)
+        try:
+            return cast(Delivery, await asyncio.wait_for(job, self.settings.parse_deadline_seconds))
+        except TimeoutError:
+            log.warning("ingress.parse.timeout", channel=channel, bytes=len(webhook.body))
+            raise ParseTimeout(f"the body was not parsed within {self.settings.parse_deadline_seconds} s") from None
 
     def rate_limited(self, inbox: Inbox) -> float:
         rate = float(inbox.settings.get("rate_limit_per_second", self.settings.rate_limit_per_second))
         burst = int(inbox.settings.get("rate_limit_burst", self.settings.rate_limit_burst))
         return self.buckets.take(inbox.id, rate, burst)
-
-    async def claim_token(self, token: str, ttl: int) -> bool:
-        """True the first time a one-time token is seen (Redis, or this process while Redis is down)."""
-        key = f"intake:replay:{token}"
-        try:
-            return bool(await self.redis.set(key, b"1", nx=True, ex=ttl))
-        except Exception as exc:
-            log.warning("ingress.replay_guard.degraded", error=repr(exc))
-            now = time.monotonic()
-            if len(self._seen_tokens) > 100_000:
-                self._seen_tokens = {k: v for k, v in self._seen_tokens.items() if v > now}
-            if self._seen_tokens.get(key, 0) > now:
-                return False
-            self._seen_tokens[key] = now + ttl
-            return True
-
-    async def release_token(self, token: str) -> None:
-        self._seen_tokens.pop(f"intake:replay:{token}", None)
-        try:
-            await self.redis.delete(f"intake:replay:{token}")
-        except Exception as exc:
-            log.warning("ingress.replay_guard.degraded", error=repr(exc))
 
     # -- handlers ---------------------------------------------------------------------------------
     async def inbox_for(self, channel: str, inbox_id: str) -> Inbox | None:
@@ -255,31 +369,27 @@ class Ingress:
             response = await self._webhook(scope, receive, channel, inbox_id)
         except ClientDisconnect:
             response = error(400, "client_disconnected", "the request body was not received in full")
-        except Exception as exc:
-            # The database or pool is unavailable: nothing was stored, so ask the provider to retry.
-            log.error("ingress.unavailable", channel=channel, error=repr(exc))
-            response = error(503, "unavailable", "the event could not be stored; retry later",
-                             {"Retry-After": "5"})
+        except Exception as exc:  # nothing was stored: 503 if a dependency is down, else a bug (500)
+            response = failure(exc, channel=label)
         outcome = str(response.status_code)
         self.metrics.observe(label, outcome, time.perf_counter() - started)
         return response
 
     async def _webhook(self, scope: Scope, receive: Receive, channel: str, inbox_id: str) -> Response:
-        inbox = await self.inbox_for(channel, inbox_id)
-        if inbox is None:
-            return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
         # ASGI servers lower-case header names; a repeated header keeps its last value.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        slowed = self.slow_guesser(scope, headers, inbox_id)
+        if slowed is not None:
+            return slowed
+        inbox = await self.inbox_for(channel, inbox_id)
+        if inbox is None:
+            return self.refuse(scope, headers, 404, "unknown_inbox", "no enabled inbox of this channel has this id")
         try:
             body = await self.read_body(receive, headers.get("content-length"), self.body_limit(channel))
-        except BodyTooLarge:
-            return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes")
+        except BodyTooLarge as exc:
+            return await self.too_large(receive, headers, channel, exc)
         except PayloadError as exc:
             return error(400, "malformed_payload", str(exc))
-        wait = self.rate_limited(inbox)
-        if wait > 0:
-            return error(429, "rate_limited", "too many deliveries for this inbox",
-                         {"Retry-After": TokenBuckets.retry_after(wait)})
         url, alternates = self.provider_url(scope, headers)
         query_string = scope.get("query_string", b"")
         query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
@@ -293,16 +403,18 @@ class Ingress:
         except Exception as exc:  # SignatureError, or any surprise from hostile input: never a 500
             if not isinstance(exc, SignatureError):
                 log.warning("ingress.verify.crashed", channel=channel, error=repr(exc))
-            return error(401, "invalid_signature", "signature verification failed")
+            return self.refuse(scope, headers, 401, "invalid_signature", "signature verification failed")
+        wait = self.rate_limited(inbox)  # charged only now: a stranger's junk never spends the inbox's budget
+        if wait > 0:
+            return error(429, "rate_limited", "too many deliveries for this inbox",
+                         {"Retry-After": TokenBuckets.retry_after(wait)})
+        # A one-time token (Mailgun's) is claimed in PostgreSQL, with the event, by the group commit.
         token = adapter.replay_token(webhook) if hasattr(adapter, "replay_token") else None
-        if token is not None and not await self.claim_token(f"{channel}:{inbox.id}:{token}",
-                                                            2 * self.settings.webhook_tolerance_seconds):
-            return error(401, "invalid_signature", "signature verification failed")
         try:
-            delivery = adapter.parse(webhook)
+            delivery = await self.parse(channel, webhook)
         except Exception as exc:
-            if token is not None:
-                await self.release_token(f"{channel}:{inbox.id}:{token}")
+            if isinstance(exc, ParseTimeout):  # not the body's fault: 503, so the provider retries
+                raise
             detail = str(exc) if isinstance(exc, PayloadError) else "the body is not a payload this channel sends"
             if not isinstance(exc, PayloadError):
                 log.warning("ingress.parse.crashed", channel=channel, error=repr(exc))
@@ -310,19 +422,26 @@ class Ingress:
         stored = {k: v for k, v in headers.items() if k in STORED_HEADERS}
         stored["x-intake-url"] = url
         row = EventRow(inbox.tenant_id, inbox.id, channel, delivery.dedupe_key,
-                       headers.get("content-type", ""), stored, body, received_at)
+                       headers.get("content-type", ""), stored, body, received_at, token)
         try:
-            await self.writer.submit(row)
-        except Exception:
-            if token is not None:
-                await self.release_token(f"{channel}:{inbox.id}:{token}")
-            raise
+            outcome = await self.writer.submit(row)
+        except WriterBusy as exc:
+            return error(503, "overloaded", f"{exc}; retry later", {"Retry-After": "2"})
+        except UnstorableEvent as exc:
+            return error(400, "unstorable_payload", str(exc))
+        if outcome is Outcome.REPLAYED:  # the token came with another delivery: a captured signature
+            return self.refuse(scope, headers, 401, "invalid_signature", "signature verification failed")
         return accepted(channel)
 
     async def whatsapp_handshake(self, request: Request) -> Response:
-        inbox = await self.inbox_for("whatsapp", request.path_params["inbox_id"])
+        inbox_id = request.path_params["inbox_id"]
+        slowed = self.slow_guesser(request.scope, request.headers, inbox_id)
+        if slowed is not None:
+            return slowed
+        inbox = await self.inbox_for("whatsapp", inbox_id)
         if inbox is None:
-            return error(404, "unknown_inbox", "no enabled inbox of this channel has this id")
+            return self.refuse(request.scope, request.headers, 404, "unknown_inbox",
+                               "no enabled inbox of this channel has this id")
         try:
             challenge = handshake(dict(request.query_params), inbox.secrets)
         except SignatureError:
@@ -370,8 +489,7 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
                      exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.error("ingress.unhandled", error=repr(exc))
-        return error(503, "unavailable", "temporarily unavailable; retry later", {"Retry-After": "5"})
+        return failure(exc, path=request.url.path)
 
     handlers: dict[Any, Any] = {HTTPException: http_error, Exception: server_error}
     routes = Starlette(
@@ -388,7 +506,7 @@ def create_app(settings: Settings, *, database_url: str, redis_url: str, secret_
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # Deliveries (POST /v1/webhooks/{channel}/{inbox_id}), the hot path, go straight to `webhook`, which
-        # answers every outcome itself (never a 500); everything else (the handshake, health, metrics, 404s
+        # answers every outcome itself (a 500 only for a bug); everything else (the handshake, health, metrics, 404s
         # and 405s) goes through the router.
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(WEBHOOK_PREFIX):
             channel, _, inbox_id = scope["path"][len(WEBHOOK_PREFIX):].partition("/")

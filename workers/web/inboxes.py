@@ -1,13 +1,18 @@
 """Inbox routing for the ingress: the inbox id in the URL names the tenant, the channel and the secrets.
 
-Lookups are cached for a short time (negative answers too, so random ids cannot hammer the database);
-disabling an inbox or rotating its secrets takes effect within `ttl` seconds.
+Lookups are cached for a short time, negative answers too, so a repeated unknown id costs one query per
+`ttl`; disabling an inbox or rotating its secrets takes effect within `ttl` seconds. The cache is an LRU of
+at most `max_entries` ids: a stranger cycling through random ids evicts the least recently used entries
+instead of growing memory or emptying the cache wholesale. A path segment that is not a UUID never reaches
+the database and is never cached (random strings cost nothing to remember). Entries that expired stay in
+the LRU until evicted, so `known` can tell an id that was recently a real inbox from one never seen.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,27 +33,39 @@ class Inbox:
 
 
 class InboxDirectory:
-    def __init__(self, pool: AsyncConnectionPool, box: SecretBox, ttl: float = 10.0) -> None:
+    def __init__(self, pool: AsyncConnectionPool, box: SecretBox, ttl: float = 10.0,
+                 max_entries: int = 10_000) -> None:
         self._pool = pool
         self._box = box
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, Inbox | None]] = {}
+        self._max_entries = max_entries
+        self._cache: OrderedDict[uuid.UUID, tuple[float, Inbox | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def known(self, inbox_id: str) -> bool:
+        """True when this id named a real inbox at its last look-up (even one whose entry has expired):
+        a caller that cannot know more may still trust that the id was not made up."""
+        key = _parse(inbox_id)
+        cached = self._cache.get(key) if key is not None else None
+        return cached is not None and cached[1] is not None
 
     async def get(self, inbox_id: str) -> Inbox | None:
         """The inbox the URL names (its id as written there), or None for an id no inbox has."""
+        key = _parse(inbox_id)
+        if key is None:
+            return None
         now = time.monotonic()
-        cached = self._cache.get(inbox_id)
+        cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
+            self._cache.move_to_end(key)
             return cached[1]
-        try:
-            key = uuid.UUID(inbox_id)
-        except ValueError:
-            inbox = None
-        else:
-            inbox = await self._load(key)
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[inbox_id] = (now + self._ttl, inbox)
+        inbox = await self._load(key)
+        self._cache[key] = (now + self._ttl, inbox)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
         return inbox
 
     async def _load(self, inbox_id: uuid.UUID) -> Inbox | None:
@@ -63,3 +80,14 @@ class InboxDirectory:
             return None
         tenant_id, channel, sealed, settings, enabled = row
         return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {}, enabled)
+
+
+def _parse(inbox_id: str) -> uuid.UUID | None:
+    """The id as a UUID, or None for anything else; only the canonical 36-character form is an id (no
+    braces, no `urn:uuid:` prefix), so one inbox has one spelling."""
+    if len(inbox_id) != 36:
+        return None
+    try:
+        return uuid.UUID(inbox_id)
+    except ValueError:
+        return None
