@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,22 @@ def ensure_demo(conn: Connection, box: SecretBox, path: Path) -> dict[str, Any]:
         inbox = create_inbox(conn, box, tenant, channel, name=f"Demo {channel}", given_secrets=given)
         inboxes[channel] = {"id": str(inbox.id), "secrets": inbox.secrets}
     demo = {"tenant_id": str(tenant), "inboxes": inboxes}
-    path.write_bytes(orjson.dumps(demo, option=orjson.OPT_INDENT_2))
-    path.chmod(0o600)
+    write_private(path, orjson.dumps(demo, option=orjson.OPT_INDENT_2))
     return demo
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`, readable by its owner only from the first byte: the file is created with
+    mode 0600 (never written first and narrowed after) and renamed into place, so a reader sees the old
+    contents or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.unlink(missing_ok=True)  # a leftover of a crash: O_EXCL makes the file ours, with our mode
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -24,7 +24,15 @@ from db.engine import make_engine
 from db.tenancy import UnknownTenant, resolve_tenant
 from pipelines.crypto import SecretBox, SecretKeyError
 from pipelines.inboxes import CHANNELS, InboxConfigError, create_inbox, create_tenant, webhook_url
-from workers.runtime import Runtime, ServicesUnavailable, check_database, resolve
+from workers.runtime import (
+    Runtime,
+    ServicesUnavailable,
+    check_database,
+    check_maintenance,
+    check_unprivileged,
+    redacted,
+    resolve,
+)
 from workers.services import EmbeddedServices, ServiceError
 
 P = ParamSpec("P")
@@ -54,14 +62,24 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def admin_source(rt: Runtime) -> str:
+    """Where the admin connection's URL came from, for messages that must not print the URL itself."""
+    if rt.embedded is not None and rt.settings.database_url is None:
+        return "the embedded PostgreSQL"
+    return "INTAKE_ADMIN_DATABASE_URL" if rt.settings.admin_database_url else "DATABASE_URL"
+
+
 def runtime(*, start: bool = False) -> Runtime:
-    settings = get_settings()
-    rt = resolve(settings, start=start)
-    if rt.embedded is not None and settings.database_url is None:
-        what = "the embedded PostgreSQL"
-    else:
-        what = "INTAKE_ADMIN_DATABASE_URL" if settings.admin_database_url else "DATABASE_URL"
-    check_database(rt.admin_database_url, what=what)
+    rt = resolve(get_settings(), start=start)
+    check_database(rt.admin_database_url, what=admin_source(rt))
+    return rt
+
+
+def maintenance_runtime(command: str) -> Runtime:
+    """The runtime of a command that reads across tenants: refused unless its connection (the admin URL,
+    else DATABASE_URL) has intake_maintenance rights."""
+    rt = runtime()
+    check_maintenance(rt.admin_database_url, command=command, what=admin_source(rt))
     return rt
 
 
@@ -226,12 +244,11 @@ def serve(host: str, port: int) -> None:
     """Run the web ingress (the Procfile's web process)."""
     import uvicorn
 
-    from workers.runtime import check_unprivileged
     from workers.web.app import create_app
 
     rt = runtime()
     check_unprivileged(rt.database_url)
-    os.environ.update(rt.child_env())
+    os.environ.update(rt.child_env(admin=False))
     get_settings.cache_clear()
     app = create_app(get_settings(), database_url=rt.database_url, redis_url=rt.redis_url,
                      secret_key=rt.require_secret_key())
@@ -252,12 +269,10 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    from workers.runtime import check_unprivileged
-
     rt = runtime()
     check_unprivileged(rt.database_url)
     settings = get_settings()
-    os.environ.update(rt.child_env())
+    os.environ.update(rt.child_env(admin=False))
     os.environ["INTAKE_PROCESS_ROLE"] = "worker"
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
     os.environ["dramatiq_prom_host"] = settings.worker_metrics_host
@@ -295,17 +310,23 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
     rt = resolve(settings, start=True)
     started = rt.embedded is not None and not (before.postgres_running and before.redis_running)
     try:
-        check_database(rt.admin_database_url)
+        check_database(rt.admin_database_url, what=admin_source(rt))
+        if rt.admin_database_url == rt.database_url:
+            raise ServicesUnavailable("intake run migrates and runs the clock as the schema owner, and the web "
+                                      "and workers as the fleet's role: set INTAKE_ADMIN_DATABASE_URL too")
         migrations.upgrade(rt.admin_database_url)
+        # Checked here, not in each child: a child refused at start would be restarted again and again.
+        check_maintenance(rt.admin_database_url, command="intake run (its clock)", what=admin_source(rt))
+        check_unprivileged(rt.database_url)
         with app_transaction(rt) as conn:
             demo = ensure_demo(conn, SecretBox(rt.require_secret_key()), Path(settings.home) / "demo.json")
-        env = rt.child_env()
+        fleet_env, clock_env = rt.child_env(admin=False), rt.child_env()
         base = settings.public_base_url or f"http://{host}:{port}"
         _print_next_steps(base, demo, rt, Path(settings.home) / "demo.json")
         supervise([
-            Child("web", ["serve", "--host", host, "--port", str(port)], env),
-            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], env),
-            Child("clock", ["clock"], env),
+            Child("web", ["serve", "--host", host, "--port", str(port)], fleet_env),
+            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], fleet_env),
+            Child("clock", ["clock"], clock_env),
         ])
     finally:
         if started:
@@ -314,19 +335,25 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
 
 
 def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) -> None:
+    """What to try next. URLs are shown with their passwords masked, and only the fleet's: the admin
+    connection is never printed."""
     telegram = demo["inboxes"]["telegram"]
     url = f"{base}/v1/webhooks/telegram/{telegram['id']}"
     body = ('{"update_id": 1, "message": {"message_id": 1, "date": 1700000000, "chat": {"id": 42, "type": '
             '"private"}, "from": {"id": 42, "first_name": "Ada"}, "text": "Hello, where is my order?"}}')
+    database_url = redacted(rt.database_url)
     out.print(f"[bold green]Intake is running[/] on {base} with a demo tenant {demo['tenant_id']}")
     out.print(f"  inboxes and their secrets: {path}")
-    out.print(f"  database: {rt.database_url}\n  redis:    {rt.redis_url}")
+    out.print(f"  database: {database_url}\n  redis:    {redacted(rt.redis_url)}")
     out.print("Send a message as Telegram would:")
     out.print(f"  curl -s {url} -H 'content-type: application/json' \\\n"
               f"    -H 'X-Telegram-Bot-Api-Secret-Token: {telegram['secrets']['secret_token']}' \\\n"
               f"    -d '{body}'")
-    out.print("Then look at it:")
-    out.print(f"  psql '{rt.admin_database_url}' -c 'SELECT content, sent_at FROM messages'")
+    out.print("Then look at it, as the fleet's role sees the demo tenant:")
+    out.print(f"  PGOPTIONS='-c app.tenant_id={demo['tenant_id']}' psql '{database_url}' \\\n"
+              "    -c 'SELECT content, sent_at FROM messages'", highlight=False)
+    if database_url != rt.database_url:
+        out.print("  (the password is the one in your DATABASE_URL)")
     out.print("Press Ctrl-C to stop.")
 
 

@@ -1,9 +1,16 @@
-"""Where the fleet's services are: the URLs from the environment, or the embedded pair under $INTAKE_HOME."""
+"""Where the fleet's services are: the URLs from the environment, or the embedded pair under $INTAKE_HOME.
+
+And whether the database role behind a URL fits the process about to use it: the web and worker processes
+run under row-level security as a plain role, the clock and the operators' cross-tenant commands need
+`intake_maintenance`. A wrong role is refused at start, in one line, rather than discovered later as a
+clock that sees nothing or a fleet that sees everything.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -18,17 +25,22 @@ class ServicesUnavailable(Exception):
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
-    database_url: str
-    admin_database_url: str
-    redis_url: str
-    secret_key: str | None
+    # URLs may carry passwords: kept out of repr(), so no log line or traceback shows them.
+    database_url: str = field(repr=False)
+    admin_database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    secret_key: str | None = field(repr=False)
     embedded: EmbeddedServices | None
 
-    def child_env(self) -> dict[str, str]:
-        """The environment for a web or worker process started from this one."""
+    def child_env(self, *, admin: bool = True) -> dict[str, str]:
+        """The environment for a process started from this one; without `admin`, for a web or worker
+        process, which has no use for the maintenance connection and so is not handed it."""
         env = dict(os.environ)
         env["DATABASE_URL"] = self.database_url
-        env["INTAKE_ADMIN_DATABASE_URL"] = self.admin_database_url
+        if admin:
+            env["INTAKE_ADMIN_DATABASE_URL"] = self.admin_database_url
+        else:
+            env.pop("INTAKE_ADMIN_DATABASE_URL", None)
         env["REDIS_URL"] = self.redis_url
         env["INTAKE_HOME"] = str(self.settings.home)
         if self.secret_key:
@@ -78,14 +90,80 @@ def check_database(url: str, *, what: str = "DATABASE_URL") -> None:
         raise ServicesUnavailable(f"cannot connect to PostgreSQL at {what}: {reason}") from None
 
 
-def check_unprivileged(url: str) -> None:
-    """The fleet must run under row-level security: refuse superuser and BYPASSRLS roles."""
+# What the connected role may do. pg_has_role() refuses a role name that does not exist, so the role is
+# looked up by oid first: before `intake migrate` there is no intake_maintenance, and no rights in it.
+ROLE_FACTS = """
+SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+       coalesce((SELECT pg_has_role(current_user, m.oid, 'MEMBER') FROM pg_roles m
+                 WHERE m.rolname = 'intake_maintenance'), false) AS maintenance_member,
+       coalesce((SELECT pg_has_role(current_user, m.oid, 'USAGE') FROM pg_roles m
+                 WHERE m.rolname = 'intake_maintenance'), false) AS maintenance_usage,
+       coalesce((SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c
+                 WHERE c.oid = to_regclass('inbound_events')), false) AS owns_tables
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+@dataclass(frozen=True)
+class RoleFacts:
+    """The connected role and the rights that decide which of the fleet's jobs it fits."""
+
+    name: str
+    superuser: bool
+    bypass_rls: bool
+    maintenance_member: bool
+    maintenance_usage: bool
+    owns_tables: bool
+
+
+def role_facts(url: str) -> RoleFacts:
     with psycopg.connect(url, connect_timeout=5) as conn:
-        row = conn.execute(
-            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-    if row and (row[1] or row[2]):
-        raise ServicesUnavailable(
-            f"DATABASE_URL connects as {row[0]!r}, which bypasses row-level security (superuser or "
-            "BYPASSRLS); connect the fleet as a plain role such as intake_app (see the README)"
-        )
+        row = conn.execute(ROLE_FACTS).fetchone()
+    if row is None:  # current_user always has a pg_roles row; a pooler that hides it gets no benefit of doubt
+        raise ServicesUnavailable("cannot read the connected role from pg_roles")
+    return RoleFacts(*row)
+
+
+def check_unprivileged(url: str, *, what: str = "DATABASE_URL") -> None:
+    """The fleet runs under row-level security as a plain role: refuse a role that bypasses it (superuser,
+    BYPASSRLS), reads across tenants (a member of intake_maintenance), or owns the tables."""
+    role = role_facts(url)
+    if role.superuser or role.bypass_rls:
+        reason = "bypasses row-level security (superuser or BYPASSRLS)"
+    elif role.maintenance_member:
+        reason = "is a member of intake_maintenance, which reads every tenant"
+    elif role.owns_tables:
+        reason = "owns the tables (it could turn row-level security off)"
+    else:
+        return
+    raise ServicesUnavailable(
+        f"{what} connects as {role.name!r}, which {reason}; connect the web and worker processes as a plain "
+        "role such as intake_app (see the README)"
+    )
+
+
+def check_maintenance(url: str, *, command: str, what: str) -> None:
+    """Cross-tenant commands need intake_maintenance: under the fleet's role, row-level security would show
+    them nothing, and they would report an empty ledger or no stuck events instead of failing."""
+    role = role_facts(url)
+    if role.superuser or role.maintenance_usage:
+        return
+    raise ServicesUnavailable(
+        f"{command} reads across tenants and needs intake_maintenance rights, but {what} connects as "
+        f"{role.name!r}, which has none: set INTAKE_ADMIN_DATABASE_URL to the schema owner or a member of "
+        "intake_maintenance (see the README)"
+    )
+
+
+def redacted(url: str) -> str:
+    """`url` with its password (in the authority or a `password=` parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostinfo}"
+    query = "&".join(
+        f"{key}=***" if key.lower() in {"password", "sslpassword"} else f"{key}={value}" if sep else key
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

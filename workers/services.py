@@ -44,7 +44,11 @@ class ServiceStatus:
     redis_url: str | None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """What `intake services` prints and keeps in services.json: everything but the admin connection,
+        which is for this process's own use (migrations, maintenance) and is never shown."""
+        data = asdict(self)
+        del data["admin_database_url"]
+        return data
 
 
 class EmbeddedServices:
@@ -210,13 +214,23 @@ class EmbeddedServices:
         )
 
     def secret_key(self) -> str:
-        """The key that encrypts inbox secrets at rest, generated once per home and kept there."""
+        """The key that encrypts inbox secrets at rest, generated once per home and kept there.
+
+        The key is written to a file created with mode 0600 (private from its first byte), then linked to
+        its name, which fails if another process got there first: every process reads the one whole key."""
         path = self.home / "secret_key"
         if not path.exists():
             self.home.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
+            partial = self.home / f".secret_key.{os.getpid()}.partial"
+            partial.unlink(missing_ok=True)  # a leftover of a crash: O_EXCL makes the file ours, with our mode
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(32))
+                with contextlib.suppress(FileExistsError):
+                    os.link(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
         return path.read_text().strip()
 
     def write_state(self) -> None:
