@@ -34,6 +34,8 @@ from pipelines.channels.base import (
 )
 
 CHANNEL = "api"
+MAX_BATCH = 500  # items in one delivery
+MAX_ATTACHMENTS = 50  # per message (the models allow base.MAX_ATTACHMENTS from any channel)
 
 
 class _Strict(BaseModel):
@@ -56,7 +58,7 @@ class ApiContact(_Strict):
     name: str | None = Field(default=None, max_length=200)
     email: Email | None = None
     phone: str | None = Field(default=None, max_length=64)
-    external_id: str | None = Field(default=None, max_length=256)
+    external_id: str | None = None  # a long one is hashed (see base.Identity), never refused
 
     @model_validator(mode="after")
     def _one_handle(self) -> ApiContact:
@@ -74,14 +76,14 @@ class ApiAttachment(_Strict):
 
 class ApiMessage(_Strict):
     type: Literal["message"] = "message"
-    id: str = Field(min_length=1, max_length=256)
+    id: str = Field(min_length=1)  # long or unprintable ids are hashed (base.stable_key), never refused
     sent_at: datetime
     text: str = Field(default="", max_length=100_000)
     html: str | None = None
     subject: str | None = Field(default=None, max_length=998)
     contact: ApiContact
-    in_reply_to: str | None = Field(default=None, max_length=256)
-    attachments: list[ApiAttachment] = Field(default_factory=list, max_length=50)
+    in_reply_to: str | None = None
+    attachments: list[ApiAttachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -95,7 +97,7 @@ class ApiMessage(_Strict):
 
 class ApiStatus(_Strict):
     type: Literal["status"]
-    message_id: str = Field(min_length=1, max_length=256)
+    message_id: str = Field(min_length=1)
     status: Literal["queued", "sent", "delivered", "read", "failed"]
     at: datetime
     error: str | None = Field(default=None, max_length=2000)
@@ -150,8 +152,8 @@ def _message(item: ApiMessage) -> InboundMessage:
 def parse(request: WebhookRequest) -> Delivery:
     data = json_body(request)
     raw_items = data.get("items") if isinstance(data, dict) and "items" in data else [data]
-    if not isinstance(raw_items, list) or not raw_items or len(raw_items) > 500:
-        raise PayloadError("'items' must be a list of 1 to 500 messages or status updates")
+    if not isinstance(raw_items, list) or not raw_items or len(raw_items) > MAX_BATCH:
+        raise PayloadError(f"'items' must be a list of 1 to {MAX_BATCH} messages or status updates")
     try:
         items = _ITEMS.validate_python(raw_items)
     except ValidationError as exc:

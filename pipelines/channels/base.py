@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class ChannelError(Exception):
@@ -45,65 +47,218 @@ MessageKind = Literal[
 ]
 DeliveryStatus = Literal["queued", "sent", "delivered", "read", "failed"]
 
+# -- what a delivery may carry into PostgreSQL ------------------------------------------------------
+# PostgreSQL's text and jsonb refuse NUL and lone surrogates (not UTF-8), orjson in the workers refuses
+# huge integers and more than 255 levels, and a btree entry holds at most 2,704 bytes. So text is cleaned,
+# ids are hashed rather than refused (a provider's retry still meets its first copy), and structure beyond
+# these bounds is refused (PayloadError, a 400 before the 2xx).
+MAX_KEY_CHARS = 512  # dedupe keys, external and RFC message ids, identity values: longer ones are hashed
+MAX_DEPTH = 32  # levels of containers in one field (metadata, headers), the field's own counting as one
+MAX_ITEMS = 1_000  # values in one field, counted through every level (messages per delivery, metadata)
+MAX_METADATA_BYTES = 16 * 1024  # a message's metadata, serialized as JSON
+MAX_ATTACHMENTS = 100  # per message
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with what PostgreSQL text cannot hold (NUL, lone surrogates) replaced by U+FFFD.
+
+    Most text is ASCII without NUL: two C-speed checks and no copy. Surrogates, as `surrogateescape`
+    decoding leaves them, only exist in non-ASCII text, which the UTF-8 encoder tells about.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not (text.isascii() or _utf8_encodable(text)):
+        text = _SURROGATES.sub("\ufffd", text)
+    return text
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def digest_key(value: str) -> str:
+    """The stable stand-in for an id too long for an index or not printable: "sha256:" + hex."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def stable_key(value: str) -> str:
+    """`value` itself when short and printable, else its digest: the same input always gives one key."""
+    if len(value) <= MAX_KEY_CHARS and value.isprintable():
+        return value
+    return digest_key(value)
+
+
+def _text(value: Any) -> Any:
+    return storable(value) if isinstance(value, str) else value  # other types: pydantic says what is wrong
+
+
+def _key(value: Any) -> Any:
+    return stable_key(value) if isinstance(value, str) else value
+
+
+def _handle(value: Any) -> Any:
+    """An identity value: over the limit it is hashed (one sender, one contact); otherwise made storable."""
+    if not isinstance(value, str):
+        return value
+    return digest_key(value) if len(value) > MAX_KEY_CHARS else storable(value)
+
+
+def storable_tree(root: Any) -> Any:
+    """A copy of a JSON-like value with every string (dict keys too) made storable; lists for tuples.
+
+    Iterative, so depth costs no stack; raises PayloadError past MAX_DEPTH levels or MAX_ITEMS values, on
+    an integer outside 64 bits or a key that is not a string: JSON storage could not take them.
+    """
+    stack: list[tuple[Any, Any, int]] = []
+    copy = _member(root, stack, 0)
+    count = 0
+    while stack:
+        source, target, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PayloadError(f"nested more than {MAX_DEPTH} levels deep")
+        count += len(source)
+        if count > MAX_ITEMS:
+            raise PayloadError(f"more than {MAX_ITEMS} values")
+        if isinstance(target, dict):
+            for key, member in source.items():
+                if not isinstance(key, str):
+                    raise PayloadError("object keys must be strings")
+                target[storable(key)] = _member(member, stack, depth)
+        else:
+            for member in source:
+                target.append(_member(member, stack, depth))
+    return copy
+
+
+def _member(value: Any, stack: list[tuple[Any, Any, int]], depth: int) -> Any:
+    """A storable scalar, or an empty copy of a container that `stack` will fill, one level deeper."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict | list | tuple):
+        copy: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+        stack.append((value, copy, depth + 1))
+        return copy
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise PayloadError("an integer outside the signed 64-bit range")
+    return value
+
+
+def _bounded_int(value: Any) -> Any:
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise PayloadError("an integer outside the signed 64-bit range")
+    return value
+
+
+def _headers(value: Any) -> Any:
+    try:
+        return storable_tree(value)
+    except PayloadError as exc:
+        raise PayloadError(f"headers: {exc}") from None
+
+
+def _metadata(value: Any) -> Any:
+    """Metadata made storable and bounded: MAX_DEPTH levels, MAX_ITEMS values, MAX_METADATA_BYTES as JSON."""
+    try:
+        value = storable_tree(value)
+        size = len(orjson.dumps(value, default=str)) if value else 0
+    except PayloadError as exc:
+        raise PayloadError(f"metadata: {exc}") from None
+    except orjson.JSONEncodeError:
+        raise PayloadError("metadata: cannot be stored as JSON") from None
+    if size > MAX_METADATA_BYTES:
+        raise PayloadError(f"metadata: over {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+def _at_most(limit: int, what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise PayloadError(f"more than {limit} {what}")
+        return value
+
+    return check
+
+
+# Every string field of the models below is one of these, so whichever channel builds a model, what it
+# holds can be stored: free text made storable, ids kept short and printable, structure bounded.
+# (Field constraints come first: so pydantic checks them in its core, after the cleaning, at no cost.)
+Text = Annotated[str, BeforeValidator(_text)]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS), BeforeValidator(_key)]
+HandleValue = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS), BeforeValidator(_handle)]
+Headers = Annotated[dict[str, str], BeforeValidator(_headers)]
+Metadata = Annotated[dict[str, Any], BeforeValidator(_metadata)]
+Size = Annotated[int, BeforeValidator(_bounded_int)]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Identity(_Model):
-    """A raw handle for a person as the provider gave it; the workers normalize it."""
+    """A raw handle for a person as the provider gave it; the workers normalize it.
+
+    A value longer than MAX_KEY_CHARS becomes its digest: no real handle is that long, and the same
+    sender still resolves to one contact.
+    """
 
     kind: IdentityKind
-    value: str = Field(min_length=1, max_length=512)
+    value: HandleValue
 
 
 class Attachment(_Model):
-    filename: str | None = None
-    content_type: str | None = None
-    size: int | None = None
-    url: str | None = None
-    provider_id: str | None = None
+    filename: Text | None = None
+    content_type: Text | None = None
+    size: Size | None = None
+    url: Text | None = None
+    provider_id: Text | None = None
 
 
 class InboundMessage(_Model):
     """One message a person sent us, on any channel."""
 
-    channel: str
-    external_id: str = Field(min_length=1, max_length=998)
+    channel: Text
+    external_id: Key
     sent_at: datetime
     kind: MessageKind = "text"
-    sender_name: str | None = None
+    sender_name: Text | None = None
     identities: tuple[Identity, ...] = Field(min_length=1)
-    recipients: tuple[str, ...] = ()
-    text: str = ""
-    html: str | None = None
-    subject: str | None = None
-    stripped_reply: str | None = None
-    rfc_message_id: str | None = None
-    in_reply_to: str | None = None
-    references: tuple[str, ...] = ()
-    attachments: tuple[Attachment, ...] = ()
-    headers: dict[str, str] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    recipients: tuple[Text, ...] = ()
+    text: Text = ""
+    html: Text | None = None
+    subject: Text | None = None
+    stripped_reply: Text | None = None
+    rfc_message_id: Key | None = None
+    in_reply_to: Key | None = None
+    references: tuple[Key, ...] = ()
+    attachments: Annotated[tuple[Attachment, ...], BeforeValidator(_at_most(MAX_ATTACHMENTS, "attachments"))] = ()
+    headers: Headers = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     edited: bool = False
 
 
 class StatusUpdate(_Model):
     """A provider's report on a message we sent: it only ever moves forward."""
 
-    channel: str
-    external_id: str = Field(min_length=1, max_length=998)
+    channel: Text
+    external_id: Key
     status: DeliveryStatus
     at: datetime
-    error: str | None = None
+    error: Text | None = None
 
 
 class Delivery(_Model):
     """Everything one webhook POST carried, and the key that recognises the provider's retries."""
 
-    dedupe_key: str = Field(min_length=1, max_length=512)
-    messages: tuple[InboundMessage, ...] = ()
-    statuses: tuple[StatusUpdate, ...] = ()
+    dedupe_key: Key
+    messages: Annotated[tuple[InboundMessage, ...], BeforeValidator(_at_most(MAX_ITEMS, "messages"))] = ()
+    statuses: Annotated[tuple[StatusUpdate, ...], BeforeValidator(_at_most(MAX_ITEMS, "status updates"))] = ()
 
 
 @dataclass(frozen=True)
@@ -225,8 +380,6 @@ def require(fields: Mapping[str, list[str]], name: str) -> str:
 
 
 def json_body(request: WebhookRequest) -> Any:
-    import orjson
-
     try:
         return orjson.loads(request.body)
     except orjson.JSONDecodeError:

@@ -38,7 +38,13 @@ def verify(request: WebhookRequest, secrets: Mapping[str, str], context: VerifyC
 
 def _name(person: Mapping[str, Any]) -> str | None:
     parts = [str(person.get(k)) for k in ("first_name", "last_name") if person.get(k)]
-    return " ".join(parts) or (str(person["title"]) if person.get("title") else None) or person.get("username")
+    fallback = person.get("title") or person.get("username")
+    return " ".join(parts) or (str(fallback) if fallback else None)
+
+
+def _size(value: Any) -> int | None:
+    """A file size, if Telegram gave one as an integer: it is informational, so anything else is dropped."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parse(request: WebhookRequest) -> Delivery:
@@ -63,7 +69,7 @@ def parse(request: WebhookRequest) -> Delivery:
             media = msg[key][-1] if key == "photo" and isinstance(msg[key], list) and msg[key] else msg[key]
             media = media if isinstance(media, dict) else {}
             attachments = (Attachment(provider_id=media.get("file_id"), filename=media.get("file_name"),
-                                      content_type=media.get("mime_type"), size=media.get("file_size")),)
+                                      content_type=media.get("mime_type"), size=_size(media.get("file_size"))),)
             kind = mapped
             break
     if "location" in msg:
