@@ -2,8 +2,17 @@
 
 `ingest_events` runs inside the caller's transaction and never commits. It parses each stored event
 again (the raw event is the source of truth), resolves the sender to a contact, threads the message,
-stores it exactly once, applies delivery-status updates, and marks the events processed. Events that no
-adapter can parse are marked failed and reported, without holding up the rest of the batch.
+stores it exactly once, applies delivery-status updates, and marks the events processed.
+
+One bad event has a blast radius of one. The batch is stored set-wise inside a savepoint; if that fails
+for a reason that is not transient (see `pipelines.errors`), the savepoint is rolled back and the batch is
+halved, each half stored in a savepoint of its own and halved again if it fails, until the culprits stand
+alone (a few attempts for one culprit, where going event by event would take one per event). An event that
+fails alone, or does not parse, is marked `failed` with its error and returned in `IngestResult.failed`
+for the caller to record; the others are stored. A transient error (a lost connection, a lock timeout, a
+deadlock) still fails the whole job, which retries with every event where it was. A `failed` event is
+never taken again, neither as a top-up nor by an ordinary job naming it: only a job with `retry_failed`
+(a replay) runs it again.
 
 One ingest transaction runs per tenant at a time (a transaction-level advisory lock): concurrent batches of
 one tenant share senders, and would otherwise meet on the same identities and contacts in opposite orders.
@@ -12,11 +21,11 @@ for its tenant's turn for at most `TENANT_WAIT_MS` (so a flooding tenant cannot 
 long while other tenants' jobs wait); then it raises `TenantBusy` with its events still waiting, and the
 actor sends them again a moment later.
 
-A job may top its batch up with its tenant's oldest waiting events. Batches then grow exactly when the
-fleet falls behind, and the per-job cost is paid once for many events. A job that finds its own events
-already stored by another batch returns at once. Waiting events are taken only when no one holds them
-(SKIP LOCKED), and one that does not parse is left untouched for its own job to report, so the failure
-ledger still records each failure once, under the ids of the job that owns it.
+A job may top its batch up with its tenant's oldest waiting (`received`) events. Batches then grow exactly
+when the fleet falls behind, and the per-job cost is paid once for many events. A job that finds its own
+events already stored (or set aside) by another batch returns at once. Waiting events are taken only when
+no one holds them (SKIP LOCKED); a top-up that fails is set aside like the job's own events, so it is
+recorded once, by the batch that found it at fault.
 """
 
 from __future__ import annotations
@@ -35,29 +44,31 @@ from sqlalchemy.exc import OperationalError
 
 from db.tenancy import TenantId
 from pipelines import normalize
-from pipelines.channels import ADAPTERS, InboundMessage, StatusUpdate, WebhookRequest
+from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
 from pipelines.contacts import resolve_contacts
 from pipelines.conversations import ThreadRequest, find_or_open_many
+from pipelines.errors import describe, is_transient
 
 log = structlog.get_logger("intake.ingest")
 
+# A job runs its own events while they wait (`received`); with `retry_failed`, failed ones too.
 LEFT = text("""
 SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS u(id)
 JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
-WHERE e.status <> 'processed'
+WHERE e.status = ANY(CAST(:statuses AS text[]))
 """)
 TENANT_WAIT_MS = 1000
 # lock_timeout bounds this wait; it also bounds any later lock wait of the transaction, and with one ingest
 # transaction per tenant those are only waits on other writers (a retryable error if ever reached).
 TAKE_TENANT = text("SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(hashtextextended(:key, 0))")
 EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
-# The job's own events (failed ones too: a replay retries them), locked in one global order.
+# The job's own events, locked in one global order.
 LOAD_EVENTS = text(f"""
 SELECT {EVENT_COLUMNS}
 FROM unnest(CAST(:ids AS uuid[])) AS u(id)
 JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
 JOIN inboxes i ON i.id = e.inbox_id
-WHERE e.status <> 'processed'
+WHERE e.status = ANY(CAST(:statuses AS text[]))
 ORDER BY e.received_at, e.id
 FOR UPDATE OF e
 """)
@@ -145,12 +156,13 @@ class IngestPolicy:
 
 @dataclass
 class IngestResult:
-    events: int = 0
+    events: int = 0  # events this batch took, set aside ones included
     messages_created: list[uuid.UUID] = field(default_factory=list)
     duplicates: int = 0
     statuses_applied: int = 0
     waiting_taken: int = 0  # events of other jobs this batch took
-    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    processed: list[uuid.UUID] = field(default_factory=list)
+    failed: dict[uuid.UUID, Exception] = field(default_factory=dict)  # events set aside, and why
 
 
 def request_from_event(row: Any) -> WebhookRequest:
@@ -178,21 +190,21 @@ def _pending(row: Any, delivery: Any, policy: IngestPolicy) -> list[_Pending]:
 
 
 def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID], policy: IngestPolicy, *,
-                  batch_max: int = 0) -> IngestResult:
+                  batch_max: int = 0, retry_failed: bool = False) -> IngestResult:
     """Process a batch of stored events set-wise: a handful of statements for the whole batch.
 
     Senders are resolved and conversations found with one look-up each for the batch; messages go in
     with one multi-row insert and conversation counters move with one update. Anything unusual (a new
     sender, a merge, an email thread, a reopen) takes the careful one-by-one path. With `batch_max`, the
-    batch is topped up to that many events with the tenant's oldest waiting ones.
+    batch is topped up to that many events with the tenant's oldest waiting ones. With `retry_failed`,
+    the job's own events are run again even when an earlier batch set them aside.
     """
     result = IngestResult()
-    processed: list[uuid.UUID] = []
-    pending: list[_Pending] = []
+    statuses = ["received", "failed"] if retry_failed else ["received"]
     event_ids = list(dict.fromkeys(event_ids))
     left: list[uuid.UUID] = []
     if event_ids:
-        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": event_ids})]
+        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": event_ids, "statuses": statuses})]
         if not left:
             return result  # another job's batch took them all
     try:
@@ -201,51 +213,113 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
         if isinstance(exc.orig, LockNotAvailable):
             raise TenantBusy(left) from None
         raise
-    rows = [(row, True) for row in conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids}).all()]
+    loaded = conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids, "statuses": statuses})
+    rows = [(row, True) for row in loaded.all()]
     if batch_max > len(event_ids):
         waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})
         rows += [(row, False) for row in waiting.all()]
     rows.sort(key=lambda pair: (pair[0].received_at, pair[0].id))
-    first_of: dict[tuple[uuid.UUID, str], int] = {}  # (inbox, external id) -> its place in `pending`
+    parsed: list[tuple[Any, Delivery]] = []
     for row, own in rows:
-        adapter = ADAPTERS.get(row.channel)
-        try:
-            if adapter is None:
-                raise ValueError(f"no adapter for channel {row.channel!r}")
-            delivery = adapter.parse(request_from_event(row))
-        except Exception as exc:  # a stored event that no longer parses: keep it, mark it, report it
-            if not own:  # its own job reports it, once
-                continue
-            result.events += 1
-            message = f"{type(exc).__name__}: {exc}"
-            conn.execute(MARK_FAILED, {"t": tenant, "id": row.id, "error": message[:2000]})
-            result.failed[row.id] = message
-            log.warning("ingest.event.corrupt", event_id=str(row.id), error=message)
-            continue
         result.events += 1
         result.waiting_taken += not own
+        try:
+            parsed.append((row, _parse(row)))
+        except Exception as exc:  # a stored event that no longer parses: keep it, set it aside
+            _set_aside(conn, tenant, row.id, exc, result)
+    if parsed:
+        _store_isolated(conn, tenant, parsed, policy, result)
+    return result
+
+
+def _parse(row: Any) -> Delivery:
+    adapter = ADAPTERS.get(row.channel)
+    if adapter is None:
+        raise ValueError(f"no adapter for channel {row.channel!r}")
+    delivery: Delivery = adapter.parse(request_from_event(row))
+    return delivery
+
+
+def _store_isolated(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]], policy: IngestPolicy,
+                    result: IngestResult) -> None:
+    """Store the batch set-wise; when that fails by some event's fault, halve it until the culprit is alone.
+
+    The halves run in order, each in its own savepoint: one that stores is kept, one that fails is halved
+    again, and an event that fails alone is set aside. One culprit among n events costs 2·log2(n) + 1
+    attempts, where going event by event would cost n + 1; however many fail, it costs at most 2n - 1.
+    """
+    error = _attempt(conn, tenant, parsed, policy, result)
+    if error is None:
+        return
+    if len(parsed) == 1:
+        _set_aside(conn, tenant, parsed[0][0].id, error, result)
+        return
+    log.info("ingest.batch.split", events=len(parsed), error=describe(error))
+    middle = len(parsed) // 2
+    _store_isolated(conn, tenant, parsed[:middle], policy, result)
+    _store_isolated(conn, tenant, parsed[middle:], policy, result)
+
+
+def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]], policy: IngestPolicy,
+             result: IngestResult) -> Exception | None:
+    """Store in a savepoint; a failure that is some event's fault leaves nothing behind and is returned.
+
+    A transient error is nobody's fault: it propagates, and the whole job retries.
+    """
+    try:
+        with conn.begin_nested():
+            stored = _store(conn, tenant, parsed, policy)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return exc
+    _add(result, stored)
+    return None
+
+
+def _set_aside(conn: Connection, tenant: TenantId, event_id: uuid.UUID, exc: Exception,
+               result: IngestResult) -> None:
+    error = describe(exc)
+    conn.execute(MARK_FAILED, {"t": tenant, "id": event_id, "error": error})
+    result.failed[event_id] = exc
+    log.warning("ingest.event.failed", event_id=str(event_id), error=error)
+
+
+def _add(result: IngestResult, stored: IngestResult) -> None:
+    result.processed += stored.processed
+    result.messages_created += stored.messages_created
+    result.duplicates += stored.duplicates
+    result.statuses_applied += stored.statuses_applied
+
+
+def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]],
+           policy: IngestPolicy) -> IngestResult:
+    """Apply parsed events set-wise and mark them processed; returns what was stored."""
+    stored = IngestResult()
+    pending: list[_Pending] = []
+    first_of: dict[tuple[uuid.UUID, str], int] = {}  # (inbox, external id) -> its place in `pending`
+    for row, delivery in parsed:
         for item in _pending(row, delivery, policy):
             key = (row.inbox_id, item.message.external_id)
             if item.message.edited:
                 if _apply_edit(conn, tenant, row.inbox_id, item.message):
-                    result.duplicates += 1
+                    stored.duplicates += 1
                     continue
                 if key in first_of:  # the message it edits arrived in this same batch
                     pending[first_of[key]] = _with_edit(pending[first_of[key]], item.message)
-                    result.duplicates += 1
+                    stored.duplicates += 1
                     continue
             first_of.setdefault(key, len(pending))
             pending.append(item)
         for status in delivery.statuses:
-            result.statuses_applied += apply_status(conn, tenant, row.inbox_id, status)
-        processed.append(row.id)
+            stored.statuses_applied += apply_status(conn, tenant, row.inbox_id, status)
+        stored.processed.append(row.id)
     if pending:
         created = store_inbound_many(conn, tenant, pending)
-        result.messages_created.extend(created)
-        result.duplicates += len(pending) - len(created)
-    if processed:
-        conn.execute(MARK_PROCESSED, {"t": tenant, "ids": processed})
-    return result
+        stored.messages_created.extend(created)
+        stored.duplicates += len(pending) - len(created)
+    conn.execute(MARK_PROCESSED, {"t": tenant, "ids": stored.processed})
+    return stored
 
 
 def _senders_and_threads(

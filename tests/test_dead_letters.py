@@ -7,10 +7,11 @@ import os
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 import orjson
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Row, text
 
 from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox
@@ -57,7 +58,13 @@ def intake_json(*args: str) -> dict[str, object]:
     return data
 
 
-def test_permanent_failures_skip_retries_and_replay_once_after_the_fix(
+def event_statuses(engine: Engine, inbox: CreatedInbox) -> dict[str, int]:
+    with engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        return dict(conn.execute(text("SELECT status, count(*) FROM inbound_events GROUP BY 1")).all())
+
+
+def test_events_set_aside_are_recorded_once_and_replay_once_after_the_fix(
     stack: dict[str, str], app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis
 ) -> None:
     from workers.actors import ingest_events
@@ -65,20 +72,27 @@ def test_permanent_failures_skip_retries_and_replay_once_after_the_fix(
     inbox = new_inbox(app_engine, "api")
     events = corrupt_events(app_engine, inbox, 40)
     with worker(processes=1, threads=4, env=WORKER_ENV):
-        for event_id in events:  # one job per event, as a trickle of deliveries would make
-            ingest_events.send(str(inbox.tenant_id), [str(event_id)])
+        sent = [ingest_events.send(str(inbox.tenant_id), [str(event_id)])  # one job per event, as a trickle
+                for event_id in events]                                     # of deliveries would make
         wait_for(lambda: len(ledger_rows(admin_engine, inbox.tenant_id)) == 40, timeout=60)
+        wait_for(lambda: event_statuses(app_engine, inbox) == {"failed": 40}, timeout=30)
 
     rows = ledger_rows(admin_engine, inbox.tenant_id)
-    assert {r["exception_type"] for r in rows} == {"CorruptEvent"}
-    assert {r["attempts"] for r in rows} == {1}  # permanent: no retries
+    assert {r["exception_type"] for r in rows} == {"PayloadError"}
+    assert {r["attempts"] for r in rows} == {1}  # the event's fault: no retries
     assert {r["status"] for r in rows} == {"dead"}
-    assert all("CorruptEvent" in str(r["traceback"]) for r in rows)
-    assert redis_client.zcard("dramatiq:ingest.XQ") >= 40
+    assert all("PayloadError: body is not valid JSON" in str(r["traceback"]) for r in rows)
+    # Each row replays its one event, whichever job set it aside; the jobs themselves succeeded.
+    messages = [cast(dict[str, Any], r["message"]) for r in rows]
+    assert sorted(m["args"][1][0] for m in messages) == sorted(str(e) for e in events)
+    assert {(m["args"][0], len(m["args"][1]), orjson.dumps(m["kwargs"])) for m in messages} == {
+        (str(inbox.tenant_id), 1, b'{"retry_failed":true}')}
+    dead = {m.decode() for m in redis_client.hkeys("dramatiq:ingest.XQ.msgs")}
+    assert not dead & {str(m.options.get("redis_message_id")) for m in sent}
 
     listed = intake_json("dlq", "list", "--tenant", str(inbox.tenant_id))
     assert listed["total"] == 40
-    assert listed["by_error"] == [{"exception_type": "CorruptEvent", "status": "dead", "count": 40}]
+    assert listed["by_error"] == [{"exception_type": "PayloadError", "status": "dead", "count": 40}]
     shown = intake_json("dlq", "show", str(rows[0]["id"]))
     assert "Traceback" in str(shown["traceback"]) and shown["message"]["actor_name"] == "ingest_events"
     dry = intake_json("dlq", "replay", "--tenant", str(inbox.tenant_id), "--dry-run")
@@ -93,8 +107,6 @@ def test_permanent_failures_skip_retries_and_replay_once_after_the_fix(
     assert sum(int(r["replayed"]) for r in runs) == 40  # type: ignore[call-overload]
     assert redis_client.llen("dramatiq:ingest") == 40
     assert {r["status"] for r in ledger_rows(admin_engine, inbox.tenant_id)} == {"replayed"}
-    dead_ids = {str(orjson.loads(json.dumps(r["message"])).get("redis_message_id")) for r in rows}
-    assert not dead_ids & {m.decode() for m in redis_client.zrange("dramatiq:ingest.XQ", 0, -1)}
 
     with worker(processes=1, threads=4, env=WORKER_ENV):
         def stored() -> int:
@@ -106,27 +118,41 @@ def test_permanent_failures_skip_retries_and_replay_once_after_the_fix(
         bind_tenant(conn, inbox.tenant_id)
         assert conn.execute(text("SELECT count(DISTINCT external_id), count(*) FROM messages")).one() == (40, 40)
         assert conn.execute(text("SELECT count(*) FROM inbound_events WHERE status = 'processed'")).scalar_one() == 40
+    assert {(r["status"], r["attempts"]) for r in ledger_rows(admin_engine, inbox.tenant_id)} == {("replayed", 1)}
     stats = intake_json("dlq", "stats")
     assert stats["by_status"]["replayed"] >= 40  # type: ignore[index]
 
 
-def test_unknown_tenants_and_discards(stack: dict[str, str], admin_engine: Engine) -> None:
+def test_unknown_tenants_and_discards(stack: dict[str, str], admin_engine: Engine,
+                                     redis_client: redis.Redis) -> None:
     from workers.actors import ingest_events
 
     ghost = uuid.uuid4()
-    message = ingest_events.send(str(ghost), [str(uuid.uuid4())])
+    message, again = (ingest_events.send(str(ghost), [str(uuid.uuid4())]) for _ in range(2))
+
+    def failure(job_id: str) -> Row[Any] | None:
+        with admin_engine.connect() as conn:
+            return conn.execute(text("SELECT id, tenant_id, exception_type, attempts, status FROM job_failures "
+                                     "WHERE message_id = :m"), {"m": job_id}).first()
+
     with worker(processes=1, threads=2, env=WORKER_ENV):
-        def recorded() -> bool:
-            with admin_engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM job_failures WHERE message_id = :m"),
-                                    {"m": message.message_id}).scalar_one() == 1
-        wait_for(recorded, timeout=30)
-    with admin_engine.connect() as conn:
-        row = conn.execute(text("SELECT id, tenant_id, exception_type, attempts FROM job_failures "
-                                "WHERE message_id = :m"), {"m": message.message_id}).one()
+        wait_for(lambda: failure(message.message_id) is not None and failure(again.message_id) is not None,
+                 timeout=30)
+    row = failure(message.message_id)
+    assert row is not None
     assert (row.tenant_id, row.exception_type, row.attempts) == (None, "UnknownTenantError", 1)
     assert intake_json("dlq", "discard", str(row.id)) == {"discarded": 1}
     assert intake_json("dlq", "replay", str(row.id)) == {"replayed": 0}
+
+    # A replay removes dramatiq's own dead letter of the message.
+    replayed = failure(again.message_id)
+    assert replayed is not None
+    dead_id = again.options["redis_message_id"]
+    assert redis_client.zscore("dramatiq:ingest.XQ", dead_id) is not None
+    assert intake_json("dlq", "replay", str(replayed.id)) == {"replayed": 1}
+    assert redis_client.zscore("dramatiq:ingest.XQ", dead_id) is None
+    queued = [orjson.loads(m)["message_id"] for m in redis_client.hvals("dramatiq:ingest.msgs")]
+    assert queued.count(again.message_id) == 1  # enqueued again, under the same message id
 
 
 def test_replay_refuses_to_guess(stack: dict[str, str]) -> None:

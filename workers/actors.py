@@ -20,7 +20,8 @@ from pipelines.ingest import ingest_events as run_ingest
 from workers import broker as _broker
 from workers.ai import assist_messages as run_assist
 from workers.context import engine, ingest_policy
-from workers.errors import CorruptEvent, UnknownTenantError
+from workers.errors import UnknownTenantError
+from workers.ledger import record_in, resolve_in
 
 log = structlog.get_logger("intake.worker")
 
@@ -28,8 +29,12 @@ BUSY_DELAY_MS = 100  # a job whose tenant is busy comes back after 100-200 ms
 
 
 @dramatiq.actor(queue_name="ingest")
-def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
-    """Turn stored inbound events into contacts, conversations and messages."""
+def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = False) -> None:
+    """Turn stored inbound events into contacts, conversations and messages.
+
+    Events the batch sets aside are recorded in the failure ledger in the same transaction, and the job
+    succeeds: its good events are stored. `retry_failed` (a replay) runs set-aside events again.
+    """
     started = time.time()
     ids = [uuid.UUID(i) for i in event_ids]
     policy = ingest_policy()
@@ -39,12 +44,18 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
                 tenant = resolve_tenant(conn, tenant_id)
             except UnknownTenant as exc:
                 raise UnknownTenantError(str(exc)) from None
-            result = run_ingest(conn, tenant, ids, policy, batch_max=get_settings().ingest_batch_max)
+            result = run_ingest(conn, tenant, ids, policy, batch_max=get_settings().ingest_batch_max,
+                                retry_failed=retry_failed)
+            for event_id, error in result.failed.items():
+                record_in(conn, retry_message(tenant_id, event_id), error, tenant)
+            if retry_failed and result.processed:
+                resolve_in(conn, [retry_message(tenant_id, e).message_id for e in result.processed])
     except TenantBusy as busy:
         # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
         # once the running batch has had time to finish (or to take them).
         if busy.waiting:
             ingest_events.send_with_options(args=(tenant_id, [str(i) for i in busy.waiting]),
+                                            kwargs={"retry_failed": True} if retry_failed else None,
                                             delay=BUSY_DELAY_MS + random.randrange(BUSY_DELAY_MS))  # noqa: S311
         return
     if result.messages_created:
@@ -54,9 +65,12 @@ def ingest_events(tenant_id: str, event_ids: list[str]) -> None:
              messages=len(result.messages_created), duplicates=result.duplicates,
              statuses=result.statuses_applied, failed=len(result.failed),
              queued_ms=_queued_ms(started), took_ms=round((time.time() - started) * 1000, 1))
-    if result.failed:
-        # The rest of the batch is committed; the corrupt events go to the dead-letter ledger.
-        raise CorruptEvent("; ".join(f"event {k}: {v}" for k, v in result.failed.items()))
+
+
+def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
+    """The job that runs one set-aside event again; its id is the event's, so its ledger row is one."""
+    message = ingest_events.message(tenant_id, [str(event_id)], retry_failed=True)
+    return message.copy(message_id=str(uuid.uuid5(event_id, "ingest_events")))
 
 
 def _queued_ms(started: float) -> float | None:

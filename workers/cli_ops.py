@@ -15,7 +15,8 @@ from sqlalchemy import Engine, text
 from config import get_settings
 from db.engine import make_engine
 from workers import dlq as ledger
-from workers.cli import console, emit, friendly_errors, main, out, runtime
+from workers.cli import console, emit, friendly_errors, main, maintenance_runtime, out
+from workers.runtime import Runtime
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -39,8 +40,21 @@ class When(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def admin_engine() -> Engine:
-    return make_engine(runtime().admin_database_url, pool_size=2, application_name="intake-ops")
+def admin_engine(rt: Runtime | None = None) -> Engine:
+    """An engine on the maintenance connection; refused (one line, exit 1) without intake_maintenance
+    rights, since under row-level security a cross-tenant command would see nothing and say so."""
+    if rt is None:
+        rt = maintenance_runtime(_command_name(click.get_current_context()))
+    return make_engine(rt.admin_database_url, pool_size=2, application_name="intake-ops")
+
+
+def _command_name(ctx: click.Context) -> str:
+    """`intake dlq list`, whatever name the program was started under."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["intake", *names])
 
 
 def progress() -> Progress:
@@ -279,7 +293,10 @@ def events_list(status: str | None, tenant: uuid.UUID | None, since: datetime | 
 @friendly_errors
 def events_reprocess(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uuid.UUID | None,
                      since: datetime | None, until: datetime | None, as_json: bool) -> None:
-    """Run stored events through the pipeline again (idempotent: nothing is stored twice)."""
+    """Run stored events through the pipeline again (idempotent: nothing is stored twice).
+
+    Failed events stay `failed` until their job runs them (it is sent with `retry_failed`), so no other
+    batch takes them up meanwhile; the others go back to `received`."""
     if not (ids or status or tenant or since or until):
         raise click.UsageError("name event ids or give at least one of --status, --tenant, --since, --until")
     from workers.actors import ingest_events
@@ -287,8 +304,9 @@ def events_reprocess(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uui
     where, params = event_where(ids, status, tenant, since, until)
     engine = admin_engine()
     with engine.begin() as conn:
-        rows = conn.execute(text(f"UPDATE inbound_events SET status = 'received', enqueued_at = now() "
-                                 f"WHERE {where} RETURNING tenant_id, id"), params).all()
+        rows = conn.execute(text(
+            f"UPDATE inbound_events SET status = CASE status WHEN 'failed' THEN 'failed' ELSE 'received' END, "
+            f"enqueued_at = now() WHERE {where} RETURNING tenant_id, id"), params).all()
         by_tenant: dict[uuid.UUID, list[str]] = {}
         for tenant_id, event_id in rows:
             by_tenant.setdefault(tenant_id, []).append(str(event_id))
@@ -297,7 +315,7 @@ def events_reprocess(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uui
             for tenant_id, event_ids in by_tenant.items():
                 for start in range(0, len(event_ids), 100):
                     chunk = event_ids[start:start + 100]
-                    ingest_events.send(str(tenant_id), chunk)
+                    ingest_events.send(str(tenant_id), chunk, retry_failed=True)
                     bar.advance(task, len(chunk))
     engine.dispose()
     if as_json:
@@ -312,15 +330,15 @@ def events_reprocess(ids: tuple[uuid.UUID, ...], status: str | None, tenant: uui
 @friendly_errors
 def clock(once: bool, as_json: bool) -> None:
     """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed,
-    and stored messages whose AI job was lost."""
+    and stored messages whose AI job was lost; forget webhook token claims past their window."""
     import os
     import signal
 
     from prometheus_client import Gauge, start_http_server
 
-    from workers.sweeper import AiSweep, SweepResult, run_clock, sweep
+    from workers.sweeper import AiSweep, SweepResult, forget_replay_tokens, run_clock, sweep
 
-    rt = runtime()
+    rt = maintenance_runtime("intake clock")
     os.environ.update(rt.child_env())
     get_settings.cache_clear()
     settings = get_settings()
@@ -337,16 +355,19 @@ def clock(once: bool, as_json: bool) -> None:
         queue = f"{broker.namespace}:{assist_messages.queue_name}"
         return int(broker.client.llen(queue)) + int(broker.client.llen(f"{queue}.DQ"))
 
-    engine = admin_engine()
+    engine = admin_engine(rt)
     grace = timedelta(seconds=settings.sweep_grace_seconds)
+    token_ttl = timedelta(seconds=2 * settings.webhook_tolerance_seconds)  # past it, a token's timestamp is refused
     ai_sweep = AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
                        horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds))
     if once:
+        forgotten = forget_replay_tokens(engine, older_than=token_ttl)
         result = sweep(engine, send, grace=grace)
         ai_enqueued = ai_sweep()
         engine.dispose()
         data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
-                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued}
+                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
+                "replay_tokens_forgotten": forgotten}
         emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
         return
     stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
@@ -380,5 +401,5 @@ def clock(once: bool, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     run_clock(engine, send, interval=settings.sweep_interval_seconds, grace=grace, on_sweep=report,
-              should_stop=lambda: stopping, ai_sweep=sweep_ai)
+              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=token_ttl)
     engine.dispose()
