@@ -371,7 +371,7 @@ def clock(once: bool, as_json: bool) -> None:
         emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
         return
     stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
-    failed = Gauge("intake_events_failed", "Stored events that failed to parse")
+    failed = Gauge("intake_events_failed", "Stored events set aside as failed (each has a ledger row)")
     oldest = Gauge("intake_events_oldest_unprocessed_seconds", "Age of the oldest unprocessed event")
     swept = Gauge("intake_events_swept_last", "Events re-enqueued by the last sweep")
     ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")

@@ -2,7 +2,6 @@
 
     IntakeError
     ├── PermanentError        retrying cannot help: skip retries, go to the dead-letter ledger
-    │   ├── CorruptEvent      a stored event no adapter can parse
     │   └── UnknownTenantError
     └── RetryableError        a later attempt may succeed: back off and retry
 """
@@ -24,10 +23,6 @@ class IntakeError(Exception):
 
 class PermanentError(IntakeError):
     """Retrying cannot help."""
-
-
-class CorruptEvent(PermanentError):
-    """A stored event no adapter can parse."""
 
 
 class UnknownTenantError(PermanentError):
