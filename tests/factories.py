@@ -74,6 +74,10 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
         "exception_type": "ValueError", "exception_message": "test"})
     ids["audit_logs"] = _insert(conn, "audit_logs", {
         **t, "actor": "test", "action": "test", "subject_type": "contact", "subject_id": "x"})
+    ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
+    conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
+                      "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),
+                 {**t, "inbox_id": inbox.id, "token": str(ids["replay_tokens"])})
     return TenantRows(tenant, inbox, ids)
 
 

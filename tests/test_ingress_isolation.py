@@ -5,10 +5,14 @@ whatever happens to Redis. Real PostgreSQL, Redis, `intake serve` processes and 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -21,7 +25,7 @@ from sqlalchemy import Engine, text
 from db.tenancy import TenantId
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
-from tests.processes import free_port, web_server
+from tests.processes import INTAKE, free_port, web_server
 from tests.webhooks import fixture, sign
 from workers.web.writer import EventRow, EventWriter, Outcome, UnstorableEvent
 
@@ -82,6 +86,7 @@ HOSTILE_ROWS = {
     "dedupe_key_too_large_to_index": {"dedupe_key": "".join(uuid.uuid4().hex for _ in range(300))},
     "inbox_that_does_not_exist": {"inbox_id": uuid.uuid4()},
     "nul_in_replay_token": {"replay_token": "tok\x00en"},
+    "lone_surrogate_in_replay_token": {"replay_token": "tok\udc80en"},
     "replay_token_too_large_to_index": {"replay_token": "".join(uuid.uuid4().hex for _ in range(300))},
 }
 
@@ -289,6 +294,95 @@ def test_racing_replays_of_one_token_store_exactly_one(
     codes = asyncio.run(race())
     assert sorted(codes) == [200] + [401] * 11
     assert len(stored_keys(app_engine, inbox)) == 1
+
+
+def token_of(signed: bytes) -> str:
+    return dict(parse_qsl(signed.decode()))["token"]
+
+
+def claims(engine: Engine, inbox: CreatedInbox) -> dict[str, str]:
+    """The inbox's claimed tokens, each with the dedupe key of the delivery that claimed it."""
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(inbox.tenant_id)})
+        rows = conn.execute(text("SELECT token, dedupe_key FROM replay_tokens WHERE inbox_id = :i"),
+                            {"i": inbox.id})
+        return {str(token): str(key) for token, key in rows}
+
+
+def test_a_retry_with_a_fresh_token_claims_that_token_too(
+        two_servers: tuple[str, str], app_engine: Engine) -> None:
+    first, second = two_servers
+    inbox = new_inbox(app_engine, "mailgun")
+    url, signed, headers = mailgun(first, inbox)
+    assert httpx.post(url, content=signed, headers=headers).status_code == 200
+    (key,) = stored_keys(app_engine, inbox)
+    _, retry, _ = mailgun(first, inbox)  # Mailgun retries the same email with a new timestamp and token
+    assert token_of(retry) != token_of(signed)
+    assert httpx.post(url.replace(first, second), content=retry, headers=headers).status_code == 200
+    assert claims(app_engine, inbox) == {token_of(signed): key, token_of(retry): key}
+
+    # Whoever captured the retry cannot use its token: not with another email, not with other bytes.
+    refused = forged_401(first, inbox)
+    for server in (first, second):
+        for body in (other_body(retry), retry.replace(b"Thanks%2C+that+works", b"Send+money+now")):
+            replay = httpx.post(url.replace(first, server), content=body, headers=headers)
+            assert (replay.status_code, replay.json()) == (401, refused.json())
+    assert httpx.post(url, content=retry, headers=headers).status_code == 200  # the retry itself, once more
+    assert stored_keys(app_engine, inbox) == [key]
+
+
+def test_every_token_of_one_group_commit_is_claimed_or_refused(
+        stack: dict[str, str], app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "mailgun")
+    run = uuid.uuid4().hex[:8]
+    row = lambda key, token, body: event_row(inbox, f"{run}-{key}", replay_token=f"{run}-{token}",  # noqa: E731
+                                             body=body)
+    # An email, its retry with a fresh token, and that fresh token around another email, in one commit.
+    outcomes, _, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], lambda: [
+        row("mail", "t1", b"first"), row("mail", "t2", b"retry"), row("forged", "t2", b"forged")]))
+    assert outcomes[2] is Outcome.REPLAYED
+    assert Outcome.REPLAYED not in outcomes[:2] and len(enqueued) == 1
+    # One token with one Message-Id but two bodies: the first to arrive claims it (odd Unicode or not).
+    outcomes, _, _ = asyncio.run(commit_together(stack["DATABASE_URL"], lambda: [
+        row("other", "t3\u202e\ufeff\U0001f600", b"genuine"), row("other", "t3\u202e\ufeff\U0001f600", b"forged")]))
+    assert outcomes == [Outcome.STORED, Outcome.REPLAYED]
+    # Later, each token stays with the delivery that claimed it.
+    outcomes, _, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], lambda: [
+        row("mail", "t2", b"retry"), row("late", "t2", b"forged"), row("late", "t1", b"forged")]))
+    assert outcomes == [Outcome.DUPLICATE, Outcome.REPLAYED, Outcome.REPLAYED] and enqueued == []
+    assert sorted(stored_keys(app_engine, inbox)) == [f"{run}-mail", f"{run}-other"]
+
+
+MAINTAINER = "e_replay_tokens_clock"  # a login role in intake_maintenance, as an operator would create
+
+
+def test_the_clock_forgets_claims_once_their_timestamps_are_refused_anyway(
+        two_servers: tuple[str, str], stack: dict[str, str], app_engine: Engine, admin_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "mailgun")
+    tokens = []
+    for _ in range(3):
+        url, signed, headers = mailgun(two_servers[0], inbox)
+        assert httpx.post(url, content=signed, headers=headers).status_code == 200
+        tokens.append(token_of(signed))
+    tolerance = 300  # INTAKE_WEBHOOK_TOLERANCE_SECONDS: past twice that, a token's timestamp is refused anyway
+    window = 2 * tolerance
+    expired, kept, fresh = tokens
+    with admin_engine.begin() as conn:
+        for token, age in ((expired, window + 5), (kept, window - 60)):
+            conn.execute(text("UPDATE replay_tokens SET claimed_at = now() - make_interval(secs => :age) "
+                              "WHERE token = :token"), {"age": age, "token": token})
+        conn.execute(text(f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{MAINTAINER}') THEN
+                CREATE ROLE {MAINTAINER} LOGIN NOSUPERUSER NOBYPASSRLS;
+            END IF; END $$"""))
+        conn.execute(text(f"GRANT intake_maintenance TO {MAINTAINER}"))
+    env = {**os.environ, "INTAKE_WEBHOOK_TOLERANCE_SECONDS": str(tolerance),
+           "INTAKE_ADMIN_DATABASE_URL": stack["DATABASE_URL"].replace("intake_app@", f"{MAINTAINER}@")}
+    clock = subprocess.run([INTAKE, "clock", "--once", "--json"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert clock.returncode == 0, clock.stderr
+    assert json.loads(clock.stdout)["replay_tokens_forgotten"] >= 1
+    assert set(claims(app_engine, inbox)) == {kept, fresh}
 
 
 def test_the_guard_holds_while_redis_is_down(stack: dict[str, str], app_engine: Engine) -> None:

@@ -23,6 +23,13 @@ def tenant_tables(engine: Engine) -> list[str]:
         return [r[0] for r in rows]
 
 
+def seeded(rows: TenantRows, table: str) -> tuple[str, dict[str, object]]:
+    """A condition that names the seeded row of `table`: by its id, or a token claim by its token."""
+    if table == "replay_tokens":
+        return "token = :key", {"key": str(rows.ids[table])}
+    return "id = :key", {"key": rows.ids[table]}
+
+
 @pytest.fixture(scope="module")
 def two_tenants(app_engine: Engine) -> tuple[TenantRows, TenantRows]:
     box = SecretBox(os.environ["INTAKE_SECRET_KEY"])
@@ -74,7 +81,8 @@ def test_a_tenant_sees_only_its_own_rows(
             bind_tenant(conn, a.tenant_id)
             tenants = {r[0] for r in conn.execute(text(f"SELECT tenant_id FROM {table}"))}
             assert tenants == {a.tenant_id}, table
-            seen = conn.execute(text(f"SELECT count(*) FROM {table} WHERE id = :id"), {"id": b.ids[table]})
+            where, key = seeded(b, table)
+            seen = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), key)
             assert seen.scalar_one() == 0, table
 
 
@@ -85,13 +93,14 @@ def test_a_tenant_cannot_update_or_delete_another_tenants_rows(
     for table in tenant_tables(admin_engine):
         with app_engine.begin() as conn:
             bind_tenant(conn, a.tenant_id)
-            updated = conn.execute(text(f"UPDATE {table} SET tenant_id = tenant_id WHERE id = :id"),
-                                   {"id": b.ids[table]})
-            deleted = conn.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": b.ids[table]})
+            where, key = seeded(b, table)
+            updated = conn.execute(text(f"UPDATE {table} SET tenant_id = tenant_id WHERE {where}"), key)
+            deleted = conn.execute(text(f"DELETE FROM {table} WHERE {where}"), key)
             assert (updated.rowcount, deleted.rowcount) == (0, 0), table
     with admin_engine.begin() as conn:
         for table in tenant_tables(admin_engine):
-            count = conn.execute(text(f"SELECT count(*) FROM {table} WHERE id = :id"), {"id": b.ids[table]})
+            where, key = seeded(b, table)
+            count = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), key)
             assert count.scalar_one() == 1, table
 
 
@@ -129,10 +138,11 @@ def test_every_tenant_table_refuses_foreign_inserts(
     # Copy each of B's rows as it is, while bound to A: the policy's WITH CHECK refuses every one.
     a, b = two_tenants
     for table in tenant_tables(admin_engine):
+        where, key = seeded(b, table)
         with admin_engine.connect() as conn:
-            row = conn.execute(text(f"SELECT * FROM {table} WHERE id = :id"), {"id": b.ids[table]}).mappings().one()
+            row = conn.execute(text(f"SELECT * FROM {table} WHERE {where}"), key).mappings().one()
         values = {k: v for k, v in row.items() if k not in ("id", "search_vector")}
-        values["id"] = uuid.uuid4()
+        values.update({"token": uuid.uuid4().hex} if table == "replay_tokens" else {"id": uuid.uuid4()})
         cols = ", ".join(values)
         params = ", ".join(f":{k}" for k in values)
         with app_engine.connect() as conn, pytest.raises(DBAPIError):

@@ -12,7 +12,11 @@ clock, after INTAKE_AI_SWEEP_GRACE_SECONDS) and sends the inbound ones that have
 the `ai` queue. While `ai` jobs are waiting in Redis it does not move: the messages it would send are most
 likely among them.
 
-`intake clock` runs both every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
+Mailgun's one-time tokens are claimed in `replay_tokens` (migration 0009). A claim matters only while its
+timestamp could be accepted, 2 x INTAKE_WEBHOOK_TOLERANCE_SECONDS; `forget_replay_tokens` deletes older
+ones, a bounded batch per statement.
+
+`intake clock` runs all three every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
 gauges. Run one clock per deployment (two are harmless, just wasteful).
 """
 
@@ -43,6 +47,11 @@ SELECT count(*) FILTER (WHERE status = 'received' AND received_at < now() - :gra
        count(*) FILTER (WHERE status = 'failed') AS failed,
        coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE status = 'received')), 0) AS oldest_s
 FROM inbound_events WHERE status IN ('received', 'failed')
+""")
+EXPIRED_REPLAY_TOKENS = text("""
+DELETE FROM replay_tokens
+WHERE (tenant_id, inbox_id, token) IN (SELECT tenant_id, inbox_id, token FROM replay_tokens
+                                       WHERE claimed_at < now() - :older_than LIMIT :limit)
 """)
 
 
@@ -84,6 +93,20 @@ def sweep(engine: Engine, send: Send, *, grace: timedelta, limit: int = 10_000, 
     return result
 
 
+def forget_replay_tokens(engine: Engine, *, older_than: timedelta, limit: int = 50_000) -> int:
+    """Delete the token claims made more than `older_than` ago, `limit` per transaction; how many."""
+    forgotten = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = conn.execute(EXPIRED_REPLAY_TOKENS, {"older_than": older_than, "limit": limit}).rowcount
+        forgotten += deleted
+        if deleted < limit:
+            break
+    if forgotten:
+        log.info("sweeper.replay_tokens_forgotten", tokens=forgotten)
+    return forgotten
+
+
 class AiSweep:
     """Stored inbound messages with no classification, found once each as the window moves forward."""
 
@@ -120,10 +143,12 @@ class AiSweep:
 
 def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,
               on_sweep: Callable[[SweepResult], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-              ai_sweep: Callable[[], int] | None = None) -> None:
+              ai_sweep: Callable[[], int] | None = None, replay_token_ttl: timedelta | None = None) -> None:
     while not should_stop():
         started = time.monotonic()
         try:
+            if replay_token_ttl is not None:
+                forget_replay_tokens(engine, older_than=replay_token_ttl)
             result = sweep(engine, send, grace=grace)
             if on_sweep is not None:
                 on_sweep(result)

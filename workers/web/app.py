@@ -408,7 +408,7 @@ class Ingress:
         if wait > 0:
             return error(429, "rate_limited", "too many deliveries for this inbox",
                          {"Retry-After": TokenBuckets.retry_after(wait)})
-        # A one-time token (Mailgun's) is claimed in PostgreSQL, with the event, by the group commit.
+        # A one-time token (Mailgun's) is claimed in PostgreSQL by the group commit, a duplicate's too.
         token = adapter.replay_token(webhook) if hasattr(adapter, "replay_token") else None
         try:
             delivery = await self.parse(channel, webhook)

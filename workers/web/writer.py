@@ -14,9 +14,9 @@ is refused as `UnstorableEvent` (about 2 log2(n) statements for one bad row in n
 database is unavailable (connection lost, pool timeout, deadlock, cancelled) the whole batch fails with the
 original error, and nobody is acknowledged. Any other error of a row alone is a bug, passed on as it is.
 
-A row may carry a one-time token (Mailgun's): the statement claims it with the event, in the same
-transaction, so a token is accepted once by the whole fleet; `submit` says `REPLAYED` when another delivery
-holds it.
+A row may carry a one-time token (Mailgun's): the statement claims it in the same transaction, also when
+the event is a duplicate, so a token is accepted once by the whole fleet; `submit` says `REPLAYED` when
+another delivery holds it. Rows with a token are never merged with one another: each claims its own.
 
 The queue in front of the writers is bounded: when it is full, `submit` raises `WriterBusy` at once, and the
 ingress answers 503 with Retry-After instead of holding more bodies in memory while the database is slow.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import math
 import uuid
 from base64 import b64encode
@@ -46,10 +47,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 log = structlog.get_logger("intake.ingress")
 
-# The whole batch is one statement: `intake_store_events` (migrations 0006, 0009) inserts each tenant's
-# rows under that tenant, ON CONFLICT DO NOTHING, and returns the rows it created and those whose one-time
-# token another delivery already holds. On an autocommit connection the statement is its own transaction:
-# one round trip, committed when it returns.
+# The whole batch is one statement: `intake_store_events` (migrations 0006, 0009) claims each tenant's
+# one-time tokens and inserts its rows under that tenant, ON CONFLICT DO NOTHING, and returns the events it
+# created and the places in the batch of the rows whose token another delivery already holds. On an
+# autocommit connection the statement is its own transaction: one round trip, committed when it returns.
 STORE_EVENTS = "SELECT * FROM intake_store_events(%s::json)"
 
 # SQLSTATE classes of a database that is unavailable or busy, not of a bad row: connection exception,
@@ -66,6 +67,8 @@ INPUT_FAULTS = {
 
 Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
 Key = tuple[uuid.UUID, str]  # (inbox id, dedupe key): inbox ids are unique across tenants
+Created = dict[Key, tuple[uuid.UUID, uuid.UUID]]  # the new events: (tenant id, event id) by key
+Placed = tuple[int, "EventRow"]  # a row and its place in the batch (the order the deliveries came in)
 
 
 class Outcome(enum.Enum):
@@ -226,11 +229,13 @@ class EventWriter:
             else:
                 self._fail(batch, exc)
             return
+        for row in replayed:
+            if not row.done.done():
+                row.done.set_result(Outcome.REPLAYED)
         for row in batch:
             if not row.done.done():
-                key = (row.inbox_id, row.dedupe_key)
-                row.done.set_result(Outcome.STORED if key in created
-                                    else Outcome.REPLAYED if key in replayed else Outcome.DUPLICATE)
+                stored = (row.inbox_id, row.dedupe_key) in created
+                row.done.set_result(Outcome.STORED if stored else Outcome.DUPLICATE)
         by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
         for tenant, event_id in created.values():
             by_tenant[tenant].append(event_id)
@@ -252,39 +257,44 @@ class EventWriter:
             if not row.done.done():
                 row.done.set_exception(settle)
 
-    async def _write(self, batch: list[EventRow]) -> tuple[dict[Key, tuple[uuid.UUID, uuid.UUID]], set[Key]]:
-        # One row per idempotency key, in one global order: concurrent writers then take the unique
-        # index's locks in the same order and cannot deadlock on a provider's simultaneous retries.
-        unique: dict[tuple[uuid.UUID, uuid.UUID, str], EventRow] = {}
-        for row in batch:
-            unique.setdefault((row.tenant_id, row.inbox_id, row.dedupe_key), row)
-        groups: dict[uuid.UUID, list[EventRow]] = defaultdict(list)
-        for key in sorted(unique):
-            groups[key[0]].append(unique[key])
+    async def _write(self, batch: list[EventRow]) -> tuple[Created, list[EventRow]]:
+        # One global order: concurrent writers then take the unique index's locks in the same order and
+        # cannot deadlock on a provider's simultaneous retries. One row per idempotency key, except that a
+        # row with a token always goes: its token is claimed, or it is told apart as replayed. Each row
+        # keeps its place in the batch: of two rows with one token, the earlier arrival claims it.
+        groups: dict[uuid.UUID, list[Placed]] = defaultdict(list)
+        seen: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
+        for place, row in sorted(enumerate(batch), key=lambda p: (p[1].tenant_id, p[1].inbox_id, p[1].dedupe_key)):
+            key = (row.tenant_id, row.inbox_id, row.dedupe_key)
+            if row.replay_token is None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            groups[row.tenant_id].append((place, row))
         for attempt in range(3):
             try:
-                return await self._insert(groups, len(batch))
+                return await self._insert(groups, batch)
             except psycopg.errors.DeadlockDetected:  # belt and braces: another writer outside our order
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    async def _insert(self, groups: dict[uuid.UUID, list[EventRow]],
-                      size: int) -> tuple[dict[Key, tuple[uuid.UUID, uuid.UUID]], set[Key]]:
-        batch = orjson.dumps([_group(tenant, rows) for tenant, rows in groups.items()]).decode()
-        created: dict[Key, tuple[uuid.UUID, uuid.UUID]] = {}
-        replayed: set[Key] = set()
+    async def _insert(self, groups: dict[uuid.UUID, list[Placed]],
+                      batch: list[EventRow]) -> tuple[Created, list[EventRow]]:
+        payload = [_group(tenant, rows) for tenant, rows in groups.items()]
+        created: Created = {}
+        replayed: list[EventRow] = []
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(STORE_EVENTS, (batch,))
-            for tenant, event_id, inbox_id, dedupe_key, was_replayed in await cursor.fetchall():
-                if was_replayed:
-                    replayed.add((inbox_id, dedupe_key))
+            cursor = await conn.execute(STORE_EVENTS, (orjson.dumps(payload).decode(),))
+            for tenant, event_id, inbox_id, dedupe_key, replayed_item in await cursor.fetchall():
+                if replayed_item is not None:
+                    replayed.append(batch[replayed_item])
                 else:
                     created[(inbox_id, dedupe_key)] = (tenant, event_id)
         self.batches += 1
-        self.rows += size
+        self.rows += len(batch)
         if self._on_batch is not None:
-            self._on_batch(size)
+            self._on_batch(len(batch))
         return created, replayed
 
     def _start_send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
@@ -302,17 +312,22 @@ class EventWriter:
                 self._on_enqueue_error(exc)
 
 
-def _group(tenant: uuid.UUID, rows: list[EventRow]) -> dict[str, object]:
-    """One tenant's rows as `intake_store_events` reads them; `replay` only when a row carries a token."""
+def _group(tenant: uuid.UUID, rows: list[Placed]) -> dict[str, object]:
+    """One tenant's rows as `intake_store_events` reads them. A row with a token names its place in the batch
+    (`item`), and the group lists its `tokens` with that place and the digest of the row's bytes: of two rows
+    with one token the earlier claims it, and the function names the replayed ones by their place."""
     items: list[dict[str, object]] = []
-    replay = False
-    for r in rows:
+    tokens: list[dict[str, object]] = []
+    for place, r in rows:
         item: dict[str, object] = {
             "inbox_id": r.inbox_id, "channel": r.channel, "dedupe_key": r.dedupe_key,
             "content_type": r.content_type, "headers": r.headers, "body": b64encode(r.body).decode(),
             "received_at": r.received_at}
         if r.replay_token is not None:
-            item["replay_token"] = r.replay_token
-            replay = True
+            item["item"] = place
+            tokens.append({"item": place, "inbox_id": r.inbox_id, "dedupe_key": r.dedupe_key,
+                           "token": r.replay_token,
+                           # here, several times faster than PostgreSQL's decode and digest of a large body
+                           "body_digest": hashlib.sha256(r.body).hexdigest()})
         items.append(item)
-    return {"tenant": tenant, "replay": True, "rows": items} if replay else {"tenant": tenant, "rows": items}
+    return {"tenant": tenant, "rows": items, "tokens": tokens} if tokens else {"tenant": tenant, "rows": items}
