@@ -63,12 +63,12 @@ def _body(channel: str, person: int, n: int, rng: random.Random, now: datetime) 
         body = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
             {"field": "messages", "value": value}]}]}
         return orjson.dumps(body), "application/json", None, wamid
-    message_id = f"{uid}@mail.example.com"
+    postmark_id = str(uuid.UUID(int=rng.getrandbits(128)))  # Postmark's own id keys the message
     body = {"FromFull": {"Email": f"customer{person}@example.com", "Name": f"Customer {person}"},
-            "MessageID": str(uuid.UUID(int=rng.getrandbits(128))), "Subject": "Help", "TextBody": text,
+            "MessageID": postmark_id, "Subject": "Help", "TextBody": text,
             "Date": sent.strftime("%a, %d %b %Y %H:%M:%S +0000"), "ToFull": [],
-            "Headers": [{"Name": "Message-ID", "Value": f"<{message_id}>"}]}
-    return orjson.dumps(body), "application/json", None, message_id
+            "Headers": [{"Name": "Message-ID", "Value": f"<{uid}@mail.example.com>"}]}
+    return orjson.dumps(body), "application/json", None, postmark_id
 
 
 def generate(inboxes: list[dict[str, CreatedInbox]], count: int, *, seed: int, duplicate_rate: float = 0.1,
