@@ -1,9 +1,13 @@
 """Threading: which conversation a new message belongs to.
 
-Email replies follow In-Reply-To and References to the conversation holding the referenced Message-ID
-(same tenant and inbox only). Otherwise a contact has at most one open conversation per inbox (a partial
-unique index): a message joins it, or reopens the latest resolved one within the inbox's reopen window,
-or starts a new one. Creation is an upsert on that index, so concurrent workers agree.
+Email replies follow In-Reply-To and References to the conversation holding the referenced Message-ID,
+in the same tenant and inbox, and only when the sender takes part in it: its contact wrote in it, or one of
+the sender's addresses was among the recipients of a message in it. A Message-ID is no secret (anyone on a
+thread or a mailing list sees it), so a stranger who quotes one starts a conversation of their own.
+
+Otherwise a contact has at most one open conversation per inbox (a partial unique index): a message joins
+it, or reopens the latest resolved one within the inbox's reopen window, or starts a new one. Creation is
+an upsert on that index, so concurrent workers agree.
 """
 
 from __future__ import annotations
@@ -19,9 +23,21 @@ from sqlalchemy.exc import IntegrityError
 from db.tenancy import TenantId
 
 BY_REFERENCE = text("""
-SELECT conversation_id FROM messages
-WHERE tenant_id = :t AND inbox_id = :inbox AND rfc_message_id = ANY(:refs) AND conversation_id IS NOT NULL
-ORDER BY sent_at DESC LIMIT 1
+SELECT m.conversation_id FROM messages m
+WHERE m.tenant_id = :t AND m.inbox_id = :inbox AND m.rfc_message_id = ANY(:refs) AND m.conversation_id IS NOT NULL
+  AND (EXISTS (SELECT 1 FROM conversations c
+               WHERE c.tenant_id = :t AND c.id = m.conversation_id AND c.contact_id = :contact)
+       OR EXISTS (SELECT 1 FROM messages p
+                  WHERE p.tenant_id = :t AND p.conversation_id = m.conversation_id AND p.contact_id = :contact)
+       OR EXISTS (SELECT 1 FROM messages p
+                  CROSS JOIN LATERAL jsonb_array_elements_text(
+                      CASE WHEN jsonb_typeof(p.metadata -> 'recipients') = 'array'
+                           THEN p.metadata -> 'recipients' ELSE CAST('[]' AS jsonb) END) AS r(address)
+                  JOIN contact_identities i
+                    ON i.tenant_id = :t AND i.contact_id = :contact AND i.kind = 'email'
+                   AND i.value = lower(r.address)
+                  WHERE p.tenant_id = :t AND p.conversation_id = m.conversation_id))
+ORDER BY m.sent_at DESC LIMIT 1
 """)
 # The open conversation, and the latest one resolved within the reopen window, in one round trip.
 CANDIDATES = text("""
@@ -138,7 +154,8 @@ def find_or_open(
     sent_at: datetime, reopen_window: timedelta, references: Sequence[str] = (), subject: str | None = None,
 ) -> uuid.UUID:
     if references:
-        found = conn.execute(BY_REFERENCE, {"t": tenant, "inbox": inbox_id, "refs": list(references)}).scalar()
+        found = conn.execute(BY_REFERENCE, {"t": tenant, "inbox": inbox_id, "contact": contact_id,
+                                            "refs": list(references)}).scalar()
         if found is not None:
             return uuid.UUID(str(found))
     params = {"t": tenant, "inbox": inbox_id, "contact": contact_id}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipelines.channels import ADAPTERS, PayloadError, WebhookRequest
+from pipelines.channels import ADAPTERS, PayloadError, WebhookRequest, email
 from tests.webhooks import fixture
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -114,7 +114,8 @@ def test_postmark_inbound() -> None:
     delivery = parse("postmark", "inbound.json")
     (msg,) = delivery.messages
     assert delivery.dedupe_key == "73e6d360-66eb-11e1-8e72-a8904824019b"
-    assert msg.external_id == msg.rfc_message_id == "CAKDvkCV7Mu=zJ5y@mail.gmail.com"
+    assert msg.external_id == delivery.dedupe_key  # Postmark's own id: no sender can claim it first
+    assert msg.rfc_message_id == "CAKDvkCV7Mu=zJ5y@mail.gmail.com"
     assert msg.identities[0].value == "Support@Postmarkapp.com" and msg.sender_name == "Postmarkapp Support"
     assert msg.subject == "Test subject" and msg.stripped_reply == "This is the reply text"
     assert msg.in_reply_to == "case-1001@help.example.com"
@@ -134,7 +135,8 @@ def test_postmark_auto_reply_headers_are_kept() -> None:
 def test_sendgrid_inbound_parse() -> None:
     delivery = parse("sendgrid", "inbound.multipart")
     (msg,) = delivery.messages
-    assert msg.rfc_message_id == "CAHXy7p2S+4M@mail.example.com" == delivery.dedupe_key
+    assert msg.rfc_message_id == "CAHXy7p2S+4M@mail.example.com"
+    assert msg.external_id == delivery.dedupe_key == email.external_id("test@example.com", msg.rfc_message_id, b"")
     assert msg.identities[0].value == "Test@Example.com" and msg.sender_name == "Example User"
     assert msg.subject == "Test Subject" and msg.text == "This is a test email with 1 attachment."
     assert msg.in_reply_to == "ticket-77@help.example.com"
