@@ -12,14 +12,17 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from pipelines.inboxes import CHANNELS, CreatedInbox
 from tests.factories import new_inbox
+from tests.fuzz.strategies import fuzz_settings
 from tests.processes import web_server
 from tests.webhooks import sign
+
+pytestmark = pytest.mark.fuzz
 
 
 def _dumps(value: object) -> bytes:
@@ -77,7 +80,7 @@ def test_no_input_produces_a_server_error(server: str, inboxes: dict[str, Create
     url = f"{server}/v1/webhooks/{channel}/{inbox.id}"
     client = httpx.Client(timeout=10)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @fuzz_settings(150)
     @given(body=bodies, extra=headers, ctype=content_types, signed=st.booleans())
     def check(body: bytes, extra: dict[str, str], ctype: str, signed: bool) -> None:
         request_headers = {"content-type": ctype, **extra} if not signed else {}
