@@ -47,6 +47,13 @@ def _size(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _reply_to(chat_id: Any, replied: Any) -> str | None:
+    """The external id of the message this one answers, when Telegram names it."""
+    if isinstance(replied, dict) and replied.get("message_id") is not None:
+        return f"{chat_id}:{replied['message_id']}"
+    return None
+
+
 def parse(request: WebhookRequest) -> Delivery:
     update = expect_dict(json_body(request), "body")
     update_id = update.get("update_id")
@@ -88,8 +95,7 @@ def parse(request: WebhookRequest) -> Delivery:
         identities=(Identity(kind="telegram", value=str(author["id"])),),
         text=str(msg.get("text") or msg.get("caption") or ""),
         attachments=attachments,
-        in_reply_to=(f"{chat['id']}:{msg['reply_to_message']['message_id']}"
-                     if isinstance(msg.get("reply_to_message"), dict) else None),
+        in_reply_to=_reply_to(chat["id"], msg.get("reply_to_message")),
         metadata=metadata,
         edited=kind_key.startswith("edited_"),
     )

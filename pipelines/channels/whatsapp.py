@@ -122,6 +122,15 @@ def _status(raw: dict[str, Any]) -> StatusUpdate:
                         at=from_unix(raw.get("timestamp")), error=error)
 
 
+def _list(value: Any, what: str) -> list[Any]:
+    """A documented list field: absent or null is empty; any other type is malformed."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PayloadError(f"'{what}' must be a list")
+    return value
+
+
 def parse(request: WebhookRequest) -> Delivery:
     data = expect_dict(json_body(request), "body")
     if data.get("object") != "whatsapp_business_account":
@@ -132,7 +141,7 @@ def parse(request: WebhookRequest) -> Delivery:
     messages: list[InboundMessage] = []
     statuses: list[StatusUpdate] = []
     for entry in entries:
-        for change in expect_dict(entry, "entry").get("changes") or []:
+        for change in _list(expect_dict(entry, "entry").get("changes"), "changes"):
             change = expect_dict(change, "change")
             if change.get("field") != "messages":
                 continue
@@ -141,11 +150,11 @@ def parse(request: WebhookRequest) -> Delivery:
             phone_number_id = metadata.get("phone_number_id")
             names = {
                 str(c.get("wa_id")): str(c.get("profile", {}).get("name"))
-                for c in value.get("contacts") or []
+                for c in _list(value.get("contacts"), "contacts")
                 if isinstance(c, dict) and isinstance(c.get("profile"), dict) and c["profile"].get("name")
             }
             messages.extend(_message(expect_dict(m, "message"), names, phone_number_id)
-                            for m in value.get("messages") or [])
-            statuses.extend(_status(expect_dict(s, "status")) for s in value.get("statuses") or [])
+                            for m in _list(value.get("messages"), "messages"))
+            statuses.extend(_status(expect_dict(s, "status")) for s in _list(value.get("statuses"), "statuses"))
     keys = [m.external_id for m in messages] + [f"{s.external_id}:{s.status}" for s in statuses]
     return Delivery(dedupe_key=batch_key(keys, request.body), messages=tuple(messages), statuses=tuple(statuses))
