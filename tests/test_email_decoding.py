@@ -321,7 +321,7 @@ def test_charset_decoding_and_mime_parsing_are_linear() -> None:
         body = b"".join(b"--b\r\nContent-Type: text/plain; charset=x-bogus\r\n\r\nGr\xfc\xdfe\r\n" for _ in range(parts))
         return b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + body + b"--b--\r\n"
 
-    assert growth(email.parse_mime, mime(1000), mime(4000)) < 6
+    assert growth(email.parse_mime, mime(400), mime(1600)) < 6
     invalid = b"a\xff"  # not UTF-8, no multi-byte sequence: the fallback reads every character
     assert growth(email.decode_bytes, invalid * 400_000, invalid * 1_600_000) < 6
 
@@ -454,3 +454,28 @@ def test_a_latin1_email_is_stored_as_written(fleet: str, app_engine: Engine, nam
         SELECT m.content, m.subject, c.display_name FROM messages m JOIN contacts c ON c.id = m.contact_id""")
     assert content.startswith("Grüße aus München,") and "Rechnung" in content
     assert (subject, contact) == ("Grüße aus München", "Jürgen Müller")
+
+
+def test_an_email_with_more_attachments_than_described_is_kept_with_a_count_of_the_rest() -> None:
+    """Many files never cost an authentic email: the first ones are described, the rest counted."""
+    from pipelines.channels import postmark
+    from pipelines.channels.base import MAX_ATTACHMENTS
+
+    body = {"FromFull": {"Email": "scanner@example.com"}, "MessageID": "pm-many-files", "TextBody": "pages",
+            "Attachments": [{"Name": f"page-{n}.pdf", "ContentType": "application/pdf", "ContentLength": 10}
+                            for n in range(MAX_ATTACHMENTS + 25)]}
+    delivery = postmark.parse(WebhookRequest(method="POST", url="https://example.test/", headers={
+        "content-type": "application/json"}, body=orjson.dumps(body)))
+    message = delivery.messages[0]
+    assert len(message.attachments) == MAX_ATTACHMENTS
+    assert message.attachments[0].filename == "page-0.pdf"
+    assert message.metadata["attachments_omitted"] == 25
+
+
+def test_a_mime_message_of_thousands_of_tiny_parts_is_refused_before_parsing() -> None:
+    from pipelines.channels.base import MAX_FORM_PARTS
+
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(2 * MAX_FORM_PARTS + 1))
+    raw = b'From: a@example.com\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
+    with pytest.raises(PayloadError, match="parts"):
+        email.parse_mime(raw)

@@ -283,13 +283,13 @@ def test_mailgun_verify_reads_the_signed_fields_as_the_form_does() -> None:
 
 
 def test_mailgun_refuses_what_it_cannot_scan_cheaply() -> None:
-    too_many = multipart([("f", "")] * mailgun.MAX_PARTS + signed())
+    too_many = multipart([("f", "")] * mailgun.MAX_FORM_PARTS + signed())
     huge_header = b"--xYzZY\r\nX-Pad: " + b"p" * mailgun.MAX_PART_HEADER + b"\r\n\r\nv\r\n" + multipart(signed())
     huge_token = multipart(signed(token="t" * (mailgun.MAX_SIGNED_VALUE + 1)))
     for body in (too_many, huge_header, huge_token):
         assert not verifies(form_request(body))
         assert mailgun.replay_token(form_request(body)) is None
-    assert verifies(form_request(multipart([("f", "")] * (mailgun.MAX_PARTS - 10) + signed())))
+    assert verifies(form_request(multipart([("f", "")] * (mailgun.MAX_FORM_PARTS - 10) + signed())))
     for ctype in ("multipart/form-data", "multipart/form-data; boundary=", "text/plain",
                   "multipart/form-data; boundary=" + "b" * 300):
         assert not verifies(form_request(multipart(signed()), ctype))

@@ -17,6 +17,7 @@ import orjson
 
 from pipelines.channels import email
 from pipelines.channels.base import (
+    MAX_FORM_PARTS,
     Attachment,
     Delivery,
     Identity,
@@ -60,10 +61,9 @@ def replay_token(request: WebhookRequest) -> str | None:
 # A form may be 25 MiB. Parsing all of it to find three short fields would let anyone who knows an inbox
 # URL spend seconds of the event loop per request, so `verify` scans the raw bytes for those fields only:
 # C-speed searches for the field names (URL-encoded) or the part delimiters (multipart), with every step
-# bounded. A body too odd to scan this way (more than MAX_PARTS parts, a part header longer than
+# bounded. A body too odd to scan this way (more than MAX_FORM_PARTS parts, a part header longer than
 # MAX_PART_HEADER, a signed value longer than MAX_SIGNED_VALUE) fails verification; Mailgun sends none.
 SIGNED_FIELDS = ("timestamp", "token", "signature")
-MAX_PARTS = 1_000
 MAX_PART_HEADER = 4_096
 MAX_SIGNED_VALUE = 1_024
 _MAX_BOUNDARY = 200  # RFC 2046 allows 70 characters
@@ -76,7 +76,7 @@ def signed_fields(request: WebhookRequest) -> dict[str, str]:
     """The first value of each of `timestamp`, `token` and `signature` found in the form.
 
     Linear in the body and cheap: at most three searches through a URL-encoded body; for multipart, one
-    count of the delimiters, then a walk over at most MAX_PARTS parts that stops once all three are found.
+    count of the delimiters, then a walk over at most MAX_FORM_PARTS parts that stops once all three are found.
     """
     if request.content_type == "application/x-www-form-urlencoded":
         return _urlencoded_fields(request.body)
@@ -117,7 +117,7 @@ def _boundary(content_type: str) -> bytes:
 
 def _multipart_fields(body: bytes, boundary: bytes) -> dict[str, str]:
     delimiter = b"--" + boundary
-    if body.count(delimiter) > MAX_PARTS + 1:  # every part opens with one, and the last one closes
+    if body.count(delimiter) > MAX_FORM_PARTS + 1:  # every part opens with one, and the last one closes
         raise SignatureError("signature verification failed")
     found: dict[str, str] = {}
     position = 0 if body.startswith(delimiter) else _next_delimiter(body, delimiter, 0)
@@ -202,6 +202,7 @@ def parse(request: WebhookRequest) -> Delivery:
         raise PayloadError("missing sender ('from' or 'sender')")
     rfc_id = email.rfc_id(field("Message-Id"))
     external_id = email.external_id(sender, rfc_id, request.body)
+    attachments, omitted = email.capped_attachments(attachments)
     message = InboundMessage(
         channel=CHANNEL,
         external_id=external_id,
@@ -220,6 +221,6 @@ def parse(request: WebhookRequest) -> Delivery:
         references=email.thread_ids(field("References")),
         attachments=attachments,
         headers=headers,
-        metadata={"stripped_signature": first(fields, "stripped-signature") or None},
+        metadata={"stripped_signature": first(fields, "stripped-signature") or None, **omitted},
     )
     return Delivery(dedupe_key=external_id, messages=(message,))

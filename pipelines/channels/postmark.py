@@ -64,7 +64,8 @@ def parse(request: WebhookRequest) -> Delivery:
     headers = email.kept_headers(raw_headers)
     rfc_id = email.rfc_id(email.header(raw_headers, "message-id"))
     listed = data.get("Attachments")
-    attachments = tuple(_attachment(a) for a in (listed if isinstance(listed, list) else []) if isinstance(a, dict))
+    attachments, omitted = email.capped_attachments(
+        [_attachment(a) for a in (listed if isinstance(listed, list) else []) if isinstance(a, dict)])
     sent_at = email.header_date(_text(data.get("Date"))) or request.received_at
     message = InboundMessage(
         channel=CHANNEL,
@@ -83,6 +84,6 @@ def parse(request: WebhookRequest) -> Delivery:
         references=email.thread_ids(email.header(raw_headers, "references")),
         attachments=attachments,
         headers=headers,
-        metadata={"postmark_message_id": postmark_id, "mailbox_hash": _text(data.get("MailboxHash"))},
+        metadata={"postmark_message_id": postmark_id, "mailbox_hash": _text(data.get("MailboxHash")), **omitted},
     )
     return Delivery(dedupe_key=postmark_id, messages=(message,))

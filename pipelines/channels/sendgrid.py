@@ -89,6 +89,7 @@ def parse(request: WebhookRequest) -> Delivery:
         raise PayloadError("missing sender ('from')")
     rfc_id = email.rfc_id(email.header(pairs, "message-id"))
     external_id = email.external_id(sender, rfc_id, request.body)
+    attachments, omitted = email.capped_attachments(attachments)
     message = InboundMessage(
         channel=CHANNEL,
         external_id=external_id,
@@ -105,6 +106,6 @@ def parse(request: WebhookRequest) -> Delivery:
         references=email.thread_ids(email.header(pairs, "references")),
         attachments=attachments,
         headers=headers,
-        metadata={"spf": first(fields, "SPF"), "dkim": first(fields, "dkim")},
+        metadata={"spf": first(fields, "SPF"), "dkim": first(fields, "dkim"), **omitted},
     )
     return Delivery(dedupe_key=external_id, messages=(message,))
