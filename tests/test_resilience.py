@@ -121,10 +121,11 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
 
     from tests.conftest import TEST_HOME
 
-    tenant = CorpusTenant(app_engine, "US", 80, seed=23)
+    tenant = CorpusTenant(app_engine, "US", 200, seed=23)  # enough that posting outlasts a busy machine's pace
     with worker(processes=1, threads=4, env=WORKER_ENV):
         posting = Background(server, [tenant], concurrency=4)
         wait_for(lambda: tenant.counts(app_engine)["messages"] > 100, timeout=60, interval=0.1)
+        assert posting.running, "the corpus was posted before the outage could meet it"
         user = "pgserver" if os.geteuid() == 0 else None
         pgdata = (TEST_HOME / "postgres").resolve()
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
