@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -82,6 +83,9 @@ class InboxDirectory:
         return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {}, enabled)
 
 
+# Every delivery looks its inbox id up twice (`known`, then `get`): parse it once. The cache is bounded, and
+# an id that junk evicted costs only a parse again.
+@lru_cache(maxsize=16_384)
 def _parse(inbox_id: str) -> uuid.UUID | None:
     """The id as a UUID, or None for anything else; only the canonical 36-character form is an id (no
     braces, no `urn:uuid:` prefix), so one inbox has one spelling."""
