@@ -31,6 +31,7 @@ from pipelines.channels.base import (
     WebhookRequest,
     constant_time_equal,
     json_body,
+    refusing,
 )
 
 CHANNEL = "api"
@@ -149,6 +150,7 @@ def _message(item: ApiMessage) -> InboundMessage:
     )
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     data = json_body(request)
     raw_items = data.get("items") if isinstance(data, dict) and "items" in data else [data]

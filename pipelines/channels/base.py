@@ -12,6 +12,7 @@ acknowledging) and again in the workers (stored raw events are the source of tru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -117,6 +118,8 @@ def storable_tree(root: Any) -> Any:
     Iterative, so depth costs no stack; raises PayloadError past MAX_DEPTH levels or MAX_ITEMS values, on
     an integer outside 64 bits or a key that is not a string: JSON storage could not take them.
     """
+    if type(root) is dict and _flat_and_storable(root):
+        return root  # the common case (a few strings and numbers): checked in one pass, nothing copied
     stack: list[tuple[Any, Any, int]] = []
     copy = _member(root, stack, 0)
     count = 0
@@ -136,6 +139,30 @@ def storable_tree(root: Any) -> Any:
             for member in source:
                 target.append(_member(member, stack, depth))
     return copy
+
+
+_FLAT_SCALARS = (float, bool, type(None))
+
+
+def _flat_and_storable(value: dict[Any, Any]) -> bool:
+    """True for a dict of string keys and scalar values whose strings are already storable."""
+    if len(value) > MAX_ITEMS:
+        return False
+    texts: list[str] = []
+    for key, member in value.items():
+        if type(key) is not str:
+            return False
+        texts.append(key)
+        kind = type(member)
+        if kind is str:
+            texts.append(member)
+        elif kind is int:
+            if not INT64_MIN <= member <= INT64_MAX:
+                return False
+        elif kind not in _FLAT_SCALARS:
+            return False
+    joined = "".join(texts)
+    return "\x00" not in joined and (joined.isascii() or _utf8_encodable(joined))
 
 
 def _member(value: Any, stack: list[tuple[Any, Any, int]], depth: int) -> Any:
@@ -199,19 +226,24 @@ Size = Annotated[int, BeforeValidator(_bounded_int)]
 
 
 class _Model(BaseModel):
-    """The shared models refuse what they cannot hold with a PayloadError (400 at the door), never with
-    pydantic's own ValidationError: an adapter that builds a model from a provider's fields need not guard
-    every field's type and length itself."""
-
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __init__(self, **data: Any) -> None:
+
+def refusing(parse: Callable[[WebhookRequest], Delivery]) -> Callable[[WebhookRequest], Delivery]:
+    """An adapter's `parse` that refuses what the shared models cannot hold with a PayloadError (400 at the
+    door), never with pydantic's own ValidationError: the adapter need not guard every field's type and
+    length itself. One wrapper per delivery, not one per model built."""
+
+    @functools.wraps(parse)
+    def checked(request: WebhookRequest) -> Delivery:
         try:
-            super().__init__(**data)
+            return parse(request)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or type(self).__name__
-            raise PayloadError(f"{type(self).__name__}.{where}: {first['msg']}") from None
+            where = ".".join(str(p) for p in first["loc"]) or exc.title
+            raise PayloadError(f"{exc.title}.{where}: {first['msg']}") from None
+
+    return checked
 
 
 class Identity(_Model):
@@ -236,7 +268,7 @@ class Attachment(_Model):
 class InboundMessage(_Model):
     """One message a person sent us, on any channel."""
 
-    channel: Text
+    channel: str  # the adapter's own name
     external_id: Key
     sent_at: datetime
     kind: MessageKind = "text"
@@ -259,7 +291,7 @@ class InboundMessage(_Model):
 class StatusUpdate(_Model):
     """A provider's report on a message we sent: it only ever moves forward."""
 
-    channel: Text
+    channel: str  # the adapter's own name
     external_id: Key
     status: DeliveryStatus
     at: datetime

@@ -28,6 +28,7 @@ from pipelines.channels.base import (
     WebhookRequest,
     constant_time_equal,
     first,
+    refusing,
 )
 
 CHANNEL = "mailgun"
@@ -169,6 +170,7 @@ def _part_name(header: bytes) -> str | None:
     return None
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     """Mailgun posts its parsed fields in UTF-8 (a multipart part naming another charset is read in it);
     `body-mime` is the message as received, each MIME part read in its own charset."""

@@ -19,6 +19,7 @@ from pipelines.channels.base import (
     WebhookRequest,
     expect_dict,
     json_body,
+    refusing,
     verify_basic_auth,
 )
 
@@ -46,6 +47,7 @@ def _attachment(item: dict[str, Any]) -> Attachment:
                       provider_id=_text(item.get("ContentID")))
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     data = expect_dict(json_body(request), "body")
     from_full: dict[str, Any] = data["FromFull"] if isinstance(data.get("FromFull"), dict) else {}

@@ -24,6 +24,7 @@ from pipelines.channels.base import (
     PayloadError,
     WebhookRequest,
     first,
+    refusing,
     verify_basic_auth,
 )
 
@@ -58,6 +59,7 @@ def _attachments(parts: list[email.FormPart], info: dict[str, Any]) -> tuple[Att
     return tuple(found)
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     if request.content_type != "multipart/form-data":
         raise PayloadError("SendGrid Inbound Parse posts multipart/form-data")

@@ -22,6 +22,7 @@ from pipelines.channels.base import (
     expect_dict,
     from_unix,
     json_body,
+    refusing,
 )
 
 CHANNEL = "telegram"
@@ -54,6 +55,7 @@ def _reply_to(chat_id: Any, replied: Any) -> str | None:
     return None
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     update = expect_dict(json_body(request), "body")
     update_id = update.get("update_id")

@@ -29,6 +29,7 @@ from pipelines.channels.base import (
     first,
     form_fields,
     json_body,
+    refusing,
     require,
 )
 
@@ -83,6 +84,7 @@ def _sender(raw: str, fields: Mapping[str, list[str]]) -> tuple[Identity, ...]:
     return (Identity(kind="phone", value=raw),)
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     fields = _fields(request)
     sid = first(fields, "MessageSid") or first(fields, "SmsMessageSid") or first(fields, "SmsSid")

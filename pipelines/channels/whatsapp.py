@@ -27,6 +27,7 @@ from pipelines.channels.base import (
     expect_dict,
     from_unix,
     json_body,
+    refusing,
 )
 
 CHANNEL = "whatsapp"
@@ -131,6 +132,7 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
+@refusing
 def parse(request: WebhookRequest) -> Delivery:
     data = expect_dict(json_body(request), "body")
     if data.get("object") != "whatsapp_business_account":
