@@ -6,7 +6,7 @@ decided a message's fate and records the final attempt: the original message (en
 the exception and its traceback, the tenant and the ids the job was about.
 
 A job that succeeds but sets one item aside (an ingest event the database refuses) records that item with
-`record_in`, in its own transaction, under a message that retries only that item; the same columns and the
+`record_in`, in the job's own transaction, under a message that retries only that item; the same columns and the
 same upsert as the middleware's rows, so `intake dlq` lists and replays both alike.
 """
 
