@@ -221,7 +221,7 @@ def test_a_client_that_writes_its_whole_body_first_reads_the_413(
 
 
 # -- heavy parsing off the event loop -------------------------------------------------------------------
-def slow_email(seconds: float) -> bytes:
+def slow_email(seconds: float) -> tuple[bytes, float]:
     """A SendGrid post whose parse takes at least `seconds` here, found by doubling: one attached file of
     many short lines (parsing is linear, so only size makes it slow; the tests raise the body limit)."""
     head = fixture("sendgrid/inbound.multipart")[0].rpartition(b"--xYzZY--")[0]
@@ -234,8 +234,9 @@ def slow_email(seconds: float) -> bytes:
                                  headers={"content-type": "multipart/form-data; boundary=xYzZY"})
         started = time.perf_counter()
         ADAPTERS["sendgrid"].parse(request)
-        if time.perf_counter() - started >= seconds:
-            return body
+        took = time.perf_counter() - started
+        if took >= seconds:
+            return body, took
         assert len(body) < 200_000_000, "no email parses slowly enough to test with"
         lines *= 2
 
@@ -243,7 +244,7 @@ def slow_email(seconds: float) -> bytes:
 def test_a_slow_email_does_not_delay_other_deliveries(stack: dict[str, str], app_engine: Engine) -> None:
     email_inbox = new_inbox(app_engine, "sendgrid")
     chat = new_inbox(app_engine, "telegram")
-    body = slow_email(2.0)
+    body, parse_seconds = slow_email(2.0)
     env = {"INTAKE_PARSE_DEADLINE_SECONDS": "120", "INTAKE_MAX_EMAIL_BODY_BYTES": str(len(body) + 1024),
            "INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}  # chats back to back
     with web_server(env) as base, httpx.Client(timeout=30) as client:
@@ -267,13 +268,14 @@ def test_a_slow_email_does_not_delay_other_deliveries(stack: dict[str, str], app
         email_thread.join()
     assert email["status"] < 500 and email["seconds"] >= 1.5, email
     # Inline, the parse would have held the event loop: some chat delivery would have waited for all of it.
-    assert len(latencies) >= 20 and max(latencies) < 1.0, (len(latencies), max(latencies))
+    # Off the loop, none waits for as much as half of it (the bound scales with the machine's own pace).
+    assert len(latencies) >= 20 and max(latencies) < parse_seconds / 2, (len(latencies), max(latencies))
     assert stored_count(app_engine, chat) == len(latencies) + 1
 
 
 def test_a_parse_past_the_deadline_is_503_and_not_acknowledged(stack: dict[str, str], app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "sendgrid")
-    body = slow_email(2.0)
+    body, _ = slow_email(2.0)
     env = {"INTAKE_PARSE_DEADLINE_SECONDS": "0.3", "INTAKE_MAX_EMAIL_BODY_BYTES": str(len(body) + 1024)}
     with web_server(env) as base:
         url = url_for(base, inbox)

@@ -426,3 +426,38 @@ def test_an_email_the_database_refuses_does_not_fail_the_deliveries_it_shares_a_
         assert email.json()["error"] == "unstorable_payload"
     else:
         assert email.status_code == 200 and len(stored_keys(app_engine, email_inbox)) == 1
+
+
+def test_a_large_delivery_is_committed_in_a_batch_of_its_own(stack: dict[str, str], app_engine: Engine) -> None:
+    """The chat messages queued around a 2 MiB email do not wait for its insert: it goes alone."""
+    from workers.web.writer import ALONE_BYTES
+
+    inbox = new_inbox(app_engine, "postmark")
+    sizes: list[int] = []
+
+    async def run() -> list[Outcome | BaseException]:
+        rows = ([event_row(inbox, f"small-{n}") for n in range(10)]
+                + [event_row(inbox, "large", body=b"x" * (2 * ALONE_BYTES))]
+                + [event_row(inbox, f"small-{n}") for n in range(10, 20)])
+
+        async def enqueue(tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
+            return None
+
+        pool = AsyncConnectionPool(stack["DATABASE_URL"], min_size=1, max_size=2, open=False,
+                                   kwargs={"autocommit": True})
+        await pool.open(wait=False)
+        writer = EventWriter(pool, enqueue, writers=1, batch_max=len(rows), queue_max=len(rows),
+                             on_batch=sizes.append)
+        try:
+            pending = [asyncio.create_task(writer.submit(row)) for row in rows]
+            await asyncio.sleep(0)  # all queued before the writer takes its first batch
+            writer.start()
+            return await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await writer.stop()
+            await pool.close()
+
+    outcomes = asyncio.run(run())
+    assert outcomes == [Outcome.STORED] * 21
+    assert sizes == [10, 1, 10]
+    assert len(stored_keys(app_engine, inbox)) == 21

@@ -146,7 +146,8 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
 
 
-def test_ai_jobs_lost_with_redis_are_swept_once(server: str, app_engine: Engine, stack: dict[str, str]) -> None:
+def test_ai_jobs_lost_with_redis_are_swept_once(server: str, app_engine: Engine, admin_engine: Engine,
+                                                stack: dict[str, str]) -> None:
     started = time.time()
     tenant = CorpusTenant(app_engine, "US", 30, seed=24)
     with worker(processes=1, threads=4, env=WORKER_ENV, queues=("ingest",)):
@@ -165,10 +166,28 @@ def test_ai_jobs_lost_with_redis_are_swept_once(server: str, app_engine: Engine,
 
     inbound, classified = ai_counts()
     assert inbound > 0 and classified == 0
-    # Look back exactly over this test's messages, with no grace: all of them need their AI job again.
-    env = {"INTAKE_AI_SWEEP_GRACE_SECONDS": "0", "INTAKE_AI_SWEEP_HORIZON_SECONDS": str(time.time() - started)}
-    assert sweep(env)["ai_enqueued"] == inbound
+
+    def unclassified(window: list[str]) -> tuple[int, int]:
+        """Unclassified inbound messages stored in the window: of every tenant, and of this test's."""
+        with admin_engine.begin() as conn:
+            row = conn.execute(text(
+                "SELECT count(*), count(*) FILTER (WHERE tenant_id = :t) FROM messages m "
+                "WHERE direction = 'inbound' AND stored_at >= :since AND stored_at < :until AND NOT EXISTS "
+                "(SELECT 1 FROM ai_classifications a WHERE a.message_id = m.id)"),
+                {"t": tenant.tenant_id, "since": window[0], "until": window[1]}).one()
+        return int(row[0]), int(row[1])
+
+    # No grace, and a horizon reaching back over this test's messages with room to spare (the clock starts
+    # a moment after the horizon is computed). Every AI job is gone: each unclassified inbound message in the
+    # window the clock looked at needs its job again, exactly once; this test's are all among them.
+    env = {"INTAKE_AI_SWEEP_GRACE_SECONDS": "0", "INTAKE_AI_SWEEP_HORIZON_SECONDS": str(time.time() - started + 30)}
+    first = sweep(env)
+    window = first["ai_window"]
+    assert isinstance(window, list)
+    lost, ours = unclassified(window)
+    assert ours == inbound and first["ai_enqueued"] == lost
     assert sweep(env)["ai_enqueued"] == 0  # those jobs are waiting in Redis: nothing is sent twice
     with worker(processes=1, threads=4, env=WORKER_ENV, queues=("ai",)):
-        wait_for(lambda: ai_counts() == (inbound, inbound), timeout=120, interval=0.5)
+        wait_for(lambda: ai_counts() == (inbound, inbound) and unclassified(window)[0] == 0, timeout=120,
+                 interval=0.5)
     assert sweep(env)["ai_enqueued"] == 0  # classified: nothing left to send

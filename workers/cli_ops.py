@@ -367,6 +367,7 @@ def clock(once: bool, as_json: bool) -> None:
         engine.dispose()
         data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
                 "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
+                "ai_window": [t.isoformat() for t in ai_sweep.window] if ai_sweep.window else None,
                 "replay_tokens_forgotten": forgotten}
         emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
         return

@@ -119,6 +119,7 @@ class AiSweep:
         self._chunk = chunk
         self._since: datetime | None = None
         self._horizon = horizon
+        self.window: tuple[datetime, datetime] | None = None  # the stored_at range the last sweep looked at
 
     def __call__(self) -> int:
         """Send the unclassified messages stored since the last sweep; how many were sent."""
@@ -136,6 +137,7 @@ class AiSweep:
                 for start in range(0, len(ids), self._chunk):
                     self._send(tenant_id, ids[start:start + self._chunk])
         self._since = max(since, until)  # only once everything in the window was sent
+        self.window = (since, until)
         if rows:
             log.info("sweeper.ai_enqueued", messages=len(rows), tenants=len(by_tenant))
         return len(rows)

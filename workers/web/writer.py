@@ -65,6 +65,10 @@ INPUT_FAULTS = {
     "54": "a value in it is too large to store or index",
 }
 
+# A delivery this large (an email with attachments: up to 25 MiB) is committed in a batch of its own: its
+# insert takes far longer than a batch of chat messages, and they should not wait for it.
+ALONE_BYTES = 1_048_576
+
 Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
 Key = tuple[uuid.UUID, str]  # (inbox id, dedupe key): inbox ids are unique across tenants
 Created = dict[Key, tuple[uuid.UUID, uuid.UUID]]  # the new events: (tenant id, event id) by key
@@ -207,10 +211,17 @@ class EventWriter:
         return await row.done
 
     async def _run(self) -> None:
+        carried: EventRow | None = None  # a large row met while filling a batch: the next batch, alone
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            first = carried if carried is not None else await self._queue.get()
+            carried = None
+            batch = [first]
+            while len(first.body) < ALONE_BYTES and len(batch) < self._batch_max and not self._queue.empty():
+                row = self._queue.get_nowait()
+                if len(row.body) >= ALONE_BYTES:
+                    carried = row
+                    break
+                batch.append(row)
             try:
                 await self._commit(batch)
             except Exception as exc:  # a bug past the statement: still answer every waiting request
