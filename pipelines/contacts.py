@@ -1,9 +1,9 @@
 """Contact resolution: one contact per real person, safe under any interleaving of workers.
 
 The unique key contact_identities(tenant_id, kind, value) decides every race. A resolver looks the
-identities up; creates a contact and claims the missing identities with ON CONFLICT DO NOTHING inside a
-savepoint; and when another worker claimed one first, rolls the savepoint back and looks again (the
-conflicting insert waited for that worker's commit, so the next look sees it). When one message's
+identities up; creates a contact and claims its identities with ON CONFLICT DO NOTHING in one statement;
+and when another worker claimed one first, deletes the contact it just made (its claimed identities go
+with it) and looks again (the conflicting insert waited for that worker's commit, so the next look sees it). When one message's
 identities belong to two contacts, they are merged into the oldest, deterministically.
 """
 
