@@ -9,10 +9,14 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy import Connection, Engine, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.exc import IntegrityError
 
-from db import migrate
+from config import get_settings
+from db import migrate, schema
+from db.engine import make_engine
 from db.tenancy import bind_tenant
 from pipelines.crypto import SecretBox
 from tests.factories import TenantRows, seed_tenant
@@ -108,3 +112,77 @@ def test_migrations_upgrade_from_empty_and_downgrade_cleanly(stack: dict[str, st
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+
+
+# The declared schema (db/schema.py) against the migrated database.
+
+@pytest.fixture
+def declared(stack: dict[str, str]) -> MetaData:
+    """The tables as declared, with embeddings as wide as the test database's migration made them."""
+    return schema.metadata_for(get_settings().embedding_dim)
+
+
+def test_the_declared_schema_matches_the_migrated_database(admin_engine: Engine, declared: MetaData) -> None:
+    # Tables, columns, types, nullability, server defaults, generated columns (a differing expression
+    # warns, and warnings are errors here), unique keys, foreign keys with their ON DELETE, index columns.
+    with admin_engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        assert compare_metadata(context, declared) == []
+
+
+# What Alembic does not compare (check constraints, partial index predicates, index methods and operator
+# classes), PostgreSQL's catalog does: the same tables created from the declared schema in an empty
+# database describe themselves exactly as the migrated ones do.
+CATALOG = {
+    "columns": """
+        SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid), a.attgenerated
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relname = ANY(%(tables)s) AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE conrelid::regclass::text = ANY(%(tables)s)""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef
+        FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY(%(tables)s)""",
+}
+
+
+def describe(url: str, declared: MetaData) -> dict[str, set[tuple[object, ...]]]:
+    tables = sorted(declared.tables)
+    with psycopg.connect(url) as db:
+        return {kind: set(db.execute(sql, {"tables": tables}).fetchall()) for kind, sql in CATALOG.items()}
+
+
+def test_the_declared_schema_creates_the_tables_the_migrations_create(
+    stack: dict[str, str], declared: MetaData
+) -> None:
+    migrated = stack["INTAKE_ADMIN_DATABASE_URL"]
+    server_url = migrated.replace("/intake?", "/postgres?")
+    scratch = f"intake_declared_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {scratch}")
+    declared_url = migrated.replace("/intake?", f"/{scratch}?")
+    engine = make_engine(declared_url, application_name="intake-tests-declared")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+            declared.create_all(connection)
+        from_schema, from_migrations = describe(declared_url, declared), describe(migrated, declared)
+        assert {row[0] for row in from_migrations["columns"]} == set(declared.tables)
+        for kind in CATALOG:
+            # The rows only one side has: empty when both databases agree.
+            assert from_schema[kind] ^ from_migrations[kind] == set(), kind
+    finally:
+        engine.dispose()
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+
+
+def test_the_declared_schema_is_built_for_any_embedding_width() -> None:
+    assert schema.knowledge_chunks.c.embedding.type.dim == schema.DEFAULT_EMBEDDING_DIM
+    assert schema.metadata_for(1536).tables["knowledge_chunks"].c.embedding.type.dim == 1536

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from db.schema import DEFAULT_EMBEDDING_DIM, metadata_for
+
 url: str = context.config.get_main_option("sqlalchemy.url") or ""
 assert url, "db.migrate sets sqlalchemy.url"
+# The declared schema, for autogenerate: embeddings as wide as migration 0001 makes them.
+target_metadata = metadata_for(int(os.environ.get("INTAKE_EMBEDDING_DIM", str(DEFAULT_EMBEDDING_DIM))))
 
 
 def run_migrations_online() -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_server_default=True,
+            transaction_per_migration=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -1,0 +1,448 @@
+"""The data contract, declared once: every table, column, key, check and index the migrations create.
+
+Migrations 0001 onwards build the database with hand-written DDL; this module states the same tables as
+SQLAlchemy Core `Table`s, so a reader learns a table's columns in one place, another Python application can
+import them to read the tables (`from db.schema import messages`), and Alembic compares them with a migrated
+database (`tests/test_schema.py` fails on any drift). Row-level security, roles, grants and SQL functions are
+not tables and stay in the migrations.
+
+Constraint names follow PostgreSQL's own defaults (`<table>_pkey`, `<table>_<columns>_key`,
+`<table>_<columns>_fkey`, `<table>_<column>_check`), which the migrations relied on by not naming them.
+
+The width of `knowledge_chunks.embedding` is fixed when migration 0001 runs (`INTAKE_EMBEDDING_DIM`):
+`metadata_for(dim)` builds the tables for any width; the module-level tables are built for
+`DEFAULT_EMBEDDING_DIM`, which is right for reading every column but that one's declared width.
+"""
+
+from __future__ import annotations
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    Computed,
+    Date,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL, TSVECTOR, UUID
+from sqlalchemy.schema import conv
+
+DEFAULT_EMBEDDING_DIM = 384
+
+NAMING_CONVENTION = {
+    "pk": "%(table_name)s_pkey",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+}
+
+NOW = text("now()")
+EMPTY_OBJECT = text("'{}'::jsonb")
+
+
+def _id() -> Column[object]:
+    return Column("id", UUID, primary_key=True, server_default=text("gen_random_uuid()"))
+
+
+def _tenant_id(*, nullable: bool = False) -> Column[object]:
+    return Column("tenant_id", UUID, nullable=nullable)
+
+
+def _at(name: str, *, default: bool = True) -> Column[object]:
+    """A timestamptz column; the ones with a default are NOT NULL and default to the transaction's time."""
+    if default:
+        return Column(name, DateTime(timezone=True), nullable=False, server_default=NOW)
+    return Column(name, DateTime(timezone=True))
+
+
+def _text(name: str, *, default: str | None = None) -> Column[object]:
+    server_default = None if default is None else text(f"'{default}'::text")
+    return Column(name, Text, nullable=False, server_default=server_default)
+
+
+def _count(name: str, *, default: int = 0) -> Column[object]:
+    return Column(name, Integer, nullable=False, server_default=text(str(default)))
+
+
+def _one_of(column: str, *values: str) -> CheckConstraint:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({quoted})", name=column)
+
+
+def _references_tenants() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE")
+
+
+def _tenant_fk(column: str, table: str, *, ondelete: str | None = "CASCADE") -> ForeignKeyConstraint:
+    """A reference inside one tenant: (tenant_id, column) points at (tenant_id, id) of `table`."""
+    return ForeignKeyConstraint(["tenant_id", column], [f"{table}.tenant_id", f"{table}.id"], ondelete=ondelete)
+
+
+def _tenancy(md: MetaData) -> None:
+    Table(
+        "tenants", md,
+        _id(),
+        Column("name", Text, nullable=False),
+        Column("settings", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        _at("created_at"),
+        CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
+    )
+    inboxes = Table(
+        "inboxes", md,
+        _id(), _tenant_id(),
+        _text("channel"), _text("name"), _text("secrets"),
+        Column("settings", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        Column("enabled", Boolean, nullable=False, server_default=text("true")),
+        _at("created_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "id"),
+        _one_of("channel", "twilio", "whatsapp", "postmark", "mailgun", "sendgrid", "telegram", "api"),
+    )
+    Index("inboxes_tenant_idx", inboxes.c.tenant_id)
+    Table(
+        "teams", md,
+        _id(), _tenant_id(),
+        _text("name"), _text("description", default=""),
+        Column("keywords", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+        _at("created_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "name"),
+        UniqueConstraint("tenant_id", "id"),
+    )
+
+
+def _contacts(md: MetaData) -> None:
+    contacts = Table(
+        "contacts", md,
+        _id(), _tenant_id(),
+        Column("display_name", Text),
+        Column("merged_into_id", UUID),
+        _at("created_at"), _at("updated_at"),
+        _references_tenants(),
+        ForeignKeyConstraint(["merged_into_id"], ["contacts.id"], ondelete="SET NULL"),
+        UniqueConstraint("tenant_id", "id"),
+    )
+    Index("contacts_tenant_created_idx", contacts.c.tenant_id, contacts.c.created_at)
+    # Duplicate detection looks contacts up by name, case-insensitively (migration 0002).
+    Index("contacts_tenant_name_idx", contacts.c.tenant_id, func.lower(contacts.c.display_name))
+    identities = Table(
+        "contact_identities", md,
+        _id(), _tenant_id(),
+        Column("contact_id", UUID, nullable=False),
+        _text("kind"), _text("value"),
+        _at("created_at"),
+        UniqueConstraint("tenant_id", "kind", "value"),
+        _tenant_fk("contact_id", "contacts"),
+        _one_of("kind", "phone", "email", "telegram", "external"),
+        CheckConstraint("length(value) > 0", name="value"),
+    )
+    Index("contact_identities_contact_idx", identities.c.contact_id)
+    Table(
+        "contact_merges", md,
+        _id(), _tenant_id(),
+        Column("survivor_id", UUID, nullable=False),
+        Column("merged_id", UUID, nullable=False),
+        _text("reason"),
+        Column("details", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        _at("created_at"),
+        _references_tenants(),
+        _tenant_fk("survivor_id", "contacts"),
+    )
+    Table(
+        "contact_duplicate_candidates", md,
+        _id(), _tenant_id(),
+        Column("contact_id", UUID, nullable=False),
+        Column("candidate_id", UUID, nullable=False),
+        Column("score", REAL, nullable=False),
+        _text("reason"), _text("status", default="open"),
+        _at("created_at"),
+        # A pair is stored once, in one order.
+        CheckConstraint("contact_id < candidate_id", name=conv("contact_duplicate_candidates_check")),
+        # PostgreSQL cut the name at 63 characters.
+        UniqueConstraint("tenant_id", "contact_id", "candidate_id",
+                         name=conv("contact_duplicate_candidates_tenant_id_contact_id_candidate_key")),
+        _tenant_fk("contact_id", "contacts"),
+        _tenant_fk("candidate_id", "contacts"),
+        _one_of("status", "open", "merged", "dismissed"),
+    )
+
+
+def _conversations(md: MetaData) -> None:
+    conversations = Table(
+        "conversations", md,
+        _id(), _tenant_id(),
+        Column("inbox_id", UUID, nullable=False),
+        Column("contact_id", UUID, nullable=False),
+        _text("status", default="open"),
+        Column("subject", Text),
+        _count("message_count"), _count("inbound_count"),
+        _at("first_message_at", default=False), _at("last_message_at", default=False),
+        _at("last_inbound_at", default=False),
+        Column("awaiting_reply", Boolean, nullable=False, server_default=text("false")),
+        Column("category", Text), Column("priority", Text),
+        Column("suggested_team_id", UUID),
+        _at("resolved_at", default=False), _at("created_at"), _at("updated_at"),
+        UniqueConstraint("tenant_id", "id"),
+        _tenant_fk("inbox_id", "inboxes"),
+        _tenant_fk("contact_id", "contacts"),
+        _tenant_fk("suggested_team_id", "teams", ondelete=None),
+        _one_of("status", "open", "resolved", "merged"),
+    )
+    c = conversations.c
+    # At most one open conversation per tenant, inbox and contact.
+    Index("conversations_one_open_idx", c.tenant_id, c.inbox_id, c.contact_id, unique=True,
+          postgresql_where=text("status = 'open'::text"))
+    Index("conversations_contact_idx", c.tenant_id, c.contact_id, c.last_message_at.desc())
+    Index("conversations_inbox_activity_idx", c.tenant_id, c.inbox_id, c.status, c.last_message_at.desc())
+
+
+def _events(md: MetaData) -> None:
+    events = Table(
+        "inbound_events", md,
+        _id(), _tenant_id(),
+        Column("inbox_id", UUID, nullable=False),
+        _text("channel"), _text("dedupe_key"), _text("content_type", default=""),
+        Column("headers", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        Column("body", LargeBinary, nullable=False),
+        _text("status", default="received"),
+        _count("attempts"),
+        Column("error", Text),
+        _at("received_at"), _at("enqueued_at", default=False), _at("processed_at", default=False),
+        UniqueConstraint("tenant_id", "inbox_id", "dedupe_key"),
+        UniqueConstraint("tenant_id", "id"),
+        _tenant_fk("inbox_id", "inboxes"),
+        _one_of("status", "received", "queued", "processed", "failed"),
+    )
+    e = events.c
+    # An ingest job tops its batch up with its tenant's oldest waiting events; the sweeper scans the same.
+    Index("inbound_events_waiting_idx", e.tenant_id, e.received_at,
+          postgresql_where=text("status = 'received'::text"))
+    Index("inbound_events_tenant_received_idx", e.tenant_id, e.received_at.desc())
+    Index("inbound_events_status_idx", e.status, e.received_at.desc())
+    Table(
+        "replay_tokens", md,
+        Column("tenant_id", UUID, primary_key=True),
+        Column("inbox_id", UUID, primary_key=True),
+        Column("token", Text, primary_key=True),
+        _text("dedupe_key"),
+        Column("body_digest", LargeBinary, nullable=False),
+        _at("claimed_at"),
+        _tenant_fk("inbox_id", "inboxes"),
+    )
+
+
+def _messages(md: MetaData) -> None:
+    messages = Table(
+        "messages", md,
+        _id(), _tenant_id(),
+        Column("inbox_id", UUID, nullable=False),
+        Column("conversation_id", UUID), Column("contact_id", UUID), Column("event_id", UUID),
+        _text("direction"), _text("kind", default="text"), _text("external_id"),
+        Column("rfc_message_id", Text), Column("subject", Text),
+        _text("content", default=""),
+        Column("content_html", Text), Column("quoted_text", Text),
+        Column("attachments", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+        Column("metadata", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        Column("status", Text), Column("status_error", Text),
+        _at("status_updated_at", default=False),
+        Column("sent_at", DateTime(timezone=True), nullable=False),
+        _at("received_at"),
+        # When the worker stored the message (received_at is when the ingress got it).
+        Column("stored_at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+        UniqueConstraint("tenant_id", "inbox_id", "external_id"),
+        UniqueConstraint("tenant_id", "id"),
+        _tenant_fk("inbox_id", "inboxes"),
+        _tenant_fk("conversation_id", "conversations"),
+        _tenant_fk("contact_id", "contacts", ondelete="SET NULL (contact_id)"),
+        _tenant_fk("event_id", "inbound_events", ondelete="SET NULL (event_id)"),
+        _one_of("direction", "inbound", "outbound"),
+        _one_of("status", "received", "queued", "sent", "delivered", "read", "failed"),
+    )
+    m = messages.c
+    Index("messages_conversation_time_idx", m.tenant_id, m.conversation_id, m.sent_at, m.id)
+    Index("messages_contact_idx", m.tenant_id, m.contact_id)
+    Index("messages_rfc_id_idx", m.tenant_id, m.inbox_id, m.rfc_message_id,
+          postgresql_where=text("rfc_message_id IS NOT NULL"))
+    # Rows arrive in stored_at order: the BRIN index stays tiny (the clock's scan for lost AI jobs).
+    Index("messages_stored_at_brin", m.stored_at, postgresql_using="brin")
+
+
+def _ai(md: MetaData) -> None:
+    Table(
+        "ai_classifications", md,
+        _id(), _tenant_id(),
+        Column("message_id", UUID, nullable=False),
+        _text("prompt_version"), _text("category"), _text("priority"), _text("sentiment"),
+        Column("sentiment_score", REAL),
+        _text("language"),
+        Column("confidence", REAL, nullable=False),
+        _text("reasoning"),
+        Column("suggested_team_id", UUID),
+        Column("is_auto_reply", Boolean, nullable=False, server_default=text("false")),
+        _text("provider"), _text("model"),
+        _at("created_at"),
+        UniqueConstraint("tenant_id", "message_id", "prompt_version"),
+        _tenant_fk("message_id", "messages"),
+        _tenant_fk("suggested_team_id", "teams", ondelete=None),
+        _one_of("priority", "low", "normal", "high", "urgent"),
+        _one_of("sentiment", "negative", "neutral", "positive"),
+        CheckConstraint("length(language) = 2", name="language"),
+        CheckConstraint("confidence BETWEEN 0 AND 1", name="confidence"),
+    )
+    Table(
+        "ai_drafts", md,
+        _id(), _tenant_id(),
+        Column("message_id", UUID, nullable=False),
+        Column("conversation_id", UUID, nullable=False),
+        _text("prompt_version"), _text("content"), _text("status", default="pending"),
+        Column("cited_chunk_ids", ARRAY(UUID), nullable=False, server_default=text("'{}'::uuid[]")),
+        Column("confidence", REAL, nullable=False),
+        Column("language", Text),
+        _text("provider"), _text("model"),
+        _at("created_at"), _at("updated_at"),
+        UniqueConstraint("tenant_id", "message_id", "prompt_version"),
+        _tenant_fk("message_id", "messages"),
+        _tenant_fk("conversation_id", "conversations"),
+        _one_of("status", "pending", "accepted", "rejected"),
+        CheckConstraint("confidence BETWEEN 0 AND 1", name="confidence"),
+    )
+    usage = Table(
+        "ai_usage", md,
+        _id(), _tenant_id(),
+        Column("message_id", UUID),
+        _text("feature"), _text("provider"), _text("model"),
+        _count("tokens_in"), _count("tokens_out"),
+        Column("cost_usd", Numeric(14, 6), nullable=False, server_default=text("0")),
+        _count("latency_ms"),
+        _at("created_at"),
+        _references_tenants(),
+    )
+    Index("ai_usage_tenant_time_idx", usage.c.tenant_id, usage.c.created_at)
+    Table(
+        "budget_alerts", md,
+        _id(), _tenant_id(),
+        Column("month", Date, nullable=False),
+        Column("threshold", Integer, nullable=False),
+        Column("spent_usd", Numeric(14, 6), nullable=False),
+        Column("budget_usd", Numeric(14, 6), nullable=False),
+        _at("created_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "month", "threshold"),
+        CheckConstraint("threshold IN (80, 100)", name="threshold"),
+    )
+
+
+def _knowledge(md: MetaData, dim: int) -> None:
+    Table(
+        "knowledge_documents", md,
+        _id(), _tenant_id(),
+        _text("source"), _text("title"), _text("content_hash"), _text("embedding_model"),
+        Column("embedding_dim", Integer, nullable=False),
+        _count("chunk_count"),
+        _at("created_at"), _at("updated_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "source"),
+        UniqueConstraint("tenant_id", "id"),
+    )
+    chunks = Table(
+        "knowledge_chunks", md,
+        _id(), _tenant_id(),
+        Column("document_id", UUID, nullable=False),
+        Column("ordinal", Integer, nullable=False),
+        _text("heading", default=""), _text("content"),
+        # Written as PostgreSQL prints it back, so that Alembic compares it exactly.
+        Column("search_vector", TSVECTOR,
+               Computed("to_tsvector('simple'::regconfig, ((heading || ' '::text) || content))", persisted=True)),
+        Column("embedding", Vector(dim), nullable=False),
+        _text("embedding_model"),
+        _at("created_at"),
+        UniqueConstraint("document_id", "ordinal"),
+        UniqueConstraint("tenant_id", "id"),
+        _tenant_fk("document_id", "knowledge_documents"),
+    )
+    k = chunks.c
+    Index("knowledge_chunks_embedding_idx", k.embedding, postgresql_using="hnsw",
+          postgresql_ops={"embedding": "vector_cosine_ops"})
+    Index("knowledge_chunks_search_idx", k.search_vector, postgresql_using="gin")
+    Index("knowledge_chunks_tenant_idx", k.tenant_id)
+
+
+def _operations(md: MetaData) -> None:
+    failures = Table(
+        "job_failures", md,
+        _id(),
+        # NULL when the job named no valid tenant: then only the maintenance role reads the row.
+        _tenant_id(nullable=True),
+        _text("queue"), _text("actor"), _text("message_id"),
+        Column("message", JSONB, nullable=False),
+        Column("ref_id", Text),
+        _text("exception_type"), _text("exception_message"), _text("traceback", default=""),
+        _count("attempts", default=1),
+        _text("status", default="dead"),
+        _at("first_failed_at"), _at("last_failed_at"), _at("replayed_at", default=False),
+        _references_tenants(),
+        UniqueConstraint("message_id"),
+        _one_of("status", "dead", "replayed", "discarded", "resolved"),
+    )
+    f = failures.c
+    Index("job_failures_status_time_idx", f.status, f.last_failed_at.desc())
+    Index("job_failures_tenant_time_idx", f.tenant_id, f.last_failed_at.desc())
+    Index("job_failures_actor_idx", f.queue, f.actor, f.status)
+    audit = Table(
+        "audit_logs", md,
+        _id(), _tenant_id(),
+        _text("actor"), _text("action"), _text("subject_type"), _text("subject_id"),
+        Column("details", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        _at("created_at"),
+        _references_tenants(),
+    )
+    Index("audit_logs_tenant_time_idx", audit.c.tenant_id, audit.c.created_at.desc())
+
+
+def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
+    """Every table of the data contract, with embeddings `dim` wide (the database's INTAKE_EMBEDDING_DIM)."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    _tenancy(md)
+    _contacts(md)
+    _conversations(md)
+    _events(md)
+    _messages(md)
+    _ai(md)
+    _knowledge(md, dim)
+    _operations(md)
+    return md
+
+
+metadata = metadata_for()
+
+tenants = metadata.tables["tenants"]
+inboxes = metadata.tables["inboxes"]
+teams = metadata.tables["teams"]
+contacts = metadata.tables["contacts"]
+contact_identities = metadata.tables["contact_identities"]
+contact_merges = metadata.tables["contact_merges"]
+contact_duplicate_candidates = metadata.tables["contact_duplicate_candidates"]
+conversations = metadata.tables["conversations"]
+inbound_events = metadata.tables["inbound_events"]
+replay_tokens = metadata.tables["replay_tokens"]
+messages = metadata.tables["messages"]
+ai_classifications = metadata.tables["ai_classifications"]
+ai_drafts = metadata.tables["ai_drafts"]
+ai_usage = metadata.tables["ai_usage"]
+budget_alerts = metadata.tables["budget_alerts"]
+knowledge_documents = metadata.tables["knowledge_documents"]
+knowledge_chunks = metadata.tables["knowledge_chunks"]
+job_failures = metadata.tables["job_failures"]
+audit_logs = metadata.tables["audit_logs"]
