@@ -3,8 +3,9 @@
 The unique key contact_identities(tenant_id, kind, value) decides every race. A resolver looks the
 identities up; creates a contact and claims its identities with ON CONFLICT DO NOTHING in one statement;
 and when another worker claimed one first, deletes the contact it just made (its claimed identities go
-with it) and looks again (the conflicting insert waited for that worker's commit, so the next look sees it). When one message's
-identities belong to two contacts, they are merged into the oldest, deterministically.
+with it) and looks again (the conflicting insert waited for that worker's commit, so the next look sees
+it). When one message's identities belong to two contacts, they are merged into the oldest,
+deterministically.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rapidfuzz import fuzz
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
+from pipelines.errors import RetryableError
 
 MAX_ATTEMPTS = 5
 
@@ -84,7 +86,7 @@ ON CONFLICT DO NOTHING
 Identities = Sequence[tuple[str, str]]
 
 
-class ResolutionConflict(RuntimeError):
+class ResolutionConflict(RetryableError):
     """Identities kept changing hands while resolving; the job is retried."""
 
 
