@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     job_min_backoff_ms: int = Field(default=500, ge=0)
     job_max_backoff_ms: int = Field(default=300_000, ge=0)
     job_time_limit_ms: int = Field(default=120_000, ge=1000)
+    # A job not started this long after it was first sent is skipped into the failure ledger (replayable).
+    job_max_age_ms: int = Field(default=86_400_000, ge=1000)
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
     worker_poll_ms: int = Field(default=100, ge=5, le=10_000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)

@@ -18,7 +18,7 @@ from rapidfuzz import fuzz
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
-from pipelines.errors import RetryableError
+from pipelines.errors import PermanentError
 
 MAX_ATTEMPTS = 5
 
@@ -86,8 +86,9 @@ ON CONFLICT DO NOTHING
 Identities = Sequence[tuple[str, str]]
 
 
-class ResolutionConflict(RetryableError):
-    """Identities kept changing hands while resolving; the job is retried."""
+class ResolutionConflict(PermanentError):
+    """One message's identities kept changing hands through every attempt. Ingest runs one transaction per
+    tenant, so this is not a race another try would win: the event is set aside (replayable), not the job."""
 
 
 def resolve_contact(

@@ -8,8 +8,10 @@ import hashlib
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
 
+from pipelines.errors import PermanentError
 
-class SecretKeyError(ValueError):
+
+class SecretKeyError(PermanentError):
     """Stored secrets cannot be decrypted with the configured INTAKE_SECRET_KEY."""
 
 

@@ -1,38 +1,100 @@
-"""Whose fault is a failure: the event's, or the moment's.
+"""The fleet's one error family, and the one place any exception is sorted into permanent or retryable.
 
-An ingest batch that fails is redone event by event, so that the event at fault alone is set aside and
-the others are stored. That is right only when the failure belongs to an event. Some failures say nothing
-about any event: the connection was lost, a lock wait timed out, a deadlock or a serialization conflict
-was broken, a statement was canceled, the server is shutting down or out of resources. Those are
-transient: the whole job retries later and every event in it stays where it was. Everything else that
-fails while one event is being stored (a value the database refuses, a column that cannot be built, a bug
-on that event's path) is that event's fault.
+    IntakeError
+    ├── PermanentError              retrying cannot help: no retries, straight to the dead-letter ledger
+    │   ├── ChannelError            pipelines.channels: a delivery refused before it is acknowledged
+    │   │   ├── SignatureError          not signed by the inbox's secret (401)
+    │   │   └── PayloadError            not a payload the channel sends (400)
+    │   ├── InboxConfigError        pipelines.inboxes: an inbox cannot be created as asked
+    │   ├── SecretKeyError          pipelines.crypto: INTAKE_SECRET_KEY cannot open the stored secrets
+    │   ├── UnknownTenantError      a job names a tenant that does not exist (db.tenancy's UnknownTenant)
+    │   ├── AIBadOutput             pipelines.ai: the answer is not in the shape asked for, even repaired
+    │   ├── AIRefused               pipelines.ai: the provider refused the request (4xx but 408 and 429)
+    │   ├── ResolutionConflict      pipelines.contacts: one message's identities kept changing hands
+    │   ├── UnstorableEvent         workers.web: the database refuses this delivery's row (400)
+    │   └── BodyTooLarge            workers.web: the body is over the size limit (413)
+    └── RetryableError              a later attempt may succeed: back off and retry
+        ├── AIUnavailable           pipelines.ai: timeouts, 408, 429, 5xx, unreachable
+        ├── TenantBusy              pipelines.ingest: another batch holds the tenant (the job comes back)
+        ├── WriterBusy              workers.web: the write queue is full (503)
+        ├── ParseTimeout            workers.web: the body was not parsed in time (503)
+        ├── ServicesUnavailable     workers: PostgreSQL or Redis cannot be reached or is not set up
+        └── ServiceError            workers: an embedded PostgreSQL or Redis did not start or stop
+
+`AIBadOutput`, `AIRefused` and `AIUnavailable` also share `pipelines.ai.base.AIError`. Each class is
+defined next to the code that raises it; only the two branches and the root live here, so this module
+imports no other part of `pipelines`. Two errors stay outside the family on purpose, because their
+packages sit below `pipelines` and cannot import it: `config.SettingsError` (the process cannot start)
+and `db.tenancy.UnknownTenant` (sorted here as permanent, and raised again by actors as
+`UnknownTenantError`).
+
+Library exceptions are sorted by `is_retryable`, used by the broker's retry policy, by the ledger, by the
+ingest batch's isolation and by the ingress's group commit, so they cannot disagree. Retryable is about the
+moment, not the data: the connection was lost or the pool had none free, a lock wait timed out, a deadlock
+or a serialization conflict was broken, a statement was canceled, the server is shutting down or out of
+resources, Redis or the network is down, or the job was interrupted (time limit, shutdown). Everything
+else is permanent, unrecognised exceptions included: a bug or a value the database refuses fails the same
+way on every attempt, so retrying it only delays the ledger. In an ingest batch a permanent error is the
+fault of the event being stored, which is set aside alone; a retryable one is nobody's fault, and the
+whole job retries with every event in place.
 """
 
 from __future__ import annotations
 
 import psycopg
+import redis
+import sqlalchemy.exc
 from sqlalchemy.exc import DBAPIError
+
+from db.tenancy import UnknownTenant
+
+
+class IntakeError(Exception):
+    """Root of the fleet's own errors; a subclass says whether retrying can help by its branch."""
+
+
+class PermanentError(IntakeError):
+    """Retrying cannot help: the job goes to the dead-letter ledger after one attempt."""
+
+
+class RetryableError(IntakeError):
+    """A later attempt may succeed: the job backs off and retries."""
+
+
+class UnknownTenantError(PermanentError):
+    """A job names a tenant that does not exist."""
+
 
 # SQLSTATE classes about the moment, not the data: 08 connection exception, 40 transaction rollback
 # (serialization failure, deadlock), 53 insufficient resources, 57 operator intervention (query canceled,
 # admin shutdown), 58 system error.
 TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-LOCK_NOT_AVAILABLE = "55P03"
+# Of class 55 (object not in prerequisite state), only waiting for a lock or for an object in use.
+BUSY_STATES = frozenset({"55P03", "55006"})
+# Redis is down, slow, loading or failing over; other Redis errors (a wrong type, a script error) are bugs.
+REDIS_TRANSIENT = redis.ConnectionError | redis.TimeoutError | redis.exceptions.ReadOnlyError
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when retrying the whole job later may succeed: nothing here is any one event's fault."""
+def is_retryable(exc: BaseException) -> bool:
+    """True when a later attempt may succeed; False when retrying cannot help (see the module docstring)."""
+    if isinstance(exc, IntakeError):
+        return isinstance(exc, RetryableError)
+    if not isinstance(exc, Exception):
+        return True  # dramatiq's time limit or shutdown interrupted the job: it did not fail by itself
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return True  # no pooled connection came free in time
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
         exc = exc.orig or exc
-    if not isinstance(exc, psycopg.Error):
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by the client, not the server: the connection broke
+            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return state[:2] in TRANSIENT_CLASSES or state in BUSY_STATES
+    if isinstance(exc, UnknownTenant):
         return False
-    state = exc.sqlstate
-    if state is None:  # raised by the client, not the server: the connection broke
-        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-    return state[:2] in TRANSIENT_CLASSES or state == LOCK_NOT_AVAILABLE
+    return isinstance(exc, REDIS_TRANSIENT | OSError)  # OSError: sockets, DNS, TimeoutError
 
 
 def describe(exc: BaseException) -> str:

@@ -15,9 +15,10 @@ from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId, bind_tenant, new_tenant_id
 from pipelines.crypto import SecretBox
+from pipelines.errors import PermanentError
 
 
-class InboxConfigError(ValueError):
+class InboxConfigError(PermanentError):
     """An inbox cannot be created as asked: unknown channel, missing or malformed secret."""
 
 

@@ -5,11 +5,11 @@ again (the raw event is the source of truth), resolves the sender to a contact, 
 stores it exactly once, applies delivery-status updates, and marks the events processed.
 
 One bad event has a blast radius of one. The batch is stored set-wise inside a savepoint; if that fails
-for a reason that is not transient (see `pipelines.errors`), the savepoint is rolled back and the batch is
+for a reason that is not retryable (see `pipelines.errors`), the savepoint is rolled back and the batch is
 halved, each half stored in a savepoint of its own and halved again if it fails, until the culprits stand
 alone (a few attempts for one culprit, where going event by event would take one per event). An event that
 fails alone, or does not parse, is marked `failed` with its error and returned in `IngestResult.failed`
-for the caller to record; the others are stored. A transient error (a lost connection, a lock timeout, a
+for the caller to record; the others are stored. A retryable error (a lost connection, a lock timeout, a
 deadlock) still fails the whole job, which retries with every event where it was. A `failed` event is
 never taken again, neither as a top-up nor by an ordinary job naming it: only a job with `retry_failed`
 (a replay) runs it again.
@@ -47,7 +47,7 @@ from pipelines import normalize
 from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
 from pipelines.contacts import resolve_contacts
 from pipelines.conversations import ThreadRequest, find_or_open_many
-from pipelines.errors import describe, is_transient
+from pipelines.errors import RetryableError, describe, is_retryable
 
 log = structlog.get_logger("intake.ingest")
 
@@ -138,7 +138,7 @@ WHERE tenant_id = :t AND id = :id
 """)
 
 
-class TenantBusy(Exception):
+class TenantBusy(RetryableError):
     """Another transaction is ingesting this tenant's events; `waiting` are this job's, not yet stored."""
 
     def __init__(self, waiting: list[uuid.UUID]) -> None:
@@ -236,8 +236,7 @@ def _parse(row: Any) -> Delivery:
     adapter = ADAPTERS.get(row.channel)
     if adapter is None:
         raise ValueError(f"no adapter for channel {row.channel!r}")
-    delivery: Delivery = adapter.parse(request_from_event(row))
-    return delivery
+    return adapter.parse(request_from_event(row))
 
 
 def _store_isolated(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]], policy: IngestPolicy,
@@ -264,13 +263,13 @@ def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Deliver
              result: IngestResult) -> Exception | None:
     """Store in a savepoint; a failure that is some event's fault leaves nothing behind and is returned.
 
-    A transient error is nobody's fault: it propagates, and the whole job retries.
+    A retryable error is nobody's fault: it propagates, and the whole job retries.
     """
     try:
         with conn.begin_nested():
             stored = _store(conn, tenant, parsed, policy)
     except Exception as exc:
-        if is_transient(exc):
+        if is_retryable(exc):
             raise
         return exc
     _add(result, stored)

@@ -76,15 +76,16 @@ class PostResult:
 
 
 async def post_all(base: str, tenants: list[CorpusTenant], *, concurrency: int = 32,
-                   retry_unavailable: bool = False) -> PostResult:
-    """Post every delivery; with `retry_unavailable`, retry 503s and refused connections as providers do."""
+                   retry_unavailable: bool = False, result: PostResult | None = None) -> PostResult:
+    """Post every delivery; with `retry_unavailable`, retry 503s and refused connections as providers do.
+    The figures go into `result` when given, so another thread can watch them while the posting runs."""
     jobs = []
     for tenant in tenants:
         for d in tenant.corpus.deliveries:
             inbox = tenant.inboxes[d.channel]
             url = f"{base}/v1/webhooks/{d.channel}/{inbox.id}"
             jobs.append((inbox, d, url))
-    result = PostResult()
+    result = PostResult() if result is None else result
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def one(inbox: CreatedInbox, d: corpus_mod.Delivery, url: str) -> int:
@@ -101,7 +102,7 @@ async def post_all(base: str, tenants: list[CorpusTenant], *, concurrency: int =
                     if not retry_unavailable or status not in (503, 599):
                         return status
                     result.retries += 1
-                    await asyncio.sleep(0.25)
+                    await asyncio.sleep(0.25)  # the provider's back-off before its retry
                 return status
         result.codes = list(await asyncio.gather(*(one(*job) for job in jobs)))
     return result

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from pipelines.ai.base import AIBadOutput, AIUnavailable, ClassifyRequest, DraftRequest, Passage
+from pipelines.ai.base import AIBadOutput, AIRefused, AIUnavailable, ClassifyRequest, DraftRequest, Passage
 from pipelines.ai.openai import OpenAIProvider, retry_after_seconds
 from pipelines.ai.taxonomy import DEFAULT
+from pipelines.errors import is_retryable
 from tests.openai_server import openai_stub
 
 GOOD = json.dumps({"category": "billing", "priority": "high", "sentiment": "negative", "sentiment_score": -0.6,
@@ -50,6 +51,39 @@ def test_5xx_is_retried_with_backoff_then_gives_up() -> None:
         stub.script = [("status", 503)] * 10
         with pytest.raises(AIUnavailable, match="server error 503 after 3 attempts"):
             provider(url, [], max_retries=2).classify(REQUEST)
+
+
+def test_408_is_retried_like_a_server_error() -> None:
+    sleeps: list[float] = []
+    with openai_stub() as (url, stub):
+        stub.script = [("status", 408), ("content", GOOD)]
+        assert provider(url, sleeps).classify(REQUEST)[0].category == "billing"
+        assert sleeps == [0.5]
+        stub.script = [("status", 408)] * 3
+        with pytest.raises(AIUnavailable, match="request timeout") as gave_up:
+            provider(url, [], max_retries=2).classify(REQUEST)
+    assert is_retryable(gave_up.value)
+
+
+# OpenAI's documented error body for a bad key; the others answer in the same shape.
+BAD_KEY = {"error": {"message": "Incorrect API key provided: sk-test. You can find your API key at "
+                     "https://platform.openai.com/account/api-keys.", "type": "invalid_request_error",
+                     "param": None, "code": "invalid_api_key"}}
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_refused_request_is_permanent_after_one_attempt(status: int) -> None:
+    sleeps: list[float] = []
+    with openai_stub() as (url, stub):
+        stub.script = [("status", status, None, BAD_KEY), ("content", GOOD)]
+        with pytest.raises(AIRefused, match=f"refused the request \\({status}\\)") as refused:
+            provider(url, sleeps).classify(REQUEST)
+        assert len(stub.requests) == 1 and sleeps == []  # not asked again, no backoff waited
+        assert "invalid_api_key: Incorrect API key provided: ***." in str(refused.value)  # never the key itself
+        stub.script = [("status", status, None, BAD_KEY)]
+        with pytest.raises(AIRefused):
+            provider(url, sleeps).embed(["a"])
+    assert not is_retryable(refused.value)
 
 
 def test_a_timeout_is_unavailable_not_a_hang() -> None:

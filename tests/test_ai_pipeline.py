@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -176,3 +177,33 @@ def test_a_failing_provider_leaves_ingestion_alone_and_replays_once(
         statuses = {r[0] for r in conn.execute(text("SELECT status FROM job_failures WHERE tenant_id = :t"),
                                                {"t": inbox.tenant_id})}
     assert statuses == {"replayed"}
+
+
+def test_a_refused_provider_request_goes_to_the_ledger_after_one_attempt(
+    server: str, app_engine: Engine, admin_engine: Engine
+) -> None:
+    inbox = new_inbox(app_engine, "api", settings={"ai_drafts": False})
+    set_tenant_ai(app_engine, inbox, {"provider": "openai"})
+    bad_key = {"error": {"message": "Incorrect API key provided: sk-stale.", "type": "invalid_request_error",
+                         "param": None, "code": "invalid_api_key"}}
+
+    def failures() -> list[Any]:
+        with admin_engine.connect() as conn:
+            return list(conn.execute(text("SELECT exception_type, exception_message, attempts, status "
+                                          "FROM job_failures WHERE tenant_id = :t"), {"t": inbox.tenant_id}))
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    with openai_stub() as (url, stub):
+        stub.script = [("status", 401, None, bad_key)] * 20
+        env = {**WORKER_ENV, "INTAKE_AI_BASE_URL": url, "INTAKE_AI_API_KEY": "sk-stale"}
+        with worker(processes=1, threads=4, env=env):
+            post_api(server, inbox, "refused-0", "My order has not arrived", "refused@example.com")
+            # Recorded, and nothing left waiting or delayed for a retry.
+            wait_for(lambda: failures() != [] and
+                     client.hlen("dramatiq:ai.msgs") + client.hlen("dramatiq:ai.DQ.msgs") == 0, timeout=60)
+        chat = [path for path, _, _ in stub.requests if path.endswith("/chat/completions")]
+    ((etype, emessage, attempts, status),) = failures()
+    assert (etype, attempts, status) == ("AIRefused", 1, "dead")
+    assert "(401)" in emessage and "sk-stale" not in emessage
+    assert chat == ["/v1/chat/completions"]  # one call: neither the provider nor the broker asked again
+    assert rows(app_engine, inbox, "SELECT count(*) FROM ai_classifications") == [(0,)]

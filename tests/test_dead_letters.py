@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -153,6 +154,31 @@ def test_unknown_tenants_and_discards(stack: dict[str, str], admin_engine: Engin
     assert redis_client.zscore("dramatiq:ingest.XQ", dead_id) is None
     queued = [orjson.loads(m)["message_id"] for m in redis_client.hvals("dramatiq:ingest.msgs")]
     assert queued.count(again.message_id) == 1  # enqueued again, under the same message id
+
+
+def test_a_job_past_its_age_limit_is_recorded_instead_of_run_and_replays(
+    stack: dict[str, str], app_engine: Engine, admin_engine: Engine
+) -> None:
+    from workers.actors import ingest_events
+    from workers.broker import broker
+
+    inbox = new_inbox(app_engine, "api")
+    events = corrupt_events(app_engine, inbox, 1)
+    repair(app_engine, inbox, events)
+    # Sent a day and a minute ago (INTAKE_JOB_MAX_AGE_MS defaults to a day), say before a long outage.
+    sent = int(time.time() * 1000) - 86_400_000 - 60_000
+    broker.enqueue(ingest_events.message(str(inbox.tenant_id), [str(e) for e in events]).copy(message_timestamp=sent))
+    with worker(processes=1, threads=2, env=WORKER_ENV):
+        wait_for(lambda: ledger_rows(admin_engine, inbox.tenant_id) != [], timeout=30)
+        (row,) = ledger_rows(admin_engine, inbox.tenant_id)
+        assert (row["exception_type"], row["attempts"], row["status"]) == ("TimeoutError", 1, "dead")
+        assert "age limit" in str(row["exception_message"])
+        assert event_statuses(app_engine, inbox) == {"received": 1}  # skipped: the job never ran
+
+        # A replay sends it again with a fresh timestamp: it runs.
+        assert intake_json("dlq", "replay", str(row["id"])) == {"replayed": 1}
+        wait_for(lambda: event_statuses(app_engine, inbox) == {"processed": 1}, timeout=30)
+    assert [(r["status"], r["attempts"]) for r in ledger_rows(admin_engine, inbox.tenant_id)] == [("replayed", 1)]
 
 
 def test_replay_refuses_to_guess(stack: dict[str, str]) -> None:

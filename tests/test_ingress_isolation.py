@@ -48,8 +48,10 @@ def event_row(inbox: CreatedInbox, key: str, **changes: object) -> EventRow:
 
 
 async def commit_together(url: str, make_rows: Callable[[], list[EventRow]], *, pool_timeout: float = 5,
-                          ) -> tuple[list[Outcome | BaseException], EventWriter, list[uuid.UUID]]:
-    """Queue every row first, then start one writer: the rows share one group commit."""
+                          ) -> tuple[list[Outcome | BaseException], list[int], list[uuid.UUID]]:
+    """Queue every row first, then start one writer: the rows share one group commit. Returns each row's
+    outcome, the size of every statement the writer ran (as its `on_batch` reports them to the metrics) and
+    the enqueued event ids."""
     rows = make_rows()  # in the loop: each row holds a future of it
     enqueued: list[uuid.UUID] = []
 
@@ -59,7 +61,9 @@ async def commit_together(url: str, make_rows: Callable[[], list[EventRow]], *, 
     pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, timeout=pool_timeout,
                                kwargs={"autocommit": True})
     await pool.open(wait=False)
-    writer = EventWriter(pool, enqueue, writers=1, batch_max=len(rows), queue_max=len(rows))
+    batches: list[int] = []
+    writer = EventWriter(pool, enqueue, writers=1, batch_max=len(rows), queue_max=len(rows),
+                         on_batch=batches.append)
     try:
         pending = [asyncio.create_task(writer.submit(row)) for row in rows]
         await asyncio.sleep(0)  # every submit is queued before the writer takes its first batch
@@ -68,7 +72,7 @@ async def commit_together(url: str, make_rows: Callable[[], list[EventRow]], *, 
     finally:
         await writer.stop()
         await pool.close()
-    return outcomes, writer, enqueued
+    return outcomes, batches, enqueued
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_one_refused_row_among_255_good_ones_from_three_tenants(
         bad = event_row(tenants[1], f"{run}-bad", **HOSTILE_ROWS[shape])
         return [*good[:100], bad, *good[100:]]
 
-    outcomes, writer, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], rows))
+    outcomes, batches, enqueued = asyncio.run(commit_together(stack["DATABASE_URL"], rows))
 
     refused = outcomes[100]
     assert isinstance(refused, UnstorableEvent)
@@ -115,7 +119,7 @@ def test_one_refused_row_among_255_good_ones_from_three_tenants(
         assert mine == {key for owner, key in good_keys if owner == t}
     assert len(enqueued) == GOOD_ROWS
     # Bisection: about two statements per halving, not one per row.
-    assert writer.rows == GOOD_ROWS and writer.batches <= 2 * 9
+    assert sum(batches) == GOOD_ROWS and len(batches) <= 2 * 9
 
 
 def test_several_bad_rows_in_one_batch_are_each_refused_alone(
@@ -146,11 +150,11 @@ def test_an_unreachable_database_fails_the_whole_batch_without_splitting() -> No
     url = f"postgresql://intake@127.0.0.1:{free_port()}/intake?connect_timeout=1"
     inbox = CreatedInbox(id=uuid.uuid4(), tenant_id=TenantId(uuid.uuid4()), channel="api", name="", secrets={})
     started = time.monotonic()
-    outcomes, writer, _ = asyncio.run(commit_together(url, lambda: [event_row(inbox, f"k{i}") for i in range(8)],
-                                                      pool_timeout=1))
+    outcomes, batches, _ = asyncio.run(commit_together(url, lambda: [event_row(inbox, f"k{i}") for i in range(8)],
+                                                       pool_timeout=1))
     assert all(isinstance(o, psycopg.OperationalError) for o in outcomes), outcomes
     assert not any(isinstance(o, UnstorableEvent) for o in outcomes)
-    assert writer.batches == 0
+    assert batches == []
     assert time.monotonic() - started < 5  # one pool timeout, not one per bisection step
 
 

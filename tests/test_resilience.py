@@ -35,7 +35,7 @@ def server(stack: dict[str, str]) -> Iterator[str]:
 
 
 class Background:
-    """Post a corpus from another thread while the test breaks things."""
+    """Post a corpus from another thread while the test breaks things; `result` fills in as it goes."""
 
     def __init__(self, base: str, tenants: list[CorpusTenant], concurrency: int = 8) -> None:
         self.result = PostResult()
@@ -43,7 +43,7 @@ class Background:
         self._thread.start()
 
     def _run(self, base: str, tenants: list[CorpusTenant], concurrency: int) -> None:
-        self.result = asyncio.run(post_all(base, tenants, concurrency=concurrency, retry_unavailable=True))
+        asyncio.run(post_all(base, tenants, concurrency=concurrency, retry_unavailable=True, result=self.result))
 
     @property
     def running(self) -> bool:
@@ -64,6 +64,10 @@ def sweep(env: dict[str, str] | None = None) -> dict[str, object]:
     return data
 
 
+def events_stored(tenant: CorpusTenant, engine: Engine) -> int:
+    return tenant.report(engine, sent=0)["events_stored"]
+
+
 def books(name: str, tenant: CorpusTenant, engine: Engine, posted: PostResult) -> dict[str, int]:
     figures = tenant.report(engine, sent=len(posted.codes))
     print(f"\n[{name}] " + json.dumps({**figures, "provider_retries": posted.retries}))
@@ -74,13 +78,16 @@ def test_worker_killed_repeatedly_while_events_flow(server: str, app_engine: Eng
     tenant = CorpusTenant(app_engine, "US", 200, seed=21)
     assert len(tenant.corpus.deliveries) >= 2000  # "a few thousand"
     posting = Background(server, [tenant])
-    kills = 0
-    while kills < 3:
+
+    def kill_a_worker_mid_work() -> None:
+        before = tenant.counts(app_engine)["messages"]
         with worker(processes=1, threads=4, env=WORKER_ENV) as proc:
-            time.sleep(2.5)
+            wait_for(lambda: tenant.counts(app_engine)["messages"] >= before + 50, timeout=60, interval=0.1)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            kills += 1
+
+    for _ in range(3):
+        kill_a_worker_mid_work()
     posted = posting.join()
     assert set(posted.codes) == {200}
     with worker(processes=2, threads=4, env=WORKER_ENV):
@@ -98,8 +105,11 @@ def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
     with worker(processes=1, threads=4, env=WORKER_ENV):
         posting = Background(server, [tenant], concurrency=4)
         wait_for(lambda: tenant.counts(app_engine)["messages"] > 100, timeout=60, interval=0.1)
+        assert posting.running, "the corpus was posted before the outage could meet it"
+        before = events_stored(tenant, app_engine)
         services._stop_redis()
-        time.sleep(2)  # deliveries keep arriving with Redis down
+        # Down until deliveries have been acknowledged without Redis (their jobs go nowhere).
+        wait_for(lambda: events_stored(tenant, app_engine) >= before + 20, timeout=60, interval=0.05)
         services._start_redis()
         redis.Redis.from_url(stack["REDIS_URL"]).flushall()  # and it came back empty
         assert services.status().redis_url == stack["REDIS_URL"]
@@ -128,8 +138,10 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
         assert posting.running, "the corpus was posted before the outage could meet it"
         user = "pgserver" if os.geteuid() == 0 else None
         pgdata = (TEST_HOME / "postgres").resolve()
+        refused = posting.result.retries
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
-        time.sleep(1.5)  # down long enough that deliveries and jobs surely meet the outage
+        # Down until the ingress has refused a delivery for it (a 503 or a refused connection, retried).
+        wait_for(lambda: posting.result.retries > refused, timeout=60, interval=0.05)
         pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"], pgdata=pgdata,
                user=user, timeout=60)
         posted = posting.join()

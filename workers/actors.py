@@ -15,12 +15,12 @@ from dramatiq.middleware import CurrentMessage
 
 from config import get_settings
 from db.tenancy import UnknownTenant, resolve_tenant
+from pipelines.errors import UnknownTenantError
 from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from workers import broker as _broker
 from workers.ai import assist_messages as run_assist
 from workers.context import engine, ingest_policy
-from workers.errors import UnknownTenantError
 from workers.ledger import record_in, resolve_in
 
 log = structlog.get_logger("intake.worker")

@@ -23,8 +23,8 @@ from dramatiq.middleware import (
 )
 
 from config import configure_logging, get_settings
+from pipelines.errors import is_retryable
 from workers.context import engine
-from workers.errors import is_permanent
 from workers.ledger import FailureLedger
 from workers.middleware import LogContext, PollInterval
 
@@ -43,12 +43,12 @@ def _redis_url() -> str:
 
 
 def _retry_when(retries: int, exc: BaseException) -> bool:
-    return not is_permanent(exc) and retries < settings.job_max_retries
+    return is_retryable(exc) and retries < settings.job_max_retries
 
 
 def _middleware() -> list[dramatiq.Middleware]:
     middleware: list[dramatiq.Middleware] = [
-        AgeLimit(),
+        AgeLimit(max_age=settings.job_max_age_ms),
         TimeLimit(time_limit=settings.job_time_limit_ms),
         ShutdownNotifications(),
         Callbacks(),

@@ -25,7 +25,7 @@ from dramatiq.common import q_name
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from pipelines.errors import is_transient
+from pipelines.errors import is_retryable
 
 log = structlog.get_logger("intake.ledger")
 
@@ -165,13 +165,13 @@ def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseE
     item, with a `message` that retries just that item. The message id is the row's key: the same item
     failing again updates its row (attempts + 1, dead again), as a replay that fails again does. Like the
     middleware, the ledger never fails the job for its own sake: a row it cannot write is logged, and the
-    item stays marked; only a transient error propagates (the whole job then retries).
+    item stays marked; only a retryable error propagates (the whole job then retries).
     """
     try:
         with conn.begin_nested():
             conn.execute(RECORD, failure_row(message, exception, tenant, 1))
     except DBAPIError as exc:
-        if is_transient(exc):
+        if is_retryable(exc):
             raise
         log.error("ledger.record.failed", job_id=message.message_id, error=repr(exc))
     else:

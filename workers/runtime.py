@@ -15,11 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from config import Settings
+from pipelines.errors import RetryableError
 from workers.services import EmbeddedServices
 
 
-class ServicesUnavailable(Exception):
-    """The fleet cannot find or reach the services it needs."""
+class ServicesUnavailable(RetryableError):
+    """The fleet cannot find or reach the services it needs (or they are not set up yet)."""
 
 
 @dataclass(frozen=True)

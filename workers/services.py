@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import psycopg
 
+from pipelines.errors import RetryableError
+
 DATABASE = "intake"
 APP_ROLE = "intake_app"
 # Server settings the embedded PostgreSQL runs with (a managed server is tuned by its operator). Autovacuum
@@ -30,7 +32,7 @@ APP_ROLE = "intake_app"
 EMBEDDED_POSTGRES_SETTINGS = {"autovacuum_naptime": "5s"}
 
 
-class ServiceError(RuntimeError):
+class ServiceError(RetryableError):
     """An embedded service could not be started, reached or stopped."""
 
 

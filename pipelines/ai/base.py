@@ -4,8 +4,10 @@
     draft(DraftRequest) -> (DraftReply, Usage)
     embed(texts) -> (vectors, Usage)
 
-Errors: `AIUnavailable` (timeouts, 429, 5xx: retry later) and `AIBadOutput` (the answer is not what was
-asked for, even after one repair attempt: permanent for this message).
+Errors (see `pipelines.errors`): `AIUnavailable` (timeouts, 408, 429, 5xx: retry later), `AIRefused` (any
+other 4xx, such as a bad API key or an unknown model: permanent, retrying cannot fix the request) and
+`AIBadOutput` (the answer is not what was asked for, even after one repair attempt: permanent for this
+message).
 """
 
 from __future__ import annotations
@@ -16,22 +18,28 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, Field
 
 from pipelines.ai.taxonomy import Category
+from pipelines.errors import IntakeError, PermanentError, RetryableError
 
 PROMPT_VERSION = "v1"
 Priority = Literal["low", "normal", "high", "urgent"]
 Sentiment = Literal["negative", "neutral", "positive"]
 
 
-class AIError(Exception):
-    """An AI provider could not answer."""
+class AIError(IntakeError):
+    """An AI provider could not answer; each subclass is also permanent or retryable."""
 
 
-class AIUnavailable(AIError):
+class AIUnavailable(AIError, RetryableError):
     """The provider is down, slow or rate-limiting us: try again later."""
 
 
-class AIBadOutput(AIError):
+class AIBadOutput(AIError, PermanentError):
     """The provider answered, but not in the shape asked for."""
+
+
+class AIRefused(AIError, PermanentError):
+    """The provider refused the request itself (401 bad key, 403, 404 unknown model, 400): the same request
+    is refused on every attempt."""
 
 
 class Classification(BaseModel):

@@ -1,9 +1,11 @@
 """Any OpenAI-compatible endpoint (OpenAI, Azure-style gateways, vLLM, Ollama, llama.cpp server).
 
 Chat completions with a JSON-schema response format, validated by pydantic; embeddings from /embeddings.
-Timeouts and 5xx are retried with backoff, a 429 waits for its Retry-After; when retries run out the call
-raises `AIUnavailable` (the job retries later). Output that does not fit the schema gets one repair
-attempt, then `AIBadOutput` (permanent: the job goes to the dead-letter ledger).
+Timeouts, 408 and 5xx are retried with backoff, a 429 waits for its Retry-After; when retries run out the
+call raises `AIUnavailable` (the job retries later). Any other 4xx (a bad API key, an unknown model, a
+request the provider will not take) raises `AIRefused` at once: the same request is refused every time,
+so the job goes to the dead-letter ledger without retries. Output that does not fit the schema gets one
+repair attempt, then `AIBadOutput` (permanent as well).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipelines.ai.base import (
     AIBadOutput,
-    AIError,
+    AIRefused,
     AIUnavailable,
     Classification,
     ClassifyRequest,
@@ -92,6 +94,7 @@ class OpenAIProvider:
         self.embedding_model = embedding_model or "text-embedding-3-small"
         self._max_retries = max_retries
         self._sleep = sleep
+        self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, transport=transport,
                                     timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
@@ -124,12 +127,28 @@ class OpenAIProvider:
                     continue
                 if response.status_code >= 500:
                     last = f"server error {response.status_code}"
+                elif response.status_code == 408:
+                    last = "request timeout (408)"
                 else:
-                    detail = response.text[:300]
-                    raise AIError(f"the provider refused the request ({response.status_code}): {detail}")
+                    raise AIRefused(f"the provider refused the request ({response.status_code}): "
+                                    f"{self._refusal(response)}")
             if attempt < self._max_retries:
                 self._sleep(min(30.0, 0.5 * 2**attempt))
         raise AIUnavailable(f"{path}: {last} after {self._max_retries + 1} attempts")
+
+    def _refusal(self, response: httpx.Response) -> str:
+        """The provider's own words for a refusal (OpenAI's `error.code` and `error.message`), without the key.
+
+        A bad-key answer may quote the key it was given: it never reaches the ledger or the logs.
+        """
+        try:
+            error = response.json()["error"]
+            detail = f"{error.get('code') or error.get('type') or 'error'}: {error.get('message')}"
+        except (ValueError, KeyError, TypeError, AttributeError):
+            detail = response.text
+        if self._api_key:
+            detail = detail.replace(self._api_key, "***")
+        return detail[:300]
 
     def _structured(self, messages: list[dict[str, str]], response_format: dict[str, Any],
                     model_type: type[BaseModel]) -> tuple[Any, Usage]:

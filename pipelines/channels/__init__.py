@@ -1,11 +1,10 @@
-"""Channel adapters, one module per provider, each with `verify` and `parse` (see `base`)."""
+"""Channel adapters, one module per provider, each with `verify` and `parse` (see `base`), registered by name."""
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from pipelines.channels import api, mailgun, postmark, sendgrid, telegram, twilio, whatsapp
 from pipelines.channels.base import (
+    Adapter,
     ChannelError,
     Delivery,
     InboundMessage,
@@ -16,12 +15,17 @@ from pipelines.channels.base import (
     WebhookRequest,
 )
 
-ADAPTERS: dict[str, ModuleType] = {
-    "twilio": twilio, "whatsapp": whatsapp, "postmark": postmark, "mailgun": mailgun,
-    "sendgrid": sendgrid, "telegram": telegram, "api": api,
+ADAPTERS: dict[str, Adapter] = {
+    "twilio": Adapter(twilio.verify, twilio.parse),
+    "whatsapp": Adapter(whatsapp.verify, whatsapp.parse),
+    "postmark": Adapter(postmark.verify, postmark.parse),
+    "mailgun": Adapter(mailgun.verify, mailgun.parse, mailgun.replay_token),
+    "sendgrid": Adapter(sendgrid.verify, sendgrid.parse),
+    "telegram": Adapter(telegram.verify, telegram.parse),
+    "api": Adapter(api.verify, api.parse),
 }
 
 __all__ = [
-    "ADAPTERS", "ChannelError", "Delivery", "InboundMessage", "PayloadError", "SignatureError", "StatusUpdate",
-    "VerifyContext", "WebhookRequest",
+    "ADAPTERS", "Adapter", "ChannelError", "Delivery", "InboundMessage", "PayloadError", "SignatureError",
+    "StatusUpdate", "VerifyContext", "WebhookRequest",
 ]

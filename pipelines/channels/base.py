@@ -1,9 +1,12 @@
 """What every channel adapter shares: the request it sees, the models it produces, the errors it raises.
 
-An adapter is a module with two functions:
+An adapter is a module with two functions, and a third for a provider that sends one-time tokens:
 
     verify(request, secrets, context) -> None     # raises SignatureError
     parse(request) -> Delivery                     # raises PayloadError
+    replay_token(request) -> str | None            # Mailgun's token, claimed once by the ingress
+
+The registry (`pipelines.channels.ADAPTERS`) holds each module's functions as an `Adapter`.
 
 `verify` runs on the raw bytes exactly as received; `parse` turns them into provider-neutral models.
 Neither touches the network or the database, so both run in the ingress (to refuse bad deliveries before
@@ -22,15 +25,17 @@ from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from pipelines.errors import PermanentError
 
-class ChannelError(Exception):
-    """A delivery a channel adapter refuses."""
+
+class ChannelError(PermanentError):
+    """A delivery a channel adapter refuses: the same delivery is refused on every attempt."""
 
 
 class SignatureError(ChannelError):
@@ -334,10 +339,16 @@ class VerifyContext:
     tolerance_seconds: int = 300
 
 
-class Adapter(Protocol):
-    def verify(self, request: WebhookRequest, secrets: Mapping[str, str], context: VerifyContext) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """One channel's functions, as the registry holds them: built from the channel's module, so mypy checks
+    that every module's `verify` and `parse` have the shapes this module's docstring gives. `replay_token` is
+    None for a channel whose provider sends no one-time token; for Mailgun it returns the token the ingress
+    must claim once. Plain attributes: calling through an Adapter costs what calling through the module did."""
 
-    def parse(self, request: WebhookRequest) -> Delivery: ...
+    verify: Callable[[WebhookRequest, Mapping[str, str], VerifyContext], None]
+    parse: Callable[[WebhookRequest], Delivery]
+    replay_token: Callable[[WebhookRequest], str | None] | None = None
 
 
 # -- helpers the adapters share -------------------------------------------------------------------

@@ -33,12 +33,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl
 
-import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool
@@ -53,6 +51,7 @@ from config import Settings
 from pipelines.channels import ADAPTERS, Delivery, PayloadError, SignatureError, VerifyContext, WebhookRequest
 from pipelines.channels.whatsapp import handshake
 from pipelines.crypto import SecretBox
+from pipelines.errors import PermanentError, RetryableError, is_retryable
 from workers.ledger import scrub
 from workers.web.inboxes import Inbox, InboxDirectory
 from workers.web.ratelimit import TokenBuckets, client_key
@@ -115,7 +114,7 @@ def client_slowed(wait: float) -> JSONResponse:
 def failure(exc: BaseException, **context: str) -> JSONResponse:
     """The answer to an exception nobody handled: 503 when a dependency is unavailable (retry later),
     else 500 with an error id; the traceback is logged under that id and never sent to the client."""
-    if isinstance(exc, UNAVAILABLE):
+    if is_retryable(exc):  # the database, its pool or Redis unavailable, the commit queue full, a parse late
         log.error("ingress.unavailable", error=scrub(repr(exc)), **context)
         detail = str(exc) if isinstance(exc, ParseTimeout) else "the event could not be stored"
         return error(503, "unavailable", f"{detail}; retry later", {"Retry-After": "5"})
@@ -168,7 +167,7 @@ class Metrics:
         )
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(PermanentError):
     """The request body exceeds the channel's limit."""
 
     def __init__(self, *, unread: bool, drainable: bool = True) -> None:
@@ -177,16 +176,9 @@ class BodyTooLarge(Exception):
         self.drainable = drainable  # and short enough to read and discard
 
 
-class ParseTimeout(Exception):
+class ParseTimeout(RetryableError):
     """An authentic body was not parsed within INTAKE_PARSE_DEADLINE_SECONDS; nothing was stored."""
 
-
-# Failures that mean "unavailable right now, retry": the database or a connection to it (PoolTimeout is an
-# OperationalError), Redis, a full commit queue, parsing that did not finish in time.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError, psycopg.InterfaceError, ConnectionError, redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError, WriterBusy, ParseTimeout,
-)
 
 
 class Ingress:
@@ -343,10 +335,10 @@ class Ingress:
         that can never be parsed, and a 4xx would drop an authentic message for good."""
         adapter = ADAPTERS[channel]
         if channel not in MIME_CHANNELS and len(webhook.body) <= PARSE_INLINE_BYTES:
-            return cast(Delivery, adapter.parse(webhook))
+            return adapter.parse(webhook)
         job = asyncio.get_running_loop().run_in_executor(self.parsers, adapter.parse, webhook)
         try:
-            return cast(Delivery, await asyncio.wait_for(job, self.settings.parse_deadline_seconds))
+            return await asyncio.wait_for(job, self.settings.parse_deadline_seconds)
         except TimeoutError:
             log.warning("ingress.parse.timeout", channel=channel, bytes=len(webhook.body))
             raise ParseTimeout(f"the body was not parsed within {self.settings.parse_deadline_seconds} s") from None
@@ -413,7 +405,7 @@ class Ingress:
             return error(429, "rate_limited", "too many deliveries for this inbox",
                          {"Retry-After": TokenBuckets.retry_after(wait)})
         # A one-time token (Mailgun's) is claimed in PostgreSQL by the group commit, a duplicate's too.
-        token = adapter.replay_token(webhook) if hasattr(adapter, "replay_token") else None
+        token = adapter.replay_token(webhook) if adapter.replay_token is not None else None
         try:
             delivery = await self.parse(channel, webhook)
         except Exception as exc:

@@ -21,9 +21,9 @@ another delivery holds it. Rows with a token are never merged with one another: 
 The queue in front of the writers is bounded: when it is full, `submit` raises `WriterBusy` at once, and the
 ingress answers 503 with Retry-After instead of holding more bodies in memory while the database is slow.
 
-    Exception
-     +-- WriterBusy          the queue is full: retry later (503)
-     +-- UnstorableEvent     the database refuses this row: the delivery is at fault (400)
+    pipelines.errors.IntakeError
+     +-- RetryableError  +-- WriterBusy          the queue is full: retry later (503)
+     +-- PermanentError  +-- UnstorableEvent     the database refuses this row: the delivery is at fault (400)
 
 psycopg is used directly here, not through SQLAlchemy: this is the hottest path in the fleet.
 """
@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
+
+from pipelines.errors import PermanentError, RetryableError, is_retryable
 
 log = structlog.get_logger("intake.ingress")
 
@@ -53,10 +55,6 @@ log = structlog.get_logger("intake.ingress")
 # autocommit connection the statement is its own transaction: one round trip, committed when it returns.
 STORE_EVENTS = "SELECT * FROM intake_store_events(%s::json)"
 
-# SQLSTATE classes of a database that is unavailable or busy, not of a bad row: connection exception,
-# transaction rollback (deadlock, serialization), insufficient resources, object not in prerequisite state
-# (lock not available), operator intervention (cancelled, shutting down), system error.
-TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
 # SQLSTATE classes that blame the row, with what the sender is told: never the database's own message,
 # which may quote values (another tenant's, in a unique violation).
 INPUT_FAULTS = {
@@ -81,21 +79,12 @@ class Outcome(enum.Enum):
     REPLAYED = "replayed"  # its one-time token is already held by another delivery: not stored
 
 
-class WriterBusy(Exception):
+class WriterBusy(RetryableError):
     """Too many deliveries are waiting for a commit; nothing was stored."""
 
 
-class UnstorableEvent(Exception):
+class UnstorableEvent(PermanentError):
     """The database refuses this delivery's row; the delivery itself is at fault."""
-
-
-def transient(exc: BaseException) -> bool:
-    """True when `exc` says the database is unavailable or busy, not that a row is bad."""
-    if isinstance(exc, PoolTimeout | psycopg.InterfaceError | OSError):
-        return True
-    if isinstance(exc, psycopg.Error):
-        return exc.sqlstate is None or exc.sqlstate[:2] in TRANSIENT_CLASSES
-    return False
 
 
 def input_fault(exc: BaseException) -> str | None:
@@ -184,8 +173,6 @@ class EventWriter:
         self._enqueues: set[asyncio.Task[None]] = set()
         self._on_enqueue_error = on_enqueue_error
         self._on_batch = on_batch
-        self.batches = 0
-        self.rows = 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name=f"event-writer-{i}") for i in range(self._writers)]
@@ -232,7 +219,7 @@ class EventWriter:
         try:
             created, replayed = await self._write(batch)
         except Exception as exc:
-            if len(batch) > 1 and not transient(exc):
+            if len(batch) > 1 and not is_retryable(exc):  # the database is not busy: some row is bad
                 log.warning("ingress.batch.split", rows=len(batch), error=type(exc).__name__)
                 half = len(batch) // 2
                 await self._commit(batch[:half])
@@ -302,8 +289,6 @@ class EventWriter:
                     replayed.append(batch[replayed_item])
                 else:
                     created[(inbox_id, dedupe_key)] = (tenant, event_id)
-        self.batches += 1
-        self.rows += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
         return created, replayed
