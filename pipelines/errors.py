@@ -29,7 +29,8 @@ and `db.tenancy.UnknownTenant` (sorted here as permanent, and raised again by ac
 `UnknownTenantError`).
 
 Library exceptions are sorted by `is_retryable`, used by the broker's retry policy, by the ledger, by the
-ingest batch's isolation and by the ingress's group commit, so they cannot disagree. Retryable is about the
+ingest batch's isolation, by the ingress's group commit and by the web's catch-all (503 or 500), so they
+cannot disagree. Retryable is about the
 moment, not the data: the connection was lost or the pool had none free, a lock wait timed out, a deadlock
 or a serialization conflict was broken, a statement was canceled, the server is shutting down or out of
 resources, Redis or the network is down, or the job was interrupted (time limit, shutdown). Everything
