@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     inbox_cache_size: int = Field(default=10_000, ge=16)
     parse_threads: int = Field(default=4, ge=1, le=64)
     parse_deadline_seconds: float = Field(default=10.0, gt=0)
+    # Longer than the idle timeout of the load balancers in front (60 s is common), so the balancer, not the
+    # web process, closes an idle connection: otherwise a request sent just as the server closes it is lost.
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     commit_batch_max: int = Field(default=256, ge=1, le=5000)
     # Deliveries waiting for a group commit; past this the ingress answers 503 at once (backpressure).

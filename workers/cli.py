@@ -254,6 +254,7 @@ def serve(host: str, port: int) -> None:
                      secret_key=rt.require_secret_key())
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_config=None,
                 lifespan="on", backlog=2048, timeout_graceful_shutdown=10, server_header=False,
+                timeout_keep_alive=get_settings().keep_alive_seconds,
                 # Forwarded headers are trusted only under INTAKE_TRUST_PROXY_HEADERS, by the ingress itself.
                 proxy_headers=False)
 
