@@ -106,5 +106,10 @@ def describe(exc: BaseException) -> str:
     """
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
-    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+    return escaped(f"{type(exc).__name__}: {exc}")[:2000]
+
+
+def escaped(text: str) -> str:
+    """`text` as PostgreSQL text can hold it: NUL and lone surrogates written as escapes (`\\x00`, `\\udc80`),
+    so an error message says what was there rather than hiding it."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")

@@ -25,7 +25,7 @@ from dramatiq.common import q_name
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from pipelines.errors import is_retryable
+from pipelines.errors import escaped, is_retryable
 
 log = structlog.get_logger("intake.ledger")
 
@@ -146,15 +146,10 @@ def failure_row(message: Job, exception: BaseException, tenant: uuid.UUID | None
         "tenant": tenant, "queue": q_name(message.queue_name), "actor": message.actor_name,
         "message_id": message.message_id, "message": orjson.dumps(replayable(message), default=str).decode(),
         "ref": job_refs(message), "etype": type(exception).__name__,
-        "emessage": _storable(scrub(str(exception)))[:4000],
-        "tb": _storable(scrub("".join(traceback.format_exception(exception))))[-20_000:],
+        "emessage": escaped(scrub(str(exception)))[:4000],
+        "tb": escaped(scrub("".join(traceback.format_exception(exception))))[-20_000:],
         "attempts": attempts,
     }
-
-
-def _storable(value: str) -> str:
-    """PostgreSQL text holds neither NUL nor lone surrogates: both are written as escapes."""
-    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseException,

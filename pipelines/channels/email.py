@@ -29,6 +29,7 @@ from pipelines.channels.base import (
     PayloadError,
     WebhookRequest,
     multipart_parts,
+    stable_key,
 )
 
 # Headers kept with a message: threading, and the marks of auto-replies and bulk mail.
@@ -345,28 +346,18 @@ def text_fields(parts: Iterable[FormPart], charsets: Mapping[str, str] | None = 
 
 
 # -- ids ------------------------------------------------------------------------------------------------
-MAX_ID_BYTES = 998  # RFC 5322's line limit; also well inside what a PostgreSQL index entry holds
 MAX_REFERENCES = 100
-
-
-def storable_id(value: str, limit: int = MAX_ID_BYTES) -> str:
-    """A Message-ID as stored and compared: the header's value, or a digest of it when it is too long to
-    index or not printable (never refused). Replies name it the same way, so threading still finds it."""
-    raw = value.encode("utf-8", "surrogatepass")
-    if len(raw) <= limit and value.isprintable():
-        return value
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def thread_ids(raw: str | None) -> tuple[str, ...]:
     """The ids of an In-Reply-To or References header as stored, the latest `MAX_REFERENCES` of them."""
-    return tuple(storable_id(i) for i in message_ids(raw)[-MAX_REFERENCES:])
+    return tuple(stable_key(i) for i in message_ids(raw)[-MAX_REFERENCES:])
 
 
 def rfc_id(raw: str | None) -> str | None:
     """The Message-ID as stored, from the header's whole value."""
     ids = message_ids(raw)
-    return storable_id(ids[0]) if ids else None
+    return stable_key(ids[0]) if ids else None
 
 
 def external_id(sender: str, message_id: str | None, body: bytes) -> str:

@@ -57,7 +57,6 @@ def parse(request: WebhookRequest) -> Delivery:
     postmark_id = _text(data.get("MessageID"))
     if postmark_id is None:
         raise PayloadError("missing field 'MessageID' (a string)")
-    postmark_id = email.storable_id(postmark_id, limit=400)  # it keys the delivery too
     listed = data.get("Headers")
     raw_headers = [
         (str(h.get("Name", "")), str(h.get("Value", "")))
