@@ -8,20 +8,24 @@ from alembic import command
 from alembic.config import Config
 
 from db.engine import sqlalchemy_url
+from db.schema import DEFAULT_EMBEDDING_DIM
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, embedding_dim: int = DEFAULT_EMBEDDING_DIM) -> Config:
+    """Alembic's configuration for `url`; `embedding_dim` (INTAKE_EMBEDDING_DIM) is how wide migration 0001
+    makes the embedding column, handed to the migrations as a config attribute."""
     config = Config()
+    config.attributes["embedding_dim"] = embedding_dim
     config.set_main_option("script_location", str(MIGRATIONS))
     # ConfigParser interpolates '%': escape it so passwords with '%' survive.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+def upgrade(url: str, revision: str = "head", *, embedding_dim: int = DEFAULT_EMBEDDING_DIM) -> None:
+    command.upgrade(alembic_config(url, embedding_dim), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from config import get_settings
 from db import migrate
 from db.engine import make_engine
-from workers.services import EmbeddedServices
+from workers.embedded.services import EmbeddedServices
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HOME = Path(os.environ.get("INTAKE_TEST_HOME", ROOT / ".intake-test"))
@@ -33,7 +33,7 @@ def stack() -> Iterator[dict[str, str]]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS intake WITH (FORCE)")
         conn.execute("CREATE DATABASE intake")
-    migrate.upgrade(status.admin_database_url)
+    migrate.upgrade(status.admin_database_url, embedding_dim=get_settings().embedding_dim)
     redis.Redis.from_url(status.redis_url).flushall()
     env = {
         "INTAKE_HOME": str(TEST_HOME),

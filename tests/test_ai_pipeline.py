@@ -101,8 +101,8 @@ def test_auto_replies_are_marked_and_not_drafted(stack: dict[str, str], app_engi
 
 
 def test_budget_alerts_and_fallback_to_local(stack: dict[str, str], app_engine: Engine) -> None:
+    from pipelines.ai.assistant import assist_messages
     from tests.factories import deliver
-    from workers.ai import assist_messages
 
     inbox = new_inbox(app_engine, "api", settings={"ai_drafts": False})
     set_tenant_ai(app_engine, inbox, {"provider": "openai", "monthly_budget_usd": 0.0001})

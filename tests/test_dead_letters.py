@@ -160,7 +160,7 @@ def test_a_job_past_its_age_limit_is_recorded_instead_of_run_and_replays(
     stack: dict[str, str], app_engine: Engine, admin_engine: Engine
 ) -> None:
     from workers.actors import ingest_events
-    from workers.broker import broker
+    broker = ingest_events.broker
 
     inbox = new_inbox(app_engine, "api")
     events = corrupt_events(app_engine, inbox, 1)

@@ -20,7 +20,7 @@ from pipelines.errors import IntakeError, PermanentError, RetryableError, is_ret
 ROOT = Path(__file__).resolve().parent.parent
 # The modules that define the fleet's exceptions; importing them registers every subclass of the root.
 DEFINING = ("pipelines.ai.base", "pipelines.channels.base", "pipelines.contacts", "pipelines.crypto",
-            "pipelines.inboxes", "pipelines.ingest", "workers.runtime", "workers.services", "workers.web.app",
+            "pipelines.inboxes", "pipelines.ingest", "workers.embedded.runtime", "workers.embedded.services", "workers.web.app",
             "workers.web.writer")
 BUILTIN_ROOTS = {"Exception", "BaseException", "ValueError", "RuntimeError", "LookupError", "KeyError",
                  "TypeError", "OSError"}

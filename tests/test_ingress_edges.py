@@ -31,7 +31,8 @@ from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
 from tests.processes import web_server
 from tests.webhooks import fixture, sign
-from workers.web.app import ParseTimeout, failure
+from workers.web.answers import failure
+from workers.web.bodies import ParseTimeout
 from workers.web.inboxes import InboxDirectory
 from workers.web.ratelimit import TokenBuckets, client_key
 from workers.web.writer import WriterBusy

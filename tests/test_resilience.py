@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from db.tenancy import bind_tenant
 from tests.fleet import CorpusTenant, PostResult, post_all, settle
 from tests.processes import INTAKE, wait_for, web_server, worker
-from workers.services import EmbeddedServices
+from workers.embedded.services import EmbeddedServices
 
 WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "200",
               "INTAKE_JOB_MAX_BACKOFF_MS": "2000", "INTAKE_JOB_MAX_RETRIES": "20"}

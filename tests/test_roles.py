@@ -254,7 +254,7 @@ sys.addaudithook(hook)
 from db.engine import make_engine
 from pipelines.crypto import SecretBox
 from pipelines.demo import ensure_demo
-from workers.services import EmbeddedServices
+from workers.embedded.services import EmbeddedServices
 
 key = EmbeddedServices(HOME).secret_key()
 engine = make_engine(os.environ["DATABASE_URL"], pool_size=1)

@@ -1,14 +1,10 @@
-"""The fleet's one dramatiq broker. Importing this module configures it: import it before any actor.
+"""The fleet's dramatiq broker, built from a Settings value by `build_broker`; importing this module does nothing else.
 
-Queues: `ingest` (provider events), `ai` (classification and drafts) and `maintenance` (sweeps,
-replays), so housekeeping and AI never starve ingestion. Each worker process picks its queues.
+Its middleware is the fleet's policy for every job: an age limit, a time limit, retries of what is
+retryable (`pipelines.errors.is_retryable`), the failure ledger, structlog context and a short poll interval.
 """
 
 from __future__ import annotations
-
-import os
-import uuid
-from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -22,31 +18,29 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from config import configure_logging, get_settings
+from config import Settings, configure_logging, get_settings
 from pipelines.errors import is_retryable
-from workers.context import engine
-from workers.ledger import FailureLedger
-from workers.middleware import LogContext, PollInterval
-
-QUEUES = ("ingest", "ai", "maintenance")
-
-settings = get_settings()
-configure_logging(settings.log_format, settings.log_level)
-
-
-def _redis_url() -> str:
-    if settings.redis_url:
-        return settings.redis_url
-    from workers.runtime import resolve
-
-    return resolve(settings).redis_url
+from workers.embedded.runtime import ServicesUnavailable
+from workers.middleware.jobs import JobLog, TenantScope
+from workers.middleware.ledger import FailureLedger
+from workers.middleware.logging import LogContext
+from workers.middleware.polling import PollInterval
+from workers.queues import NAMESPACE, QUEUES
+from workers.resources import engine
 
 
-def _retry_when(retries: int, exc: BaseException) -> bool:
-    return is_retryable(exc) and retries < settings.job_max_retries
+def build_broker(settings: Settings, *, metrics: bool = False) -> RedisBroker:
+    """The fleet's broker for these settings; `settings.redis_url` must be set (a Runtime resolves it).
 
+    `metrics` adds dramatiq's Prometheus exposition (only `intake worker` wants it: it forks its server).
+    """
+    if not settings.redis_url:
+        raise ServicesUnavailable("REDIS_URL is unset: start workers with `intake worker` (it finds the embedded "
+                                  "Redis) or set REDIS_URL")
 
-def _middleware() -> list[dramatiq.Middleware]:
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        return is_retryable(exc) and retries < settings.job_max_retries
+
     middleware: list[dramatiq.Middleware] = [
         AgeLimit(max_age=settings.job_max_age_ms),
         TimeLimit(time_limit=settings.job_time_limit_ms),
@@ -60,53 +54,65 @@ def _middleware() -> list[dramatiq.Middleware]:
             max_retries=settings.job_max_retries,
             min_backoff=settings.job_min_backoff_ms,
             max_backoff=settings.job_max_backoff_ms,
-            retry_when=_retry_when,
+            retry_when=retry_when,
         ),
         CurrentMessage(),
         LogContext(),
+        # After LogContext in the list, so its hooks run inside the job's log context.
+        TenantScope(engine),
+        JobLog(),
         PollInterval(settings.worker_poll_ms),
     ]
-    if settings.worker_metrics_port and os.environ.get("INTAKE_PROCESS_ROLE") == "worker":
-        # `intake worker` exports dramatiq_prom_host/port for the exposition server it forks.
+    if metrics:
         from dramatiq.middleware.prometheus import Prometheus
 
         middleware.append(Prometheus())
-    return middleware
+    broker = RedisBroker(
+        url=settings.redis_url,
+        namespace=NAMESPACE,
+        middleware=middleware,
+        # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
+        heartbeat_timeout=settings.heartbeat_timeout_ms,
+        # Requeue crashed workers' messages often enough that recovery takes seconds.
+        maintenance_chance=100_000,  # 10% of broker commands (dramatiq scales by 1,000,000)
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+    )
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
 
 
-broker = RedisBroker(
-    url=_redis_url(),
-    middleware=_middleware(),
-    # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
-    heartbeat_timeout=settings.heartbeat_timeout_ms,
-    # Requeue crashed workers' messages often enough that recovery takes seconds.
-    maintenance_chance=100_000,  # 10% of broker commands (dramatiq scales by 1,000,000)
-    socket_connect_timeout=2,
-    socket_timeout=10,
-    health_check_interval=30,
-)
-for queue in QUEUES:
-    broker.declare_queue(queue)
-dramatiq.set_broker(broker)
+def install(settings: Settings, *, metrics: bool = False) -> RedisBroker:
+    """Build the broker and make it dramatiq's global one, which actors bind to when they are declared."""
+    broker = build_broker(settings, metrics=metrics)
+    dramatiq.set_broker(broker)
+    return broker
 
 
-# HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, in one atomic
-# command (a script runs whole) and one round trip.
-ENQUEUE_SCRIPT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('RPUSH', KEYS[2], ARGV[1])
-"""
+def ensure(settings: Settings) -> RedisBroker:
+    """The broker installed in this process, or one built from `settings` and installed."""
+    broker = dramatiq.get_broker() if _installed() else install(settings)
+    assert isinstance(broker, RedisBroker)
+    return broker
 
 
-async def enqueue_async(client: Any, actor: dramatiq.Actor[Any, Any], *args: Any) -> dramatiq.Message[Any]:
-    """Enqueue from an asyncio process without a thread, as `RedisBroker.enqueue` would.
+def current() -> RedisBroker:
+    """The broker installed in this process, or one built from its environment's settings (a process that
+    dramatiq started, or a script that imports the actors)."""
+    return ensure(get_settings())
 
-    `client` is a `redis.asyncio` client on the broker's Redis.
-    """
-    message = actor.message(*args).copy(options={"redis_message_id": str(uuid.uuid4())})
-    broker.emit_before("enqueue", message, None)
-    queue = f"{broker.namespace}:{message.queue_name}"
-    script = client.register_script(ENQUEUE_SCRIPT)  # sent by EVALSHA; by EVAL when Redis lacks it
-    await script(keys=[f"{queue}.msgs", queue], args=[message.options["redis_message_id"], message.encode()])
-    broker.emit_after("enqueue", message, None)
-    return message
+
+def _installed() -> bool:
+    from dramatiq import broker as module
+
+    return isinstance(module.global_broker, RedisBroker)
+
+
+def for_workers() -> None:
+    """dramatiq's command line calls this (`dramatiq workers.broker:for_workers workers.actors`) in each worker
+    process before it imports the actors: logging as configured, and the broker with its metrics."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    install(settings, metrics=bool(settings.worker_metrics_port))

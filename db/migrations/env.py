@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -12,7 +10,7 @@ from db.schema import DEFAULT_EMBEDDING_DIM, metadata_for
 url: str = context.config.get_main_option("sqlalchemy.url") or ""
 assert url, "db.migrate sets sqlalchemy.url"
 # The declared schema, for autogenerate: embeddings as wide as migration 0001 makes them.
-target_metadata = metadata_for(int(os.environ.get("INTAKE_EMBEDDING_DIM", str(DEFAULT_EMBEDDING_DIM))))
+target_metadata = metadata_for(int(context.config.attributes.get("embedding_dim", DEFAULT_EMBEDDING_DIM)))
 
 
 def run_migrations_online() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dramatiq
 
-from workers import broker as _broker  # noqa: F401  (same broker, same middleware as the fleet)
+from workers.broker import current
+
+current()  # the fleet's broker and middleware: installed by the caller, or built from the environment
 
 QUEUE = "bench-noop"
 

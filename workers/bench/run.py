@@ -31,13 +31,15 @@ import psutil
 import psycopg
 import redis
 
+from config import get_settings
 from db import migrate
 from db.engine import make_engine
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import CreatedInbox, create_inbox, create_tenant
 from workers.bench.load import LoadResult, render, run_load
 from workers.bench.traffic import CHANNELS, Delivery, generate, signed
-from workers.services import EmbeddedServices
+from workers.broker import ensure
+from workers.embedded.services import EmbeddedServices
 
 Progress = Callable[[str, float | None], None]  # (phase description, fraction done or None)
 
@@ -174,8 +176,8 @@ def noop_rate(env: dict[str, str], redis_url: str, processes: int, threads: int,
     for n in range(jobs):
         noop_module.noop.send(n)
     key = f"{broker.namespace}:{noop_module.QUEUE}.msgs"
-    args = [sys.executable, "-m", "dramatiq", "workers.bench.noop", "--processes", str(processes), "--threads",
-            str(threads), "--queues", noop_module.QUEUE, "--skip-logging"]
+    args = [sys.executable, "-m", "dramatiq", "workers.broker:for_workers", "workers.bench.noop",
+            "--processes", str(processes), "--threads", str(threads), "--queues", noop_module.QUEUE, "--skip-logging"]
     with process(args, env):
         _wait(lambda: int(client.hlen(key)) < jobs, timeout=60, interval=0.01)
         start, remaining = time.perf_counter(), int(client.hlen(key))
@@ -231,15 +233,14 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
             assert status.database_url and status.admin_database_url and status.redis_url
             app_url, admin_url, redis_url = status.database_url, status.admin_database_url, status.redis_url
             secret_key = embedded.secret_key()
-        migrate.upgrade(admin_url)
+        migrate.upgrade(admin_url, embedding_dim=get_settings().embedding_dim)
         redis.Redis.from_url(redis_url).flushdb()
         env = {**os.environ, "DATABASE_URL": app_url, "INTAKE_ADMIN_DATABASE_URL": admin_url, "REDIS_URL": redis_url,
                "INTAKE_SECRET_KEY": secret_key, "INTAKE_HOME": str(home), "INTAKE_LOG_LEVEL": "warning",
                "INTAKE_LOG_FORMAT": "json", "INTAKE_WORKER_METRICS_PORT": "0"}
-        os.environ.update({k: env[k] for k in ("REDIS_URL", "DATABASE_URL", "INTAKE_ADMIN_DATABASE_URL")})
-        from config import get_settings
-
-        get_settings.cache_clear()
+        # This process sends the no-op baseline's jobs: its broker is the fleet's, on this run's Redis.
+        ensure(get_settings().model_copy(update={"redis_url": redis_url, "database_url": app_url,
+                                                 "admin_database_url": admin_url}))
 
         progress("creating tenants and signing deliveries", None)
         tenants = _setup_tenants(app_url, secret_key, options.tenants)

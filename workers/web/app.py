@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
 import redis.asyncio as aioredis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -51,10 +48,13 @@ from config import Settings
 from pipelines.channels import ADAPTERS, Delivery, PayloadError, SignatureError, VerifyContext, WebhookRequest
 from pipelines.channels.whatsapp import handshake
 from pipelines.crypto import SecretBox
-from pipelines.errors import PermanentError, RetryableError, is_retryable
-from workers.ledger import scrub
+from workers.queues import INGEST_ACTOR, INGEST_QUEUE, enqueue_async
+from workers.web.answers import accepted, client_slowed, error, failure
+from workers.web.bodies import DRAIN_LIMIT_BYTES, BodyTooLarge, ParseTimeout, drain, read_body
 from workers.web.inboxes import Inbox, InboxDirectory
+from workers.web.metrics import Metrics
 from workers.web.ratelimit import TokenBuckets, client_key
+from workers.web.urls import forwarded, provider_urls
 from workers.web.writer import Enqueue, EventRow, EventWriter, Outcome, UnstorableEvent, WriterBusy
 
 log = structlog.get_logger("intake.ingress")
@@ -72,113 +72,6 @@ STORED_HEADERS = frozenset({
 WEBHOOK_PREFIX = "/v1/webhooks/"
 # Chat payloads under this size parse inline (the hot path: a thread hop would cost more than the parse).
 PARSE_INLINE_BYTES = 65_536
-# An oversized body is read and discarded up to this many bytes so the client reads its 413.
-DRAIN_LIMIT_BYTES = 64 * 1_048_576
-TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-
-
-@lru_cache(maxsize=4096)
-def _provider_url(base: str, path: str, query: str) -> tuple[str, tuple[str, ...]]:
-    """`base + path + query`, and the same URL with the default port added or removed (Twilio signs
-    whichever form it was configured with). Cached: a provider posts to the same few URLs over and over."""
-    url = base + path + (f"?{query}" if query else "")
-    scheme, _, rest = base.partition("://")
-    hostpart = rest.split("/", 1)[0]
-    default_port = {"https": "443", "http": "80"}.get(scheme)
-    if not default_port:
-        return url, ()
-    if hostpart.endswith(f":{default_port}"):
-        alt_host = hostpart[: -len(default_port) - 1]
-    elif ":" not in hostpart.rsplit("]", 1)[-1]:
-        alt_host = f"{hostpart}:{default_port}"
-    else:
-        return url, ()
-    return url, (url.replace(f"{scheme}://{hostpart}", f"{scheme}://{alt_host}", 1),)
-
-
-def forwarded(headers: Mapping[str, str], name: str) -> str:
-    """The entry the trusted proxy appended to an X-Forwarded-* header: the last one. Earlier entries
-    are whatever the client wrote, and the client is not trusted."""
-    return headers.get(name, "").rpartition(",")[2].strip()
-
-
-def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
-
-
-def client_slowed(wait: float) -> JSONResponse:
-    return error(429, "rate_limited", "too many failed requests from this client",
-                 {"Retry-After": TokenBuckets.retry_after(wait)})
-
-
-def failure(exc: BaseException, **context: str) -> JSONResponse:
-    """The answer to an exception nobody handled: 503 when a dependency is unavailable (retry later),
-    else 500 with an error id; the traceback is logged under that id and never sent to the client."""
-    if is_retryable(exc):  # the database, its pool or Redis unavailable, the commit queue full, a parse late
-        log.error("ingress.unavailable", error=scrub(repr(exc)), **context)
-        detail = str(exc) if isinstance(exc, ParseTimeout) else "the event could not be stored"
-        return error(503, "unavailable", f"{detail}; retry later", {"Retry-After": "5"})
-    error_id = uuid.uuid4().hex[:16]
-    log.error("ingress.internal_error", error_id=error_id, error=scrub(repr(exc)),
-              traceback=scrub("".join(traceback.format_exception(exc))), **context)
-    return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
-
-
-# The acknowledgements never change: built once, sent as they are (a Response holds no per-request state).
-ACCEPTED = JSONResponse({"status": "accepted"})
-ACCEPTED_TWIML = Response(TWIML_EMPTY, media_type="text/xml")
-
-
-def accepted(channel: str) -> Response:
-    return ACCEPTED_TWIML if channel == "twilio" else ACCEPTED
-
-
-@dataclass
-class Metrics:
-    registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-    enqueue_failures: Counter
-    batch_rows: Histogram
-    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
-
-    def observe(self, channel: str, outcome: str, seconds: float) -> None:
-        key = (channel, outcome)
-        children = self._children.get(key)
-        if children is None:  # prometheus_client's label look-up is slow on a hot path: look up once
-            children = self._children[key] = (self.requests.labels(channel, outcome), self.latency.labels(channel))
-        children[0].inc()
-        children[1].observe(seconds)
-
-    @classmethod
-    def create(cls) -> Metrics:
-        registry = CollectorRegistry()
-        return cls(
-            registry=registry,
-            requests=Counter("intake_webhook_requests", "Webhook deliveries by channel and outcome",
-                             ["channel", "outcome"], registry=registry),
-            latency=Histogram("intake_webhook_latency_seconds", "Time from request to acknowledgement",
-                              ["channel"], registry=registry,
-                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)),
-            enqueue_failures=Counter("intake_enqueue_failures", "Stored events whose enqueue failed",
-                                     registry=registry),
-            batch_rows=Histogram("intake_commit_batch_rows", "Events per group commit", registry=registry,
-                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
-        )
-
-
-class BodyTooLarge(PermanentError):
-    """The request body exceeds the channel's limit."""
-
-    def __init__(self, *, unread: bool, drainable: bool = True) -> None:
-        super().__init__()
-        self.unread = unread  # the rest of the body is still on the wire
-        self.drainable = drainable  # and short enough to read and discard
-
-
-class ParseTimeout(RetryableError):
-    """An authentic body was not parsed within INTAKE_PARSE_DEADLINE_SECONDS; nothing was stored."""
-
 
 
 class Ingress:
@@ -206,8 +99,6 @@ class Ingress:
         )
 
     async def start(self) -> None:
-        import workers.actors  # noqa: F401  (import the broker now, not inside the first request)
-
         await self.pool.open(wait=False)
         self.writer.start()
 
@@ -218,10 +109,7 @@ class Ingress:
         await self.redis.aclose()
 
     async def send_to_ingest_queue(self, tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
-        from workers.actors import ingest_events
-        from workers.broker import enqueue_async
-
-        await enqueue_async(self.redis, ingest_events, str(tenant_id), [str(i) for i in event_ids])
+        await enqueue_async(self.redis, INGEST_QUEUE, INGEST_ACTOR, str(tenant_id), [str(i) for i in event_ids])
 
     # -- the pieces of a delivery -----------------------------------------------------------------
     def provider_url(self, scope: Scope, headers: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
@@ -240,7 +128,7 @@ class Ingress:
                 host = forwarded(headers, "x-forwarded-host") or host
             base = f"{scheme}://{host}"
         query = scope.get("query_string", b"").decode("latin-1")
-        return _provider_url(base, scope.get("root_path", "") + scope["path"], query)
+        return provider_urls(base, scope.get("root_path", "") + scope["path"], query)
 
     def client(self, scope: Scope, headers: Mapping[str, str]) -> str:
         """The client's bucket key: the peer address, or the address the trusted proxy saw."""
@@ -254,47 +142,6 @@ class Ingress:
     def body_limit(self, channel: str) -> int:
         return self.settings.max_email_body_bytes if channel in EMAIL_CHANNELS else self.settings.max_body_bytes
 
-    @staticmethod
-    async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
-                raise PayloadError("invalid Content-Length")
-            if int(declared) > limit:
-                raise BodyTooLarge(unread=True, drainable=int(declared) <= DRAIN_LIMIT_BYTES)
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):  # the usual case: the whole body in one message
-            if len(body) > limit:
-                raise BodyTooLarge(unread=False)
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(unread=message.get("more_body", False))
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    @staticmethod
-    async def drain(receive: Receive, cap: int) -> bool:
-        """Read and discard the rest of the body, up to `cap` bytes: True when it was read to its end."""
-        size = 0
-        while size <= cap:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return True
-        return False
-
     async def too_large(self, receive: Receive, headers: Mapping[str, str], channel: str,
                         exc: BodyTooLarge) -> Response:
         """413, sent once the client has finished writing (when that is cheap enough) so it reads it.
@@ -305,7 +152,7 @@ class Ingress:
         """
         complete = not exc.unread
         if exc.unread and exc.drainable and headers.get("expect", "").lower() != "100-continue":
-            complete = await self.drain(receive, DRAIN_LIMIT_BYTES)
+            complete = await drain(receive, DRAIN_LIMIT_BYTES)
         return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes",
                      None if complete else {"Connection": "close"})
 
@@ -381,7 +228,7 @@ class Ingress:
         if inbox is None:
             return self.refuse(scope, headers, 404, "unknown_inbox", "no enabled inbox of this channel has this id")
         try:
-            body = await self.read_body(receive, headers.get("content-length"), self.body_limit(channel))
+            body = await read_body(receive, headers.get("content-length"), self.body_limit(channel))
         except BodyTooLarge as exc:
             return await self.too_large(receive, headers, channel, exc)
         except PayloadError as exc:

@@ -7,8 +7,6 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-import os
-
 from alembic import op
 
 revision = "0001"
@@ -337,7 +335,9 @@ def _ensure_role(name: str, login: bool) -> str:
 
 
 def upgrade() -> None:
-    dim = int(os.environ.get("INTAKE_EMBEDDING_DIM", "384"))
+    # `db.migrate` hands INTAKE_EMBEDDING_DIM over as a config attribute (384 when run bare).
+    config = op.get_context().config
+    dim = int(config.attributes.get("embedding_dim", 384)) if config is not None else 384
     op.execute(SCHEMA.format(dim=dim))
 
     op.execute(_ensure_role("intake_app", login=True))

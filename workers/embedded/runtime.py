@@ -16,7 +16,7 @@ import psycopg
 
 from config import Settings
 from pipelines.errors import RetryableError
-from workers.services import EmbeddedServices
+from workers.embedded.services import EmbeddedServices
 
 
 class ServicesUnavailable(RetryableError):
@@ -47,6 +47,14 @@ class Runtime:
         if self.secret_key:
             env["INTAKE_SECRET_KEY"] = self.secret_key
         return env
+
+    def resolved(self, *, admin: bool = True) -> Settings:
+        """The settings with this runtime's URLs and key filled in, to hand to the code this process runs;
+        without `admin`, for the web and workers, which are not handed the maintenance connection."""
+        return self.settings.model_copy(update={
+            "database_url": self.database_url, "redis_url": self.redis_url, "secret_key": self.secret_key,
+            "admin_database_url": self.admin_database_url if admin else None,
+        })
 
     def require_secret_key(self) -> str:
         if not self.secret_key:

@@ -1,30 +1,33 @@
-"""The `intake` command line: one entry point for operators, Procfile lines and scripts.
-
-Every command that prints a result takes `--json` and then prints exactly one JSON object on stdout.
-Errors go to stderr as one readable line and exit with status 1 (2 for wrong usage).
-"""
+"""Running the fleet: the embedded services, migrations, and the processes of the Procfile (`serve`, `worker`,
+`clock`), or all of them at once with `intake run`."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import wraps
+import uuid
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import click
-import orjson
-from rich.console import Console
 from rich.table import Table
 
-from config import SettingsError, configure_logging, get_settings
-from db.engine import make_engine
-from db.tenancy import UnknownTenant, resolve_tenant
-from pipelines.crypto import SecretBox, SecretKeyError
-from pipelines.inboxes import CHANNELS, InboxConfigError, create_inbox, create_tenant, webhook_url
-from workers.runtime import (
+from config import get_settings
+from pipelines.crypto import SecretBox
+from workers.broker import ensure
+from workers.cli.common import (
+    admin_engine,
+    admin_source,
+    app_transaction,
+    console,
+    emit,
+    friendly_errors,
+    maintenance_runtime,
+    out,
+    runtime,
+)
+from workers.embedded.runtime import (
     Runtime,
     ServicesUnavailable,
     check_database,
@@ -33,80 +36,11 @@ from workers.runtime import (
     redacted,
     resolve,
 )
-from workers.services import EmbeddedServices, ServiceError
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigError, UnknownTenant, SecretKeyError)
-
-
-def emit(data: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
-    sys.stdout.flush()
-
-
-def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn the errors a user can fix into one line on stderr and exit status 1."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except KNOWN_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise SystemExit(1) from None
-
-    return wrapper
-
-
-def admin_source(rt: Runtime) -> str:
-    """Where the admin connection's URL came from, for messages that must not print the URL itself."""
-    if rt.embedded is not None and rt.settings.database_url is None:
-        return "the embedded PostgreSQL"
-    return "INTAKE_ADMIN_DATABASE_URL" if rt.settings.admin_database_url else "DATABASE_URL"
-
-
-def runtime(*, start: bool = False) -> Runtime:
-    rt = resolve(get_settings(), start=start)
-    check_database(rt.admin_database_url, what=admin_source(rt))
-    return rt
-
-
-def maintenance_runtime(command: str) -> Runtime:
-    """The runtime of a command that reads across tenants: refused unless its connection (the admin URL,
-    else DATABASE_URL) has intake_maintenance rights."""
-    rt = runtime()
-    check_maintenance(rt.admin_database_url, command=command, what=admin_source(rt))
-    return rt
-
-
-@contextmanager
-def app_transaction(rt: Runtime) -> Iterator[Any]:
-    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-cli")
-    try:
-        with engine.begin() as conn:
-            yield conn
-    finally:
-        engine.dispose()
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="intake")
-def main() -> None:
-    """Intake: a multi-tenant message-ingestion worker fleet."""
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise SystemExit(1) from None
-    configure_logging(settings.log_format, settings.log_level)
+from workers.embedded.services import EmbeddedServices
 
 
 # -- services -------------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def services() -> None:
     """The embedded PostgreSQL (+pgvector) and Redis under $INTAKE_HOME."""
 
@@ -131,7 +65,7 @@ def services_up(as_json: bool) -> None:
     home = EmbeddedServices(get_settings().home)
     status = home.up()
     assert status.admin_database_url is not None
-    migrate.upgrade(status.admin_database_url)
+    migrate.upgrade(status.admin_database_url, embedding_dim=get_settings().embedding_dim)
     home.write_state()
     _print_status(home.status().as_dict(), as_json)
 
@@ -153,90 +87,19 @@ def services_status(as_json: bool) -> None:
 
 
 # -- schema ---------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @friendly_errors
 def migrate() -> None:
     """Apply the database migrations (as the schema owner, INTAKE_ADMIN_DATABASE_URL)."""
     from db import migrate as migrations
 
     rt = runtime()
-    migrations.upgrade(rt.admin_database_url)
+    migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
     console.print("[green]database is up to date[/]")
 
 
-# -- tenants and inboxes --------------------------------------------------------------------------
-@main.group()
-def tenant() -> None:
-    """Tenants: the companies whose messages the fleet ingests."""
-
-
-@tenant.command("create")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@friendly_errors
-def tenant_create(name: str, as_json: bool) -> None:
-    """Create a tenant and print its id."""
-    rt = runtime()
-    with app_transaction(rt) as conn:
-        tenant_id = create_tenant(conn, name)
-    if as_json:
-        emit({"id": str(tenant_id), "name": name.strip()})
-    else:
-        out.print(f"created tenant [bold]{name.strip()}[/] with id [bold]{tenant_id}[/]")
-
-
-def _parse_secrets(pairs: tuple[str, ...]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--secret")
-        result[key.strip()] = value
-    return result
-
-
-@main.group()
-def inbox() -> None:
-    """Inboxes: one webhook endpoint of one channel for one tenant."""
-
-
-@inbox.command("create")
-@click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
-@click.option("--channel", required=True, help=f"One of: {', '.join(CHANNELS)}.")
-@click.option("--name", default=None, help="A name for people.")
-@click.option("--secret", "secrets_", multiple=True, metavar="KEY=VALUE", help="A channel secret (repeatable).")
-@click.option("--region", default=None, help="Default region for national phone numbers (e.g. US, FI).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@friendly_errors
-def inbox_create(
-    tenant_id: str, channel: str, name: str | None, secrets_: tuple[str, ...], region: str | None, as_json: bool
-) -> None:
-    """Create an inbox; its secrets are printed once, then kept encrypted."""
-    given = _parse_secrets(secrets_)
-    rt = runtime()
-    box = SecretBox(rt.require_secret_key())
-    settings = {"default_region": region.upper()} if region else {}
-    with app_transaction(rt) as conn:
-        tenant = resolve_tenant(conn, tenant_id)
-        created = create_inbox(conn, box, tenant, channel, name=name, given_secrets=given, settings=settings)
-    base = rt.settings.public_base_url or "http://127.0.0.1:8000"
-    data = {
-        "id": str(created.id), "tenant_id": str(created.tenant_id), "channel": created.channel,
-        "name": created.name, "webhook_url": webhook_url(base, channel, created.id, created.secrets),
-        "secrets": created.secrets,
-    }
-    if as_json:
-        emit(data)
-        return
-    out.print(f"created {channel} inbox [bold]{created.id}[/] for tenant {created.tenant_id}")
-    out.print(f"webhook URL: {data['webhook_url']}")
-    for key, value in created.secrets.items():
-        out.print(f"  {key} = {value}")
-    out.print("[yellow]the secrets are shown once; they are stored encrypted[/]")
-
-
 # -- processes ------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @friendly_errors
@@ -248,41 +111,39 @@ def serve(host: str, port: int) -> None:
 
     rt = runtime()
     check_unprivileged(rt.database_url)
-    os.environ.update(rt.child_env(admin=False))
-    get_settings.cache_clear()
-    app = create_app(get_settings(), database_url=rt.database_url, redis_url=rt.redis_url,
+    settings = rt.resolved(admin=False)
+    app = create_app(settings, database_url=rt.database_url, redis_url=rt.redis_url,
                      secret_key=rt.require_secret_key())
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_config=None,
                 lifespan="on", backlog=2048, timeout_graceful_shutdown=10, server_header=False,
-                timeout_keep_alive=get_settings().keep_alive_seconds,
+                timeout_keep_alive=settings.keep_alive_seconds,
                 # Forwarded headers are trusted only under INTAKE_TRUST_PROXY_HEADERS, by the ingress itself.
                 proxy_headers=False)
 
 
-@main.command()
+@click.command()
 @click.option("--processes", type=int, default=None, help="Worker processes [INTAKE_WORKER_PROCESSES, 2].")
 @click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
 @click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "maintenance"]),
               help="Queues to consume (repeatable; default: all).")
 @friendly_errors
 def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
-    """Run dramatiq workers (the Procfile's worker process)."""
-    from dramatiq.cli import main as dramatiq_main
-    from dramatiq.cli import make_argument_parser
+    """Run dramatiq workers (the Procfile's worker process).
 
+    This process becomes dramatiq's command line, with an environment made of the resolved runtime: each
+    worker process builds its broker from it (`workers.broker:for_workers`) before it imports the actors.
+    """
     rt = runtime()
     check_unprivileged(rt.database_url)
-    settings = get_settings()
-    os.environ.update(rt.child_env(admin=False))
-    os.environ["INTAKE_PROCESS_ROLE"] = "worker"
+    settings = rt.settings
+    env = rt.child_env(admin=False)
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
-    os.environ["dramatiq_prom_host"] = settings.worker_metrics_host
-    os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)
+    env["dramatiq_prom_host"] = settings.worker_metrics_host
+    env["dramatiq_prom_port"] = str(settings.worker_metrics_port)
     if threads:
-        os.environ["INTAKE_WORKER_THREADS"] = str(threads)
-    get_settings.cache_clear()
+        env["INTAKE_WORKER_THREADS"] = str(threads)
     argv = [
-        "workers.actors",
+        sys.executable, "-m", "dramatiq", "workers.broker:for_workers", "workers.actors",
         "--processes", str(processes or settings.worker_processes),
         "--threads", str(threads or settings.worker_threads),
         "--skip-logging",
@@ -290,10 +151,12 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
     ]
     if queues:
         argv += ["--queues", *queues]
-    raise SystemExit(dramatiq_main(make_argument_parser().parse_args(argv)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)  # noqa: S606  (our own interpreter, our own arguments)
 
 
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--processes", default=1, show_default=True, type=int, help="Worker processes.")
@@ -303,7 +166,7 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
     """Everything in the foreground: services, migrations, web, workers and a demo tenant."""
     from db import migrate as migrations
     from pipelines.demo import ensure_demo
-    from workers.supervisor import Child, supervise
+    from workers.embedded.supervisor import Child, supervise
 
     settings = get_settings()
     home = EmbeddedServices(settings.home)
@@ -315,7 +178,7 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
         if rt.admin_database_url == rt.database_url:
             raise ServicesUnavailable("intake run migrates and runs the clock as the schema owner, and the web "
                                       "and workers as the fleet's role: set INTAKE_ADMIN_DATABASE_URL too")
-        migrations.upgrade(rt.admin_database_url)
+        migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
         # Checked here, not in each child: a child refused at start would be restarted again and again.
         check_maintenance(rt.admin_database_url, command="intake run (its clock)", what=admin_source(rt))
         check_unprivileged(rt.database_url)
@@ -358,7 +221,80 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
     out.print("Press Ctrl-C to stop.")
 
 
-# The operators' commands register themselves on `main`.
-from workers import cli_ai as _cli_ai  # noqa: E402, F401
-from workers import cli_bench as _cli_bench  # noqa: E402, F401
-from workers import cli_ops as _cli_ops  # noqa: E402, F401
+@click.command()
+@click.option("--once", is_flag=True, help="Sweep once, print the result, and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print one JSON object.")
+@friendly_errors
+def clock(once: bool, as_json: bool) -> None:
+    """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed,
+    and stored messages whose AI job was lost; forget webhook token claims past their window."""
+    import signal
+
+    from prometheus_client import Gauge, start_http_server
+
+    from workers.clock import AiSweep, SweepResult, forget_replay_tokens, run_clock, sweep
+
+    rt = maintenance_runtime("intake clock")
+    settings = rt.resolved()
+    broker = ensure(settings)
+    from workers.actors import assist_messages, ingest_events
+
+    def send(tenant: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
+        ingest_events.send(str(tenant), [str(e) for e in event_ids])
+
+    def send_ai(tenant: uuid.UUID, message_ids: list[uuid.UUID]) -> None:
+        assist_messages.send(str(tenant), [str(m) for m in message_ids])
+
+    def ai_backlog() -> int:  # jobs waiting on the `ai` queue, delayed ones (retries) included
+        queue = f"{broker.namespace}:{assist_messages.queue_name}"
+        return int(broker.client.llen(queue)) + int(broker.client.llen(f"{queue}.DQ"))
+
+    engine = admin_engine(rt)
+    grace = timedelta(seconds=settings.sweep_grace_seconds)
+    token_ttl = timedelta(seconds=2 * settings.webhook_tolerance_seconds)  # past it, a token's timestamp is refused
+    ai_sweep = AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
+                       horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds))
+    if once:
+        forgotten = forget_replay_tokens(engine, older_than=token_ttl)
+        result = sweep(engine, send, grace=grace)
+        ai_enqueued = ai_sweep()
+        engine.dispose()
+        data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
+                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
+                "ai_window": [t.isoformat() for t in ai_sweep.window] if ai_sweep.window else None,
+                "replay_tokens_forgotten": forgotten}
+        emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
+        return
+    stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
+    failed = Gauge("intake_events_failed", "Stored events set aside as failed (each has a ledger row)")
+    oldest = Gauge("intake_events_oldest_unprocessed_seconds", "Age of the oldest unprocessed event")
+    swept = Gauge("intake_events_swept_last", "Events re-enqueued by the last sweep")
+    ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")
+    if settings.clock_metrics_port:
+        try:
+            start_http_server(settings.clock_metrics_port, addr=settings.worker_metrics_host)
+        except OSError as exc:
+            console.print(f"[yellow]warning:[/] no metrics on port {settings.clock_metrics_port}: {exc}")
+
+    def report(result: SweepResult) -> None:
+        stuck.set(result.stuck)
+        failed.set(result.failed)
+        oldest.set(result.oldest_seconds)
+        swept.set(result.enqueued)
+
+    def sweep_ai() -> int:
+        sent = ai_sweep()
+        ai_swept.set(sent)
+        return sent
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    run_clock(engine, send, interval=settings.sweep_interval_seconds, grace=grace, on_sweep=report,
+              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=token_ttl)
+    engine.dispose()

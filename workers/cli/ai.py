@@ -8,22 +8,15 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Connection, text
 
 from config import get_settings
 from db.engine import make_engine
 from db.tenancy import resolve_tenant
-from workers.cli import console, emit, friendly_errors, main, out, runtime
-from workers.cli_ops import When
+from workers.cli.common import When, emit, friendly_errors, out, progress, runtime
 
 
-def _bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
-
-
-@main.group()
+@click.group()
 def kb() -> None:
     """The tenant's knowledge base, which grounds drafted replies."""
 
@@ -36,7 +29,7 @@ def kb() -> None:
 def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
     """Import Markdown, HTML and text files (a file or a folder); unchanged files cost nothing."""
     from pipelines import knowledge
-    from workers.ai import provider_for
+    from pipelines.ai.assistant import provider_for
 
     rt = runtime()
     settings = get_settings()
@@ -57,7 +50,7 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
             conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(tenant)})
             yield conn
 
-    with _bar() as bar:
+    with progress() as bar:
         task = bar.add_task("importing", total=len(found))
         results = knowledge.import_path(transaction, tenant, path, provider, settings.embedding_dim,
                                         on_file=lambda _: bar.advance(task))
@@ -72,7 +65,7 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
                   f"{summary['unchanged']} unchanged; {data['chunks']} chunks written")
 
 
-@main.group()
+@click.group()
 def ai() -> None:
     """Classification and drafting."""
 
@@ -85,7 +78,7 @@ def ai() -> None:
 @friendly_errors
 def ai_reclassify(tenant_id: str, since: datetime | None, batch: int, as_json: bool) -> None:
     """Classify the tenant's inbound messages again with the current provider and prompt version."""
-    from workers.ai import assist_messages
+    from pipelines.ai.assistant import assist_messages
 
     rt = runtime()
     settings = get_settings()
@@ -97,7 +90,7 @@ def ai_reclassify(tenant_id: str, since: datetime | None, batch: int, as_json: b
             "AND (CAST(:since AS timestamptz) IS NULL OR sent_at >= :since) ORDER BY sent_at"),
             {"t": tenant, "since": since})]
     classified = 0
-    with _bar() as bar:
+    with progress() as bar:
         task = bar.add_task("reclassifying", total=len(ids))
         for start in range(0, len(ids), batch):
             chunk: list[uuid.UUID] = ids[start:start + batch]

@@ -20,7 +20,7 @@ def _database_url(admin: bool) -> str:
     settings = get_settings()
     url = settings.admin_database_url if admin else settings.database_url
     if url is None:
-        from workers.runtime import resolve
+        from workers.embedded.runtime import resolve
 
         runtime = resolve(settings)
         url = runtime.admin_database_url if admin else runtime.database_url

@@ -1,4 +1,4 @@
-"""dramatiq middleware that every actor gets: structlog context for each message, and a short poll interval."""
+"""structlog context for each message: actor, job id, attempt and tenant, bound for the message's duration."""
 
 from __future__ import annotations
 
@@ -34,19 +34,3 @@ class LogContext(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
-
-
-class PollInterval(dramatiq.Middleware):
-    """Cap how long an idle or fully busy consumer sleeps before it asks Redis for more jobs.
-
-    dramatiq backs off exponentially up to the worker timeout (1 s by default), also while every
-    prefetched job is still running: a burst then waits up to a second for a consumer that is asleep. A
-    lower cap costs a few Redis calls per second per consumer and takes that wait out of the latency.
-    """
-
-    def __init__(self, milliseconds: int) -> None:
-        self.milliseconds = milliseconds
-
-    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        # Consumers are created after this hook and take the worker's timeout as their longest sleep.
-        worker.worker_timeout = self.milliseconds

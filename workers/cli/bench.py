@@ -9,10 +9,10 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from config import get_settings
-from workers.cli import console, emit, friendly_errors, main, out
+from workers.cli.common import console, emit, friendly_errors, out
 
 
-@main.command()
+@click.command()
 @click.option("--events", type=click.IntRange(100), default=20_000, show_default=True,
               help="Deliveries to post (about 10% are provider retries).")
 @click.option("--tenants", type=click.IntRange(1), default=4, show_default=True)

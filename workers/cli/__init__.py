@@ -1,0 +1,1 @@
+"""The `intake` command line (`workers.cli.main:main`); each module holds one family of commands."""

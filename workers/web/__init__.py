@@ -1,0 +1,1 @@
+"""The internet-facing ingress: verify, store durably, acknowledge, enqueue."""

@@ -1,0 +1,49 @@
+"""The ingress's answers: acknowledgements, and errors with the body {"error": code, "detail": text}."""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Mapping
+
+import structlog
+from starlette.responses import JSONResponse, Response
+
+from pipelines.errors import is_retryable
+from workers.middleware.ledger import scrub
+from workers.web.bodies import ParseTimeout
+from workers.web.ratelimit import TokenBuckets
+
+log = structlog.get_logger("intake.ingress")
+TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def client_slowed(wait: float) -> JSONResponse:
+    return error(429, "rate_limited", "too many failed requests from this client",
+                 {"Retry-After": TokenBuckets.retry_after(wait)})
+
+
+def failure(exc: BaseException, **context: str) -> JSONResponse:
+    """The answer to an exception nobody handled: 503 when a dependency is unavailable (retry later),
+    else 500 with an error id; the traceback is logged under that id and never sent to the client."""
+    if is_retryable(exc):  # the database, its pool or Redis unavailable, the commit queue full, a parse late
+        log.error("ingress.unavailable", error=scrub(repr(exc)), **context)
+        detail = str(exc) if isinstance(exc, ParseTimeout) else "the event could not be stored"
+        return error(503, "unavailable", f"{detail}; retry later", {"Retry-After": "5"})
+    error_id = uuid.uuid4().hex[:16]
+    log.error("ingress.internal_error", error_id=error_id, error=scrub(repr(exc)),
+              traceback=scrub("".join(traceback.format_exception(exc))), **context)
+    return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
+
+
+# The acknowledgements never change: built once, sent as they are (a Response holds no per-request state).
+ACCEPTED = JSONResponse({"status": "accepted"})
+ACCEPTED_TWIML = Response(TWIML_EMPTY, media_type="text/xml")
+
+
+def accepted(channel: str) -> Response:
+    return ACCEPTED_TWIML if channel == "twilio" else ACCEPTED
