@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import orjson
 from rapidfuzz import fuzz
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, insert, or_, select, text, update
 
+from db.schema import audit_logs, contact_identities, contact_merges, contacts, conversations, messages
 from db.tenancy import TenantId
 from pipelines.errors import PermanentError
 
@@ -253,9 +253,10 @@ def merge_contacts(
     identities: Sequence[tuple[str, str]] = (),
 ) -> uuid.UUID:
     """Merge contacts into the oldest (then lowest id): identities, conversations and messages move."""
+    c = contacts.c
     rows = conn.execute(
-        text("SELECT id, created_at FROM contacts WHERE tenant_id = :t AND id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"t": tenant, "ids": list(contact_ids)},
+        select(c.id, c.created_at).where(c.tenant_id == tenant, c.id.in_(list(contact_ids)))
+        .order_by(c.id).with_for_update()
     ).all()
     ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
     survivor: uuid.UUID = ordered[0].id
@@ -266,43 +267,42 @@ def merge_contacts(
 
 def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid.UUID, reason: str,
             identities: Sequence[tuple[str, str]]) -> None:
-    params = {"t": tenant, "survivor": survivor, "loser": loser}
-    moved = conn.execute(text(
-        "UPDATE contact_identities SET contact_id = :survivor WHERE tenant_id = :t AND contact_id = :loser "
-        "RETURNING kind, value"), params).all()
+    ids, conv, msg, con = contact_identities.c, conversations.c, messages.c, contacts.c
+    moved = conn.execute(
+        update(contact_identities).where(ids.tenant_id == tenant, ids.contact_id == loser)
+        .values(contact_id=survivor).returning(ids.kind, ids.value)).all()
     # Where both have an open conversation in one inbox, the loser's messages join the survivor's.
-    pairs = conn.execute(text("""
-        UPDATE conversations l SET status = 'merged', updated_at = now()
-        FROM conversations s
-        WHERE l.tenant_id = :t AND l.contact_id = :loser AND l.status = 'open'
-          AND s.tenant_id = :t AND s.contact_id = :survivor AND s.status = 'open' AND s.inbox_id = l.inbox_id
-        RETURNING l.id AS loser_conv, s.id AS survivor_conv"""), params).all()
+    theirs = conversations.alias("s")
+    pairs = conn.execute(
+        update(conversations)
+        .where(conv.tenant_id == tenant, conv.contact_id == loser, conv.status == "open",
+               theirs.c.tenant_id == tenant, theirs.c.contact_id == survivor, theirs.c.status == "open",
+               theirs.c.inbox_id == conv.inbox_id)
+        .values(status="merged", updated_at=func.now())
+        .returning(conv.id.label("loser_conv"), theirs.c.id.label("survivor_conv"))).all()
     for pair in pairs:
-        conn.execute(text("UPDATE messages SET conversation_id = :s WHERE tenant_id = :t AND conversation_id = :l"),
-                     {"t": tenant, "s": pair.survivor_conv, "l": pair.loser_conv})
+        conn.execute(update(messages).where(msg.tenant_id == tenant, msg.conversation_id == pair.loser_conv)
+                     .values(conversation_id=pair.survivor_conv))
         refresh_conversation_counters(conn, tenant, pair.survivor_conv)
         refresh_conversation_counters(conn, tenant, pair.loser_conv)
-    conn.execute(text("UPDATE conversations SET contact_id = :survivor, updated_at = now() "
-                      "WHERE tenant_id = :t AND contact_id = :loser"), params)
-    conn.execute(text("UPDATE messages SET contact_id = :survivor WHERE tenant_id = :t AND contact_id = :loser"),
-                 params)
-    conn.execute(text("UPDATE contacts SET merged_into_id = :survivor, updated_at = now() "
-                      "WHERE tenant_id = :t AND (id = :loser OR merged_into_id = :loser)"), params)
-    conn.execute(text("UPDATE contacts SET display_name = COALESCE(display_name, (SELECT display_name "
-                      "FROM contacts WHERE id = :loser)), updated_at = now() WHERE id = :survivor"),
-                 params)
+    conn.execute(update(conversations).where(conv.tenant_id == tenant, conv.contact_id == loser)
+                 .values(contact_id=survivor, updated_at=func.now()))
+    conn.execute(update(messages).where(msg.tenant_id == tenant, msg.contact_id == loser).values(contact_id=survivor))
+    conn.execute(update(contacts).where(con.tenant_id == tenant, or_(con.id == loser, con.merged_into_id == loser))
+                 .values(merged_into_id=survivor, updated_at=func.now()))
+    loser_name = select(con.display_name).where(con.id == loser).scalar_subquery()
+    conn.execute(update(contacts).where(con.id == survivor)
+                 .values(display_name=func.coalesce(con.display_name, loser_name), updated_at=func.now()))
     details = {
         "moved_identities": [list(r) for r in moved],
         "trigger_identities": [list(i) for i in identities],
         "merged_conversations": [str(p.loser_conv) for p in pairs],
     }
-    conn.execute(text("INSERT INTO contact_merges (tenant_id, survivor_id, merged_id, reason, details) "
-                      "VALUES (:t, :survivor, :loser, :reason, CAST(:details AS jsonb))"),
-                 {**params, "reason": reason, "details": orjson.dumps(details).decode()})
-    conn.execute(text("INSERT INTO audit_logs (tenant_id, actor, action, subject_type, subject_id, details) "
-                      "VALUES (:t, 'intake.ingest', 'contact.merged', 'contact', :survivor, CAST(:details AS jsonb))"),
-                 {**params, "survivor": str(survivor),
-                  "details": orjson.dumps({"merged_id": str(loser), "reason": reason, **details}).decode()})
+    conn.execute(insert(contact_merges).values(tenant_id=tenant, survivor_id=survivor, merged_id=loser, reason=reason,
+                                               details=details))
+    conn.execute(insert(audit_logs).values(tenant_id=tenant, actor="intake.ingest", action="contact.merged",
+                                           subject_type="contact", subject_id=str(survivor),
+                                           details={"merged_id": str(loser), "reason": reason, **details}))
 
 
 def refresh_conversation_counters(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID) -> None:

@@ -25,8 +25,8 @@
 defined next to the code that raises it; only the two branches and the root live here, so this module
 imports no other part of `pipelines`. Two errors stay outside the family on purpose, because their
 packages sit below `pipelines` and cannot import it: `config.SettingsError` (the process cannot start)
-and `db.tenancy.UnknownTenant` (sorted here as permanent, and raised again by actors as
-`UnknownTenantError`).
+and `db.tenancy.UnknownTenant` (sorted here as permanent, and raised again by the workers' TenantScope
+middleware as `UnknownTenantError`).
 
 Library exceptions are sorted by `is_retryable`, used by the broker's retry policy, by the ledger, by the
 ingest batch's isolation, by the ingress's group commit and by the web's catch-all (503 or 500), so they
@@ -41,6 +41,8 @@ whole job retries with every event in place.
 """
 
 from __future__ import annotations
+
+import re
 
 import psycopg
 import redis
@@ -113,3 +115,33 @@ def escaped(text: str) -> str:
     """`text` as PostgreSQL text can hold it: NUL and lone surrogates written as escapes (`\\x00`, `\\udc80`),
     so an error message says what was there rather than hiding it."""
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# What the scrubber hides. A traceback can quote a whole delivery, so each pattern runs in time linear in
+# the text: every match attempt either succeeds and consumes what it read, or fails within a run that no
+# other attempt reads again. The password of a URL ("scheme://user:password@host") is the exception,
+# as a scan for its "@" could run to the end of the text from every "://": it is looked for only inside
+# a word (no white space) up to the word's last "@", where that scan always ends at an "@".
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+_WORD = re.compile(r"\S+")
+_SECRETS = [
+    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_***"),
+    (re.compile(r"(?i)(password|secret|token|api[_-]?key)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1\2***"),
+]
+
+
+def scrub(value: str) -> str:
+    """Remove anything that looks like a credential from text bound for the ledger (linear in `value`)."""
+    if "://" in value:
+        value = _WORD.sub(_scrub_userinfo, value)
+    for pattern, replacement in _SECRETS:
+        value = pattern.sub(replacement, value)
+    return value
+
+
+def _scrub_userinfo(word: re.Match[str]) -> str:
+    text = word.group()
+    end = text.rfind("@") + 1
+    if not end or "://" not in text:
+        return text
+    return _USERINFO.sub(r"\1***@", text[:end]) + text[end:]

@@ -26,7 +26,7 @@ import pytest
 from pipelines import normalize
 from pipelines.channels import email, mailgun, sendgrid
 from pipelines.channels.base import SignatureError, VerifyContext, WebhookRequest, form_fields
-from workers.middleware.ledger import scrub
+from pipelines.errors import scrub
 
 T = TypeVar("T")
 RUNS = 5

@@ -1,6 +1,6 @@
 """The fleet's actors. Each is thin: ids in, one transaction around one pipeline call, enqueue after commit,
-a summary out. The middleware confirms the job's tenant before it runs (`job_tenant()`) and logs the summary
-with the job's timing after it."""
+a summary `report`ed. The middleware confirms the job's tenant before it runs (`job_tenant()`) and logs the
+summary with the job's timing after it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pipelines.ai.assistant import assist_messages as run_assist
 from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from workers.broker import current
-from workers.middleware.jobs import job_tenant
+from workers.middleware.jobs import job_tenant, report
 from workers.middleware.ledger import record_in, resolve_in
 from workers.queues import AI_ACTOR, AI_QUEUE, INGEST_ACTOR, INGEST_QUEUE
 from workers.resources import engine, ingest_policy
@@ -30,7 +30,7 @@ BUSY_DELAY_MS = 100  # a job whose tenant is busy comes back after 100-200 ms
 
 
 @dramatiq.actor(queue_name=INGEST_QUEUE, actor_name=INGEST_ACTOR)
-def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = False) -> dict[str, int]:
+def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = False) -> None:
     """Turn stored inbound events into contacts, conversations and messages.
 
     Events the batch sets aside are recorded in the failure ledger in the same transaction, and the job
@@ -53,12 +53,13 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
             ingest_events.send_with_options(args=(tenant_id, [str(i) for i in busy.waiting]),
                                             kwargs={"retry_failed": True} if retry_failed else None,
                                             delay=BUSY_DELAY_MS + random.randrange(BUSY_DELAY_MS))  # noqa: S311
-        return {"busy": len(busy.waiting)}
+        report(busy=len(busy.waiting))
+        return
     if result.messages_created:
         # After the commit: AI runs on its own queue, so a slow or failing provider never holds up ingestion.
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
-    return {"events": result.events, "waiting_taken": result.waiting_taken, "messages": len(result.messages_created),
-            "duplicates": result.duplicates, "statuses": result.statuses_applied, "failed": len(result.failed)}
+    report(events=result.events, waiting_taken=result.waiting_taken, messages=len(result.messages_created),
+           duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
 
 
 def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
@@ -68,11 +69,11 @@ def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
 
 
 @dramatiq.actor(queue_name=AI_QUEUE, actor_name=AI_ACTOR)
-def assist_messages(tenant_id: str, message_ids: list[str]) -> dict[str, int]:
+def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
     """Classify stored inbound messages and draft replies where the inbox asks for them."""
     counts = run_assist(engine(), get_settings(), job_tenant(), [uuid.UUID(m) for m in message_ids],
                         limiter=provider_limit)
-    return {"messages": len(message_ids), **counts}
+    report(messages=len(message_ids), **counts)
 
 
 @contextmanager

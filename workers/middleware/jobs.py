@@ -18,22 +18,35 @@ from db.tenancy import TenantId, UnknownTenant, resolve_tenant
 from pipelines.errors import UnknownTenantError
 
 log = structlog.get_logger("intake.worker")
-_tenant: ContextVar[TenantId | None] = ContextVar("intake_job_tenant", default=None)
+_tenant: ContextVar[TenantId | UnknownTenantError | None] = ContextVar("intake_job_tenant", default=None)
 _started: ContextVar[float] = ContextVar("intake_job_started", default=0.0)
+_summary: ContextVar[dict[str, Any] | None] = ContextVar("intake_job_summary", default=None)
 
 
 def job_tenant() -> TenantId:
-    """The tenant of the running job, confirmed by `TenantScope` before the actor was called."""
+    """The tenant of the running job, confirmed by `TenantScope` before the actor was called.
+
+    Raises `UnknownTenantError` for a job whose tenant does not exist: here, in the actor, because dramatiq
+    logs and ignores what a middleware raises before a job.
+    """
     tenant = _tenant.get()
+    if isinstance(tenant, UnknownTenantError):
+        raise tenant
     if tenant is None:
         raise RuntimeError("no tenant: the actor runs without the TenantScope middleware, or takes no tenant_id")
     return tenant
 
 
+def report(**summary: Any) -> None:
+    """What the running job did, for its one log line (an actor's return value would be discarded)."""
+    _summary.set(summary)
+
+
 class TenantScope(dramatiq.Middleware):
     """Confirm a job's tenant (its first argument, `tenant_id`) before the actor runs.
 
-    A tenant id that names no tenant fails the job with `UnknownTenantError` (permanent: to the ledger).
+    A tenant id that names no tenant fails the job with `UnknownTenantError` (permanent: to the ledger) when
+    the actor asks for its tenant.
     Confirmed ids are remembered for `ttl` seconds per process, so a busy worker asks the database once a
     minute per tenant rather than once per job.
     """
@@ -45,7 +58,10 @@ class TenantScope(dramatiq.Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         raw = (message.kwargs or {}).get("tenant_id") or (message.args[0] if message.args else None)
-        _tenant.set(None if raw is None else self.confirm(raw))
+        try:
+            _tenant.set(None if raw is None else self.confirm(raw))
+        except UnknownTenantError as exc:
+            _tenant.set(exc)
 
     def confirm(self, raw: object) -> TenantId:
         try:
@@ -74,11 +90,12 @@ class TenantScope(dramatiq.Middleware):
 
 
 class JobLog(dramatiq.Middleware):
-    """One line per successful job: `<actor>.done` with the dict the actor returned, `queued_ms` (from its
+    """One line per successful job: `<actor>.done` with what the actor `report`ed, `queued_ms` (from its
     enqueue, or its delay's end, to its start) and `took_ms`. Failures are the ledger's and Retries' to log."""
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         _started.set(time.time())
+        _summary.set(None)
 
     def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
@@ -86,6 +103,6 @@ class JobLog(dramatiq.Middleware):
             return
         started = _started.get()
         enqueued = float(message.options.get("eta", message.message_timestamp))
-        summary = result if isinstance(result, dict) else {}
+        summary = _summary.get() or {}
         log.info(f"{message.actor_name}.done", **summary, queued_ms=round(started * 1000 - enqueued, 1),
                  took_ms=round((time.time() - started) * 1000, 1))

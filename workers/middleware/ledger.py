@@ -12,7 +12,6 @@ same upsert as the middleware's rows, so `intake dlq` lists and replays both ali
 
 from __future__ import annotations
 
-import re
 import traceback
 import uuid
 from typing import Any
@@ -22,69 +21,45 @@ import orjson
 import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Executable, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from pipelines.errors import escaped, is_retryable
+from db.schema import job_failures, tenants
+from db.tenancy import TenantId, bind_tenant
+from pipelines.errors import escaped, is_retryable, scrub
 
 log = structlog.get_logger("intake.ledger")
+Job = dramatiq.Message[Any] | MessageProxy
 
 # Options that belong to one delivery attempt, not to the job: dropped so a replay starts fresh.
 ATTEMPT_OPTIONS = ("retries", "traceback", "eta", "redis_message_id", "requeue_timestamp")
-# What the scrubber hides. A traceback can quote a whole delivery, so each pattern runs in time linear in
-# the text: every match attempt either succeeds and consumes what it read, or fails within a run that no
-# other attempt reads again. The password of a URL ("scheme://user:password@host") is the exception,
-# as a scan for its "@" could run to the end of the text from every "://": it is looked for only inside
-# a word (no white space) up to the word's last "@", where that scan always ends at an "@".
-_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
-_WORD = re.compile(r"\S+")
-_SECRETS = [
-    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_***"),
-    (re.compile(r"(?i)(password|secret|token|api[_-]?key)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1\2***"),
-]
-
-RECORD = text("""
-INSERT INTO job_failures (tenant_id, queue, actor, message_id, message, ref_id, exception_type,
-                          exception_message, traceback, attempts)
-VALUES (:tenant, :queue, :actor, :message_id, CAST(:message AS jsonb), :ref, :etype, :emessage, :tb, :attempts)
-ON CONFLICT (message_id) DO UPDATE SET
-    message = EXCLUDED.message, exception_type = EXCLUDED.exception_type,
-    exception_message = EXCLUDED.exception_message, traceback = EXCLUDED.traceback,
-    attempts = job_failures.attempts + EXCLUDED.attempts, last_failed_at = now(), status = 'dead'
-""")
-RESOLVE = text("UPDATE job_failures SET status = 'resolved' WHERE message_id = ANY(:ids) AND status = 'dead'")
 # Row-level security lets the fleet insert a row without a tenant but never see it again, and ON CONFLICT
-# needs to see the conflicting row: a plain INSERT, whose unique violation means "already recorded".
-RECORD_UNTENANTED = text(str(RECORD).split("ON CONFLICT")[0])
+# needs to see the conflicting row: such a row is a plain INSERT, whose unique violation means "recorded".
+_REPEATED = ("message", "exception_type", "exception_message", "traceback")
 
 
-def scrub(value: str) -> str:
-    """Remove anything that looks like a credential from text bound for the ledger (linear in `value`)."""
-    if "://" in value:
-        value = _WORD.sub(_scrub_userinfo, value)
-    for pattern, replacement in _SECRETS:
-        value = pattern.sub(replacement, value)
-    return value
+def _record(row: dict[str, Any], *, upsert: bool = True) -> Executable:
+    """The INSERT of one ledger row; with `upsert`, a second failure of the same message updates its row."""
+    # inline(): no RETURNING of the generated id, which row-level security would refuse for an untenanted row.
+    statement = insert(job_failures).values(row).inline()
+    if not upsert:
+        return statement
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[job_failures.c.message_id],
+        set_={**{column: excluded[column] for column in _REPEATED},
+              "attempts": job_failures.c.attempts + excluded.attempts, "last_failed_at": func.now(),
+              "status": "dead"})
 
 
-def _scrub_userinfo(word: re.Match[str]) -> str:
-    text = word.group()
-    end = text.rfind("@") + 1
-    if not end or "://" not in text:
-        return text
-    return _USERINFO.sub(r"\1***@", text[:end]) + text[end:]
-
-
-def job_tenant(message: MessageProxy) -> uuid.UUID | None:
+def tenant_of(message: Job) -> uuid.UUID | None:
     """By convention an actor's first argument (or `tenant_id` keyword) names the tenant."""
     raw = (message.kwargs or {}).get("tenant_id") or (message.args[0] if message.args else None)
     try:
         return uuid.UUID(str(raw)) if raw else None
     except ValueError:
         return None
-
-
-Job = dramatiq.Message[Any] | MessageProxy
 
 
 def job_refs(message: Job) -> str | None:
@@ -116,38 +91,37 @@ class FailureLedger(dramatiq.Middleware):
             self.record(message, TimeoutError("message exceeded its age limit before it ran"))
 
     def record(self, message: MessageProxy, exception: BaseException) -> None:
-        tenant = job_tenant(message)
-        params = failure_row(message, exception, tenant, int(message.options.get("retries", 0)) or 1)
+        tenant = tenant_of(message)
+        row = failure_row(message, exception, tenant, int(message.options.get("retries", 0)) or 1)
         try:
             with self._engine().begin() as conn:
                 if tenant is not None:
-                    conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(tenant)})
-                    exists = conn.execute(text("SELECT 1 FROM tenants WHERE id = :t"), {"t": tenant}).first()
-                    if exists is None:
-                        params["tenant"] = None
-                if params["tenant"] is not None:
-                    conn.execute(RECORD, params)
+                    bind_tenant(conn, TenantId(tenant))
+                    if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant)).first() is None:
+                        row["tenant_id"] = None
+                if row["tenant_id"] is not None:
+                    conn.execute(_record(row))
                 else:
                     with conn.begin_nested() as savepoint:
                         try:
-                            conn.execute(RECORD_UNTENANTED, params)
+                            conn.execute(_record(row, upsert=False))
                         except IntegrityError:
                             savepoint.rollback()
         except Exception as exc:  # the ledger must never take a worker down; dramatiq's XQ still has it
             log.error("ledger.record.failed", job_id=message.message_id, error=repr(exc))
         else:
             log.warning("job.dead", job_id=message.message_id, actor=message.actor_name,
-                        error_type=params["etype"], error=params["emessage"])
+                        error_type=row["exception_type"], error=row["exception_message"])
 
 
 def failure_row(message: Job, exception: BaseException, tenant: uuid.UUID | None, attempts: int) -> dict[str, Any]:
     """The ledger's columns for a failed message: credentials scrubbed, text storable by PostgreSQL."""
     return {
-        "tenant": tenant, "queue": q_name(message.queue_name), "actor": message.actor_name,
-        "message_id": message.message_id, "message": orjson.dumps(replayable(message), default=str).decode(),
-        "ref": job_refs(message), "etype": type(exception).__name__,
-        "emessage": escaped(scrub(str(exception)))[:4000],
-        "tb": escaped(scrub("".join(traceback.format_exception(exception))))[-20_000:],
+        "tenant_id": tenant, "queue": q_name(message.queue_name), "actor": message.actor_name,
+        "message_id": message.message_id, "message": orjson.loads(orjson.dumps(replayable(message), default=str)),
+        "ref_id": job_refs(message), "exception_type": type(exception).__name__,
+        "exception_message": escaped(scrub(str(exception)))[:4000],
+        "traceback": escaped(scrub("".join(traceback.format_exception(exception))))[-20_000:],
         "attempts": attempts,
     }
 
@@ -164,7 +138,7 @@ def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseE
     """
     try:
         with conn.begin_nested():
-            conn.execute(RECORD, failure_row(message, exception, tenant, 1))
+            conn.execute(_record(failure_row(message, exception, tenant, 1)))
     except DBAPIError as exc:
         if is_retryable(exc):
             raise
@@ -176,4 +150,6 @@ def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseE
 
 def resolve_in(conn: Connection, message_ids: list[str]) -> None:
     """Dead failures whose message has now run successfully (retried by other means than a replay)."""
-    conn.execute(RESOLVE, {"ids": message_ids})
+    conn.execute(update(job_failures)
+                 .where(job_failures.c.message_id.in_(message_ids), job_failures.c.status == "dead")
+                 .values(status="resolved"))

@@ -17,7 +17,9 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, true, update
+
+from db.schema import job_failures
 
 STATUSES = ("dead", "replayed", "discarded", "resolved")
 
@@ -33,69 +35,74 @@ class Filters:
     until: datetime | None = None
     status: str | None = None
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
+    def where(self) -> ColumnElement[bool]:
+        c = job_failures.c
+        clauses: list[ColumnElement[bool]] = []
         if self.ids:
-            clauses.append("id = ANY(:ids)")
-            params["ids"] = list(self.ids)
-        for column, value in (("queue", self.queue), ("actor", self.actor), ("tenant_id", self.tenant),
-                              ("status", self.status)):
+            clauses.append(c.id.in_(self.ids))
+        for column, value in ((c.queue, self.queue), (c.actor, self.actor), (c.tenant_id, self.tenant),
+                              (c.status, self.status)):
             if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
+                clauses.append(column == value)
         if self.error:
-            clauses.append("(exception_type ILIKE :error OR exception_message ILIKE :error)")
-            params["error"] = f"%{self.error}%"
+            pattern = f"%{escape_like(self.error)}%"
+            clauses.append(or_(c.exception_type.ilike(pattern, escape="\\"),
+                               c.exception_message.ilike(pattern, escape="\\")))
         if self.since:
-            clauses.append("last_failed_at >= :since")
-            params["since"] = self.since
+            clauses.append(c.last_failed_at >= self.since)
         if self.until:
-            clauses.append("last_failed_at < :until")
-            params["until"] = self.until
-        return (" AND ".join(clauses) or "true"), params
+            clauses.append(c.last_failed_at < self.until)
+        return and_(true(), *clauses)
+
+
+def escape_like(value: str) -> str:
+    """`value` matched literally inside a LIKE pattern: its % and _ are not wildcards."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+LISTED = ("id", "tenant_id", "queue", "actor", "message_id", "ref_id", "exception_type", "exception_message",
+          "attempts", "status", "first_failed_at", "last_failed_at", "replayed_at")
 
 
 def list_failures(conn: Connection, filters: Filters, limit: int = 100) -> list[dict[str, Any]]:
-    where, params = filters.where()
-    rows = conn.execute(text(f"""
-        SELECT id, tenant_id, queue, actor, message_id, ref_id, exception_type, exception_message, attempts,
-               status, first_failed_at, last_failed_at, replayed_at
-        FROM job_failures WHERE {where} ORDER BY last_failed_at DESC, id LIMIT :limit"""),
-        {**params, "limit": limit}).mappings().all()
-    return [dict(r) for r in rows]
+    c = job_failures.c
+    query = (select(*(c[name] for name in LISTED)).where(filters.where())
+             .order_by(c.last_failed_at.desc(), c.id).limit(limit))
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def counts_by_error(conn: Connection, filters: Filters) -> list[dict[str, Any]]:
-    where, params = filters.where()
-    rows = conn.execute(text(f"""
-        SELECT exception_type, status, count(*) AS count FROM job_failures WHERE {where}
-        GROUP BY 1, 2 ORDER BY 3 DESC, 1"""), params).mappings().all()
-    return [dict(r) for r in rows]
+    c = job_failures.c
+    number = func.count().label("count")
+    query = (select(c.exception_type, c.status, number).where(filters.where())
+             .group_by(c.exception_type, c.status).order_by(number.desc(), c.exception_type))
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def show(conn: Connection, failure_id: uuid.UUID) -> dict[str, Any] | None:
-    row = conn.execute(text("SELECT * FROM job_failures WHERE id = :id"), {"id": failure_id}).mappings().first()
+    row = conn.execute(select(job_failures).where(job_failures.c.id == failure_id)).mappings().first()
     return dict(row) if row else None
 
 
 def stats(conn: Connection) -> dict[str, Any]:
-    by_status: dict[str, int] = dict(conn.execute(text("SELECT status, count(*) FROM job_failures GROUP BY 1")).all())
-    by_queue = [dict(r) for r in conn.execute(text(
-        "SELECT queue, actor, count(*) AS dead, max(last_failed_at) AS last_failed_at FROM job_failures "
-        "WHERE status = 'dead' GROUP BY 1, 2 ORDER BY 3 DESC")).mappings()]
+    c = job_failures.c
+    by_status: dict[str, int] = {status: n for status, n in conn.execute(
+        select(c.status, func.count()).group_by(c.status))}
+    dead = func.count().label("dead")
+    by_queue = [dict(r) for r in conn.execute(
+        select(c.queue, c.actor, dead, func.max(c.last_failed_at).label("last_failed_at"))
+        .where(c.status == "dead").group_by(c.queue, c.actor).order_by(dead.desc())).mappings()]
     return {"by_status": {s: by_status.get(s, 0) for s in STATUSES}, "dead_by_actor": by_queue}
 
 
 def count(conn: Connection, filters: Filters) -> int:
-    where, params = filters.where()
-    return int(conn.execute(text(f"SELECT count(*) FROM job_failures WHERE {where}"), params).scalar_one())
+    query = select(func.count()).select_from(job_failures).where(filters.where())
+    return int(conn.execute(query).scalar_one())
 
 
 def discard(conn: Connection, filters: Filters) -> int:
-    where, params = filters.where()
-    result = conn.execute(text(f"UPDATE job_failures SET status = 'discarded' WHERE status = 'dead' AND {where}"),
-                          params)
+    result = conn.execute(update(job_failures).where(job_failures.c.status == "dead", filters.where())
+                          .values(status="discarded"))
     return int(result.rowcount)
 
 
@@ -114,16 +121,15 @@ def replay(
 ) -> Iterator[uuid.UUID]:
     """Replay matching dead failures in bounded batches; yields each replayed failure's id."""
     started = datetime.now().astimezone()
-    where, params = filters.where()
+    c = job_failures.c
+    claim = (select(c.id, c.queue, c.message)
+             .where(c.status == "dead", c.last_failed_at < started, filters.where())
+             .order_by(c.last_failed_at, c.id).limit(batch).with_for_update(skip_locked=True))
     client = broker.client
     pause = 1.0 / rate if rate else 0.0
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(text(f"""
-                SELECT id, queue, message FROM job_failures
-                WHERE status = 'dead' AND last_failed_at < :started AND {where}
-                ORDER BY last_failed_at, id LIMIT :batch FOR UPDATE SKIP LOCKED"""),
-                {**params, "started": started, "batch": batch}).all()
+            rows = conn.execute(claim).all()
             if not rows:
                 return
             for row in rows:
@@ -137,8 +143,8 @@ def replay(
                     pipe.execute()
                 if pause:
                     time.sleep(pause)
-            conn.execute(text("UPDATE job_failures SET status = 'replayed', replayed_at = now() WHERE id = ANY(:ids)"),
-                         {"ids": [r.id for r in rows]})
+            conn.execute(update(job_failures).where(c.id.in_([r.id for r in rows]))
+                         .values(status="replayed", replayed_at=func.now()))
         for row in rows:
             yield row.id
         if on_progress is not None:

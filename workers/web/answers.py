@@ -9,8 +9,7 @@ from collections.abc import Mapping
 import structlog
 from starlette.responses import JSONResponse, Response
 
-from pipelines.errors import is_retryable
-from workers.middleware.ledger import scrub
+from pipelines.errors import is_retryable, scrub
 from workers.web.bodies import ParseTimeout
 from workers.web.ratelimit import TokenBuckets
 

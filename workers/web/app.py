@@ -85,7 +85,8 @@ class Ingress:
             kwargs={"application_name": "intake-web", "autocommit": True},
         )
         self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
-        self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key), max_entries=settings.inbox_cache_size)
+        self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key), ttl=settings.inbox_cache_seconds,
+                                      max_entries=settings.inbox_cache_size)
         self.buckets = TokenBuckets(max_keys=max(settings.inbox_cache_size, 10_000))  # per inbox
         self.client_buckets = TokenBuckets()  # per client address, charged for 401 and 404 answers
         self.parsers = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="intake-parse")
@@ -195,6 +196,19 @@ class Ingress:
         burst = int(inbox.settings.get("rate_limit_burst", self.settings.rate_limit_burst))
         return self.buckets.take(inbox.id, rate, burst)
 
+    @staticmethod
+    def verified(adapter: Any, webhook: WebhookRequest, inbox: Inbox, context: VerifyContext) -> bool:
+        """Signed with the inbox's secrets, or during a rotation's overlap with the previous ones."""
+        for secrets in inbox.secret_sets(context.now):
+            try:
+                adapter.verify(webhook, secrets, context)
+                return True
+            except Exception as exc:  # SignatureError, or any surprise from hostile input: never a 500
+                if not isinstance(exc, SignatureError):
+                    log.warning("ingress.verify.crashed", channel=inbox.channel,
+                                error=repr(exc))
+        return False
+
     # -- handlers ---------------------------------------------------------------------------------
     async def inbox_for(self, channel: str, inbox_id: str) -> Inbox | None:
         if channel not in ADAPTERS:
@@ -241,11 +255,7 @@ class Ingress:
                                  alternate_urls=alternates, received_at=received_at)
         adapter = ADAPTERS[channel]
         context = VerifyContext(now=received_at, tolerance_seconds=self.settings.webhook_tolerance_seconds)
-        try:
-            adapter.verify(webhook, inbox.secrets, context)
-        except Exception as exc:  # SignatureError, or any surprise from hostile input: never a 500
-            if not isinstance(exc, SignatureError):
-                log.warning("ingress.verify.crashed", channel=channel, error=repr(exc))
+        if not self.verified(adapter, webhook, inbox, context):
             return self.refuse(scope, headers, 401, "invalid_signature", "signature verification failed")
         wait = self.rate_limited(inbox)  # charged only now: a stranger's junk never spends the inbox's budget
         if wait > 0:
@@ -285,11 +295,12 @@ class Ingress:
         if inbox is None:
             return self.refuse(request.scope, request.headers, 404, "unknown_inbox",
                                "no enabled inbox of this channel has this id")
-        try:
-            challenge = handshake(dict(request.query_params), inbox.secrets)
-        except SignatureError:
-            return error(403, "invalid_verify_token", "the verify token does not match")
-        return PlainTextResponse(challenge)
+        for secrets in inbox.secret_sets(datetime.now(UTC)):
+            try:
+                return PlainTextResponse(handshake(dict(request.query_params), secrets))
+            except SignatureError:
+                continue
+        return error(403, "invalid_verify_token", "the verify token does not match")
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
