@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
 from pipelines import knowledge
-from pipelines.ai import taxonomy
+from pipelines.ai import language, taxonomy
 from pipelines.ai.base import (
     PROMPT_VERSION,
     Classification,
@@ -29,6 +29,7 @@ from pipelines.ai.base import (
     Provider,
     Usage,
 )
+from pipelines.lifecycle import sla
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
@@ -36,7 +37,8 @@ PERSONA_FIELDS = ("name", "tone", "system_prompt", "language")
 
 LOAD = text("""
 SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
-       c.last_inbound_at, ct.display_name, i.settings AS inbox_settings, t.settings AS tenant_settings,
+       m.contact_id, i.channel, c.last_inbound_at, ct.display_name, i.settings AS inbox_settings,
+       t.settings AS tenant_settings, p.persona,
        EXISTS (SELECT 1 FROM ai_classifications a WHERE a.message_id = m.id AND a.prompt_version = :v) AS classified,
        EXISTS (SELECT 1 FROM ai_drafts d WHERE d.message_id = m.id AND d.prompt_version = :v) AS drafted
 FROM messages m
@@ -44,6 +46,12 @@ JOIN conversations c ON c.id = m.conversation_id
 JOIN inboxes i ON i.id = m.inbox_id
 JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN contacts ct ON ct.id = m.contact_id
+-- The inbox's own persona, else the tenant's default (ai_personas, migration 0011).
+LEFT JOIN LATERAL (
+    SELECT jsonb_build_object('name', p.name, 'tone', p.tone, 'system_prompt', p.system_prompt,
+                              'language', p.language) AS persona
+    FROM ai_personas p WHERE p.tenant_id = m.tenant_id AND (p.id = i.persona_id OR p.is_default)
+    ORDER BY p.id IS NOT DISTINCT FROM i.persona_id DESC LIMIT 1) p ON true
 WHERE m.tenant_id = :t AND m.id = ANY(:ids) AND m.direction = 'inbound'
 """)
 
@@ -63,6 +71,11 @@ class Context:
     teams: dict[str, uuid.UUID]  # lower-cased team name or keyword -> team id
     persona: Persona
     passages: tuple[Passage, ...] = ()
+    contact_id: uuid.UUID | None = None
+    sent_at: datetime | None = None
+    channel: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    default_language: str | None = None  # tenants.settings["default_language"]
 
 
 @dataclass
@@ -96,8 +109,8 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
         metadata = row.metadata or {}
         auto = is_auto_reply(metadata.get("headers") or {})
         inbox_settings = row.inbox_settings or {}
-        persona_raw = ai_settings(row.tenant_settings).get("persona") or {}
-        persona = Persona(**{k: v for k, v in persona_raw.items() if k in PERSONA_FIELDS})
+        persona_raw = row.persona or {}  # fields left empty keep the built-in persona's
+        persona = Persona(**{k: v for k, v in persona_raw.items() if k in PERSONA_FIELDS and v not in (None, "")})
         latest = row.last_inbound_at is None or row.sent_at >= row.last_inbound_at
         contexts.append(Context(
             message_id=row.id, conversation_id=row.conversation_id, text=row.content or "", subject=row.subject,
@@ -105,7 +118,8 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
             want_classification=force or not row.classified,
             want_draft=(not row.drafted and not auto and latest and bool(inbox_settings.get("ai_drafts", True))),
             categories=taxonomy.from_settings((row.tenant_settings or {}).get("taxonomy")),
-            teams=teams, persona=persona,
+            teams=teams, persona=persona, contact_id=row.contact_id, sent_at=row.sent_at, channel=row.channel,
+            metadata=metadata, default_language=(row.tenant_settings or {}).get("default_language"),
         ))
     return contexts
 
@@ -113,27 +127,101 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
 def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Provider) -> Results:
     """Call the provider; `conn_for_retrieval` opens a short read transaction for knowledge look-ups."""
     results = Results()
-    if ctx.want_classification or ctx.want_draft:
-        classification, usage = provider.classify(ClassifyRequest(ctx.text, ctx.subject, ctx.categories,
-                                                                  tuple(sorted(ctx.teams))))
-        if ctx.auto_reply:
-            classification = classification.model_copy(update={
-                "category": "auto_reply", "priority": "low",
-                "reasoning": "Marked as an automatic reply by its Auto-Submitted/Precedence headers. "
-                             + classification.reasoning})
-        results.classification = classification
-        results.usage.append(("classify", usage))
-    if ctx.want_draft and results.classification and results.classification.category not in NO_DRAFT_CATEGORIES:
-        question = "\n".join(t for t in (ctx.subject, ctx.text) if t)
+    if not (ctx.want_classification or ctx.want_draft):
+        return results
+    full_text = "\n".join(t for t in (ctx.subject, ctx.text) if t)
+    decision = language.decide(full_text)
+    earlier: list[language.Earlier] | None = None
+    if decision.source != "text":  # short or unsure: read the evidence around it
+        earlier, evidence = conn_for_retrieval(lambda conn: gather_evidence(conn, tenant, ctx))
+        decision = language.decide(full_text, evidence)
+    classification, usage = provider.classify(ClassifyRequest(ctx.text, ctx.subject, ctx.categories,
+                                                              tuple(sorted(ctx.teams)), language=decision))
+    classification = with_language(classification, decision)
+    if ctx.auto_reply:
+        classification = classification.model_copy(update={
+            "category": "auto_reply", "priority": "low",
+            "reasoning": ("Marked as an automatic reply by its Auto-Submitted/Precedence headers. "
+                          + classification.reasoning)[:1000]})
+    results.classification = classification
+    results.usage.append(("classify", usage))
+    if ctx.want_draft and classification.category not in NO_DRAFT_CATEGORIES:
+        if earlier is None:
+            earlier = conn_for_retrieval(lambda conn: earlier_in_conversation(conn, tenant, ctx))
+        question = retrieval_query(ctx, earlier)
         vectors, embed_usage = provider.embed([question])
         if embed_usage.tokens_in:
             results.usage.append(("embed", embed_usage))
-        ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(conn, tenant, question, vectors[0])))
-        draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, results.classification.language,
-                                                   results.classification.category, ctx.passages, ctx.persona))
+        ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(
+            conn, tenant, question, vectors[0], language=decision.language)))
+        draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, decision.language,
+                                                   classification.category, ctx.passages, ctx.persona))
         results.draft = draft
         results.usage.append(("draft", usage))
     return results
+
+
+def with_language(classification: Classification, decision: language.LanguageDecision) -> Classification:
+    """The decided language, whichever provider classified; the reasoning names the evidence that decided."""
+    reasoning = classification.reasoning
+    if decision.reason not in reasoning:
+        reasoning = f"{reasoning} Language {decision.language} from {decision.reason}."[:1000]
+    return classification.model_copy(update={"language": decision.language, "reasoning": reasoning})
+
+
+HINT_SOURCES = {"telegram": "the Telegram language_code", "api": "the contact's locale",
+                "postmark": "the Content-Language header", "mailgun": "the Content-Language header",
+                "sendgrid": "the Content-Language header"}
+EARLIER_IN_CONVERSATION = text("""
+SELECT content, metadata FROM messages
+WHERE tenant_id = :t AND conversation_id = :c AND direction = 'inbound' AND id <> :m AND sent_at <= :at
+ORDER BY sent_at DESC LIMIT :n
+""")
+IN_OTHER_CONVERSATIONS = text("""
+SELECT content, metadata FROM messages
+WHERE tenant_id = :t AND contact_id = :ct AND conversation_id <> :c AND direction = 'inbound'
+ORDER BY sent_at DESC LIMIT :n
+""")
+EARLIER_LIMIT = 5
+
+
+def hint_of(metadata: dict[str, Any]) -> str | None:
+    """The channel's language hint stored with a message: Telegram's and the api's, or Content-Language."""
+    hint = metadata.get("language_hint") or (metadata.get("headers") or {}).get("content-language")
+    return hint if isinstance(hint, str) else None
+
+
+def earlier_in_conversation(conn: Connection, tenant: TenantId, ctx: Context) -> list[language.Earlier]:
+    """The customer's earlier messages in this conversation, newest first."""
+    rows = conn.execute(EARLIER_IN_CONVERSATION, {"t": tenant, "c": ctx.conversation_id, "m": ctx.message_id,
+                                                  "at": ctx.sent_at, "n": EARLIER_LIMIT})
+    return [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
+
+
+def gather_evidence(conn: Connection, tenant: TenantId, ctx: Context
+                    ) -> tuple[list[language.Earlier], language.Evidence]:
+    earlier = earlier_in_conversation(conn, tenant, ctx)
+    elsewhere = []
+    if ctx.contact_id is not None:
+        rows = conn.execute(IN_OTHER_CONVERSATIONS, {"t": tenant, "ct": ctx.contact_id, "c": ctx.conversation_id,
+                                                     "n": EARLIER_LIMIT})
+        elsewhere = [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
+    return earlier, language.Evidence(
+        hint=hint_of(ctx.metadata), hint_source=HINT_SOURCES.get(ctx.channel, "the channel's language hint"),
+        conversation=earlier, contact=elsewhere, tenant_default=ctx.default_language)
+
+
+QUERY_MESSAGES = 2  # earlier customer messages that join the current one in a retrieval query
+QUERY_PART_CHARS = 500
+
+
+def retrieval_query(ctx: Context, earlier: list[language.Earlier]) -> str:
+    """What the knowledge search looks for: the subject, the customer's last messages and this one.
+
+    A follow-up ("and how long does that take?") names its topic only in what came before it.
+    """
+    parts = [ctx.subject or "", *(m.text for m in reversed(earlier[:QUERY_MESSAGES])), ctx.text]
+    return "\n".join(p[:QUERY_PART_CHARS] for p in parts if p.strip())
 
 
 def team_for(ctx: Context, classification: Classification) -> uuid.UUID | None:
@@ -178,6 +266,7 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
                               "updated_at = now() WHERE tenant_id = :t AND id = :id"),
                          {"c": classification.category, "p": classification.priority, "team": team, "t": tenant,
                           "id": ctx.conversation_id})
+            sla.reprioritize(conn, tenant, ctx.conversation_id, classification.priority)
     if results.draft is not None:
         usage = next(u for f, u in results.usage if f == "draft")
         row = conn.execute(text("""

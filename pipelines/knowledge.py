@@ -2,9 +2,10 @@
 
 Chunks follow the document's headings (a chunk never spans two sections), are about `CHUNK_CHARS` long
 and overlap by `OVERLAP_CHARS` within a section. Re-importing a changed file replaces its chunks; an
-unchanged file (same content hash and embedding model) costs nothing. Retrieval is hybrid: pgvector
-cosine distance on the HNSW index and PostgreSQL full-text search, fused by reciprocal rank fusion, always
-inside one tenant.
+unchanged file (same content hash and embedding model) costs nothing. Retrieval is hybrid, always inside
+one tenant: the tenant's nearest chunks by pgvector cosine distance (exactly, or on the shared HNSW index
+for large tenants: see `nearest`) and PostgreSQL full-text search in the question's language, fused by
+reciprocal rank fusion.
 """
 
 from __future__ import annotations
@@ -179,41 +180,81 @@ def import_path(conn_factory: Callable[[], Iterator[Connection]], tenant: Tenant
     return results
 
 
-_WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
+# The text-search configuration for a question in each language (migration 0010 indexes chunks in all).
+TS_CONFIGS = {"en": "english", "fi": "finnish", "sv": "swedish", "de": "german", "es": "spanish", "fr": "french"}
+EXACT_BELOW = 20_000  # a tenant with fewer chunks is searched exactly (see `retrieve`)
+EF_SEARCH = 200  # HNSW candidates per search for larger tenants (pgvector's default is 40)
+QUESTION_CHARS = 2_000  # of a question that the full-text half reads
+RANK_NORMALIZATION = 1  # ts_rank_cd divides by 1 + log(length): a long chunk does not win by length alone
 
-RETRIEVE = text("""
+COUNT_UP_TO = text("SELECT count(*) FROM (SELECT 1 FROM knowledge_chunks WHERE tenant_id = :t LIMIT :n) AS s")
+# Adding 0 to the distance keeps any plan off the shared HNSW index: an exact scan of the tenant's rows.
+NEAREST_EXACT = text("""
+SELECT id FROM knowledge_chunks WHERE tenant_id = :t
+ORDER BY (embedding <=> CAST(:q AS vector)) + 0 LIMIT :pool
+""")
+NEAREST_INDEXED = text("""
+SELECT id FROM knowledge_chunks WHERE tenant_id = :t ORDER BY embedding <=> CAST(:q AS vector) LIMIT :pool
+""")
+FUSE = text("""
 WITH vec AS (
-    SELECT id, row_number() OVER (ORDER BY embedding <=> CAST(:q AS vector)) AS rank
-    FROM knowledge_chunks WHERE tenant_id = :t
-    ORDER BY embedding <=> CAST(:q AS vector) LIMIT :pool
+    SELECT id, rank FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS v(id, rank)
+), query AS (
+    SELECT CASE WHEN words = '' THEN NULL ELSE to_tsquery('simple', words) END AS q
+    FROM (SELECT coalesce(string_agg(quote_literal(lexeme) || CASE WHEN length(lexeme) >= 5 THEN ':*' ELSE '' END,
+                                     ' | '), '') AS words
+          FROM unnest(to_tsvector(CAST(:config AS regconfig), :question))) AS w
 ), fts AS (
-    SELECT id, row_number() OVER (ORDER BY ts_rank_cd(search_vector, query) DESC) AS rank
-    FROM knowledge_chunks, to_tsquery('simple', :tsquery) AS query
-    WHERE tenant_id = :t AND :tsquery <> '' AND search_vector @@ query
-    ORDER BY ts_rank_cd(search_vector, query) DESC LIMIT :pool
+    SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.search_vector, query.q, :norm) DESC, c.id) AS rank
+    FROM knowledge_chunks c, query
+    WHERE c.tenant_id = :t AND c.search_vector @@ query.q
+    ORDER BY ts_rank_cd(c.search_vector, query.q, :norm) DESC, c.id LIMIT :pool
 )
 SELECT c.id, c.heading, c.content, 1 - (c.embedding <=> CAST(:q AS vector)) AS similarity,
        fts.rank IS NOT NULL AS keyword_hit,
        coalesce(1.0 / (:k + vec.rank), 0) + coalesce(1.0 / (:k + fts.rank), 0) AS fused
-FROM knowledge_chunks c
+FROM (SELECT id FROM vec UNION SELECT id FROM fts) AS found
+JOIN knowledge_chunks c ON c.id = found.id AND c.tenant_id = :t
 LEFT JOIN vec ON vec.id = c.id LEFT JOIN fts ON fts.id = c.id
-WHERE c.tenant_id = :t AND (vec.id IS NOT NULL OR fts.id IS NOT NULL)
-ORDER BY fused DESC LIMIT :limit
+ORDER BY fused DESC, similarity DESC, c.id LIMIT :limit
 """)
 
 
-def tsquery(question: str) -> str:
-    """Any of the question's words (prefix-matched when long enough), for the 'simple' configuration."""
-    words = sorted({w.lower() for w in _WORD.findall(question)})
-    return " | ".join(f"{w}:*" if len(w) >= 4 else w for w in words[:32])
+def nearest(conn: Connection, tenant: TenantId, vector: str, pool: int, exact_below: int = EXACT_BELOW) -> list[str]:
+    """The ids of the tenant's `pool` nearest chunks, nearest first; never fewer than the tenant can give.
+
+    All tenants share one HNSW index, and pgvector 0.6 filters by tenant only after the index scan, among
+    `hnsw.ef_search` candidates: a tenant with a small share of the index gets a few rows or none. Below
+    `exact_below` chunks the search is exact (a few milliseconds; see the README for the crossover). Above
+    it the index is used, and when the tenant's rows among its candidates are fewer than asked for (the
+    tenant's share is small after all), the search is done again exactly. The exact statement cannot use
+    the index whatever plan PostgreSQL picks, a generic plan of a prepared statement included.
+    """
+    size = int(conn.execute(COUNT_UP_TO, {"t": tenant, "n": exact_below}).scalar_one())
+    params = {"t": tenant, "q": vector, "pool": pool}
+    if size < exact_below:
+        return [str(r.id) for r in conn.execute(NEAREST_EXACT, params)]
+    conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(EF_SEARCH)})
+    ids = [str(r.id) for r in conn.execute(NEAREST_INDEXED, params)]
+    if len(ids) < pool:
+        ids = [str(r.id) for r in conn.execute(NEAREST_EXACT, params)]
+    return ids
 
 
 def retrieve(conn: Connection, tenant: TenantId, question: str, vector: list[float], *, limit: int = 5,
-             pool: int = 40) -> list[Passage]:
-    conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
-    rows = conn.execute(RETRIEVE, {"t": tenant, "q": "[" + ",".join(f"{x:.6f}" for x in vector) + "]",
-                                   "tsquery": tsquery(question), "pool": pool, "k": RRF_K, "limit": limit}).all()
+             pool: int = 40, language: str | None = None, exact_below: int = EXACT_BELOW) -> list[Passage]:
+    """The tenant's best passages for a question: vector and full-text rankings fused (reciprocal rank fusion).
+
+    The full-text half reads the question in its language's configuration (stop words dropped, words
+    stemmed; 'simple' when the language is unknown), ranked with a length normalization.
+    """
+    literal = "[" + ",".join(f"{x:.6f}" for x in vector) + "]"
+    # What PostgreSQL text cannot hold (NUL, lone surrogates) becomes a space or U+FFFD.
+    question = question[:QUESTION_CHARS].replace("\x00", " ").encode("utf-8", "replace").decode()
+    ids = nearest(conn, tenant, literal, pool, exact_below)
+    rows = conn.execute(FUSE, {"t": tenant, "q": literal, "ids": ids, "pool": pool, "k": RRF_K, "limit": limit,
+                               "config": TS_CONFIGS.get(language or "", "simple"),
+                               "question": question, "norm": RANK_NORMALIZATION}).all()
     # A passage's score is its cosine similarity, lifted when the keywords matched too.
     return [Passage(str(r.id), r.heading, r.content, round(float(r.similarity) + (0.15 if r.keyword_hit else 0.0), 4))
             for r in rows]
-

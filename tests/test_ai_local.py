@@ -1,4 +1,10 @@
-"""The local provider on a labelled set of 211 customer messages in six languages, written for Intake."""
+"""The local provider on two labelled sets in six languages, written for Intake.
+
+`labelled_messages.tsv` (211 messages) was written alongside the taxonomy; `labelled_chat.tsv` (121 lines)
+was written apart from its keywords and examples: chat lines of one to four words, typos, mixed
+languages, questions that never name their category. The second set's figures are the honest ones for
+chat channels; README ("Classification") quotes both.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ai.base import ClassifyRequest, DraftRequest, Passage
+from pipelines.ai.base import Classification, ClassifyRequest, DraftRequest, Passage
 from pipelines.ai.local import LocalProvider, sentiment
 from pipelines.ai.taxonomy import DEFAULT
 
 DATA = Path(__file__).parent / "data" / "labelled_messages.tsv"
+CHAT = Path(__file__).parent / "data" / "labelled_chat.tsv"
 
 
 @pytest.fixture(scope="module")
-def predictions() -> list[tuple[dict[str, str], object]]:
+def predictions() -> list[tuple[dict[str, str], Classification]]:
     provider = LocalProvider()
     with DATA.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
@@ -36,7 +43,7 @@ def macro_f1(pairs: list[tuple[str, str]]) -> float:
     return sum(scores) / len(scores)
 
 
-def test_the_labelled_set_is_broad(predictions: list[tuple[dict[str, str], object]]) -> None:
+def test_the_labelled_set_is_broad(predictions: list[tuple[dict[str, str], Classification]]) -> None:
     rows = [row for row, _ in predictions]
     assert len(rows) >= 200
     assert set(Counter(r["language"] for r in rows)) == {"en", "fi", "sv", "de", "es", "fr"}
@@ -44,34 +51,60 @@ def test_the_labelled_set_is_broad(predictions: list[tuple[dict[str, str], objec
         "billing", "technical", "shipping", "account", "sales", "complaint", "spam", "auto_reply"}
 
 
-def test_language_accuracy(predictions: list[tuple[dict[str, str], object]]) -> None:
-    correct = sum(1 for row, c in predictions if c.language == row["language"])  # type: ignore[attr-defined]
+def test_language_accuracy(predictions: list[tuple[dict[str, str], Classification]]) -> None:
+    correct = sum(1 for row, c in predictions if c.language == row["language"])
     accuracy = correct / len(predictions)
     print(f"\nlanguage accuracy {accuracy:.3f} on {len(predictions)} messages")
-    assert accuracy >= 0.97
+    assert accuracy >= 1.0  # measured: every message
 
 
-def test_category_accuracy_and_macro_f1(predictions: list[tuple[dict[str, str], object]]) -> None:
-    pairs = [(row["category"], c.category) for row, c in predictions]  # type: ignore[attr-defined]
+def test_category_accuracy_and_macro_f1(predictions: list[tuple[dict[str, str], Classification]]) -> None:
+    pairs = [(row["category"], c.category) for row, c in predictions]
     accuracy = sum(1 for g, p in pairs if g == p) / len(pairs)
     f1 = macro_f1(pairs)
     print(f"\ncategory accuracy {accuracy:.3f}, macro-F1 {f1:.3f} on {len(pairs)} messages")
-    # Floors the current code meets with a small margin; a change that lowers them is a regression.
-    assert accuracy >= 0.88
-    assert f1 >= 0.88
+    # Floors at the measured values (0.919, 0.940); a change that lowers them is a regression.
+    assert accuracy >= 0.91
+    assert f1 >= 0.939
 
 
-def test_every_answer_is_explained(predictions: list[tuple[dict[str, str], object]]) -> None:
+@pytest.fixture(scope="module")
+def chat_predictions() -> list[tuple[dict[str, str], Classification]]:
+    provider = LocalProvider()
+    with CHAT.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [(row, provider.classify(ClassifyRequest(row["text"], None, DEFAULT))[0]) for row in rows]
+
+
+def test_the_chat_set_is_short_and_broad(chat_predictions: list[tuple[dict[str, str], Classification]]) -> None:
+    rows = [row for row, _ in chat_predictions]
+    assert len(rows) >= 120 and set(r["language"] for r in rows) == {"en", "fi", "sv", "de", "es", "fr"}
+    assert sum(1 for r in rows if len(r["text"].split()) <= 4) >= len(rows) / 2
+
+
+def test_chat_set_figures(chat_predictions: list[tuple[dict[str, str], Classification]]) -> None:
+    language = sum(1 for row, c in chat_predictions if c.language == row["language"])
+    pairs = [(row["category"], c.category) for row, c in chat_predictions]
+    category = sum(1 for g, p in pairs if g == p) / len(pairs)
+    f1 = macro_f1(pairs)
+    print(f"\nchat set: language {language / len(pairs):.3f}, category {category:.3f}, macro-F1 {f1:.3f}")
+    # Floors at the measured values (0.992, 0.339, 0.353): the text alone, no channel or conversation.
+    assert language / len(pairs) >= 0.99
+    assert category >= 0.33
+    assert f1 >= 0.35
+
+
+def test_every_answer_is_explained(predictions: list[tuple[dict[str, str], Classification]]) -> None:
     for _, c in predictions:
-        assert 0.0 <= c.confidence <= 1.0  # type: ignore[attr-defined]
-        assert c.reasoning.startswith("Classified as ") and c.reasoning.endswith(".")  # type: ignore[attr-defined]
-        assert c.reasoning.count(".") >= 1 and "language" in c.reasoning  # type: ignore[attr-defined]
+        assert 0.0 <= c.confidence <= 1.0
+        assert c.reasoning.startswith("Classified as ") and c.reasoning.endswith(".")
+        assert c.reasoning.count(".") >= 1 and "language" in c.reasoning
 
 
-def test_spam_and_auto_replies_are_low_priority(predictions: list[tuple[dict[str, str], object]]) -> None:
+def test_spam_and_auto_replies_are_low_priority(predictions: list[tuple[dict[str, str], Classification]]) -> None:
     for row, c in predictions:
-        if c.category in ("spam", "auto_reply"):  # type: ignore[attr-defined]
-            assert c.priority == "low", row  # type: ignore[attr-defined]
+        if c.category in ("spam", "auto_reply"):
+            assert c.priority == "low", row
 
 
 @pytest.mark.parametrize(("text", "language", "label"), [

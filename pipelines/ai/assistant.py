@@ -34,7 +34,7 @@ def provider_for(settings: Settings, tenant_ai: dict[str, Any], *, within_budget
         return _providers[key]
     if name == "openai":
         log.warning("ai.budget.exhausted", fallback="local")
-    return _providers.setdefault(("local", "", ""), LocalProvider())
+    return _providers.setdefault(("local", str(settings.embedding_dim), ""), LocalProvider(settings.embedding_dim))
 
 
 def assist_messages(engine: Engine, settings: Settings, tenant: TenantId, message_ids: list[uuid.UUID], *,

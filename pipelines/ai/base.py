@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from pipelines.ai.language import LanguageDecision
 from pipelines.ai.taxonomy import Category
 from pipelines.errors import IntakeError, PermanentError, RetryableError
 
@@ -75,6 +76,7 @@ class ClassifyRequest:
     subject: str | None
     categories: tuple[Category, ...]
     teams: tuple[str, ...] = ()
+    language: LanguageDecision | None = None  # decided from the text and its context; None: from the text
 
 
 @dataclass(frozen=True)

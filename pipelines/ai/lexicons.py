@@ -40,3 +40,24 @@ NEGATIONS: dict[str, tuple[str, ...]] = {
 URGENT = ("urgent", "asap", "immediately", "emergency", "right now", "as soon as possible", "critical",
           "kiireellinen", "kiire", "heti", "välittömästi", "brådskande", "omedelbart", "akut", "dringend",
           "sofort", "notfall", "urgente", "inmediat", "cuanto antes", "urgence", "immédiatement", "au plus vite")
+
+# Words so common in short chat lines that a few of them tell the language when a detector on two words
+# cannot: greetings, thanks, yes/no and function words. A word shared by several languages votes for each.
+_COMMON: dict[str, str] = {
+    "en": "hello hi hey thanks thank you yes ok okay please where what when why how is are my your the this that "
+          "it not can could would again still any help sorry bye cheers wrong got have has does did i me we",
+    "fi": "hei moi moikka kiitos kiitti kiitoksia kyllä joo ei ok okei missä mitä miksi milloin miten on onko "
+          "minun mun minä mä se tämä ei enää vielä taas apua anteeksi voitteko voisitteko jo nyt",
+    "sv": "hej hejsan tack tackar ja nej okej var vad varför när hur är min mitt mina det den inte kan ni jag "
+          "igen fortfarande hjälp förlåt och också har",
+    "de": "hallo servus danke dankeschön bitte ja nein wo was warum wann wie ist sind mein meine das die der "
+          "nicht kann können sie ich wieder noch hilfe entschuldigung und auch habe gibt es",
+    "es": "hola gracias sí si no vale dónde donde qué que por porqué cuándo cómo como es son mi mis el la esto "
+          "puede pueden usted yo otra vez todavía ayuda perdón y también tengo hay",
+    "fr": "bonjour salut merci oui non d'accord où ou quoi pourquoi quand comment est sont mon ma mes le la ce "
+          "pas peut pouvez vous je encore toujours aide pardon désolé et aussi ai",
+}
+COMMON_WORDS: dict[str, tuple[str, ...]] = {}
+for _language, _words in _COMMON.items():
+    for _word in _words.split():
+        COMMON_WORDS[_word] = (*COMMON_WORDS.get(_word, ()), _language)

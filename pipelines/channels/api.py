@@ -60,6 +60,7 @@ class ApiContact(_Strict):
     email: Email | None = None
     phone: str | None = Field(default=None, max_length=64)
     external_id: str | None = None  # a long one is hashed (see base.Identity), never refused
+    locale: str | None = Field(default=None, max_length=35)  # a BCP 47 tag ("fi", "en-GB"): a language hint
 
     @model_validator(mode="after")
     def _one_handle(self) -> ApiContact:
@@ -146,7 +147,7 @@ def _message(item: ApiMessage) -> InboundMessage:
         sender_name=item.contact.name, identities=tuple(identities), text=item.text, html=item.html,
         subject=item.subject, in_reply_to=item.in_reply_to,
         attachments=tuple(Attachment(**a.model_dump()) for a in item.attachments),
-        metadata=item.metadata,
+        metadata={**item.metadata, "language_hint": item.contact.locale} if item.contact.locale else item.metadata,
     )
 
 

@@ -32,10 +32,11 @@ from pipelines.channels.base import (
     stable_key,
 )
 
-# Headers kept with a message: threading, and the marks of auto-replies and bulk mail.
+# Headers kept with a message: threading, the marks of auto-replies and bulk mail, the language.
 KEPT_HEADERS = (
     "message-id", "in-reply-to", "references", "auto-submitted", "precedence", "x-autoreply",
     "x-autorespond", "x-auto-response-suppress", "list-id", "list-unsubscribe", "return-path", "date",
+    "content-language",  # the sender's language: evidence when the text is too short to tell
 )
 _MSGID = re.compile(r"<([^<>\s]+)>")
 # Bounds on what header parsing reads, so that no header costs more than milliseconds whatever its shape:

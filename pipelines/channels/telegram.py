@@ -87,6 +87,8 @@ def parse(request: WebhookRequest) -> Delivery:
         kind, metadata["contact"] = "contacts", msg["contact"]
     if author.get("username"):
         metadata["username"] = author["username"]
+    if isinstance(author.get("language_code"), str):  # the sender's app language: evidence for short lines
+        metadata["language_hint"] = author["language_code"][:35]
     message = InboundMessage(
         channel=CHANNEL,
         # message_id is unique within a chat; an edit keeps the id of the message it changes.
