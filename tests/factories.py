@@ -74,6 +74,12 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
         "exception_type": "ValueError", "exception_message": "test"})
     ids["audit_logs"] = _insert(conn, "audit_logs", {
         **t, "actor": "test", "action": "test", "subject_type": "contact", "subject_id": "x"})
+    ids["ai_usage_monthly"] = _insert(conn, "ai_usage_monthly", {
+        **t, "month": now.date().replace(day=1), "feature": "classify", "provider": "local", "model": "m"})
+    ids["sla_policies"] = _insert(conn, "sla_policies", {**t, "priority": "normal", "first_response_minutes": 60})
+    ids["ai_personas"] = _insert(conn, "ai_personas", {**t, "name": "Aino", "is_default": True})
+    ids["api_keys"] = _insert(conn, "api_keys", {
+        **t, "name": "crm", "prefix": "ik_" + uuid.uuid4().hex[:9], "key_hash": b"x" * 32, "created_by": "test"})
     ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
     conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
                       "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),

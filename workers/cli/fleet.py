@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +161,9 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--processes", default=1, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker process.")
+@click.option("--admin-port", default=8001, show_default=True, type=int, help="The admin API's port.")
 @friendly_errors
-def run(host: str, port: int, processes: int, threads: int) -> None:
+def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> None:
     """Everything in the foreground: services, migrations, web, workers and a demo tenant."""
     from db import migrate as migrations
     from pipelines.demo import ensure_demo
@@ -187,8 +188,10 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
         fleet_env, clock_env = rt.child_env(admin=False), rt.child_env()
         base = settings.public_base_url or f"http://{host}:{port}"
         _print_next_steps(base, demo, rt, Path(settings.home) / "demo.json")
+        _print_admin(rt, host, admin_port)
         supervise([
             Child("web", ["serve", "--host", host, "--port", str(port)], fleet_env),
+            Child("admin", ["admin", "--host", host, "--port", str(admin_port)], clock_env),
             Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], fleet_env),
             Child("clock", ["clock"], clock_env),
         ])
@@ -196,6 +199,21 @@ def run(host: str, port: int, processes: int, threads: int) -> None:
         if started:
             home.down()
             console.print("stopped the embedded services (their data stays in $INTAKE_HOME)")
+
+
+def _print_admin(rt: Runtime, host: str, admin_port: int) -> None:
+    """The admin API's URL and a fresh operator key (shown once; `intake key revoke` ends it)."""
+    from pipelines import audit
+    from pipelines.control import keys
+
+    engine = admin_engine(rt)
+    try:
+        with engine.begin() as conn:
+            view, secret = keys.create(conn, name="intake run", tenant_id=None, actor=audit.Actor("cli:intake run"))
+    finally:
+        engine.dispose()
+    out.print(f"Admin API on http://{host}:{admin_port}/v1/admin/ (document: /v1/admin/openapi.json)")
+    out.print(f"  operator key {view.id}: {secret}", highlight=False)
 
 
 def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) -> None:
@@ -230,8 +248,10 @@ def clock(once: bool, as_json: bool) -> None:
     and stored messages whose AI job was lost; forget webhook token claims past their window."""
     import signal
 
-    from prometheus_client import Gauge, start_http_server
+    from prometheus_client import Counter, Gauge, start_http_server
 
+    from pipelines.lifecycle.retention import RetentionPolicy
+    from pipelines.lifecycle.upkeep import Lifecycle
     from workers.clock import AiSweep, SweepResult, forget_replay_tokens, run_clock, sweep
 
     rt = maintenance_runtime("intake clock")
@@ -254,15 +274,19 @@ def clock(once: bool, as_json: bool) -> None:
     token_ttl = timedelta(seconds=2 * settings.webhook_tolerance_seconds)  # past it, a token's timestamp is refused
     ai_sweep = AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
                        horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds))
+    lifecycle = Lifecycle(engine, RetentionPolicy.defaults(settings), batch=settings.retention_batch,
+                          retention_every=timedelta(seconds=settings.retention_interval_seconds))
     if once:
         forgotten = forget_replay_tokens(engine, older_than=token_ttl)
         result = sweep(engine, send, grace=grace)
         ai_enqueued = ai_sweep()
+        kept = lifecycle(datetime.now(UTC))
         engine.dispose()
         data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
                 "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
                 "ai_window": [t.isoformat() for t in ai_sweep.window] if ai_sweep.window else None,
-                "replay_tokens_forgotten": forgotten}
+                "replay_tokens_forgotten": forgotten, "sla_breaches": vars(kept.breaches),
+                "retention_removed": kept.removed.as_dict() if kept.removed else None}
         emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
         return
     stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
@@ -282,6 +306,17 @@ def clock(once: bool, as_json: bool) -> None:
         oldest.set(result.oldest_seconds)
         swept.set(result.enqueued)
 
+    removed_total = Counter("intake_retention_removed", "Records retention removed (event bodies: purged)", ["what"])
+    breaches_total = Counter("intake_sla_breaches", "SLA breaches marked by the clock", ["kind"])
+
+    def upkeep() -> None:
+        done = lifecycle(datetime.now(UTC))
+        for kind, count in vars(done.breaches).items():
+            breaches_total.labels(kind).inc(count)
+        for what, count in (done.removed.as_dict() if done.removed else {}).items():
+            if what != "batches":
+                removed_total.labels(what).inc(count)
+
     def sweep_ai() -> int:
         sent = ai_sweep()
         ai_swept.set(sent)
@@ -296,5 +331,5 @@ def clock(once: bool, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     run_clock(engine, send, interval=settings.sweep_interval_seconds, grace=grace, on_sweep=report,
-              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=token_ttl)
+              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=token_ttl, lifecycle=upkeep)
     engine.dispose()

@@ -6,6 +6,10 @@ at most `max_entries` ids: a stranger cycling through random ids evicts the leas
 instead of growing memory or emptying the cache wholesale. A path segment that is not a UUID never reaches
 the database and is never cached (random strings cost nothing to remember). Entries that expired stay in
 the LRU until evicted, so `known` can tell an id that was recently a real inbox from one never seen.
+
+An inbox whose tenant is disabled is loaded as not enabled. After a rotation of its secrets an inbox carries
+the previous ones too, with the end of the overlap, which is compared with each delivery's time: the cache
+never stretches the overlap, though a new rotation or a changed expiry is seen only after `ttl`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -31,6 +36,16 @@ class Inbox:
     secrets: dict[str, str]
     settings: dict[str, Any]
     enabled: bool
+    # The secrets a rotation replaced, verifying too until `previous_until` (the overlap window).
+    previous_secrets: dict[str, str] | None = None
+    previous_until: datetime | None = None
+
+    def secret_sets(self, now: datetime) -> list[dict[str, str]]:
+        """The secrets a delivery received at `now` may be signed with: the current ones, then during a
+        rotation's overlap the previous ones."""
+        if self.previous_secrets is not None and self.previous_until is not None and now < self.previous_until:
+            return [self.secrets, self.previous_secrets]
+        return [self.secrets]
 
 
 class InboxDirectory:
@@ -74,13 +89,20 @@ class InboxDirectory:
             # The routing policy reveals exactly the inbox named here, and nothing of any tenant.
             await conn.execute("SELECT set_config('app.inbox_id', %s, true)", (str(inbox_id),))
             cursor = await conn.execute(
-                "SELECT tenant_id, channel, secrets, settings, enabled FROM inboxes WHERE id = %s", (inbox_id,)
+                "SELECT tenant_id, channel, secrets, settings, enabled, previous_secrets, previous_secrets_until "
+                "FROM inboxes WHERE id = %s", (inbox_id,)
             )
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        tenant_id, channel, sealed, settings, enabled = row
-        return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {}, enabled)
+            if row is None:
+                return None
+            # Then its tenant, bound like any tenant's transaction: a disabled tenant's inboxes refuse all.
+            await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(row[0]),))
+            cursor = await conn.execute("SELECT disabled_at IS NULL FROM tenants WHERE id = %s", (row[0],))
+            tenant = await cursor.fetchone()
+        tenant_id, channel, sealed, settings, enabled, previous, until = row
+        active = enabled and tenant is not None and bool(tenant[0])
+        return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {}, active,
+                     self._box.open(previous) if previous and until else None, until)
 
 
 # Every delivery looks its inbox id up twice (`known`, then `get`): parse it once. The cache is bounded, and

@@ -1,0 +1,50 @@
+"""Field types every control-plane model uses, so that no value the database would refuse gets past
+validation: text without NUL or lone surrogates (PostgreSQL stores neither), bounded lengths, finite numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+
+
+def clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(clean_text)]
+Short = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+                  AfterValidator(clean_text)]
+Name = Short
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=1000), AfterValidator(clean_text)]
+Region = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_][a-z0-9_-]{0,63}$")]
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$", to_lower=True)]
+
+
+class Model(BaseModel):
+    """Strict about unknown fields and non-finite numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def field_errors(exc: ValidationError, *, prefix: str = "") -> dict[str, str]:
+    """`{"settings.ai.monthly_budget_usd": "Input should be greater than or equal to 0"}`."""
+    fields: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join(([prefix] if prefix else []) + loc) or prefix or "body"
+        fields.setdefault(name, _message(error))
+    return fields
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,84 @@
+"""The control plane's commands run as a user runs them, and `intake admin` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import httpx
+
+from tests.processes import INTAKE, free_port, stop
+
+
+def intake(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+
+def ok(*args: str) -> dict[str, object]:
+    result = intake(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def test_the_lifecycle_at_the_command_line(stack: dict[str, str]) -> None:
+    tenant = str(ok("tenant", "create", "Cli Oy")["id"])
+    updated = ok("tenant", "update", tenant, "--set", "default_language=fi", "--set", "ai.monthly_budget_usd=25")
+    assert updated["settings"] == {"default_language": "fi", "ai": {"monthly_budget_usd": 25.0}}
+    refused = intake("tenant", "update", tenant, "--set", "ai.monthly_budget_usd=-5")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0 and "settings.ai.monthly_budget_usd" in refused.stderr
+
+    inbox = str(ok("inbox", "create", "--tenant", tenant, "--channel", "telegram")["id"])
+    shown = ok("inbox", "show", inbox)
+    assert str(shown["secrets"]["secret_token"]).startswith("****")  # type: ignore[index]
+    rotated = ok("inbox", "rotate-secrets", inbox, "--overlap", "1h")
+    assert rotated["inbox"]["previous_secrets_until"]  # type: ignore[index]
+    assert ok("inbox", "disable", inbox)["enabled"] is False
+    assert [i["id"] for i in ok("inbox", "list", "--tenant", tenant)["items"]] == [inbox]  # type: ignore[attr-defined]
+    assert ok("tenant", "disable", tenant)["disabled"] is True
+
+    team = ok("team", "create", "--tenant", tenant, "Billing", "--keyword", "invoice")
+    assert intake("team", "create", "--tenant", tenant, "Billing").returncode == 1  # a duplicate: one line
+    persona = ok("persona", "create", "--tenant", tenant, "Aino", "--language", "fi", "--default")
+    assert persona["is_default"] is True
+    assert ok("team", "delete", str(team["id"]))["deleted"] is True
+
+    key = ok("key", "create", "--name", "crm", "--tenant", tenant)
+    assert str(key["key"]).startswith("ik_") and key["scope"] == "tenant"
+    assert str(key["key"]) not in json.dumps(ok("key", "list", "--tenant", tenant))
+    assert ok("key", "revoke", str(key["id"]))["revoked_at"]
+    assert intake("key", "create", "--name", "x").returncode == 2  # neither --operator nor --tenant
+
+    audit = ok("audit", "list", "--tenant", tenant, "--limit", "100")["items"]
+    actions = {row["action"] for row in audit}  # type: ignore[attr-defined]
+    assert {"tenant.create", "tenant.update", "tenant.disable", "inbox.create", "inbox.rotate_secrets",
+            "inbox.disable", "team.create", "team.delete", "persona.create", "key.create", "key.revoke"} <= actions
+    assert all(str(row["actor"]).startswith("cli:") for row in audit)  # type: ignore[attr-defined]
+    assert str(rotated["secrets"]["secret_token"]) not in json.dumps(audit)  # type: ignore[index]
+
+
+def test_intake_admin_serves_the_api(stack: dict[str, str]) -> None:
+    secret = str(ok("key", "create", "--name", "admin process", "--operator")["key"])
+    port = free_port()
+    proc = subprocess.Popen([INTAKE, "admin", "--port", str(port)], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "intake admin did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/v1/admin/tenants").status_code == 401
+        listed = httpx.get(f"{base}/v1/admin/tenants", headers={"Authorization": f"Bearer {secret}"})
+        assert listed.status_code == 200 and "items" in listed.json()
+        assert httpx.get(f"{base}/v1/admin/openapi.json").json()["openapi"] == "3.1.0"
+    finally:
+        stop(proc)

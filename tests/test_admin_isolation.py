@@ -1,0 +1,115 @@
+"""A tenant key reaches nothing of another tenant, on every endpoint the OpenAPI document lists: each
+operation is called with the other tenant's ids (in the path, the query and the body) and must be refused
+or, for lists, show none of the other tenant's rows; the other tenant's rows are unchanged afterwards.
+An operation this test does not know how to call fails it, so a new endpoint cannot slip through."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine, text
+
+from tests.admin_server import admin_server, client, make_key
+from tests.test_admin_api import seed_failures
+
+# A valid body for each request model, so that validation passes and tenancy is what is tested.
+BODIES: dict[str, dict[str, Any]] = {
+    "TenantCreate": {"name": "Intruder"},
+    "TenantUpdate": {"name": "Taken over", "settings": {"default_language": "en"}},
+    "InboxCreate": {"channel": "api"},
+    "InboxUpdate": {"name": "Taken over"},
+    "RotateSecrets": {"overlap_seconds": 0},
+    "TeamCreate": {"name": "Intruders"},
+    "TeamUpdate": {"name": "Taken over"},
+    "PersonaCreate": {"name": "Intruder"},
+    "PersonaUpdate": {"name": "Taken over"},
+    "KeyCreate": {"name": "intruder"},
+    "FailureAction": {"all": True},
+    "Reprocess": {"status": "failed"},
+}
+
+
+def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
+    """Everything of one tenant the control plane can change, as bytes to compare."""
+    queries = {
+        "tenants": "SELECT name, settings, disabled_at FROM tenants WHERE id = :t",
+        "inboxes": "SELECT id, name, settings, enabled, secrets, persona_id FROM inboxes WHERE tenant_id = :t",
+        "teams": "SELECT id, name FROM teams WHERE tenant_id = :t",
+        "personas": "SELECT id, name, is_default FROM ai_personas WHERE tenant_id = :t",
+        "failures": "SELECT id, status FROM job_failures WHERE tenant_id = :t",
+        "events": "SELECT id, status, enqueued_at FROM inbound_events WHERE tenant_id = :t",
+        "keys": "SELECT id, revoked_at FROM api_keys WHERE tenant_id = :t",
+        "audit": "SELECT count(*) FROM audit_logs WHERE tenant_id = :t",
+    }
+    with engine.begin() as conn:
+        data = {name: [list(r) for r in conn.execute(text(q + " ORDER BY 1"), {"t": tenant})]
+                for name, q in queries.items()}
+    return orjson.dumps(data, default=str)
+
+
+def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], admin_engine: Engine,
+                                                        app_engine: Engine) -> None:
+    with admin_server(stack) as base:
+        operator = make_key(admin_engine)
+        with client(base, operator) as op:
+            mine = op.post("/v1/admin/tenants", json={"name": "Mine"}).json()["id"]
+            theirs = op.post("/v1/admin/tenants", json={"name": "Theirs"}).json()["id"]
+            inbox = op.post(f"/v1/admin/tenants/{theirs}/inboxes", json={"channel": "api"}).json()["inbox"]["id"]
+            team = op.post(f"/v1/admin/tenants/{theirs}/teams", json={"name": "Theirs"}).json()["id"]
+            persona = op.post(f"/v1/admin/tenants/{theirs}/personas", json={"name": "Theirs"}).json()["id"]
+            failure = seed_failures(admin_engine, theirs, 1)[0]
+            with app_engine.begin() as conn:
+                conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": theirs})
+                event = conn.execute(text(
+                    "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, body, status) "
+                    "VALUES (:t, :i, 'api', 'theirs', '\\x7b7d', 'failed') RETURNING id"),
+                    {"t": theirs, "i": inbox}).scalar_one()
+            their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
+            job = op.post("/v1/admin/failures/discard", json={"tenant_id": theirs, "dry_run": True}).json()["id"]
+            spec = op.get("/v1/admin/openapi.json").json()
+        ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
+               "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event)}
+        their_ids = [str(v) for v in ids.values()]
+        before = snapshot(admin_engine, uuid.UUID(theirs))
+        key = make_key(admin_engine, tenant_id=uuid.UUID(mine))
+        checked = 0
+        with client(base, key) as tk:
+            for path, operations in spec["paths"].items():
+                for method, operation in operations.items():
+                    checked += 1
+                    # Naming the other tenant in filters, and naming none (the key's own tenant is meant).
+                    for name_tenant in (True, False):
+                        response = call(tk, method, path, operation, ids, name_tenant)
+                        where = f"{method.upper()} {path}"
+                        assert response.status_code < 500, where
+                        if response.status_code < 300:
+                            assert "{" not in path, f"{where} acted on another tenant's id"
+                            assert not any(i in response.text for i in their_ids), f"{where} showed another tenant"
+                        else:
+                            assert response.status_code in (403, 404), (where, response.text)
+        assert checked == sum(len(ops) for ops in spec["paths"].values()) >= 30
+        assert snapshot(admin_engine, uuid.UUID(theirs)) == before
+
+
+def call(tk: httpx.Client, method: str, path: str, operation: dict[str, Any], ids: dict[str, str],
+         name_tenant: bool) -> httpx.Response:
+    url = path
+    params: dict[str, str] = {}
+    for param in operation.get("parameters", []):
+        if param["in"] == "path":
+            assert param["name"] in ids, f"no id of another tenant for {param['name']} in {path}"
+            url = url.replace("{" + param["name"] + "}", ids[param["name"]])
+        elif param["name"] == "tenant_id" and name_tenant:
+            params["tenant_id"] = ids["tenant_id"]
+    body = None
+    if "requestBody" in operation:
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        name = ref.rsplit("/", 1)[-1]
+        assert name in BODIES, f"no test body for {name} ({method.upper()} {path})"
+        body = dict(BODIES[name])
+        if name in ("FailureAction", "Reprocess", "KeyCreate") and name_tenant:
+            body["tenant_id"] = ids["tenant_id"]
+    return tk.request(method.upper(), url, params=params, json=body)

@@ -1,0 +1,121 @@
+"""The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
+
+`create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
+The API's endpoints are declared in `lifecycle` and `operations`; `GET /v1/admin/openapi.json` is the
+document generated from those declarations. `GET /healthz` answers without a key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from config import Settings
+from db.engine import make_engine
+from pipelines.control.inboxes import Inboxes
+from pipelines.control.keys import Principal, authenticate
+from pipelines.crypto import SecretBox
+from workers.admin import lifecycle, operations
+from workers.admin.console import console_routes
+from workers.admin.http import Endpoint, error, failure, handle
+from workers.admin.jobs import Jobs
+from workers.admin.openapi import document
+
+OPENAPI_PATH = "/v1/admin/openapi.json"
+
+
+class Admin:
+    """What the admin process shares between requests: its two engines, the inbox tools, the jobs."""
+
+    def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
+        self.settings = settings
+        self.app_engine: Engine = make_engine(database_url, pool_size=4, application_name="intake-admin")
+        self.owner_engine: Engine = make_engine(admin_database_url, pool_size=4, application_name="intake-admin-owner")
+        base = settings.public_base_url or "http://127.0.0.1:8000"
+        self.inboxes = Inboxes(SecretBox(secret_key), base)
+        self.jobs = Jobs()
+
+    def authenticate(self, key: str | None) -> Principal | None:
+        """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""
+        if key is None:
+            return None
+        with self.owner_engine.begin() as conn:
+            return authenticate(conn, key)
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        self.app_engine.dispose()
+        self.owner_engine.dispose()
+
+
+def all_endpoints() -> list[Endpoint]:
+    return [*lifecycle.endpoints(), *operations.endpoints()]
+
+
+def grouped(admin: Admin, declared: list[Endpoint]) -> list[Route]:
+    """One route per path, dispatching on the method, so that a 405 lists every method the path has; fixed
+    paths first, so that /failures/replay is never taken for /failures/{failure_id}."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for e in sorted(declared, key=lambda e: e.path.count("{")):
+        by_path.setdefault(e.path, {})[e.method] = handle(admin, e)
+    routes = []
+    for path, handlers in by_path.items():
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            response: Response = await handlers[request.method](request)
+            return response
+
+        # Ids match only as UUIDs: /failures/discard is never a failure's id (GET on it is a 405).
+        routes.append(Route(re.sub(r"{(\w+)}", r"{\1:uuid}", path), dispatch, methods=list(handlers)))
+    return routes
+
+
+def create_app(settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str,
+               routes: Sequence[BaseRoute] = ()) -> Starlette:
+    admin = Admin(settings, database_url=database_url, admin_database_url=admin_database_url,
+                  secret_key=secret_key)
+    declared = all_endpoints()
+    spec = document(declared)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                     dict(exc.headers or {}))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return failure(exc, request.headers.get("x-request-id", "-"))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        admin.close()
+
+    handlers: dict[Any, Any] = {HTTPException: http_error, Exception: server_error}
+    app = Starlette(
+        routes=[
+            Route(OPENAPI_PATH, openapi, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            *grouped(admin, declared),
+            *routes,
+            *console_routes(admin),
+        ],
+        lifespan=lifespan,
+        exception_handlers=handlers,
+    )
+    app.state.admin = admin
+    return app

@@ -1,0 +1,134 @@
+"""Long operator work (replaying or discarding failures, reprocessing events) as jobs in the admin process.
+
+A request starts a job and gets its id at once (202); `GET /v1/admin/jobs/{id}` shows its progress and
+`POST /v1/admin/jobs/{id}/cancel` asks it to stop after the batch in hand (what is done stays done: each
+batch commits on its own). A dry run counts what the job would touch and touches nothing.
+
+Jobs live in the memory of the admin process that runs them, a few hours after they end: the durable
+record of what they did is the audit trail and the rows they changed (a failure's `status`, an event's
+`status`). A job belongs to the tenant of the key that started it (none for an operator key), and only keys
+that may act on that tenant see it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
+from pydantic import BaseModel, Field
+
+from pipelines.control.errors import Conflict, Forbidden, NotFound
+from pipelines.control.keys import Principal
+
+log = structlog.get_logger("intake.admin.jobs")
+
+JobStatus = Literal["running", "succeeded", "failed", "cancelled"]
+KEEP_SECONDS = 6 * 3600
+
+
+class JobView(BaseModel):
+    id: uuid.UUID
+    kind: str
+    tenant_id: uuid.UUID | None = Field(description="The tenant of the key that started it; null: an operator")
+    status: JobStatus
+    dry_run: bool
+    total: int = Field(description="Items matching when the job started")
+    done: int = Field(description="Items handled so far")
+    cancel_requested: bool
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass
+class Job:
+    id: uuid.UUID
+    kind: str
+    tenant_id: uuid.UUID | None
+    dry_run: bool
+    total: int
+    done: int = 0
+    status: JobStatus = "running"
+    error: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> JobView:
+        return JobView(id=self.id, kind=self.kind, tenant_id=self.tenant_id, status=self.status, dry_run=self.dry_run,
+                       total=self.total, done=self.done, cancel_requested=self.cancel.is_set(), error=self.error,
+                       created_at=self.created_at, finished_at=self.finished_at)
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+class Jobs:
+    def __init__(self, workers: int = 2) -> None:
+        self._jobs: dict[uuid.UUID, Job] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="intake-admin-job")
+
+    def start(self, kind: str, principal: Principal, total: int, work: Callable[[Job], None] | None) -> Job:
+        """A job over `total` items; with no `work` (a dry run) it is finished at once."""
+        job = Job(uuid.uuid4(), kind, principal.tenant_id, dry_run=work is None, total=total)
+        self._forget_old()
+        with self._lock:
+            self._jobs[job.id] = job
+        if work is None:
+            self._finish(job, "succeeded")
+        else:
+            self._pool.submit(self._run, job, work)
+        return job
+
+    def _run(self, job: Job, work: Callable[[Job], None]) -> None:
+        try:
+            work(job)
+        except Exception as exc:
+            log.error("admin.job.failed", job_id=str(job.id), kind=job.kind, error=repr(exc))
+            job.error = f"{type(exc).__name__}: {exc}"[:500]
+            self._finish(job, "failed")
+            return
+        self._finish(job, "cancelled" if job.cancelled else "succeeded")
+
+    @staticmethod
+    def _finish(job: Job, status: JobStatus) -> None:
+        job.finished_at = datetime.now(UTC)
+        job.status = status
+
+    def get(self, job_id: uuid.UUID, principal: Principal) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if not principal.operator and job.tenant_id != principal.tenant_id:
+            raise Forbidden("this job belongs to another tenant; this key acts on its own tenant only")
+        return job
+
+    def cancel(self, job_id: uuid.UUID, principal: Principal) -> Job:
+        job = self.get(job_id, principal)
+        if job.status != "running":
+            raise Conflict(f"the job has already ended ({job.status})")
+        job.cancel.set()
+        return job
+
+    def shutdown(self) -> None:
+        for job in list(self._jobs.values()):
+            job.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _forget_old(self) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            for job_id, job in list(self._jobs.items()):
+                if job.finished_at is not None and (now - job.finished_at).total_seconds() > KEEP_SECONDS:
+                    del self._jobs[job_id]
