@@ -1,0 +1,30 @@
+"""The console's routes, mounted at `/` of the admin process next to the API under /v1/admin/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from workers.admin.console import audit, auth, events, failures, overview, tenants
+from workers.admin.console.web import Console
+
+if TYPE_CHECKING:
+    from workers.admin.app import Admin
+
+STATIC = Path(__file__).parent / "static"
+
+
+def console_routes(admin: Admin) -> list[BaseRoute]:
+    console = Console(admin)
+    return [
+        *auth.routes(console),
+        *overview.routes(console),
+        *failures.routes(console),
+        *events.routes(console),
+        *tenants.routes(console),
+        *audit.routes(console),
+        Mount("/static", StaticFiles(directory=STATIC), name="console-static"),
+    ]
