@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     client_error_rate_per_second: float = Field(default=1.0, gt=0)
     client_error_burst: int = Field(default=50, ge=1)
     inbox_cache_size: int = Field(default=10_000, ge=16)
+    # How long the ingress trusts a looked-up inbox: disabling it, or its tenant, takes effect within this.
+    inbox_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
     parse_threads: int = Field(default=4, ge=1, le=64)
     parse_deadline_seconds: float = Field(default=10.0, gt=0)
     # Longer than the idle timeout of the load balancers in front (60 s is common), so the balancer, not the
@@ -70,6 +72,15 @@ class Settings(BaseSettings):
     clock_metrics_port: int = Field(default=9192, ge=0, le=65535)
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
+
+    # Retention defaults (a tenant's settings.retention overrides each); the clock applies them in batches.
+    retention_event_body_days: int = Field(default=30, ge=1, le=36_500)
+    retention_failure_days: int = Field(default=30, ge=1, le=36_500)
+    retention_audit_days: int = Field(default=365, ge=1, le=36_500)
+    # At least 32: a month's usage rows stay whole while its AI budget is being counted.
+    retention_ai_usage_days: int = Field(default=90, ge=32, le=36_500)
+    retention_batch: int = Field(default=1000, ge=10, le=50_000)
+    retention_interval_seconds: float = Field(default=600.0, gt=0)
 
     # AI.
     ai_provider: Literal["local", "openai"] = "local"

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
-    Computed,
     Date,
     DateTime,
     ForeignKeyConstraint,
@@ -97,6 +97,8 @@ def _tenancy(md: MetaData) -> None:
         Column("name", Text, nullable=False),
         Column("settings", JSONB, nullable=False, server_default=EMPTY_OBJECT),
         _at("created_at"),
+        # A disabled tenant's inboxes refuse deliveries (migration 0011).
+        _at("disabled_at", default=False),
         CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
     )
     inboxes = Table(
@@ -106,8 +108,13 @@ def _tenancy(md: MetaData) -> None:
         Column("settings", JSONB, nullable=False, server_default=EMPTY_OBJECT),
         Column("enabled", Boolean, nullable=False, server_default=text("true")),
         _at("created_at"),
+        # After a rotation the old secrets (sealed) verify too, until then (migration 0011).
+        Column("previous_secrets", Text),
+        _at("previous_secrets_until", default=False),
+        Column("persona_id", UUID),
         _references_tenants(),
         UniqueConstraint("tenant_id", "id"),
+        _tenant_fk("persona_id", "ai_personas", ondelete="SET NULL (persona_id)"),
         _one_of("channel", "twilio", "whatsapp", "postmark", "mailgun", "sendgrid", "telegram", "api"),
     )
     Index("inboxes_tenant_idx", inboxes.c.tenant_id)
@@ -121,6 +128,21 @@ def _tenancy(md: MetaData) -> None:
         UniqueConstraint("tenant_id", "name"),
         UniqueConstraint("tenant_id", "id"),
     )
+    personas = Table(
+        "ai_personas", md,
+        _id(), _tenant_id(),
+        _text("name"), _text("tone", default=""), _text("system_prompt", default=""),
+        Column("language", Text), Column("model", Text), Column("temperature", REAL),
+        Column("is_default", Boolean, nullable=False, server_default=text("false")),
+        _at("created_at"), _at("updated_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "name"),
+        UniqueConstraint("tenant_id", "id"),
+        CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
+        CheckConstraint("length(language) = 2", name="language"),
+        CheckConstraint("temperature BETWEEN 0 AND 2", name="temperature"),
+    )
+    Index("ai_personas_one_default_idx", personas.c.tenant_id, unique=True, postgresql_where=text("is_default"))
 
 
 def _contacts(md: MetaData) -> None:
@@ -130,6 +152,8 @@ def _contacts(md: MetaData) -> None:
         Column("display_name", Text),
         Column("merged_into_id", UUID),
         _at("created_at"), _at("updated_at"),
+        # An erased person's contact stays as a tombstone: no name, no identities (migration 0012).
+        _at("erased_at", default=False),
         _references_tenants(),
         ForeignKeyConstraint(["merged_into_id"], ["contacts.id"], ondelete="SET NULL"),
         UniqueConstraint("tenant_id", "id"),
@@ -194,6 +218,9 @@ def _conversations(md: MetaData) -> None:
         Column("category", Text), Column("priority", Text),
         Column("suggested_team_id", UUID),
         _at("resolved_at", default=False), _at("created_at"), _at("updated_at"),
+        # The SLA clock, started when the conversation opens or reopens (migration 0012).
+        _at("sla_started_at", default=False), _at("first_response_due_at", default=False),
+        _at("resolution_due_at", default=False), _at("sla_breached_at", default=False),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
         _tenant_fk("contact_id", "contacts"),
@@ -206,6 +233,8 @@ def _conversations(md: MetaData) -> None:
           postgresql_where=text("status = 'open'::text"))
     Index("conversations_contact_idx", c.tenant_id, c.contact_id, c.last_message_at.desc())
     Index("conversations_inbox_activity_idx", c.tenant_id, c.inbox_id, c.status, c.last_message_at.desc())
+    Index("conversations_sla_due_idx", c.tenant_id, c.first_response_due_at, c.resolution_due_at,
+          postgresql_where=text("status = 'open'::text AND sla_breached_at IS NULL"))
 
 
 def _events(md: MetaData) -> None:
@@ -220,6 +249,8 @@ def _events(md: MetaData) -> None:
         _count("attempts"),
         Column("error", Text),
         _at("received_at"), _at("enqueued_at", default=False), _at("processed_at", default=False),
+        # When retention or an erasure removed the raw body; the row and its dedupe key stay (migration 0012).
+        _at("body_purged_at", default=False),
         UniqueConstraint("tenant_id", "inbox_id", "dedupe_key"),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
@@ -231,6 +262,9 @@ def _events(md: MetaData) -> None:
           postgresql_where=text("status = 'received'::text"))
     Index("inbound_events_tenant_received_idx", e.tenant_id, e.received_at.desc())
     Index("inbound_events_status_idx", e.status, e.received_at.desc())
+    # Processed events whose body is still kept, oldest first: the clock's purge reads only these.
+    Index("inbound_events_body_kept_idx", e.tenant_id, e.processed_at,
+          postgresql_where=text("status = 'processed'::text AND body_purged_at IS NULL"))
     Table(
         "replay_tokens", md,
         Column("tenant_id", UUID, primary_key=True),
@@ -362,9 +396,8 @@ def _knowledge(md: MetaData, dim: int) -> None:
         Column("document_id", UUID, nullable=False),
         Column("ordinal", Integer, nullable=False),
         _text("heading", default=""), _text("content"),
-        # Written as PostgreSQL prints it back, so that Alembic compares it exactly.
-        Column("search_vector", TSVECTOR,
-               Computed("to_tsvector('simple'::regconfig, ((heading || ' '::text) || content))", persisted=True)),
+        # Every language's stems of the heading and the content, kept by a trigger (migration 0010).
+        Column("search_vector", TSVECTOR),
         Column("embedding", Vector(dim), nullable=False),
         _text("embedding_model"),
         _at("created_at"),
@@ -392,6 +425,8 @@ def _operations(md: MetaData) -> None:
         _count("attempts", default=1),
         _text("status", default="dead"),
         _at("first_failed_at"), _at("last_failed_at"), _at("replayed_at", default=False),
+        # Set by a trigger when the status leaves `dead` (migration 0012); retention counts from it.
+        _at("settled_at", default=False),
         _references_tenants(),
         UniqueConstraint("message_id"),
         _one_of("status", "dead", "replayed", "discarded", "resolved"),
@@ -402,13 +437,62 @@ def _operations(md: MetaData) -> None:
     Index("job_failures_actor_idx", f.queue, f.actor, f.status)
     audit = Table(
         "audit_logs", md,
-        _id(), _tenant_id(),
+        _id(),
+        # NULL for an operator action that belongs to no tenant: then only the maintenance role reads it.
+        _tenant_id(nullable=True),
         _text("actor"), _text("action"), _text("subject_type"), _text("subject_id"),
         Column("details", JSONB, nullable=False, server_default=EMPTY_OBJECT),
         _at("created_at"),
+        Column("actor_key_id", UUID), Column("before", JSONB), Column("after", JSONB), Column("request_id", Text),
         _references_tenants(),
     )
     Index("audit_logs_tenant_time_idx", audit.c.tenant_id, audit.c.created_at.desc())
+    Index("audit_logs_time_idx", audit.c.created_at.desc())
+    keys = Table(
+        "api_keys", md,
+        _id(), _tenant_id(nullable=True),  # NULL: an operator key
+        _text("name"), _text("prefix"),
+        Column("key_hash", LargeBinary, nullable=False),
+        _text("created_by"),
+        _at("created_at"), _at("last_used_at", default=False), _at("revoked_at", default=False),
+        _references_tenants(),
+        UniqueConstraint("prefix"),
+        CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
+    )
+    Index("api_keys_tenant_idx", keys.c.tenant_id)
+
+
+def _lifecycle(md: MetaData) -> None:
+    """Monthly AI usage totals (kept after retention removes the rows) and SLA policies (migration 0012)."""
+    Table(
+        "ai_usage_monthly", md,
+        _id(), _tenant_id(),
+        Column("month", Date, nullable=False),
+        _text("feature"), _text("provider"), _text("model"),
+        *(Column(name, BigInteger, nullable=False, server_default=text("0"))
+          for name in ("calls", "tokens_in", "tokens_out")),
+        Column("cost_usd", Numeric(16, 6), nullable=False, server_default=text("0")),
+        Column("latency_ms", BigInteger, nullable=False, server_default=text("0")),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "month", "feature", "provider", "model"),
+    )
+    Table(
+        "sla_policies", md,
+        _id(), _tenant_id(),
+        _text("priority"),
+        Column("first_response_minutes", Integer),
+        Column("resolution_minutes", Integer),
+        _text("time_zone", default="UTC"),
+        # {"mon": [["09:00", "17:00"]], ...}; NULL: around the clock.
+        Column("business_hours", JSONB),
+        Column("holidays", ARRAY(Date), nullable=False, server_default=text("'{}'::date[]")),
+        _at("created_at"), _at("updated_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "priority"),
+        _one_of("priority", "low", "normal", "high", "urgent"),
+        CheckConstraint("first_response_minutes > 0", name="first_response_minutes"),
+        CheckConstraint("resolution_minutes > 0", name="resolution_minutes"),
+    )
 
 
 def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
@@ -422,6 +506,7 @@ def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     _ai(md)
     _knowledge(md, dim)
     _operations(md)
+    _lifecycle(md)
     return md
 
 
@@ -446,3 +531,7 @@ knowledge_documents = metadata.tables["knowledge_documents"]
 knowledge_chunks = metadata.tables["knowledge_chunks"]
 job_failures = metadata.tables["job_failures"]
 audit_logs = metadata.tables["audit_logs"]
+api_keys = metadata.tables["api_keys"]
+ai_personas = metadata.tables["ai_personas"]
+ai_usage_monthly = metadata.tables["ai_usage_monthly"]
+sla_policies = metadata.tables["sla_policies"]

@@ -48,8 +48,10 @@ SELECT (SELECT id FROM conversations
           AND resolved_at >= CAST(:since AS timestamptz)
         ORDER BY resolved_at DESC LIMIT 1) AS reopen_id
 """)
+# A reopened conversation starts a new SLA period: its clock starts again with the message that reopens it.
 REOPEN = text("""
-UPDATE conversations SET status = 'open', resolved_at = NULL, updated_at = now()
+UPDATE conversations SET status = 'open', resolved_at = NULL, updated_at = now(), sla_started_at = NULL,
+       first_response_due_at = NULL, resolution_due_at = NULL, sla_breached_at = NULL
 WHERE id = :id AND status = 'resolved'
 RETURNING id
 """)

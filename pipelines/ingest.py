@@ -33,7 +33,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -48,6 +48,7 @@ from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate,
 from pipelines.contacts import resolve_contacts
 from pipelines.conversations import ThreadRequest, find_or_open_many
 from pipelines.errors import RetryableError, describe, is_retryable
+from pipelines.lifecycle import sla
 
 log = structlog.get_logger("intake.ingest")
 
@@ -61,7 +62,8 @@ TENANT_WAIT_MS = 1000
 # lock_timeout bounds this wait; it also bounds any later lock wait of the transaction, and with one ingest
 # transaction per tenant those are only waits on other writers (a retryable error if ever reached).
 TAKE_TENANT = text("SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(hashtextextended(:key, 0))")
-EVENT_COLUMNS = "e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, i.settings"
+EVENT_COLUMNS = ("e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, e.body_purged_at, "
+                 "i.settings")
 # The job's own events, locked in one global order.
 LOAD_EVENTS = text(f"""
 SELECT {EVENT_COLUMNS}
@@ -111,6 +113,7 @@ UPDATE conversations c SET
 FROM unnest(CAST(:ids AS uuid[]), CAST(:totals AS int[]), CAST(:firsts AS timestamptz[]),
             CAST(:lasts AS timestamptz[]), CAST(:subjects AS text[])) AS n(id, total, first_at, last_at, subject)
 WHERE c.tenant_id = :t AND c.id = n.id
+RETURNING c.id, c.priority, c.status = 'open' AND c.sla_started_at IS NULL AS unstarted
 """)
 APPLY_EDIT = text("""
 UPDATE messages SET content = :content,
@@ -223,6 +226,10 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     for row, own in rows:
         result.events += 1
         result.waiting_taken += not own
+        if row.body_purged_at is not None:  # retention or an erasure removed its body: nothing left to do
+            conn.execute(MARK_PROCESSED, {"t": tenant, "ids": [row.id]})
+            result.processed.append(row.id)
+            continue
         try:
             parsed.append((row, _parse(row)))
         except Exception as exc:  # a stored event that no longer parses: keep it, set it aside
@@ -378,7 +385,14 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
             columns[name].append(value)
     inserted = conn.execute(INSERT_MESSAGES, {"t": tenant, **columns}).all()
     if inserted:
-        conn.execute(COUNT_MESSAGES, {"t": tenant, **_counters(inserted)})
+        counters = _counters(inserted)
+        counted = conn.execute(COUNT_MESSAGES, {"t": tenant, **counters}).all()
+        # Conversations this batch opened or reopened start their SLA clock at their first new message
+        # (never later than now: a sender's clock may run ahead).
+        now = datetime.now(UTC)
+        firsts = dict(zip(counters["ids"], counters["firsts"], strict=True))
+        sla.start_clocks(conn, tenant, [(row.id, min(firsts[row.id], now), row.priority)
+                                        for row in counted if row.unstarted])
     return [uuid.UUID(str(row.id)) for row in inserted]
 
 

@@ -47,7 +47,8 @@ def repair(engine: Engine, inbox: CreatedInbox, events: list[uuid.UUID]) -> None
 def ledger_rows(admin_engine: Engine, tenant: uuid.UUID) -> list[dict[str, object]]:
     with admin_engine.connect() as conn:
         return [dict(r) for r in conn.execute(text(
-            "SELECT id, actor, queue, exception_type, exception_message, traceback, attempts, status, message "
+            "SELECT id, actor, queue, exception_type, exception_message, traceback, attempts, status, message, "
+            "message_id "
             "FROM job_failures WHERE tenant_id = :t"), {"t": tenant}).mappings()]
 
 
@@ -184,3 +185,24 @@ def test_a_job_past_its_age_limit_is_recorded_instead_of_run_and_replays(
 def test_replay_refuses_to_guess(stack: dict[str, str]) -> None:
     result = subprocess.run([INTAKE, "dlq", "replay"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--all" in result.stderr
+
+
+def test_a_row_whose_message_cannot_be_rebuilt_is_left_dead_and_the_rest_replay(
+    stack: dict[str, str], app_engine: Engine, admin_engine: Engine
+) -> None:
+    inbox = new_inbox(app_engine, "api")
+    good = str(uuid.uuid4())
+    message = {"queue_name": "ingest", "actor_name": "ingest_events", "message_id": good, "options": {},
+               "args": [str(inbox.tenant_id), []], "kwargs": {}, "message_timestamp": 0}
+    with admin_engine.begin() as conn:
+        for message_id, stored in ((str(uuid.uuid4()), {}), (str(uuid.uuid4()), ["not", "a", "job"]),
+                                   (good, message)):
+            conn.execute(text(
+                "INSERT INTO job_failures (tenant_id, queue, actor, message_id, message, exception_type, "
+                "exception_message, last_failed_at) VALUES (:t, 'ingest', 'ingest_events', :m, CAST(:msg AS jsonb), "
+                "'ValueError', 'x', now() - interval '1 minute')"),
+                {"t": inbox.tenant_id, "m": message_id, "msg": orjson.dumps(stored).decode()})
+    assert intake_json("dlq", "replay", "--tenant", str(inbox.tenant_id)) == {"replayed": 1}
+    statuses = {r["message_id"]: r["status"] for r in ledger_rows(admin_engine, inbox.tenant_id)}
+    assert statuses.pop(good) == "replayed"
+    assert sorted(statuses.values()) == ["dead", "dead"]

@@ -145,7 +145,9 @@ class AiSweep:
 
 def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,
               on_sweep: Callable[[SweepResult], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-              ai_sweep: Callable[[], int] | None = None, replay_token_ttl: timedelta | None = None) -> None:
+              ai_sweep: Callable[[], int] | None = None, replay_token_ttl: timedelta | None = None,
+              lifecycle: Callable[[], object] | None = None) -> None:
+    """Every `interval`: the sweeps, then `lifecycle` (retention and SLA breaches, pipelines.lifecycle.upkeep)."""
     while not should_stop():
         started = time.monotonic()
         try:
@@ -156,6 +158,8 @@ def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,
                 on_sweep(result)
             if ai_sweep is not None:
                 ai_sweep()
+            if lifecycle is not None:
+                lifecycle()
         except Exception as exc:  # Postgres or Redis unavailable: try again next round
             log.warning("sweeper.failed", error=repr(exc))
         while not should_stop() and time.monotonic() - started < interval:

@@ -17,10 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
+import structlog
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, true, update
 
 from db.schema import job_failures
 
+log = structlog.get_logger("intake.ledger")
 STATUSES = ("dead", "replayed", "discarded", "resolved")
 
 
@@ -119,22 +121,35 @@ def replay(
     engine: Engine, broker: Any, filters: Filters, *, batch: int = 500, rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[uuid.UUID]:
-    """Replay matching dead failures in bounded batches; yields each replayed failure's id."""
+    """Replay matching dead failures in bounded batches; yields each replayed failure's id.
+
+    A row whose stored message cannot be rebuilt (written by hand, or by an older version) is left dead,
+    logged, and not claimed again by this run.
+    """
     started = datetime.now().astimezone()
     c = job_failures.c
-    claim = (select(c.id, c.queue, c.message)
-             .where(c.status == "dead", c.last_failed_at < started, filters.where())
-             .order_by(c.last_failed_at, c.id).limit(batch).with_for_update(skip_locked=True))
     client = broker.client
     pause = 1.0 / rate if rate else 0.0
+    skipped: list[uuid.UUID] = []
     while True:
+        claim = (select(c.id, c.queue, c.message)
+                 .where(c.status == "dead", c.last_failed_at < started, c.id.notin_(skipped), filters.where())
+                 .order_by(c.last_failed_at, c.id).limit(batch).with_for_update(skip_locked=True))
         with engine.begin() as conn:
             rows = conn.execute(claim).all()
             if not rows:
                 return
+            replayed = []
             for row in rows:
-                stored = dict(row.message)
-                broker.enqueue(fresh_message(stored))
+                stored = row.message if isinstance(row.message, dict) else {}
+                try:
+                    message = fresh_message(stored)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("ledger.replay.unreplayable", failure_id=str(row.id))
+                    skipped.append(row.id)
+                    continue
+                broker.enqueue(message)
+                replayed.append(row.id)
                 dead_id = stored.get("redis_message_id")
                 if dead_id:
                     pipe = client.pipeline()
@@ -143,9 +158,9 @@ def replay(
                     pipe.execute()
                 if pause:
                     time.sleep(pause)
-            conn.execute(update(job_failures).where(c.id.in_([r.id for r in rows]))
-                         .values(status="replayed", replayed_at=func.now()))
-        for row in rows:
-            yield row.id
-        if on_progress is not None:
-            on_progress(len(rows))
+            if replayed:
+                conn.execute(update(job_failures).where(c.id.in_(replayed))
+                             .values(status="replayed", replayed_at=func.now()))
+        yield from replayed
+        if on_progress is not None and replayed:
+            on_progress(len(replayed))

@@ -1,0 +1,196 @@
+"""Erasure of one person: every trace of them in one tenant removed or made anonymous, in one transaction.
+
+The person is a contact, with the contacts merged into it or it into (one person, several rows). What goes:
+
+- their identities, duplicate candidates and merge records;
+- in their conversations (theirs and the replies to them): message text, HTML, quoted text, subject,
+  attachment metadata, headers and other metadata, RFC Message-IDs, conversation subjects, AI reasoning
+  and drafted replies;
+- the raw events those messages came from, and any other stored event whose body names one of their
+  identities (a status callback to their number, a delivery that failed): body and headers emptied, the
+  event marked processed so no job runs it again;
+- failure-ledger texts about those events and messages, and audit details that name them.
+
+What stays, so every count still adds up: the contact row as a tombstone (`erased_at`, no name), the
+message and conversation rows (ids, times, direction, provider ids that dedupe a late retry), the
+classification's category, priority and sentiment. With no identity left, the same person writing again
+becomes a new contact. Running it again changes nothing. An audit row records the counts, never the data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from db.tenancy import TenantId
+from pipelines import audit, normalize
+
+KINDS = ("phone", "email", "telegram", "external")
+MAX_VALUE = 1024
+# Shorter identities (a Telegram chat id of a few digits) would match unrelated bodies by chance.
+MIN_NEEDLE = 6
+ERASED_METADATA = '{"erased": true}'
+
+
+class ErasureError(ValueError):
+    """The person to erase is not named well: a bad id, kind or value."""
+
+
+@dataclass
+class Erasure:
+    contact_id: uuid.UUID | None
+    already_erased: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    # The erased messages and events: the ids waiting jobs may still name (`pipelines.lifecycle.jobs`).
+    job_ids: list[uuid.UUID] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"contact_id": str(self.contact_id) if self.contact_id else None,
+                "already_erased": self.already_erased, "counts": self.counts}
+
+
+def parse_identity(raw: str) -> tuple[str, str]:
+    """KIND:VALUE as stored in contact_identities (phones in E.164, emails lower-cased)."""
+    kind, sep, value = raw.partition(":")
+    kind, value = kind.strip().lower(), value.strip()
+    if not sep or kind not in KINDS:
+        raise ErasureError(f"an identity is KIND:VALUE with KIND one of {', '.join(KINDS)}")
+    if not value or len(value) > MAX_VALUE or any(ch in value for ch in "\x00\r\n"):
+        raise ErasureError(f"the identity's value must be 1-{MAX_VALUE} characters on one line, without NUL")
+    if kind == "phone":
+        phone = normalize.phone_e164(value, None)
+        if phone is None:
+            raise ErasureError("not a phone number: write it in international format, e.g. +358401234567")
+        return kind, phone
+    if kind == "email":
+        email = normalize.email_address(value)
+        if email is None:
+            raise ErasureError("not an email address")
+        return kind, email
+    return kind, value
+
+
+def find_contact(conn: Connection, tenant: TenantId, *, contact_id: uuid.UUID | None = None,
+                 identity: tuple[str, str] | None = None) -> uuid.UUID | None:
+    """The contact to erase: by id (an unknown id is an error), or by identity (None when nobody has it)."""
+    if contact_id is not None:
+        found = conn.execute(text("SELECT id FROM contacts WHERE tenant_id = :t AND id = :c"),
+                             {"t": tenant, "c": contact_id}).scalar()
+        if found is None:
+            raise ErasureError(f"no contact {contact_id} in this tenant")
+        return contact_id
+    assert identity is not None
+    found = conn.execute(text("SELECT contact_id FROM contact_identities WHERE tenant_id = :t AND kind = :k "
+                              "AND value = :v"), {"t": tenant, "k": identity[0], "v": identity[1]}).scalar()
+    return None if found is None else uuid.UUID(str(found))
+
+
+def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, actor: str) -> Erasure:
+    """Erase the person behind `contact_id` (see the module's docstring); idempotent."""
+    people = _person(conn, tenant, contact_id)
+    ids: dict[str, Any] = {"t": tenant, "people": people}
+    needles = _needles(conn, ids)
+    ids["conversations"] = _ids(conn, "SELECT id FROM conversations WHERE tenant_id = :t AND contact_id = ANY(:people)",
+                                ids)
+    rows = conn.execute(text(
+        "SELECT id, event_id FROM messages WHERE tenant_id = :t "
+        "AND (contact_id = ANY(:people) OR conversation_id = ANY(:conversations))"), ids).all()
+    messages = [row.id for row in rows]
+    events = sorted({row.event_id for row in rows if row.event_id} | set(_events_naming(conn, tenant, needles)))
+    ids.update(messages=messages, events=events, needles=needles, refs=[str(i) for i in (*messages, *events)])
+    counts = {name: conn.execute(text(statement), ids).rowcount for name, statement in STEPS}
+    erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts=counts,
+                      job_ids=[*messages, *events])
+    if not erasure.already_erased:
+        audit.record(conn, actor=actor, action="contact.erase", tenant_id=tenant, subject_type="contact",
+                     subject_id=contact_id, after={"erased": counts, "contacts": [str(p) for p in people]})
+    return erasure
+
+
+# In order; each changes only what is not erased yet, so a second run counts zeros.
+STEPS: tuple[tuple[str, str], ...] = (
+    ("messages", f"""
+        UPDATE messages SET content = '', content_html = NULL, quoted_text = NULL, subject = NULL,
+               rfc_message_id = NULL, attachments = '[]', metadata = '{ERASED_METADATA}', status_error = NULL
+        WHERE tenant_id = :t AND id = ANY(:messages) AND metadata <> '{ERASED_METADATA}'"""),
+    ("conversations", """
+        UPDATE conversations SET subject = NULL WHERE tenant_id = :t AND id = ANY(:conversations)
+        AND subject IS NOT NULL"""),
+    ("classifications", """
+        UPDATE ai_classifications SET reasoning = '' WHERE tenant_id = :t AND message_id = ANY(:messages)
+        AND reasoning <> ''"""),
+    ("drafts", """
+        UPDATE ai_drafts SET content = '' WHERE tenant_id = :t
+        AND (message_id = ANY(:messages) OR conversation_id = ANY(:conversations)) AND content <> ''"""),
+    ("events", """
+        UPDATE inbound_events SET body = ''::bytea, headers = '{}'::jsonb, error = NULL,
+               body_purged_at = coalesce(body_purged_at, now()), status = 'processed',
+               processed_at = coalesce(processed_at, now())
+        WHERE tenant_id = :t AND id = ANY(:events)
+        AND (octet_length(body) > 0 OR headers <> '{}'::jsonb OR error IS NOT NULL OR status <> 'processed')"""),
+    ("failures", """
+        UPDATE job_failures SET exception_message = 'erased', traceback = '',
+               status = CASE status WHEN 'dead' THEN 'discarded' ELSE status END
+        WHERE tenant_id = :t AND exception_message <> 'erased'
+        AND (EXISTS (SELECT 1 FROM unnest(CAST(:refs AS text[])) r WHERE strpos(coalesce(ref_id, ''), r) > 0)
+             OR EXISTS (SELECT 1 FROM unnest(CAST(:needles AS text[])) n
+                        WHERE strpos(lower(exception_message || traceback || message::text), n) > 0))"""),
+    ("audit_rows", """
+        UPDATE audit_logs SET details = '{}', before = NULL, after = NULL
+        WHERE tenant_id = :t AND EXISTS (
+            SELECT 1 FROM unnest(CAST(:needles AS text[])) n
+            WHERE strpos(lower(details::text || coalesce(before::text, '') || coalesce(after::text, '')), n) > 0)"""),
+    ("duplicate_candidates", """
+        DELETE FROM contact_duplicate_candidates WHERE tenant_id = :t
+        AND (contact_id = ANY(:people) OR candidate_id = ANY(:people))"""),
+    ("merges", """
+        DELETE FROM contact_merges WHERE tenant_id = :t
+        AND (survivor_id = ANY(:people) OR merged_id = ANY(:people))"""),
+    ("identities", "DELETE FROM contact_identities WHERE tenant_id = :t AND contact_id = ANY(:people)"),
+    ("contacts", """
+        UPDATE contacts SET display_name = NULL, erased_at = coalesce(erased_at, now()), updated_at = now()
+        WHERE tenant_id = :t AND id = ANY(:people) AND (display_name IS NOT NULL OR erased_at IS NULL)"""),
+)
+
+
+def _person(conn: Connection, tenant: TenantId, contact_id: uuid.UUID) -> list[uuid.UUID]:
+    """The contact and every contact merged into it or it into, transitively: one person."""
+    people = {contact_id}
+    while True:
+        found = set(_ids(conn, """
+            SELECT id FROM contacts WHERE tenant_id = :t AND merged_into_id = ANY(:people)
+            UNION SELECT merged_into_id FROM contacts WHERE tenant_id = :t AND id = ANY(:people)
+              AND merged_into_id IS NOT NULL""", {"t": tenant, "people": sorted(people)}))
+        if found <= people:
+            return sorted(people)
+        people |= found
+
+
+def _needles(conn: Connection, ids: dict[str, Any]) -> list[str]:
+    """Lower-cased spellings of the person's identities to look for in raw bodies and free texts."""
+    needles: set[str] = set()
+    for kind, value in conn.execute(text(
+            "SELECT kind, value FROM contact_identities WHERE tenant_id = :t AND contact_id = ANY(:people)"), ids):
+        for spelling in (value, value.removeprefix("+") if kind == "phone" else value,
+                         value.split(":", 1)[-1] if kind == "external" else value):
+            if len(spelling) >= MIN_NEEDLE:
+                needles.add(spelling.lower())
+    return sorted(needles)
+
+
+def _events_naming(conn: Connection, tenant: TenantId, needles: list[str]) -> list[uuid.UUID]:
+    """Stored events whose body or headers contain one of `needles` (bytes read as escaped text)."""
+    if not needles:
+        return []
+    return _ids(conn, """
+        SELECT id FROM inbound_events WHERE tenant_id = :t AND body_purged_at IS NULL
+        AND EXISTS (SELECT 1 FROM unnest(CAST(:needles AS text[])) n
+                    WHERE strpos(lower(encode(body, 'escape')), n) > 0 OR strpos(lower(headers::text), n) > 0)""",
+        {"t": tenant, "needles": needles})
+
+
+def _ids(conn: Connection, statement: str, params: dict[str, Any]) -> list[uuid.UUID]:
+    return [uuid.UUID(str(row[0])) for row in conn.execute(text(statement), params)]

@@ -1,0 +1,183 @@
+"""SLA clocks: due times for the first response and the resolution of a conversation, and their breaches.
+
+A tenant keeps one policy per priority in `sla_policies` (working minutes to a first response and to a
+resolution, counted in its business hours, time zone and holidays). A conversation's clock starts when it
+opens or reopens (`sla_started_at`, at its first new message; a conversation has no priority until AI
+classification gives it one, and until then the `normal` policy applies). When classification changes the
+priority, the due times are computed again from the same start with the new priority's policy.
+
+The clock marks a breach once per open period (`sla_breached_at`): when the resolution is overdue, or the
+first response is, that is no outbound message was sent between the start and the first-response due time.
+A reopen starts a new period with fresh due times and no breach.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, text
+
+from db.tenancy import TenantId
+from pipelines.lifecycle.business_hours import Calendar, CalendarError, parse_calendar
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+DEFAULT_PRIORITY = "normal"
+MAX_MINUTES = 366 * 24 * 60
+
+POLICIES = text("""
+SELECT priority, first_response_minutes, resolution_minutes, time_zone, business_hours, holidays
+FROM sla_policies WHERE tenant_id = :t
+""")
+START = text("""
+UPDATE conversations c SET sla_started_at = u.at, first_response_due_at = u.first_due,
+       resolution_due_at = u.resolution_due, sla_breached_at = NULL
+FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), CAST(:firsts AS timestamptz[]),
+            CAST(:resolutions AS timestamptz[])) AS u(id, at, first_due, resolution_due)
+WHERE c.tenant_id = :t AND c.id = u.id AND c.sla_started_at IS NULL
+""")
+STARTED = text("""
+SELECT sla_started_at FROM conversations WHERE tenant_id = :t AND id = :id AND status = 'open'
+""")
+MOVE = text("""
+UPDATE conversations SET first_response_due_at = :first_due, resolution_due_at = :resolution_due
+WHERE tenant_id = :t AND id = :id
+  AND (first_response_due_at IS DISTINCT FROM :first_due OR resolution_due_at IS DISTINCT FROM :resolution_due)
+""")
+# Breaches, a bounded batch at a time; `resolution` tells which due time passed (the resolution wins).
+BREACH = text("""
+UPDATE conversations c SET sla_breached_at = :now
+WHERE c.tenant_id = :t AND c.id IN (
+    SELECT o.id FROM conversations o
+    WHERE o.tenant_id = :t AND o.status = 'open' AND o.sla_breached_at IS NULL
+      AND (o.resolution_due_at <= :now
+           OR (o.first_response_due_at <= :now
+               AND NOT EXISTS (SELECT 1 FROM messages m
+                               WHERE m.tenant_id = o.tenant_id AND m.conversation_id = o.id
+                                 AND m.direction = 'outbound'
+                                 AND m.sent_at >= o.sla_started_at AND m.sent_at <= o.first_response_due_at)))
+    ORDER BY o.id LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING c.id, coalesce(c.resolution_due_at <= :now, false) AS resolution
+""")
+UPSERT = text("""
+INSERT INTO sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes, time_zone,
+                          business_hours, holidays)
+VALUES (:t, :priority, :first, :resolution, :zone, CAST(:hours AS jsonb), CAST(:holidays AS date[]))
+ON CONFLICT (tenant_id, priority) DO UPDATE SET
+    first_response_minutes = EXCLUDED.first_response_minutes, resolution_minutes = EXCLUDED.resolution_minutes,
+    time_zone = EXCLUDED.time_zone, business_hours = EXCLUDED.business_hours, holidays = EXCLUDED.holidays,
+    updated_at = now()
+RETURNING id
+""")
+
+
+class PolicyError(ValueError):
+    """An SLA policy that cannot be kept: unknown priority, bad durations or calendar."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    priority: str
+    first_response_minutes: int | None
+    resolution_minutes: int | None
+    calendar: Calendar
+
+    def due(self, start: datetime) -> tuple[datetime | None, datetime | None]:
+        """(first response due, resolution due) for a clock started at `start`."""
+        first = self.calendar.add(start, self.first_response_minutes) if self.first_response_minutes else None
+        resolution = self.calendar.add(start, self.resolution_minutes) if self.resolution_minutes else None
+        return first, resolution
+
+
+@dataclass
+class Breaches:
+    first_response: int = 0
+    resolution: int = 0
+
+
+def load_policies(conn: Connection, tenant: TenantId) -> dict[str, Policy]:
+    policies = {}
+    for row in conn.execute(POLICIES, {"t": tenant}):
+        try:
+            calendar = parse_calendar(row.time_zone, row.business_hours, row.holidays or ())
+        except CalendarError:
+            continue  # only written through `set_policy`, which validates: a hand-edited row is skipped
+        policies[row.priority] = Policy(row.priority, row.first_response_minutes, row.resolution_minutes, calendar)
+    return policies
+
+
+def start_clocks(conn: Connection, tenant: TenantId,
+                 unstarted: Sequence[tuple[uuid.UUID, datetime, str | None]]) -> int:
+    """Start the clocks of open conversations that have none (just opened or reopened): each given as its id,
+    the time its clock starts and its priority. The ingest batch learns which they are from the statement that
+    counts their new messages, so a batch that opens nothing spends no statement here."""
+    if not unstarted:
+        return 0
+    policies = load_policies(conn, tenant)
+    ids, ats, firsts, resolutions = [], [], [], []
+    for conversation_id, at, priority in sorted(unstarted):
+        policy = policies.get(priority or DEFAULT_PRIORITY)
+        first, resolution = policy.due(at) if policy else (None, None)
+        ids.append(conversation_id)
+        ats.append(at)
+        firsts.append(first)
+        resolutions.append(resolution)
+    conn.execute(START, {"t": tenant, "ids": ids, "ats": ats, "firsts": firsts, "resolutions": resolutions})
+    return len(ids)
+
+
+def reprioritize(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID, priority: str) -> bool:
+    """Move an open conversation's due times to its new priority's policy; True when they moved."""
+    start = conn.execute(STARTED, {"t": tenant, "id": conversation_id}).scalar()
+    if start is None:
+        return False
+    policy = load_policies(conn, tenant).get(priority)
+    first, resolution = policy.due(start) if policy else (None, None)
+    moved = conn.execute(MOVE, {"t": tenant, "id": conversation_id, "first_due": first,
+                                "resolution_due": resolution}).rowcount
+    return bool(moved)
+
+
+def mark_breaches(conn: Connection, tenant: TenantId, now: datetime, *, limit: int = 1000) -> Breaches:
+    """Mark the open conversations whose due time passed by `now` (each once); how many of each kind."""
+    breaches = Breaches()
+    for row in conn.execute(BREACH, {"t": tenant, "now": now, "limit": limit}):
+        if row.resolution:
+            breaches.resolution += 1
+        else:
+            breaches.first_response += 1
+    return breaches
+
+
+def set_policy(conn: Connection, tenant: TenantId, priority: str, *, first_response_minutes: int | None,
+               resolution_minutes: int | None, time_zone: str = "UTC", business_hours: object = None,
+               holidays: Sequence[str] = ()) -> uuid.UUID:
+    """Create or replace the tenant's policy for `priority`, after checking every value."""
+    if priority not in PRIORITIES:
+        raise PolicyError(f"priority must be one of {', '.join(PRIORITIES)}")
+    for name, minutes in (("first response", first_response_minutes), ("resolution", resolution_minutes)):
+        if minutes is not None and not 0 < minutes <= MAX_MINUTES:
+            raise PolicyError(f"{name} must be between 1 minute and 366 days")
+    if first_response_minutes is None and resolution_minutes is None:
+        raise PolicyError("give a first-response time, a resolution time, or both")
+    try:
+        calendar = parse_calendar(time_zone, business_hours, holidays)
+    except CalendarError as exc:
+        raise PolicyError(str(exc)) from None
+    row = conn.execute(UPSERT, {
+        "t": tenant, "priority": priority, "first": first_response_minutes, "resolution": resolution_minutes,
+        "zone": calendar.zone.key, "hours": None if business_hours is None else orjson.dumps(business_hours).decode(),
+        "holidays": sorted(calendar.holidays)}).scalar_one()
+    return uuid.UUID(str(row))
+
+
+def list_policies(conn: Connection, tenant: TenantId) -> list[dict[str, Any]]:
+    rows = conn.execute(text(
+        "SELECT priority, first_response_minutes, resolution_minutes, time_zone, business_hours, holidays "
+        "FROM sla_policies WHERE tenant_id = :t ORDER BY array_position(CAST(:order AS text[]), priority)"),
+        {"t": tenant, "order": list(PRIORITIES)})
+    return [{**row._asdict(), "holidays": [d.isoformat() for d in row.holidays]} for row in rows]

@@ -1,0 +1,213 @@
+"""Erasure of one person: afterwards no text or JSON column of any tenant table, and no Redis key, holds their
+identities or what they wrote; others are untouched, counters still add up, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+from sqlalchemy import Engine, text
+
+from db.tenancy import TenantId, bind_tenant
+from pipelines.lifecycle import jobs
+from tests.factories import deliver, new_inbox
+from tests.processes import INTAKE
+from workers.cli.main import main
+from workers.queues import NAMESPACE
+
+ERIK = {"name": "Erik Svensson", "email": "erik.svensson@example.se", "phone": "+46701234567"}
+ERIK_TEXTS = ("Min beställning 5512 har inte kommit", "Leveransadressen är Storgatan 12")
+ANNA_TEXT = "Tilaukseni 7781 on myöhässä"
+
+
+def send(app_engine: Engine, inbox: Any, external_id: str, body_text: str, **contact: str) -> Any:
+    body = orjson.dumps({"id": external_id, "type": "message", "sent_at": "2026-11-20T09:30:00+02:00",
+                         "text": body_text, "contact": contact, "metadata": {"note": body_text}})
+    return deliver(app_engine, inbox, body, "application/json", headers={"webhook-id": f"wh-{external_id}"})
+
+
+def needles() -> list[str]:
+    return [ERIK["email"], ERIK["phone"], ERIK["phone"][1:], ERIK["name"].lower(), *(t.lower() for t in ERIK_TEXTS)]
+
+
+def tenant_columns(admin_engine: Engine) -> list[tuple[str, str, str]]:
+    """(table, column, type) of every text, JSON and bytea column of every table with a tenant_id."""
+    with admin_engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text("""
+            SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
+            WHERE c.table_schema = 'public' AND c.data_type IN ('text', 'jsonb', 'json', 'bytea', 'ARRAY')
+              AND EXISTS (SELECT 1 FROM information_schema.columns t WHERE t.table_schema = 'public'
+                          AND t.table_name = c.table_name AND t.column_name IN ('tenant_id'))
+            ORDER BY 1, 2"""))]
+
+
+def traces(admin_engine: Engine, tenant: TenantId, redis_client: redis.Redis) -> list[str]:
+    """Where any of the person's identities or texts still appear: table.column, or a Redis key."""
+    found = []
+    with admin_engine.connect() as conn:
+        for table, column, kind in tenant_columns(admin_engine):
+            value = f"lower(encode(\"{column}\", 'escape'))" if kind == "bytea" else f'lower("{column}"::text)'
+            hit = conn.execute(text(
+                f'SELECT count(*) FROM "{table}" WHERE tenant_id = :t AND EXISTS '
+                f"(SELECT 1 FROM unnest(CAST(:n AS text[])) n WHERE strpos({value}, n) > 0)"),
+                {"t": tenant, "n": needles()}).scalar_one()
+            if hit:
+                found.append(f"{table}.{column}")
+    for key in redis_client.scan_iter("*"):
+        values = redis_values(redis_client, key)
+        blob = b" ".join(v for v in values if isinstance(v, bytes)).decode(errors="replace").lower()
+        if any(n in blob for n in needles()):
+            found.append(f"redis:{key.decode()}")
+    return found
+
+
+def redis_values(client: redis.Redis, key: bytes) -> list[Any]:
+    kind = client.type(key)
+    if kind == b"hash":
+        return list(client.hvals(key))
+    if kind == b"list":
+        return list(client.lrange(key, 0, -1))
+    if kind == b"zset":
+        return list(client.zrange(key, 0, -1))
+    if kind == b"set":
+        return list(client.smembers(key))
+    return [client.get(key)] if kind == b"string" else []
+
+
+def counts(admin_engine: Engine, tenant: TenantId) -> dict[str, Any]:
+    with admin_engine.connect() as conn:
+        return dict(conn.execute(text("""
+            SELECT (SELECT count(*) FROM contacts WHERE tenant_id = :t) AS contacts,
+                   (SELECT count(*) FROM messages WHERE tenant_id = :t) AS messages,
+                   (SELECT count(*) FROM conversations WHERE tenant_id = :t) AS conversations,
+                   (SELECT sum(message_count) FROM conversations WHERE tenant_id = :t) AS counted,
+                   (SELECT count(*) FROM audit_logs WHERE tenant_id = :t) AS audit_rows"""),
+            {"t": tenant}).mappings().one())
+
+
+def enqueue(client: redis.Redis, queue: str, tenant: TenantId, ids: list[uuid.UUID]) -> str:
+    job_id = str(uuid.uuid4())
+    body = orjson.dumps({"queue_name": queue, "actor_name": "x", "args": [str(tenant), [str(i) for i in ids]],
+                         "kwargs": {}, "options": {"redis_message_id": job_id}, "message_id": job_id,
+                         "message_timestamp": 0})
+    client.hset(f"{NAMESPACE}:{queue}.msgs", job_id, body)
+    client.rpush(f"{NAMESPACE}:{queue}", job_id)
+    return job_id
+
+
+def intake_json(*args: str) -> dict[str, Any]:
+    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_erasure_leaves_no_trace_of_the_person_and_nothing_else_changes(
+    stack: dict[str, str], app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    erik = [send(app_engine, inbox, f"e{n}", t, **ERIK) for n, t in enumerate(ERIK_TEXTS)]
+    send(app_engine, inbox, "a1", ANNA_TEXT, email="anna@example.fi", name="Anna Virtanen")
+    erik_messages = [m for r in erik for m in r.messages_created]
+    with app_engine.begin() as conn:  # AI output about Erik, a stored event that failed, its ledger row
+        bind_tenant(conn, tenant)
+        conv = conn.execute(text("SELECT conversation_id FROM messages WHERE id = :m"), {"m": erik_messages[0]}).scalar()
+        conn.execute(text(
+            "INSERT INTO ai_classifications (tenant_id, message_id, prompt_version, category, priority, sentiment, "
+            "language, confidence, reasoning, provider, model) VALUES (:t, :m, 'v1', 'shipping', 'high', 'negative', "
+            "'sv', 0.9, :r, 'local', 'x')"), {"t": tenant, "m": erik_messages[0], "r": f"Quotes: {ERIK_TEXTS[0]}"})
+        conn.execute(text(
+            "INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, confidence, "
+            "provider, model) VALUES (:t, :m, :c, 'v1', :d, 0.8, 'local', 'x')"),
+            {"t": tenant, "m": erik_messages[0], "c": conv, "d": f"Hej {ERIK['name']}, order 5512 ships today."})
+        failed = conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, body, status, error) "
+            "VALUES (:t, :i, 'api', 'broken', :b, 'failed', :e) RETURNING id"),
+            {"t": tenant, "i": inbox.id, "b": orjson.dumps({"contact": {"phone": ERIK["phone"]}}),
+             "e": f"bad payload from {ERIK['email']}"}).scalar_one()
+        conn.execute(text(
+            "INSERT INTO job_failures (tenant_id, queue, actor, message_id, message, ref_id, exception_type, "
+            "exception_message) VALUES (:t, 'ingest', 'ingest_events', :m, CAST(:msg AS jsonb), :r, 'ValueError', :e)"),
+            {"t": tenant, "m": (job := str(uuid.uuid4())), "r": f"['{failed}']", "e": f"no route for {ERIK['email']}",
+             "msg": json.dumps({"queue_name": "ingest", "actor_name": "ingest_events", "message_id": job,
+                                  "args": [str(tenant), [str(failed)]], "kwargs": {"retry_failed": True},
+                                  "options": {}, "message_timestamp": 0})})
+    anna_job = enqueue(redis_client, "ai", tenant, [*erik_messages, uuid.UUID(int=7)])
+    erik_job = enqueue(redis_client, "ingest", tenant, [failed])
+    before = counts(admin_engine, tenant)
+    assert len(traces(admin_engine, tenant, redis_client)) >= 5
+
+    erased = intake_json("contact", "erase", "--tenant", str(tenant), "--identity", f"email:{ERIK['email'].upper()}")
+    assert erased["already_erased"] is False and erased["counts"]["messages"] == 2 and erased["jobs"] == 2
+    assert traces(admin_engine, tenant, redis_client) == []
+    assert redis_client.hget(f"{NAMESPACE}:ingest.msgs", erik_job) is None
+    rewritten = redis_client.hget(f"{NAMESPACE}:ai.msgs", anna_job)
+    assert rewritten is not None and orjson.loads(rewritten)["args"][1] == [str(uuid.UUID(int=7))]
+    assert jobs.forget_jobs(redis_client, NAMESPACE, str(tenant)) == 1  # no worker of a later test should run it
+
+    after = counts(admin_engine, tenant)
+    assert after == {**before, "audit_rows": before["audit_rows"] + 1}
+    assert after["counted"] == after["messages"]
+    with admin_engine.connect() as conn:
+        anna = conn.execute(text("SELECT content FROM messages WHERE tenant_id = :t AND external_id = 'a1'"),
+                            {"t": tenant}).scalar_one()
+        audit = conn.execute(text("SELECT action, after FROM audit_logs WHERE tenant_id = :t"), {"t": tenant}).one()
+        status = conn.execute(text("SELECT status FROM inbound_events WHERE id = :id"), {"id": failed}).scalar_one()
+    assert anna == ANNA_TEXT and status == "processed"
+    assert audit.action == "contact.erase" and ERIK["email"] not in json.dumps(audit.after)
+
+    again = intake_json("contact", "erase", "--tenant", str(tenant), "--contact", erased["contact_id"])
+    assert again["already_erased"] is True and not any(again["counts"].values())
+    assert counts(admin_engine, tenant) == after
+
+    # The same person writing again is a new contact, with nothing of the old one.
+    send(app_engine, inbox, "e9", "Hej igen", **ERIK)
+    with admin_engine.connect() as conn:
+        newest = conn.execute(text("SELECT contact_id FROM messages WHERE tenant_id = :t AND external_id = 'e9'"),
+                              {"t": tenant}).scalar_one()
+    assert str(newest) != erased["contact_id"]
+
+
+def test_forgetting_a_deleted_tenants_jobs_keeps_other_tenants_jobs(redis_client: redis.Redis) -> None:
+    gone, kept = TenantId(uuid.uuid4()), TenantId(uuid.uuid4())
+    enqueue(redis_client, "ingest", gone, [uuid.uuid4()])
+    other = enqueue(redis_client, "ingest", kept, [uuid.uuid4()])
+    redis_client.set(f"intake:ratelimit:{gone}", 1)
+    assert jobs.forget_jobs(redis_client, NAMESPACE, str(gone)) == 1
+    assert jobs.forget_tenant_keys(redis_client, str(gone)) == 1
+    assert redis_client.hget(f"{NAMESPACE}:ingest.msgs", other) is not None
+    assert all(str(gone) not in str(v) for v in redis_client.hvals(f"{NAMESPACE}:ingest.msgs"))
+    assert jobs.forget_jobs(redis_client, NAMESPACE, str(kept)) == 1
+
+
+TENANT = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["contact", "erase", "--tenant", "not-a-uuid", "--contact", TENANT], "--tenant must be a UUID"),
+    (["contact", "erase", "--tenant", TENANT + "\x00", "--contact", TENANT], "--tenant must be at most"),
+    (["contact", "erase", "--tenant", "9" * 100_000, "--contact", TENANT], "--tenant must be at most"),
+    (["contact", "erase", "--tenant", TENANT], "exactly one of --contact"),
+    (["contact", "erase", "--tenant", TENANT, "--contact", TENANT, "--identity", "email:a@b.se"], "exactly one"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "fax:123"], "KIND:VALUE"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "nocolon"], "KIND:VALUE"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "email:"], "1-1024 characters"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "email:a\x00@b.se"], "without NUL"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "external:" + "x" * 5000], "at most 1024"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "phone:call me"], "not a phone number"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "email:not-an-address"], "not an email"),
+    (["contact", "erase", "--tenant", TENANT, "--identity", "email:\u202ea@b.se"], "not an email"),
+    (["contact", "erase", "--tenant", TENANT, "--contact", TENANT], "no tenant"),
+])
+def test_hostile_erase_input_is_one_clear_line(stack: dict[str, str], args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert result.stdout == ""
