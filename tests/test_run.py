@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -19,10 +20,13 @@ def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, st
            if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
     env.update({"INTAKE_HOME": str(tmp_path / "home"), "INTAKE_WORKER_METRICS_PORT": "0",
                 "INTAKE_CLOCK_METRICS_PORT": "0"})
-    port = free_port()
-    proc = subprocess.Popen([INTAKE, "run", "--port", str(port), "--threads", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    port, admin_port = free_port(), free_port()
+    proc = subprocess.Popen([INTAKE, "run", "--port", str(port), "--admin-port", str(admin_port), "--threads", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(line.decode() for line in proc.stdout or ()), daemon=True)
+    reader.start()
     try:
         def healthy() -> bool:
             try:
@@ -50,10 +54,30 @@ def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, st
             return row is not None and row[0] == "Where is my order?"
 
         wait_for(stored, timeout=60, interval=0.5)
+
+        # The printed operator key signs in to the admin API and the console.
+        (key,) = {word for line in printed for word in line.split() if word.startswith("ik_")}
+        admin = f"http://127.0.0.1:{admin_port}"
+        assert any(f"{admin}/" in line for line in printed)
+
+        def tenants() -> httpx.Response | None:
+            try:
+                return httpx.get(f"{admin}/v1/admin/tenants", headers={"Authorization": f"Bearer {key}"}, timeout=2)
+            except httpx.TransportError:
+                return None
+
+        wait_for(lambda: tenants() is not None, timeout=60, interval=0.5)
+        listed = tenants()
+        assert listed is not None and listed.status_code == 200
+        assert demo["tenant_id"] in {item["id"] for item in listed.json()["items"]}
+        assert httpx.get(f"{admin}/v1/admin/tenants", headers={"Authorization": "Bearer ik_wrong"}).status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
+        reader.join(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0
-    assert b"Intake is running" in out
+    assert any("Intake is running" in line for line in printed)
     status = subprocess.run([INTAKE, "services", "status", "--json"], env=env, capture_output=True, text=True)
     assert json.loads(status.stdout)["postgres_running"] is False  # it stopped what it started

@@ -146,14 +146,15 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def read_json(request: Request) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, refused with BodyTooLarge as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
@@ -225,7 +226,7 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
             if endpoint.body is not None:
-                call.body = validate(endpoint.body, await read_json(request), "body")
+                call.body = validate(endpoint.body, await read_body(request), "body")
             call.tenant = await run_in_threadpool(resolve_owner, admin, endpoint, principal, ids)
             result = await run_in_threadpool(endpoint.handler, call)
         except BodyTooLarge:

@@ -14,14 +14,20 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
 
 from config import SettingsError, get_settings
 from db.engine import make_engine
 from db.tenancy import UnknownTenant
+from pipelines.control.errors import ControlError
 from pipelines.crypto import SecretKeyError
 from pipelines.inboxes import InboxConfigError
+from pipelines.lifecycle.business_hours import CalendarError
+from pipelines.lifecycle.erasure import ErasureError
+from pipelines.lifecycle.export import ExportError
+from pipelines.lifecycle.sla import PolicyError
 from workers.embedded.runtime import Runtime, ServicesUnavailable, check_database, check_maintenance, resolve
 from workers.embedded.services import ServiceError
 
@@ -30,7 +36,16 @@ R = TypeVar("R")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigError, UnknownTenant, SecretKeyError)
+
+
+class BadInput(ValueError):
+    """A value given on the command line that the command cannot use; its message says what would do."""
+
+
+# What a user can fix: printed as one line on stderr, exit status 1. The control plane's refusals (the API's
+# 403, 404, 409, 422) and the data lifecycle's are among them.
+KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigError, UnknownTenant, SecretKeyError,
+                BadInput, ControlError, ErasureError, ExportError, PolicyError, CalendarError)
 
 
 def emit(data: dict[str, Any]) -> None:
@@ -46,7 +61,7 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except KNOWN_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise SystemExit(1) from None
 
     return wrapper

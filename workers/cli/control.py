@@ -10,7 +10,6 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -21,28 +20,14 @@ from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
 from pipelines.control import keys, personas, teams
 from pipelines.control.common import owner_of
-from pipelines.control.errors import ControlError, Invalid
+from pipelines.control.errors import Invalid
 from pipelines.control.fields import field_errors
 from pipelines.control.models import KeyCreate, Listing, Page, PersonaCreate, PersonaUpdate, TeamCreate, TeamUpdate
-from workers.cli.common import When, admin_engine, console, emit, friendly_errors, out
+from workers.cli.common import When, admin_engine, emit, friendly_errors, out
 
 P = ParamSpec("P")
 R = TypeVar("R")
 M = TypeVar("M", bound=BaseModel)
-
-
-def control_command(func: Callable[P, R]) -> Callable[P, R]:
-    """friendly_errors, and a refused change (404, 403, 409, 422 in the API) as one line and exit 1."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except ControlError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise SystemExit(1) from None
-
-    return friendly_errors(wrapper)
 
 
 def actor() -> audit.Actor:
@@ -134,7 +119,7 @@ def key() -> None:
 @click.option("--operator", is_flag=True, help="A key that acts on every tenant.")
 @click.option("--tenant", "tenant_id", type=click.UUID, help="A key that acts on this tenant only.")
 @JSON
-@control_command
+@friendly_errors
 def key_create(name: str, operator: bool, tenant_id: uuid.UUID | None, as_json: bool) -> None:
     """Create a key and print it (once: only its hash is kept)."""
     if operator == (tenant_id is not None):
@@ -155,7 +140,7 @@ def key_create(name: str, operator: bool, tenant_id: uuid.UUID | None, as_json: 
 @click.option("--all", "include_revoked", is_flag=True, help="Revoked keys too.")
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def key_list(tenant_id: uuid.UUID | None, include_revoked: bool, limit: int, offset: int, as_json: bool) -> None:
     """API keys (never the keys themselves: their prefixes)."""
     with owner_transaction() as conn:
@@ -167,7 +152,7 @@ def key_list(tenant_id: uuid.UUID | None, include_revoked: bool, limit: int, off
 @key.command("revoke")
 @click.argument("key_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def key_revoke(key_id: uuid.UUID, as_json: bool) -> None:
     """Revoke a key: it gets 401 from then on."""
     with owner_transaction() as conn:
@@ -190,7 +175,7 @@ def team() -> None:
 @click.option("--description", default="")
 @click.option("--keyword", "keywords", multiple=True, help="A word that routes to this team (repeatable).")
 @JSON
-@control_command
+@friendly_errors
 def team_create(tenant_id: uuid.UUID, name: str, description: str, keywords: tuple[str, ...], as_json: bool) -> None:
     """Create a team."""
     request = build(TeamCreate, {"name": name, "description": description, "keywords": list(keywords)})
@@ -202,7 +187,7 @@ def team_create(tenant_id: uuid.UUID, name: str, description: str, keywords: tup
 @click.option("--tenant", "tenant_id", type=click.UUID, required=True)
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def team_list(tenant_id: uuid.UUID, limit: int, offset: int, as_json: bool) -> None:
     """A tenant's teams."""
     with owner_transaction("tenant", tenant_id) as conn:
@@ -216,7 +201,7 @@ def team_list(tenant_id: uuid.UUID, limit: int, offset: int, as_json: bool) -> N
 @click.option("--description")
 @click.option("--keyword", "keywords", multiple=True, help="Replaces the keywords (repeatable).")
 @JSON
-@control_command
+@friendly_errors
 def team_update(team_id: uuid.UUID, name: str | None, description: str | None, keywords: tuple[str, ...],
                 as_json: bool) -> None:
     """Rename a team or change its description or keywords."""
@@ -229,7 +214,7 @@ def team_update(team_id: uuid.UUID, name: str | None, description: str | None, k
 @team.command("delete")
 @click.argument("team_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def team_delete(team_id: uuid.UUID, as_json: bool) -> None:
     """Delete a team."""
     with owner_transaction("team", team_id) as conn:
@@ -258,7 +243,7 @@ def persona() -> None:
 @click.argument("name")
 @persona_options
 @JSON
-@control_command
+@friendly_errors
 def persona_create(tenant_id: uuid.UUID, name: str, as_json: bool, **given: Any) -> None:
     """Create a persona."""
     request = build(PersonaCreate, {"name": name, **{k: v for k, v in given.items() if v is not None}})
@@ -270,7 +255,7 @@ def persona_create(tenant_id: uuid.UUID, name: str, as_json: bool, **given: Any)
 @click.option("--tenant", "tenant_id", type=click.UUID, required=True)
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def persona_list(tenant_id: uuid.UUID, limit: int, offset: int, as_json: bool) -> None:
     """A tenant's personas."""
     with owner_transaction("tenant", tenant_id) as conn:
@@ -283,7 +268,7 @@ def persona_list(tenant_id: uuid.UUID, limit: int, offset: int, as_json: bool) -
 @click.option("--name")
 @persona_options
 @JSON
-@control_command
+@friendly_errors
 def persona_update(persona_id: uuid.UUID, as_json: bool, **given: Any) -> None:
     """Change a persona."""
     request = build(PersonaUpdate, {k: v for k, v in given.items() if v is not None})
@@ -294,7 +279,7 @@ def persona_update(persona_id: uuid.UUID, as_json: bool, **given: Any) -> None:
 @persona.command("delete")
 @click.argument("persona_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def persona_delete(persona_id: uuid.UUID, as_json: bool) -> None:
     """Delete a persona; inboxes that chose it use the default."""
     with owner_transaction("persona", persona_id) as conn:
@@ -313,7 +298,7 @@ def audit_group() -> None:
 @click.option("--since", type=When(), help="ISO time or age: 2h, 7d.")
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def audit_list(tenant_id: uuid.UUID | None, action: str | None, since: Any, limit: int, offset: int,
                as_json: bool) -> None:
     """Audit rows, newest first."""

@@ -212,8 +212,11 @@ def _print_admin(rt: Runtime, host: str, admin_port: int) -> None:
             view, secret = keys.create(conn, name="intake run", tenant_id=None, actor=audit.Actor("cli:intake run"))
     finally:
         engine.dispose()
-    out.print(f"Admin API on http://{host}:{admin_port}/v1/admin/ (document: /v1/admin/openapi.json)")
-    out.print(f"  operator key {view.id}: {secret}", highlight=False)
+    out.print(f"[bold]Console[/] on http://{host}:{admin_port}/ : sign in with this operator key (shown once):")
+    out.print(f"  {secret}", highlight=False)
+    out.print(f"  (key id {view.id}; `intake key revoke {view.id}` ends it)")
+    out.print(f"Admin API on http://{host}:{admin_port}/v1/admin/ (document: /v1/admin/openapi.json), "
+              "with the same key as `Authorization: Bearer`")
 
 
 def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) -> None:

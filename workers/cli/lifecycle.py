@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 import redis
-from rich.markup import escape
 from sqlalchemy import Connection, Engine
 
 from db.engine import make_engine
-from db.tenancy import TenantId, UnknownTenant, resolve_tenant
+from db.tenancy import TenantId, resolve_tenant
 from pipelines.lifecycle import deletion, erasure, jobs, sla, stats
-from pipelines.lifecycle.business_hours import DAYS, CalendarError
-from pipelines.lifecycle.export import ExportError, count_rows, export_tenant
+from pipelines.lifecycle.business_hours import DAYS
+from pipelines.lifecycle.export import count_rows, export_tenant
 from pipelines.lifecycle.retention import RetentionPolicy
-from workers.cli.common import admin_engine, console, emit, friendly_errors, out, progress, runtime
+from workers.cli.common import BadInput, admin_engine, emit, friendly_errors, out, progress, runtime
 from workers.cli.control import actor
 from workers.embedded.runtime import Runtime
 from workers.queues import NAMESPACE
@@ -37,27 +35,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 MAX_ARGUMENT = 1024
-
-
-class BadInput(ValueError):
-    """A command-line value that names nothing this command can act on."""
-
-
-REFUSED = (BadInput, erasure.ErasureError, ExportError, sla.PolicyError, CalendarError, UnknownTenant)
-
-
-def lifecycle_command(func: Callable[P, R]) -> Callable[P, R]:
-    """friendly_errors, and a refused input as one line on stderr and exit 1."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except REFUSED as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-            raise SystemExit(1) from None
-
-    return friendly_errors(wrapper)
 
 
 def uuid_argument(value: str, what: str) -> uuid.UUID:
@@ -103,7 +80,7 @@ def contact() -> None:
 @click.option("--identity", default=None, metavar="KIND:VALUE", help="phone:+358..., email:..., telegram:..., "
                                                                       "external:...")
 @JSON
-@lifecycle_command
+@friendly_errors
 def contact_erase(tenant_id: str, contact_id: str | None, identity: str | None, as_json: bool) -> None:
     """Erase one person from a tenant: identities, message texts, raw events, AI output, waiting jobs."""
     tenant_uuid = uuid_argument(tenant_id, "--tenant")
@@ -136,7 +113,7 @@ def contact_erase(tenant_id: str, contact_id: str | None, identity: str | None, 
 @click.argument("tenant_id")
 @click.option("--out", "out_path", required=True, help="The archive to write (a new .zip file).")
 @JSON
-@lifecycle_command
+@friendly_errors
 def tenant_export(tenant_id: str, out_path: str, as_json: bool) -> None:
     """Write every row of a tenant to a ZIP of JSON Lines with a manifest (counts, checksums)."""
     tenant_uuid = uuid_argument(tenant_id, "TENANT_ID")
@@ -159,7 +136,7 @@ def tenant_export(tenant_id: str, out_path: str, as_json: bool) -> None:
 @click.argument("tenant_id")
 @click.option("--confirm", required=True, help="The tenant's id again.")
 @JSON
-@lifecycle_command
+@friendly_errors
 def tenant_delete(tenant_id: str, confirm: str, as_json: bool) -> None:
     """Delete a tenant and everything it holds (in batches), its Redis jobs and keys; audited."""
     tenant_uuid = uuid_argument(tenant_id, "TENANT_ID")
@@ -201,7 +178,7 @@ def tenant_delete(tenant_id: str, confirm: str, as_json: bool) -> None:
 @click.command("stats")
 @click.argument("tenant_id", required=False)
 @JSON
-@lifecycle_command
+@friendly_errors
 def tenant_stats(tenant_id: str | None, as_json: bool) -> None:
     """Rows and bytes per table, oldest and newest data, and what retention removes next (all tenants
     without an id)."""
@@ -294,7 +271,7 @@ def sla_group() -> None:
 @click.option("--hours", default=None, help='Business hours, e.g. "mon-fri 09:00-17:00" (default: 24/7).')
 @click.option("--holiday", "holidays", multiple=True, metavar="YYYY-MM-DD", help="A closed day (repeatable).")
 @JSON
-@lifecycle_command
+@friendly_errors
 def sla_set(tenant_id: str, priority: str, first_response: str | None, resolution: str | None, time_zone: str,
             hours: str | None, holidays: tuple[str, ...], as_json: bool) -> None:
     """Create or replace the tenant's policy for one priority."""
@@ -314,7 +291,7 @@ def sla_set(tenant_id: str, priority: str, first_response: str | None, resolutio
 @sla_group.command("list")
 @click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
 @JSON
-@lifecycle_command
+@friendly_errors
 def sla_list(tenant_id: str, as_json: bool) -> None:
     """The tenant's SLA policies."""
     tenant_uuid = uuid_argument(tenant_id, "--tenant")

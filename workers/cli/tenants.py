@@ -17,7 +17,7 @@ from pipelines.control.models import InboxUpdate, Page, RotateSecrets, TenantUpd
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import CHANNELS, create_inbox, create_tenant, webhook_url
 from workers.cli.common import app_transaction, emit, friendly_errors, out, runtime
-from workers.cli.control import JSON, actor, build, control_command, owner_transaction, page_options, show, show_list
+from workers.cli.control import JSON, actor, build, owner_transaction, page_options, show, show_list
 
 
 @click.group()
@@ -143,7 +143,7 @@ def inbox_tools() -> Inboxes:
 @tenant.command("list")
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def tenant_list(limit: int, offset: int, as_json: bool) -> None:
     """Every tenant, oldest first."""
     with owner_transaction() as conn:
@@ -154,7 +154,7 @@ def tenant_list(limit: int, offset: int, as_json: bool) -> None:
 @tenant.command("show")
 @click.argument("tenant_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def tenant_show(tenant_id: uuid.UUID, as_json: bool) -> None:
     """One tenant with its settings."""
     with owner_transaction("tenant", tenant_id) as conn:
@@ -166,7 +166,7 @@ def tenant_show(tenant_id: uuid.UUID, as_json: bool) -> None:
 @click.option("--name")
 @settings_options
 @JSON
-@control_command
+@friendly_errors
 def tenant_update(tenant_id: uuid.UUID, name: str | None, pairs: tuple[str, ...], unset: tuple[str, ...],
                   as_json: bool) -> None:
     """Rename a tenant or change its settings (validated: a wrong value is refused with its field named)."""
@@ -185,7 +185,7 @@ def _tenant_state(tenant_id: uuid.UUID, disabled: bool, as_json: bool) -> None:
 @tenant.command("disable")
 @click.argument("tenant_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def tenant_disable(tenant_id: uuid.UUID, as_json: bool) -> None:
     """Disable a tenant: its inboxes answer 404; nothing is deleted."""
     _tenant_state(tenant_id, True, as_json)
@@ -194,7 +194,7 @@ def tenant_disable(tenant_id: uuid.UUID, as_json: bool) -> None:
 @tenant.command("enable")
 @click.argument("tenant_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def tenant_enable(tenant_id: uuid.UUID, as_json: bool) -> None:
     """Enable a disabled tenant."""
     _tenant_state(tenant_id, False, as_json)
@@ -207,7 +207,7 @@ INBOX_COLUMNS = ("id", "tenant_id", "channel", "name", "enabled")
 @click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant's inboxes.")
 @page_options
 @JSON
-@control_command
+@friendly_errors
 def inbox_list(tenant_id: uuid.UUID | None, limit: int, offset: int, as_json: bool) -> None:
     """Inboxes, oldest first (secrets masked)."""
     tools = inbox_tools()
@@ -218,7 +218,7 @@ def inbox_list(tenant_id: uuid.UUID | None, limit: int, offset: int, as_json: bo
 @inbox.command("show")
 @click.argument("inbox_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def inbox_show(inbox_id: uuid.UUID, as_json: bool) -> None:
     """One inbox: its webhook URL, settings and masked secrets."""
     tools = inbox_tools()
@@ -232,7 +232,7 @@ def inbox_show(inbox_id: uuid.UUID, as_json: bool) -> None:
 @click.option("--persona", "persona_id", help="The persona drafting this inbox's replies (`none`: the default).")
 @settings_options
 @JSON
-@control_command
+@friendly_errors
 def inbox_update(inbox_id: uuid.UUID, name: str | None, persona_id: str | None, pairs: tuple[str, ...],
                  unset: tuple[str, ...], as_json: bool) -> None:
     """Rename an inbox, change its settings or choose its persona."""
@@ -255,7 +255,7 @@ def _inbox_state(inbox_id: uuid.UUID, enabled: bool, as_json: bool) -> None:
 @inbox.command("disable")
 @click.argument("inbox_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def inbox_disable(inbox_id: uuid.UUID, as_json: bool) -> None:
     """Disable an inbox: its deliveries get 404 until it is enabled."""
     _inbox_state(inbox_id, False, as_json)
@@ -264,7 +264,7 @@ def inbox_disable(inbox_id: uuid.UUID, as_json: bool) -> None:
 @inbox.command("enable")
 @click.argument("inbox_id", type=click.UUID)
 @JSON
-@control_command
+@friendly_errors
 def inbox_enable(inbox_id: uuid.UUID, as_json: bool) -> None:
     """Enable an inbox."""
     _inbox_state(inbox_id, True, as_json)
@@ -277,7 +277,7 @@ def inbox_enable(inbox_id: uuid.UUID, as_json: bool) -> None:
 @click.option("--secret", "secrets_", multiple=True, metavar="KEY=VALUE",
               help="A new provider-issued secret (repeatable); generated secrets are always new.")
 @JSON
-@control_command
+@friendly_errors
 def inbox_rotate(inbox_id: uuid.UUID, overlap: str, secrets_: tuple[str, ...], as_json: bool) -> None:
     """New secrets for an inbox, printed once; the old ones verify too until the overlap ends."""
     request = build(RotateSecrets, {"overlap_seconds": _seconds(overlap), "secrets": _parse_secrets(secrets_)})

@@ -31,7 +31,7 @@ from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid,
 from pipelines.control.keys import Principal
 from pipelines.errors import is_retryable
 from workers.admin.console.sessions import COOKIE, Session, Sessions
-from workers.admin.http import Call, request_id, validate
+from workers.admin.http import BodyTooLarge, Call, read_body, request_id, validate
 
 if TYPE_CHECKING:
     from workers.admin.app import Admin
@@ -196,20 +196,15 @@ def nested(pairs: Mapping[str, str], prefix: str) -> dict[str, Any]:
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        raise FormTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise FormTooLarge
-        chunks.append(chunk)
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except BodyTooLarge:
+        raise FormTooLarge from None
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("application/x-www-form-urlencoded", ""):
         raise BadForm
     try:
-        return parse_qs(b"".join(chunks).decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS,
+        return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS,
                         errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise BadForm from None
