@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Executable, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from db.schema import ai_classifications, ai_drafts, ai_usage, budget_alerts, conversations
 from db.tenancy import TenantId
 from pipelines import knowledge
 from pipelines.ai import language, taxonomy
@@ -231,19 +233,22 @@ def team_for(ctx: Context, classification: Classification) -> uuid.UUID | None:
     return None
 
 
-UPSERT_CLASSIFICATION = """
-INSERT INTO ai_classifications (tenant_id, message_id, prompt_version, category, priority, sentiment, sentiment_score,
-                                language, confidence, reasoning, suggested_team_id, is_auto_reply, provider, model)
-VALUES (:t, :m, :v, :category, :priority, :sentiment, :score, :language, :confidence, :reasoning, :team, :auto,
-        :provider, :model)
-ON CONFLICT (tenant_id, message_id, prompt_version) DO {action}
-RETURNING id
-"""
-REPLACE = """UPDATE SET category = EXCLUDED.category, priority = EXCLUDED.priority, sentiment = EXCLUDED.sentiment,
-    sentiment_score = EXCLUDED.sentiment_score, language = EXCLUDED.language, confidence = EXCLUDED.confidence,
-    reasoning = EXCLUDED.reasoning, suggested_team_id = EXCLUDED.suggested_team_id,
-    is_auto_reply = EXCLUDED.is_auto_reply, provider = EXCLUDED.provider, model = EXCLUDED.model,
-    created_at = now()"""
+# What a forced run (`intake ai reclassify`) replaces in an existing classification of the same prompt version.
+RECLASSIFIED = ("category", "priority", "sentiment", "sentiment_score", "language", "confidence", "reasoning",
+                "suggested_team_id", "is_auto_reply", "provider", "model")
+
+
+def _classification_upsert(values: dict[str, Any], *, force: bool) -> Executable:
+    """INSERT of one classification; on a second one for the same message and prompt version, nothing, or with
+    `force` the new one's values."""
+    statement = pg_insert(ai_classifications).values(values)
+    keys = [ai_classifications.c.tenant_id, ai_classifications.c.message_id, ai_classifications.c.prompt_version]
+    if force:
+        replaced = {name: statement.excluded[name] for name in RECLASSIFIED}
+        upsert = statement.on_conflict_do_update(index_elements=keys, set_={**replaced, "created_at": func.now()})
+    else:
+        upsert = statement.on_conflict_do_nothing(index_elements=keys)
+    return upsert.returning(ai_classifications.c.id)
 
 
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
@@ -253,31 +258,31 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
     if classification is not None and ctx.want_classification:
         usage = next(u for f, u in results.usage if f == "classify")
         team = team_for(ctx, classification)
-        row = conn.execute(text(UPSERT_CLASSIFICATION.format(action=REPLACE if force else "NOTHING")), {
-            "t": tenant, "m": ctx.message_id, "v": PROMPT_VERSION, "category": classification.category,
-            "priority": classification.priority, "sentiment": classification.sentiment,
-            "score": classification.sentiment_score, "language": classification.language,
-            "confidence": classification.confidence, "reasoning": classification.reasoning, "team": team,
-            "auto": ctx.auto_reply or classification.category == "auto_reply", "provider": usage.provider,
-            "model": usage.model}).first()
+        row = conn.execute(_classification_upsert({
+            "tenant_id": tenant, "message_id": ctx.message_id, "prompt_version": PROMPT_VERSION,
+            "category": classification.category, "priority": classification.priority,
+            "sentiment": classification.sentiment, "sentiment_score": classification.sentiment_score,
+            "language": classification.language, "confidence": classification.confidence,
+            "reasoning": classification.reasoning, "suggested_team_id": team,
+            "is_auto_reply": ctx.auto_reply or classification.category == "auto_reply",
+            "provider": usage.provider, "model": usage.model}, force=force)).first()
         stored["classification"] = row is not None
         if row is not None and ctx.is_latest:
-            conn.execute(text("UPDATE conversations SET category = :c, priority = :p, suggested_team_id = :team, "
-                              "updated_at = now() WHERE tenant_id = :t AND id = :id"),
-                         {"c": classification.category, "p": classification.priority, "team": team, "t": tenant,
-                          "id": ctx.conversation_id})
+            conv = conversations.c
+            conn.execute(update(conversations).where(conv.tenant_id == tenant, conv.id == ctx.conversation_id)
+                         .values(category=classification.category, priority=classification.priority,
+                                 suggested_team_id=team, updated_at=func.now()))
             sla.reprioritize(conn, tenant, ctx.conversation_id, classification.priority)
     if results.draft is not None:
         usage = next(u for f, u in results.usage if f == "draft")
-        row = conn.execute(text("""
-            INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, cited_chunk_ids,
-                                   confidence, language, provider, model)
-            VALUES (:t, :m, :c, :v, :content, CAST(:cited AS uuid[]), :confidence, :language, :provider, :model)
-            ON CONFLICT (tenant_id, message_id, prompt_version) DO NOTHING RETURNING id"""), {
-            "t": tenant, "m": ctx.message_id, "c": ctx.conversation_id, "v": PROMPT_VERSION,
-            "content": results.draft.text, "cited": results.draft.cited_chunk_ids,
-            "confidence": results.draft.confidence, "language": results.draft.language,
-            "provider": usage.provider, "model": usage.model}).first()
+        draft = pg_insert(ai_drafts).values(
+            tenant_id=tenant, message_id=ctx.message_id, conversation_id=ctx.conversation_id,
+            prompt_version=PROMPT_VERSION, content=results.draft.text, cited_chunk_ids=results.draft.cited_chunk_ids,
+            confidence=results.draft.confidence, language=results.draft.language, provider=usage.provider,
+            model=usage.model)
+        row = conn.execute(draft.on_conflict_do_nothing(
+            index_elements=[ai_drafts.c.tenant_id, ai_drafts.c.message_id, ai_drafts.c.prompt_version])
+            .returning(ai_drafts.c.id)).first()
         stored["draft"] = row is not None
     if stored["classification"] or stored["draft"]:
         # Usage is recorded once, with the results it paid for (a replayed job that stores nothing, costs nothing).
@@ -293,12 +298,10 @@ def cost(usage: Usage, prices: dict[str, tuple[float, float]]) -> Decimal:
 
 def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None, feature: str, usage: Usage,
                  prices: dict[str, tuple[float, float]]) -> None:
-    conn.execute(text("""
-        INSERT INTO ai_usage (tenant_id, message_id, feature, provider, model, tokens_in, tokens_out, cost_usd,
-                              latency_ms)
-        VALUES (:t, :m, :f, :p, :model, :i, :o, :cost, :ms)"""),
-        {"t": tenant, "m": message_id, "f": feature, "p": usage.provider, "model": usage.model,
-         "i": usage.tokens_in, "o": usage.tokens_out, "cost": cost(usage, prices), "ms": usage.latency_ms})
+    conn.execute(insert(ai_usage).values(
+        tenant_id=tenant, message_id=message_id, feature=feature, provider=usage.provider, model=usage.model,
+        tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost_usd=cost(usage, prices),
+        latency_ms=usage.latency_ms))
 
 
 def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None) -> bool:
@@ -307,14 +310,13 @@ def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, n
         return True
     now = now or datetime.now(UTC)
     month = now.date().replace(day=1)
-    spent = Decimal(conn.execute(text(
-        "SELECT coalesce(sum(cost_usd), 0) FROM ai_usage WHERE tenant_id = :t AND created_at >= :month"),
-        {"t": tenant, "month": month}).scalar_one())
+    spent = Decimal(conn.execute(
+        select(func.coalesce(func.sum(ai_usage.c.cost_usd), 0))
+        .where(ai_usage.c.tenant_id == tenant, ai_usage.c.created_at >= month)).scalar_one())
     budget = Decimal(str(budget_usd))
     for threshold in (80, 100):
         if spent >= budget * threshold / 100:
-            conn.execute(text("""
-                INSERT INTO budget_alerts (tenant_id, month, threshold, spent_usd, budget_usd)
-                VALUES (:t, :month, :threshold, :spent, :budget) ON CONFLICT DO NOTHING"""),
-                {"t": tenant, "month": month, "threshold": threshold, "spent": spent, "budget": budget})
+            conn.execute(pg_insert(budget_alerts).values(
+                tenant_id=tenant, month=month, threshold=threshold, spent_usd=spent, budget_usd=budget)
+                .on_conflict_do_nothing())
     return spent < budget

@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, insert
 
+from db.schema import inboxes, tenants
 from db.tenancy import TenantId, bind_tenant, new_tenant_id
 from pipelines.crypto import SecretBox
 from pipelines.errors import PermanentError
@@ -117,10 +117,7 @@ def create_tenant(conn: Connection, name: str, settings: Mapping[str, Any] | Non
         raise InboxConfigError("a tenant name is 1 to 200 characters")
     tenant_id = new_tenant_id()
     bind_tenant(conn, tenant_id)
-    conn.execute(
-        text("INSERT INTO tenants (id, name, settings) VALUES (:id, :name, CAST(:settings AS jsonb))"),
-        {"id": tenant_id, "name": name, "settings": orjson.dumps(dict(settings or {})).decode()},
-    )
+    conn.execute(insert(tenants).values(id=tenant_id, name=name, settings=dict(settings or {})))
     return tenant_id
 
 
@@ -146,14 +143,6 @@ def create_inbox(
     values = complete_secrets(channel, given_secrets or {})
     inbox_id = uuid.uuid4()
     inbox_name = name or f"{channel_spec(channel).description}"
-    conn.execute(
-        text(
-            "INSERT INTO inboxes (id, tenant_id, channel, name, secrets, settings) "
-            "VALUES (:id, :tenant, :channel, :name, :secrets, CAST(:settings AS jsonb))"
-        ),
-        {
-            "id": inbox_id, "tenant": tenant_id, "channel": channel, "name": inbox_name,
-            "secrets": box.seal(values), "settings": orjson.dumps(dict(settings or {})).decode(),
-        },
-    )
+    conn.execute(insert(inboxes).values(id=inbox_id, tenant_id=tenant_id, channel=channel, name=inbox_name,
+                                        secrets=box.seal(values), settings=dict(settings or {})))
     return CreatedInbox(inbox_id, tenant_id, channel, inbox_name, values)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
+from db.schema import knowledge_chunks, knowledge_documents
 from db.tenancy import TenantId
 from pipelines.ai.base import Passage, Provider
 
@@ -130,8 +131,9 @@ def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, k
                     dim: int) -> ImportResult:
     markdown = to_markdown(raw, kind)
     digest = hashlib.sha256(markdown.encode()).hexdigest()
-    existing = conn.execute(text("SELECT id, content_hash, embedding_model FROM knowledge_documents "
-                                 "WHERE tenant_id = :t AND source = :s FOR UPDATE"), {"t": tenant, "s": source}).first()
+    docs = knowledge_documents.c
+    existing = conn.execute(select(docs.id, docs.content_hash, docs.embedding_model)
+                            .where(docs.tenant_id == tenant, docs.source == source).with_for_update()).first()
     model = provider.embedding_model
     if existing and existing.content_hash == digest and existing.embedding_model == model:
         return ImportResult(source, "unchanged", 0)
@@ -143,17 +145,15 @@ def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, k
     title = title_of(markdown, Path(source).stem)
     if existing:
         document_id = existing.id
-        conn.execute(text("DELETE FROM knowledge_chunks WHERE tenant_id = :t AND document_id = :d"),
-                     {"t": tenant, "d": document_id})
-        conn.execute(text("UPDATE knowledge_documents SET title = :title, content_hash = :h, embedding_model = :m, "
-                          "embedding_dim = :dim, chunk_count = :n, updated_at = now() WHERE id = :d"),
-                     {"title": title, "h": digest, "m": model, "dim": dim, "n": len(pieces), "d": document_id})
+        conn.execute(delete(knowledge_chunks).where(knowledge_chunks.c.tenant_id == tenant,
+                                                    knowledge_chunks.c.document_id == document_id))
+        conn.execute(update(knowledge_documents).where(docs.id == document_id).values(
+            title=title, content_hash=digest, embedding_model=model, embedding_dim=dim, chunk_count=len(pieces),
+            updated_at=func.now()))
     else:
-        document_id = conn.execute(text(
-            "INSERT INTO knowledge_documents (tenant_id, source, title, content_hash, embedding_model, embedding_dim, "
-            "chunk_count) VALUES (:t, :s, :title, :h, :m, :dim, :n) RETURNING id"),
-            {"t": tenant, "s": source, "title": title, "h": digest, "m": model, "dim": dim, "n": len(pieces)},
-        ).scalar_one()
+        document_id = conn.execute(insert(knowledge_documents).values(
+            tenant_id=tenant, source=source, title=title, content_hash=digest, embedding_model=model,
+            embedding_dim=dim, chunk_count=len(pieces)).returning(docs.id)).scalar_one()
     if pieces:
         conn.execute(text("""
             INSERT INTO knowledge_chunks (tenant_id, document_id, ordinal, heading, content, embedding, embedding_model)
