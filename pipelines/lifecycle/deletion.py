@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, delete, func, select, tuple_, update
 
+from db.schema import tenants
 from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
-from pipelines.lifecycle.tables import owner_filter, tenant_tables
+from pipelines.lifecycle.tables import owned_by, tenant_tables
 
 BATCH = 5000
 
@@ -24,8 +25,8 @@ BATCH = 5000
 def disable(engine: Engine, tenant: TenantId) -> None:
     with engine.begin() as conn:
         bind_tenant(conn, tenant)
-        conn.execute(text("UPDATE tenants SET disabled_at = coalesce(disabled_at, now()) WHERE id = :t"),
-                     {"t": tenant})
+        conn.execute(update(tenants).where(tenants.c.id == tenant)
+                     .values(disabled_at=func.coalesce(tenants.c.disabled_at, func.now())))
 
 
 def delete_rows(engine: Engine, tenant: TenantId, *, batch: int = BATCH,
@@ -33,14 +34,15 @@ def delete_rows(engine: Engine, tenant: TenantId, *, batch: int = BATCH,
     """Delete the tenant's rows of every table, its own row last; rows deleted per table."""
     deleted: dict[str, int] = {}
     for table in reversed(tenant_tables()):
-        statement = text(f'DELETE FROM "{table.name}" WHERE ctid = ANY(ARRAY('
-                         f'SELECT ctid FROM "{table.name}" WHERE {owner_filter(table)} LIMIT :n))')
+        key = tuple_(*table.primary_key.columns)
+        statement = delete(table).where(key.in_(select(*table.primary_key.columns)
+                                                .where(owned_by(table, tenant)).limit(batch)))
         name = str(table.name)
         deleted[name] = 0
         while True:
             with engine.begin() as conn:
                 bind_tenant(conn, tenant)
-                done = conn.execute(statement, {"t": tenant, "n": batch}).rowcount
+                done = conn.execute(statement).rowcount
             deleted[name] += done
             if on_rows is not None:
                 on_rows(done)

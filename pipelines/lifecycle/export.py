@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import Connection, Table, Text, cast, func, select, text
 
 from db.tenancy import TenantId
-from pipelines.lifecycle.tables import order_columns, owner_filter, stored_columns, tenant_tables
+from pipelines.lifecycle.tables import order_columns, owned_by, stored_columns, tenant_tables
 
 FORMAT = "intake-export/1"
 BATCH = 2000
@@ -64,8 +64,8 @@ def checksum(tables: dict[str, dict[str, Any]]) -> str:
 
 def count_rows(conn: Connection, tenant: TenantId) -> dict[str, int]:
     """Rows per table, for a progress bar's total."""
-    return {table.name: int(conn.execute(text(f'SELECT count(*) FROM "{table.name}" WHERE {owner_filter(table)}'),
-                                         {"t": tenant}).scalar_one())
+    return {table.name: int(conn.execute(select(func.count()).select_from(table)
+                                         .where(owned_by(table, tenant))).scalar_one())
             for table in tenant_tables()}
 
 
@@ -109,10 +109,9 @@ def _write_table(conn: Connection, tenant: TenantId, table: Table, archive: zipf
 
 def table_lines(conn: Connection, tenant: TenantId, table: Table) -> Iterator[list[bytes]]:
     """The tenant's rows of `table` as JSON lines, a batch at a time, from a server-side cursor."""
-    columns = ", ".join(f'"{c.name}"' for c in stored_columns(table))
-    order = ", ".join(f'"{c.name}"' for c in order_columns(table))
-    statement = text(f'SELECT row_to_json(r)::text FROM (SELECT {columns} FROM "{table.name}" '
-                     f"WHERE {owner_filter(table)} ORDER BY {order}) r")
-    result = conn.execute(statement, {"t": tenant}, execution_options={"stream_results": True, "yield_per": BATCH})
+    rows = (select(*stored_columns(table)).where(owned_by(table, tenant))
+            .order_by(*order_columns(table)).subquery("r"))
+    statement = select(cast(func.row_to_json(rows.table_valued()), Text))
+    result = conn.execute(statement, execution_options={"stream_results": True, "yield_per": BATCH})
     for partition in result.partitions(BATCH):
         yield [row[0].encode() for row in partition]

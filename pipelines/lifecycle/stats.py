@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, null, select, text
 
 from db.tenancy import TenantId
 from pipelines.lifecycle.retention import RetentionPolicy
-from pipelines.lifecycle.tables import owner_filter, tenant_tables, time_column
+from pipelines.lifecycle.tables import owned_by, tenant_tables, time_column
 
 # For each kind of record: what is due, and when the next one falls due (`:cutoff` = now - its days).
 DUE = {
@@ -35,10 +35,11 @@ def tenant_stats(conn: Connection, tenant: TenantId, policy: RetentionPolicy, no
     tables = {}
     for table in tenant_tables():
         when = time_column(table)
-        span = f', min("{when.name}"), max("{when.name}")' if when is not None else ", NULL, NULL"
-        rows, size, oldest, newest = conn.execute(text(
-            f'SELECT count(*), coalesce(sum(pg_column_size(x.*)), 0){span} FROM "{table.name}" x '
-            f"WHERE {owner_filter(table)}"), {"t": tenant}).one()
+        row = table.table_valued()  # the whole row, for its size: pg_column_size(x.*)
+        span = (func.min(when), func.max(when)) if when is not None else (null(), null())
+        rows, size, oldest, newest = conn.execute(
+            select(func.count(), func.coalesce(func.sum(func.pg_column_size(row)), 0), *span)
+            .select_from(table).where(owned_by(table, tenant))).one()
         tables[str(table.name)] = {"rows": int(rows), "bytes": int(size), "oldest": oldest, "newest": newest}
     return {
         "tenant_id": str(tenant),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Table
+import uuid
+
+from sqlalchemy import Column, ColumnElement, Table
 
 from db.schema import metadata
 
@@ -28,6 +30,6 @@ def time_column(table: Table) -> Column[object] | None:
     return next((table.c[name] for name in TIME_COLUMNS if name in table.c), None)
 
 
-def owner_filter(table: Table) -> str:
-    """The condition that selects one tenant's rows (`:t`)."""
-    return "id = :t" if table.name == "tenants" else "tenant_id = :t"
+def owned_by(table: Table, tenant: uuid.UUID) -> ColumnElement[bool]:
+    """The condition that selects one tenant's rows of `table`."""
+    return (table.c.id if table.name == "tenants" else table.c.tenant_id) == tenant
