@@ -12,7 +12,20 @@
     │   ├── AIRefused               pipelines.ai: the provider refused the request (4xx but 408 and 429)
     │   ├── ResolutionConflict      pipelines.contacts: one message's identities kept changing hands
     │   ├── UnstorableEvent         workers.web: the database refuses this delivery's row (400)
-    │   └── BodyTooLarge            workers.web: the body is over the size limit (413)
+    │   ├── BodyTooLarge            workers.web, workers.admin: the body is over the size limit (413)
+    │   ├── MalformedJson           workers.admin: the body is not JSON (400)
+    │   ├── FormTooLarge, BadForm   workers.admin.console: a form over its limit, or not URL-encoded UTF-8
+    │   ├── BadInput                workers.cli: a value given on the command line cannot be used (exit 1)
+    │   ├── ControlError            pipelines.control: a control-plane request refused as asked
+    │   │   ├── NotFound                no such object, or not one this key may see (404)
+    │   │   ├── Forbidden               the key may not act on this tenant, or needs operator scope (403)
+    │   │   ├── Conflict                a name already taken, a state that forbids the change (409)
+    │   │   └── Invalid                 field-level validation errors (422)
+    │   └── LifecycleError          pipelines.lifecycle: an erasure, export or SLA policy refused as asked
+    │       ├── ErasureError            no such contact, or an identity that is not KIND:VALUE
+    │       ├── ExportError             the archive's path cannot be written
+    │       ├── PolicyError             an SLA policy out of range
+    │       └── CalendarError           business hours, a time zone or a holiday that does not parse
     └── RetryableError              a later attempt may succeed: back off and retry
         ├── AIUnavailable           pipelines.ai: timeouts, 408, 429, 5xx, unreachable
         ├── TenantBusy              pipelines.ingest: another batch holds the tenant (the job comes back)

@@ -20,8 +20,10 @@ from pipelines.errors import IntakeError, PermanentError, RetryableError, is_ret
 ROOT = Path(__file__).resolve().parent.parent
 # The modules that define the fleet's exceptions; importing them registers every subclass of the root.
 DEFINING = ("pipelines.ai.base", "pipelines.channels.base", "pipelines.contacts", "pipelines.crypto",
-            "pipelines.inboxes", "pipelines.ingest", "workers.embedded.runtime", "workers.embedded.services", "workers.web.app",
-            "workers.web.writer")
+            "pipelines.inboxes", "pipelines.ingest", "pipelines.control.errors", "pipelines.lifecycle.business_hours",
+            "pipelines.lifecycle.erasure", "pipelines.lifecycle.export", "pipelines.lifecycle.sla",
+            "workers.embedded.runtime", "workers.embedded.services", "workers.web.app", "workers.web.writer",
+            "workers.admin.http", "workers.admin.console.web", "workers.cli.common")
 BUILTIN_ROOTS = {"Exception", "BaseException", "ValueError", "RuntimeError", "LookupError", "KeyError",
                  "TypeError", "OSError"}
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipelines.lifecycle.errors import LifecycleError
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # A calendar open one minute a year still ends: past this many days without an opening, give up.
 SEARCH_DAYS = 3 * 366
 
 
-class CalendarError(ValueError):
+class CalendarError(LifecycleError):
     """Business hours, time zone or holidays that do not describe a calendar."""
 
 

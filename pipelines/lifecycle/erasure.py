@@ -27,6 +27,7 @@ from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
 from pipelines import audit, normalize
+from pipelines.lifecycle.errors import LifecycleError
 
 KINDS = ("phone", "email", "telegram", "external")
 MAX_VALUE = 1024
@@ -35,7 +36,7 @@ MIN_NEEDLE = 6
 ERASED_METADATA = '{"erased": true}'
 
 
-class ErasureError(ValueError):
+class ErasureError(LifecycleError):
     """The person to erase is not named well: a bad id, kind or value."""
 
 

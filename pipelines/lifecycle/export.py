@@ -31,13 +31,14 @@ import orjson
 from sqlalchemy import Connection, Table, Text, cast, func, select, text
 
 from db.tenancy import TenantId
+from pipelines.lifecycle.errors import LifecycleError
 from pipelines.lifecycle.tables import order_columns, owned_by, stored_columns, tenant_tables
 
 FORMAT = "intake-export/1"
 BATCH = 2000
 
 
-class ExportError(ValueError):
+class ExportError(LifecycleError):
     """The archive cannot be written where asked."""
 
 

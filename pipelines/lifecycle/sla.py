@@ -24,6 +24,7 @@ from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
 from pipelines.lifecycle.business_hours import Calendar, CalendarError, parse_calendar
+from pipelines.lifecycle.errors import LifecycleError
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 DEFAULT_PRIORITY = "normal"
@@ -75,7 +76,7 @@ RETURNING id
 """)
 
 
-class PolicyError(ValueError):
+class PolicyError(LifecycleError):
     """An SLA policy that cannot be kept: unknown priority, bad durations or calendar."""
 
 

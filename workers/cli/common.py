@@ -23,6 +23,7 @@ from db.engine import make_engine
 from db.tenancy import UnknownTenant
 from pipelines.control.errors import ControlError
 from pipelines.crypto import SecretKeyError
+from pipelines.errors import PermanentError
 from pipelines.inboxes import InboxConfigError
 from pipelines.lifecycle.business_hours import CalendarError
 from pipelines.lifecycle.erasure import ErasureError
@@ -38,7 +39,7 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
-class BadInput(ValueError):
+class BadInput(PermanentError):
     """A value given on the command line that the command cannot use; its message says what would do."""
 
 

@@ -120,8 +120,14 @@ class EmbeddedServices:
         from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         user = "pgserver" if os.geteuid() == 0 else None
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user, timeout=30)
+        # A fast stop waits for a checkpoint, which a loaded machine can make slow: past a minute, stop at once
+        # (recovery at the next start replays the log; nothing committed is lost).
+        for mode, seconds in (("fast", 60), ("immediate", 30)):
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                pg_ctl(["-w", "-t", str(seconds), "-m", mode, "stop"], pgdata=self.pgdata, user=user,
+                       timeout=seconds + 5)
+            if self._postmaster() is None:
+                return
 
     # -- Redis ------------------------------------------------------------------------------------
     def _redis_pid(self) -> int | None:
@@ -182,12 +188,14 @@ class EmbeddedServices:
         pid = self._redis_pid()
         if pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self._redis_pid() is not None:
-            time.sleep(0.05)
-        if self._redis_pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+        for sig, seconds in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and self._redis_pid() is not None:
+                time.sleep(0.05)
+            if self._redis_pid() is None:
+                return
 
     # -- The pair ---------------------------------------------------------------------------------
     def up(self) -> ServiceStatus:

@@ -29,7 +29,7 @@ from db.schema import api_keys
 from pipelines.control.common import owner_of
 from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
 from pipelines.control.keys import Principal
-from pipelines.errors import is_retryable
+from pipelines.errors import PermanentError, is_retryable
 from workers.admin.console.sessions import COOKIE, Session, Sessions
 from workers.admin.http import BodyTooLarge, Call, read_body, request_id, validate
 
@@ -94,11 +94,11 @@ def secured(response: R) -> R:
     return response
 
 
-class FormTooLarge(Exception):
+class FormTooLarge(PermanentError):
     """The form is over MAX_FORM_BYTES."""
 
 
-class BadForm(Exception):
+class BadForm(PermanentError):
     """The form is not UTF-8 URL-encoded text."""
 
 
