@@ -14,6 +14,7 @@
     │   ├── UnstorableEvent         workers.web: the database refuses this delivery's row (400)
     │   ├── BodyTooLarge            workers.web, workers.admin: the body is over the size limit (413)
     │   ├── MalformedJson           workers.admin: the body is not JSON (400)
+    │   ├── Stopped                 workers.admin: an export job asked to stop ends between two batches
     │   ├── FormTooLarge, BadForm   workers.admin.console: a form over its limit, or not URL-encoded UTF-8
     │   ├── BadInput                workers.cli: a value given on the command line cannot be used (exit 1)
     │   ├── ControlError            pipelines.control: a control-plane request refused as asked

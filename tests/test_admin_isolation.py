@@ -29,6 +29,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "KeyCreate": {"name": "intruder"},
     "FailureAction": {"all": True},
     "Reprocess": {"status": "failed"},
+    "EraseContact": {"identity": {"kind": "email", "value": "theirs@example.com"}},
+    "ConfirmDelete": {},  # `confirm` is the other tenant's id, filled in by `call`
+    "SlaPolicySet": {"first_response_minutes": 5},
 }
 
 
@@ -43,6 +46,9 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "events": "SELECT id, status, enqueued_at FROM inbound_events WHERE tenant_id = :t",
         "keys": "SELECT id, revoked_at FROM api_keys WHERE tenant_id = :t",
         "audit": "SELECT count(*) FROM audit_logs WHERE tenant_id = :t",
+        "contacts": "SELECT id, display_name, erased_at FROM contacts WHERE tenant_id = :t",
+        "identities": "SELECT kind, value FROM contact_identities WHERE tenant_id = :t",
+        "sla": "SELECT priority, first_response_minutes, updated_at FROM sla_policies WHERE tenant_id = :t",
     }
     with engine.begin() as conn:
         data = {name: [list(r) for r in conn.execute(text(q + " ORDER BY 1"), {"t": tenant})]
@@ -67,12 +73,20 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                     "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, body, status) "
                     "VALUES (:t, :i, 'api', 'theirs', '\\x7b7d', 'failed') RETURNING id"),
                     {"t": theirs, "i": inbox}).scalar_one()
+                contact = conn.execute(text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, 'Theirs') "
+                                            "RETURNING id"), {"t": theirs}).scalar_one()
+                conn.execute(text("INSERT INTO contact_identities (tenant_id, contact_id, kind, value) "
+                                  "VALUES (:t, :c, 'email', 'theirs@example.com')"), {"t": theirs, "c": contact})
+            assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
+                          json={"first_response_minutes": 60}).status_code == 200
             their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
-            job = op.post("/v1/admin/failures/discard", json={"tenant_id": theirs, "dry_run": True}).json()["id"]
+            with client(base, their_key) as them:  # a job of theirs: an export, with an archive to download
+                job = them.post(f"/v1/admin/tenants/{theirs}/export").json()["id"]
             spec = op.get("/v1/admin/openapi.json").json()
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
-               "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event)}
-        their_ids = [str(v) for v in ids.values()]
+               "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
+               "priority": "normal"}
+        their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         before = snapshot(admin_engine, uuid.UUID(theirs))
         key = make_key(admin_engine, tenant_id=uuid.UUID(mine))
         checked = 0
@@ -90,6 +104,7 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                             assert not any(i in response.text for i in their_ids), f"{where} showed another tenant"
                         else:
                             assert response.status_code in (403, 404), (where, response.text)
+            assert tk.post(f"/v1/admin/tenants/{mine}/delete", json={"confirm": mine}).status_code == 403
         assert checked == sum(len(ops) for ops in spec["paths"].values()) >= 30
         assert snapshot(admin_engine, uuid.UUID(theirs)) == before
 
@@ -112,4 +127,6 @@ def call(tk: httpx.Client, method: str, path: str, operation: dict[str, Any], id
         body = dict(BODIES[name])
         if name in ("FailureAction", "Reprocess", "KeyCreate") and name_tenant:
             body["tenant_id"] = ids["tenant_id"]
+        if name == "ConfirmDelete":
+            body["confirm"] = ids["tenant_id"]
     return tk.request(method.upper(), url, params=params, json=body)

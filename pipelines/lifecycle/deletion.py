@@ -51,7 +51,8 @@ def delete_rows(engine: Engine, tenant: TenantId, *, batch: int = BATCH,
     return deleted
 
 
-def record_deletion(engine: Engine, tenant: TenantId, deleted: dict[str, int], *, actor: str) -> None:
+def record_deletion(engine: Engine, tenant: TenantId, deleted: dict[str, int], *,
+                    actor: audit.Actor | str) -> None:
     """The audit row, on a connection that may write rows of no tenant (the maintenance role's)."""
     with engine.begin() as conn:
         audit.record(conn, actor=actor, action="tenant.delete", tenant_id=None, subject_type="tenant",

@@ -89,7 +89,7 @@ def find_contact(conn: Connection, tenant: TenantId, *, contact_id: uuid.UUID | 
     return None if found is None else uuid.UUID(str(found))
 
 
-def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, actor: str) -> Erasure:
+def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, actor: audit.Actor | str) -> Erasure:
     """Erase the person behind `contact_id` (see the module's docstring); idempotent."""
     people = _person(conn, tenant, contact_id)
     ids: dict[str, Any] = {"t": tenant, "people": people}

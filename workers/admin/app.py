@@ -1,17 +1,18 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle` and `operations`; `GET /v1/admin/openapi.json` is the
-document generated from those declarations. `GET /healthz` answers without a key.
+The API's endpoints are declared in `lifecycle`, `operations`, `data` and `sla`; `GET /v1/admin/openapi.json`
+is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +25,7 @@ from db.engine import make_engine
 from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
-from workers.admin import lifecycle, operations
+from workers.admin import data, lifecycle, operations, sla
 from workers.admin.console import console_routes
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
@@ -34,7 +35,8 @@ OPENAPI_PATH = "/v1/admin/openapi.json"
 
 
 class Admin:
-    """What the admin process shares between requests: its two engines, the inbox tools, the jobs."""
+    """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
+    records wait), the inbox tools, the jobs."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -43,6 +45,7 @@ class Admin:
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
         self.jobs = Jobs()
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5) if settings.redis_url else None
 
     def authenticate(self, key: str | None) -> Principal | None:
         """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""
@@ -55,26 +58,35 @@ class Admin:
         self.jobs.shutdown()
         self.app_engine.dispose()
         self.owner_engine.dispose()
+        if self.redis is not None:
+            self.redis.close()
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*lifecycle.endpoints(), *operations.endpoints()]
+    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints()]
+
+
+def route_path(path: str, words: Collection[str]) -> str:
+    """Ids match only as UUIDs (/failures/discard is never a failure's id: GET on it is a 405); a parameter
+    that is one of a few words (an SLA priority) matches any segment, and its handler checks the word."""
+    return re.sub(r"{(\w+)}", lambda m: f"{{{m[1]}}}" if m[1] in words else f"{{{m[1]}:uuid}}", path)
 
 
 def grouped(admin: Admin, declared: list[Endpoint]) -> list[Route]:
     """One route per path, dispatching on the method, so that a 405 lists every method the path has; fixed
     paths first, so that /failures/replay is never taken for /failures/{failure_id}."""
     by_path: dict[str, dict[str, Any]] = {}
+    words: dict[str, set[str]] = {}
     for e in sorted(declared, key=lambda e: e.path.count("{")):
         by_path.setdefault(e.path, {})[e.method] = handle(admin, e)
+        words.setdefault(e.path, set()).update(e.path_choices)
     routes = []
     for path, handlers in by_path.items():
         async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
             response: Response = await handlers[request.method](request)
             return response
 
-        # Ids match only as UUIDs: /failures/discard is never a failure's id (GET on it is a 405).
-        routes.append(Route(re.sub(r"{(\w+)}", r"{\1:uuid}", path), dispatch, methods=list(handlers)))
+        routes.append(Route(route_path(path, words[path]), dispatch, methods=list(handlers)))
     return routes
 
 

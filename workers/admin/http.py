@@ -11,7 +11,8 @@ else even where a route check were missing. An operator key's work runs as the s
 tenant acted on when there is one.
 
 Every error has the ingress's body, `{"error": code, "detail": text}`; 422 adds
-`"fields": {"<field path>": "<message>"}`.
+`"fields": {"<field path>": "<message>"}`. A handler answers with a model (JSON) or, for a download, with a
+Response of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from pipelines.control.common import owner_of
 from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
 from pipelines.control.fields import field_errors
 from pipelines.control.keys import Principal
-from pipelines.errors import is_retryable
+from pipelines.errors import PermanentError, is_retryable
 
 if TYPE_CHECKING:
     from workers.admin.app import Admin
@@ -69,14 +70,18 @@ class Endpoint:
     method: str
     path: str
     summary: str
-    handler: Callable[[Call], BaseModel]
-    response: type[BaseModel]
+    handler: Callable[[Call], BaseModel | Response]
+    # None: the handler answers with a Response of `media_type` (a download).
+    response: type[BaseModel] | None
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     status: int = 200
     operator_only: bool = False
     # (kind, path parameter): the tenant acted on is the one this id belongs to.
     owner: tuple[str, str] | None = None
+    media_type: str = "application/json"
+    # Path parameters that are one of a few words (an SLA priority), not ids: name -> the words.
+    path_choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def path_params(self) -> list[str]:
@@ -94,6 +99,7 @@ class Call:
     body: Any = None
     query: Any = None
     tenant: uuid.UUID | None = None
+    params: dict[str, str] = field(default_factory=dict)  # the path's words (`Endpoint.path_choices`)
     _bound: list[Connection] = field(default_factory=list)
 
     @property
@@ -160,7 +166,7 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(PermanentError):
     """The body is over MAX_BODY_BYTES."""
 
 
@@ -177,7 +183,7 @@ def validate(model: type[BaseModel], raw: bytes | dict[str, Any], where: str) ->
         raise Invalid(field_errors(exc)) from None
 
 
-class MalformedJson(Exception):
+class MalformedJson(PermanentError):
     """The body is not JSON."""
 
 
@@ -216,13 +222,19 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
         try:
             if endpoint.operator_only and not principal.operator:
                 raise Forbidden("this needs an operator key")
-            ids = {}
+            ids, params = {}, {}
             for name in endpoint.path_params:
+                value = str(request.path_params[name])
+                if name in endpoint.path_choices:
+                    if value not in endpoint.path_choices[name]:
+                        raise NotFound(f"no such {name}: use one of {', '.join(endpoint.path_choices[name])}")
+                    params[name] = value
+                    continue
                 try:
-                    ids[name] = uuid.UUID(str(request.path_params[name]))
+                    ids[name] = uuid.UUID(value)
                 except ValueError:
                     raise NotFound(f"no such {name.removesuffix('_id')}") from None
-            call = Call(admin, principal, rid, ids)
+            call = Call(admin, principal, rid, ids, params=params)
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
             if endpoint.body is not None:
@@ -238,6 +250,8 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
         except ControlError as exc:
             status, code = next(v for k, v in STATUS.items() if isinstance(exc, k))
             return error(status, code, str(exc))
+        if isinstance(result, Response):
+            return result
         return JSONResponse(result.model_dump(mode="json"), status_code=endpoint.status)
 
     return run

@@ -19,7 +19,9 @@ ERRORS = {
 
 def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "string", "enum": list(endpoint.path_choices[name])} if name in endpoint.path_choices
+         else {"type": "string", "format": "uuid"}}
         for name in endpoint.path_params
     ]
     if endpoint.query is not None:
@@ -36,17 +38,24 @@ def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 
+def _download(endpoint: Endpoint) -> dict[str, Any]:
+    return {"description": endpoint.summary,
+            "content": {endpoint.media_type: {"schema": {"type": "string", "format": "binary"}}}}
+
+
 def document(endpoints: list[Endpoint], *, title: str = "Intake admin API", version: str = "1") -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization"), (InvalidBody, "serialization")]
     for e in endpoints:
-        models.append((e.response, "serialization"))
+        if e.response is not None:
+            models.append((e.response, "serialization"))
         if e.body is not None:
             models.append((e.body, "validation"))
     refs, defs = models_json_schema(models, ref_template=REF)
     error, invalid = refs[(ErrorBody, "serialization")], refs[(InvalidBody, "serialization")]
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
-        responses: dict[str, Any] = {str(e.status): _json(refs[(e.response, "serialization")], e.summary)}
+        responses: dict[str, Any] = {str(e.status): _json(refs[(e.response, "serialization")], e.summary)
+                                     if e.response is not None else _download(e)}
         responses.update({code: _json(error, text) for code, text in ERRORS.items()})
         responses["422"] = _json(invalid, "Some fields are invalid: `fields` names each")
         operation: dict[str, Any] = {

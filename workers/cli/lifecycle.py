@@ -92,7 +92,7 @@ def contact_erase(tenant_id: str, contact_id: str | None, identity: str | None, 
     with tenant_transaction(rt, tenant_uuid) as conn:
         tenant = TenantId(tenant_uuid)
         found = erasure.find_contact(conn, tenant, contact_id=person, identity=named)
-        result = (erasure.erase_contact(conn, tenant, found, actor=actor().name) if found is not None
+        result = (erasure.erase_contact(conn, tenant, found, actor=actor()) if found is not None
                   else erasure.Erasure(None, already_erased=True))
     erased_ids = {str(i) for i in result.job_ids}
     jobs_changed = jobs.forget_jobs(redis_client(rt), NAMESPACE, str(tenant_uuid), erased_ids) if erased_ids else 0
@@ -164,7 +164,7 @@ def tenant_delete(tenant_id: str, confirm: str, as_json: bool) -> None:
     keys_removed = jobs.forget_tenant_keys(client, str(tenant))
     audit_engine = admin_engine(rt)
     try:
-        deletion.record_deletion(audit_engine, tenant, deleted, actor=actor().name)
+        deletion.record_deletion(audit_engine, tenant, deleted, actor=actor())
     finally:
         audit_engine.dispose()
     data = {"tenant_id": str(tenant), "deleted": deleted, "rows": sum(deleted.values()),
