@@ -69,7 +69,8 @@ def admin_app(stack: dict[str, str]) -> Starlette:
 def serve(app: Starlette) -> Iterator[str]:
     """The app on a free port of 127.0.0.1 (uvicorn in a thread), as the admin process serves it."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           proxy_headers=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -328,4 +328,7 @@ def test_audit_filters(op: httpx.Client) -> None:
 
 def test_unknown_routes_and_methods_keep_the_error_body(op: httpx.Client) -> None:
     assert op.get(f"{A}/nothing").json()["error"] == "not_found"
+    # HEAD is GET without the body: a key is needed for it too.
+    assert op.head(f"{A}/tenants").status_code == 200 and op.head(f"{A}/tenants").content == b""
+    assert httpx.head(f"{op.base_url}{A}/jobs/{uuid.uuid4()}").status_code == 401
     assert op.put(f"{A}/tenants").json()["error"] == "method_not_allowed"

@@ -294,6 +294,21 @@ def test_jobs_about_one_subject_run_alone_and_their_files_go_when_forgotten() ->
         jobs.shutdown()
 
 
+def test_a_jobs_files_go_on_time_with_no_request_to_forget_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("workers.admin.jobs.KEEP_SECONDS", 0.5)
+    jobs, principal = Jobs(), Principal(uuid.uuid4(), "t", None)
+    try:
+        def write(job: Any) -> None:
+            job.files = Path(tempfile.mkdtemp(prefix="intake-test-job-"))
+
+        job = jobs.start("tenant.export", principal, 1, write, subject_id=uuid.uuid4())
+        wait_for(lambda: job.status == "succeeded", timeout=10)
+        assert job.files is not None
+        wait_for(lambda: not job.files.exists(), timeout=10)  # nothing else touches `jobs` meanwhile
+    finally:
+        jobs.shutdown()
+
+
 # -- deletion --------------------------------------------------------------------------------------------------
 def test_delete_is_an_operator_job_that_leaves_nothing_of_the_tenant(
     base: str, op: httpx.Client, app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from unittest.mock import patch
 
 import httpx
 import orjson
@@ -15,9 +16,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
+from pipelines.control.keys import Principal
 from pipelines.inboxes import CreatedInbox
 from tests.browser import admin_app, make_key, serve
 from tests.factories import new_inbox
+from workers.admin.console.sessions import MAX_SESSIONS_PER_KEY, Sessions
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -192,6 +195,33 @@ def test_hostile_forms_get_clear_answers(app: str, client: Callable[..., httpx.C
                                              "ids": "not-a-uuid"}).status_code == 422
 
 
+def test_odd_digits_nul_and_huge_numbers_are_4xx_not_500(app: str, client: Callable[..., httpx.Client], admin_engine: Engine, app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "api")
+    c = client(app)
+    form = c.get("/login")  # a NUL in a typed key is a wrong key, before anyone is signed in
+    assert c.post("/login", data={"csrf": csrf_of(form.text), "key": "ik_\x00" + "x" * 43}).status_code == 401
+    token = sign_in(c, make_key(admin_engine))
+    for path in ("/failures", "/events", "/audit", "/tenants"):  # "²" is a digit to str.isdigit, not to int
+        assert c.get(path, params={"offset": "\u00b2"}).status_code == 200, path
+    assert c.get("/tenants", params={"q": "a\x00b"}).status_code == 422
+    for hours in ("\u00b2", "9" * 400, "1" * 5000):
+        rotated = c.post(f"/inboxes/{inbox.id}/rotate-secrets", data={"csrf": token, "overlap_hours": hours})
+        assert rotated.status_code == 422 and 'id="e-overlap_hours"' in rotated.text, hours[:5]
+
+
+def test_signing_in_again_and_again_with_one_key_ends_only_its_own_sessions() -> None:
+    sessions = Sessions()
+    operator = Principal(uuid.uuid4(), "operator", None)
+    operator_token, _ = sessions.start(operator)
+    tenant = Principal(uuid.uuid4(), "tenant", uuid.uuid4())
+    tokens = [sessions.start(tenant)[0] for _ in range(MAX_SESSIONS_PER_KEY + 10)]
+    with patch("workers.admin.console.sessions.MAX_SESSIONS", MAX_SESSIONS_PER_KEY + 1):
+        sessions.start(tenant)
+    assert sessions.get(operator_token) is not None
+    assert sum(sessions.get(t) is not None for t in tokens) == MAX_SESSIONS_PER_KEY - 1
+    assert sessions.get(tokens[-1]) is not None and sessions.get(tokens[0]) is None
+
+
 def test_a_revoked_key_ends_its_sessions(app: str, client: Callable[..., httpx.Client], admin_engine: Engine) -> None:
     key = make_key(admin_engine)
     c = client(app)
@@ -218,6 +248,20 @@ def test_event_pages_hide_credentials(app: str, client: Callable[..., httpx.Clie
     assert "Hello there" in page and "mailgun" in page
     for secret in ("c2VjcmV0OnBhc3M", "deadbeefcafe", "tok-secret-1"):
         assert secret not in page
+    # Mailgun signs multipart posts in their body too; a body's text is shown up to 64 KiB, however it is kept.
+    parts = {"signature": "cafebabe0123", "token": "tok-secret-2", "timestamp": "1", "subject": "Multi part",
+             "body-plain": "y" * 100_000}
+    multipart = b"".join(b'--b0\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (k.encode(), v.encode())
+                         for k, v in parts.items()) + b"--b0--\r\n"
+    with app_engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        other = conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body) "
+            "VALUES (:t, :i, 'mailgun', 'tok-2', 'multipart/form-data; boundary=b0', '{}', :b) RETURNING id"),
+            {"t": inbox.tenant_id, "i": inbox.id, "b": multipart}).scalar_one()
+    page = c.get(f"/events/{other}").text
+    assert "Multi part" in page and "cafebabe0123" not in page and "tok-secret-2" not in page
+    assert "y" * 60_000 in page and "y" * 70_000 not in page and "(truncated)" in page
     listed = c.get("/events", params={"dedupe_key": "tok-1", "inbox_id": str(inbox.id)}).text
     assert str(event_id) in listed
     job = c.post(f"/events/{event_id}/reprocess", data={"csrf": token})

@@ -48,7 +48,7 @@ class Principal:
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def _view(row: Any) -> KeyView:
@@ -94,8 +94,9 @@ def revoke(conn: Connection, key_id: uuid.UUID, actor: audit.Actor) -> KeyView:
 
 
 def authenticate(conn: Connection, key: str) -> Principal | None:
-    """The principal behind a presented key, or None (unknown, wrong or revoked: one answer)."""
-    prefix = key[:PREFIX_LENGTH] if key.isascii() else ""
+    """The principal behind a presented key, or None (unknown, wrong or revoked: one answer). Text that
+    cannot be a key (not ASCII, or with a NUL, which PostgreSQL refuses) is looked up under no prefix."""
+    prefix = key[:PREFIX_LENGTH] if key.isascii() and "\x00" not in key else ""
     row = conn.execute(select(api_keys.c.id, api_keys.c.name, api_keys.c.tenant_id, api_keys.c.key_hash,
                               api_keys.c.revoked_at).where(api_keys.c.prefix == prefix)).first()
     stored = bytes(row.key_hash) if row is not None else _DUMMY_DIGEST

@@ -74,7 +74,8 @@ def route_path(path: str, words: Collection[str]) -> str:
 
 def grouped(admin: Admin, declared: list[Endpoint]) -> list[Route]:
     """One route per path, dispatching on the method, so that a 405 lists every method the path has; fixed
-    paths first, so that /failures/replay is never taken for /failures/{failure_id}."""
+    paths first, so that /failures/replay is never taken for /failures/{failure_id}. Starlette lets HEAD
+    through wherever GET is: it runs GET's handler (the server sends no body)."""
     by_path: dict[str, dict[str, Any]] = {}
     words: dict[str, set[str]] = {}
     for e in sorted(declared, key=lambda e: e.path.count("{")):
@@ -83,7 +84,8 @@ def grouped(admin: Admin, declared: list[Endpoint]) -> list[Route]:
     routes = []
     for path, handlers in by_path.items():
         async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
-            response: Response = await handlers[request.method](request)
+            method = "GET" if request.method == "HEAD" else request.method
+            response: Response = await handlers[method](request)
             return response
 
         routes.append(Route(route_path(path, words[path]), dispatch, methods=list(handlers)))

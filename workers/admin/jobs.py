@@ -117,8 +117,12 @@ class Jobs:
             log.error("admin.job.failed", job_id=str(job.id), kind=job.kind, error=repr(exc))
             job.error = f"{type(exc).__name__}: {exc}"[:500]
             self._finish(job, "failed")
-            return
-        self._finish(job, "cancelled" if job.cancelled else "succeeded")
+        else:
+            self._finish(job, "cancelled" if job.cancelled else "succeeded")
+        if job.files is not None:  # its files go on time even if no request comes to forget the job
+            timer = threading.Timer(KEEP_SECONDS + 1, self._forget_old)
+            timer.daemon = True
+            timer.start()
 
     @staticmethod
     def _finish(job: Job, status: JobStatus) -> None:
@@ -126,6 +130,7 @@ class Jobs:
         job.status = status
 
     def get(self, job_id: uuid.UUID, principal: Principal) -> Job:
+        self._forget_old()
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id}")

@@ -10,7 +10,7 @@ from starlette.routing import Route
 from pipelines.control.errors import Invalid
 from pipelines.control.models import AuditEntry, Listing
 from workers.admin import operations as api
-from workers.admin.console.web import Console, Visit, checked, page
+from workers.admin.console.web import Console, Visit, checked, offset_of, page
 
 PAGE_SIZE = 50
 FILTERS = ("tenant_id", "action", "since")
@@ -29,7 +29,7 @@ def list_page(visit: Visit) -> Response:
     except Invalid as exc:
         errors = exc.fields
     return visit.render("audit.html", title="Audit", listing=listing, filters=given, errors=errors,
-                        offset=int(offset) if offset.isdigit() else 0, page_size=PAGE_SIZE,
+                        offset=offset_of(offset), page_size=PAGE_SIZE,
                         compact=lambda value: json.dumps(value, sort_keys=True, ensure_ascii=False))
 
 

@@ -23,9 +23,17 @@ MAX_KEY_CHARS = 200
 LOGIN_SECONDS = 3600
 
 
+def over_https(request: Request) -> bool:
+    """Served over HTTPS, directly or by a TLS proxy that says so in X-Forwarded-Proto (its entry is the
+    last). `intake admin` does not let uvicorn rewrite the scheme from that header, and need not trust it
+    here: a client that claims HTTPS only makes its own cookies Secure."""
+    forwarded = request.headers.get("x-forwarded-proto", "").rpartition(",")[2].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
 def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=over_https(request))
 
 
 def sign_in_page(console: Console, request: Request, status: int = 200, message: str = "") -> Response:

@@ -19,10 +19,11 @@ from starlette.routing import Route
 
 from db.schema import inbound_events
 from pipelines.audit import SECRET_MARKERS
+from pipelines.channels.base import PayloadError, WebhookRequest, form_fields
 from pipelines.control.errors import Invalid, NotFound
 from pipelines.control.fields import Short
 from workers.admin import operations as api
-from workers.admin.console.web import Console, Visit, checked, page, parse_uuid, redirect
+from workers.admin.console.web import Console, Visit, checked, offset_of, page, parse_uuid, redirect
 from workers.ops import events as event_ops
 
 PAGE_SIZE = 50
@@ -53,20 +54,36 @@ def without_credentials(value: Any) -> Any:
 
 
 def pretty_body(body: bytes, content_type: str) -> str:
-    """JSON and forms as indented JSON without credentials; anything else (email, multipart) as text."""
+    """JSON and forms (URL-encoded, or multipart as Mailgun may sign them, file parts left out) as indented
+    JSON without credentials; anything else (an email) as text; at most SHOWN_BODY_BYTES characters."""
     if not body:
         return "(empty, or purged by the retention policy)"
     kind = content_type.split(";")[0].strip().lower()
     if kind.endswith("json") or body[:1] in (b"{", b"["):
         try:
-            return json.dumps(without_credentials(json.loads(body)), indent=2, ensure_ascii=False)
+            return _capped(json.dumps(without_credentials(json.loads(body)), indent=2, ensure_ascii=False))
         except (ValueError, RecursionError):
             pass
-    if kind == "application/x-www-form-urlencoded":
-        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=10_000)
-        return json.dumps(without_credentials(dict(pairs)), indent=2, ensure_ascii=False)
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
+            fields = _form(body, kind, content_type)
+        except (PayloadError, LookupError, ValueError):
+            return "(a form that cannot be read again: not shown, as it may hold a credential)"
+        return _capped(json.dumps(without_credentials(fields), indent=2, ensure_ascii=False))
     text = body[:SHOWN_BODY_BYTES].decode("utf-8", "replace")
     return text + ("\n… (truncated)" if len(body) > SHOWN_BODY_BYTES else "")
+
+
+def _form(body: bytes, kind: str, content_type: str) -> dict[str, Any]:
+    """A form's fields by name (a repeated field as a list). ValueError: more fields than are read."""
+    if kind == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=10_000))
+    fields = form_fields(WebhookRequest("POST", "", {"content-type": content_type}, body))
+    return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
+
+
+def _capped(text: str) -> str:
+    return text[:SHOWN_BODY_BYTES] + ("\n… (truncated)" if len(text) > SHOWN_BODY_BYTES else "")
 
 
 def list_page(visit: Visit) -> Response:
@@ -96,7 +113,7 @@ def list_page(visit: Visit) -> Response:
     except Invalid as exc:
         errors = exc.fields
     return visit.render("events.html", title="Events", items=items, more=more, filters=given, errors=errors,
-                        statuses=STATUS_CHOICES, offset=int(offset) if offset.isdigit() else 0, page_size=PAGE_SIZE)
+                        statuses=STATUS_CHOICES, offset=offset_of(offset), page_size=PAGE_SIZE)
 
 
 def detail_page(visit: Visit) -> Response:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from db.schema import tenants
 from pipelines.control.errors import Invalid
 from workers.admin import operations as api
-from workers.admin.console.web import Console, Visit, checked, page, parse_uuid, redirect
+from workers.admin.console.web import Console, Visit, checked, offset_of, page, parse_uuid, redirect
 from workers.admin.jobs import JobView
 from workers.ops import failures as ledger
 from workers.queues import QUEUES
@@ -67,7 +67,7 @@ def list_page(visit: Visit) -> Response:
     names = tenant_names(visit, {f.tenant_id for f in listing.items}) if listing else {}
     return visit.render("failures.html", title="Failures", listing=listing, counts=counts, filters=given,
                         status=status, errors=errors, names=names, queues=QUEUES, statuses=STATUS_CHOICES,
-                        offset=int(offset) if offset.isdigit() else 0, page_size=PAGE_SIZE,
+                        offset=offset_of(offset), page_size=PAGE_SIZE,
                         total=sum(int(c["count"]) for c in counts))
 
 

@@ -6,8 +6,8 @@ its own CSRF token, which every form and every script sends back with a POST.
 
 Sessions live in the memory of the admin process, as its jobs do (see `workers.admin.jobs`): a restart
 signs everyone out, which for an operator console is the safe direction. They end after `IDLE_SECONDS`
-without a request, after `MAX_SECONDS` in any case, at logout, and as soon as their key is revoked (each
-request looks the key up again).
+without a request, after `MAX_SECONDS` in any case, at logout, as soon as their key is revoked (each
+request looks the key up again), and when their key has `MAX_SESSIONS_PER_KEY` more recently used ones.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ LOGIN_COOKIE = "intake_console_login"  # the CSRF token of the sign-in form, bef
 IDLE_SECONDS = 2 * 3600
 MAX_SECONDS = 12 * 3600
 MAX_SESSIONS = 10_000
+# Sessions of one key (past it, its least recently used ends), so that signing in again and again with one
+# key (a tenant's) cannot push everyone else's sessions out of the MAX_SESSIONS.
+MAX_SESSIONS_PER_KEY = 50
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Sessions:
         token = secrets.token_urlsafe(32)
         session = Session(principal)
         with self._lock:
+            same_key = [d for d, other in self._by_digest.items() if other.principal.key_id == principal.key_id]
+            for digest in same_key[:max(0, len(same_key) + 1 - MAX_SESSIONS_PER_KEY)]:
+                del self._by_digest[digest]
             self._by_digest[_digest(token)] = session
             while len(self._by_digest) > MAX_SESSIONS:
                 self._by_digest.popitem(last=False)

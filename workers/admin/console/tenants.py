@@ -5,6 +5,7 @@ inbox's webhook URL and last deliveries.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -26,7 +27,7 @@ from pipelines.control.models import (
     TenantView,
 )
 from workers.admin import lifecycle as api
-from workers.admin.console.web import Console, Visit, checked, nested, page, parse_uuid, redirect
+from workers.admin.console.web import Console, Visit, checked, nested, offset_of, page, parse_uuid, redirect
 
 PAGE_SIZE = 50
 NOTICES = {"saved": "Saved.", "disabled": "Disabled.", "enabled": "Enabled.", "created": "Created."}
@@ -56,7 +57,9 @@ def flatten(document: dict[str, Any], prefix: str = "settings") -> dict[str, str
 
 def list_page(visit: Visit) -> Response:
     search = visit.value("q")[:200]
-    offset = int(visit.value("offset")) if visit.value("offset").isdigit() else 0
+    if "\x00" in search:  # PostgreSQL stores no NUL, so no name has one
+        raise Invalid({"q": "must not contain NUL characters"})
+    offset = offset_of(visit.value("offset"))
     query = select(tenants).order_by(tenants.c.created_at, tenants.c.id)
     if search:
         try:
@@ -175,13 +178,21 @@ def set_inbox_state(visit: Visit) -> Response:
     return redirect(f"/inboxes/{inbox_id}", notice="disabled" if disable else "enabled")
 
 
+def overlap_seconds(hours: str) -> int | str:
+    """Hours as typed, in seconds; anything else (a word, "²", more hours than a float holds) goes to the
+    model as typed, whose message then names the field."""
+    if not (hours.isascii() and hours.replace(".", "", 1).isdigit()):
+        return hours
+    seconds = float(hours) * 3600
+    return round(seconds) if math.isfinite(seconds) else hours
+
+
 def rotate(visit: Visit) -> Response:
     inbox_id = _inbox_id(visit)
     hours = visit.value("overlap_hours") or "24"
     given = {name: visit.value(f"secrets.{name}") for name in ISSUED_SECRETS if visit.value(f"secrets.{name}")}
     try:
-        seconds = round(float(hours) * 3600) if hours.replace(".", "", 1).isdigit() else hours
-        body = checked(RotateSecrets, {"overlap_seconds": seconds, "secrets": given})
+        body = checked(RotateSecrets, {"overlap_seconds": overlap_seconds(hours), "secrets": given})
         rotated = api.rotate_secrets(visit.call(body=body, ids={"inbox_id": inbox_id}, owner=("inbox", inbox_id)))
     except Invalid as exc:
         fields = {("overlap_hours" if k == "overlap_seconds" else k): v for k, v in exc.fields.items()}

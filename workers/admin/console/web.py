@@ -175,6 +175,12 @@ def parse_uuid(raw: str, what: str) -> uuid.UUID:
         raise NotFound(f"no such {what}") from None
 
 
+def offset_of(raw: str) -> int:
+    """The offset a pager shows: ASCII digits as given, anything else 0 (`str.isdigit` also takes "²",
+    which `int` refuses)."""
+    return int(raw) if raw.isascii() and raw.isdigit() else 0
+
+
 def checked(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     """`raw` validated by one of the API's models: Invalid carries the messages for each field."""
     return validate(model, raw, "query")
