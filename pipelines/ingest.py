@@ -74,9 +74,13 @@ WHERE e.status = ANY(CAST(:statuses AS text[]))
 ORDER BY e.received_at, e.id
 FOR UPDATE OF e
 """)
-LOAD_WAITING = text(f"""
-SELECT {EVENT_COLUMNS}
-FROM inbound_events e JOIN inboxes i ON i.id = e.inbox_id
+# One table in FROM, so the plan is always the waiting index, read in order up to the limit: with a join, a
+# large tenant's skewed statistics led the planner to read all of its events by inbox (7 ms a job with a
+# million events stored, against 1 ms). The inbox's settings come by primary key, row by row.
+LOAD_WAITING = text("""
+SELECT e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, e.body_purged_at,
+       (SELECT i.settings FROM inboxes i WHERE i.id = e.inbox_id) AS settings
+FROM inbound_events e
 WHERE e.tenant_id = :t AND e.status = 'received' AND e.id <> ALL(CAST(:ids AS uuid[]))
 ORDER BY e.received_at
 LIMIT :n

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def render(host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
@@ -72,12 +74,29 @@ async def _connection(host: str, port: int, requests: list[bytes], cursor: list[
         writer.close()
 
 
-async def run_load(host: str, port: int, requests: list[bytes], *, concurrency: int, rate: float | None = None,
-                   on_done: object = None) -> LoadResult:
+async def run_load(host: str, ports: list[int], requests: list[bytes], *, concurrency: int,
+                   rate: float | None = None, on_done: object = None) -> LoadResult:
+    """Send every request over `concurrency` connections, spread over `ports` as a load balancer would."""
     result = LoadResult()
     cursor = [0]
     start = time.perf_counter()
-    await asyncio.gather(*(_connection(host, port, requests, cursor, result, start, rate, on_done)
-                           for _ in range(min(concurrency, len(requests)))))
+    await asyncio.gather(*(_connection(host, ports[n % len(ports)], requests, cursor, result, start, rate, on_done)
+                           for n in range(min(concurrency, len(requests)))))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def load(ports: list[int], requests: list[tuple[str, dict[str, str], bytes]], concurrency: int, *,
+         rate: float | None = None, on_done: Callable[[], None] | None = None,
+         host: str = "127.0.0.1:8000") -> LoadResult:
+    """Render `requests` (path, headers, body) for `host`, then send them to the ports on 127.0.0.1."""
+    rendered = [render(host, path, headers, body) for path, headers, body in requests]
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result: LoadResult = runner(run_load("127.0.0.1", ports, rendered, concurrency=concurrency, rate=rate,
+                                         on_done=on_done))
     return result

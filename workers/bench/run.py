@@ -3,365 +3,275 @@
 Phases:
   1. baselines: a hello-world ASGI app on the same server and settings; a no-op dramatiq actor on the same
      broker with the same processes and threads; single-row commits and COPY on the same PostgreSQL;
-  2. ingress: every delivery posted at full speed to `intake serve`, with no workers running;
-  3. pipeline: `intake worker` started on the stored backlog, drained;
-  4. end to end: fresh deliveries paced at half the measured peak, workers running, latency from the
-     ingress's receipt to the worker's commit;
-  5. the books: events and messages stored, duplicates, lost.
+  2. ingress: every delivery posted at full speed to the web processes, with no workers running;
+  3. pipeline: ingest workers started on the stored backlog, drained;
+  4. ai: AI workers classifying and drafting the stored messages (for at most `ai_seconds`);
+  5. end to end: fresh deliveries paced at half the measured peak, with the ingest and the AI workers running
+     (as in production: the AI workers are still busy with the backlog), latency from the ingress's receipt
+     to the worker's commit;
+  6. lone messages: one delivery at a time after a quiet period, the same latency;
+  7. the books: events and messages stored, duplicates, lost.
+
+Every phase reads the CPU time of each process tree (web, workers, PostgreSQL, Redis) before and after, so
+each figure comes with its cost: CPU milliseconds per acknowledged delivery, stored or classified message.
+A millisecond of CPU per message is one core per 1,000 messages a second: the sizing table adds them up.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
-import psutil
 import psycopg
-import redis
 
-from config import get_settings
-from db import migrate
-from db.engine import make_engine
-from pipelines.crypto import SecretBox
-from pipelines.inboxes import CreatedInbox, create_inbox, create_tenant
-from workers.bench.load import LoadResult, render, run_load
-from workers.bench.traffic import CHANNELS, Delivery, generate, signed
-from workers.broker import ensure
-from workers.embedded.services import EmbeddedServices
+from workers.bench import baselines
+from workers.bench.load import LoadResult, load
+from workers.bench.procs import wait
+from workers.bench.stack import Stack, create_tenants, open_stack
+from workers.bench.traffic import Delivery, generate, signed
 
 Progress = Callable[[str, float | None], None]  # (phase description, fraction done or None)
+Request = tuple[str, dict[str, str], bytes]
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     events: int = 20_000
     tenants: int = 4
-    processes: int = 2
+    processes: int = 2  # per worker command
     threads: int = 8
     concurrency: int = 64
+    web_processes: int = 1
+    worker_processes: int = 1  # separate `intake worker` commands, as separate machines would run
+    ai_seconds: float = 30.0
+    # The AI workers run as production should run them beside ingestion on shared cores: one process per
+    # command, at a lower CPU priority, so a backlog of classification never delays a message's storage.
+    ai_processes: int = 1
+    ai_nice: int = 10
+    lone_messages: int = 12
+    quiet_seconds: float = 1.0
     database_url: str | None = None
     admin_database_url: str | None = None
     redis_url: str | None = None
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    def public(self) -> dict[str, Any]:
+        return asdict(self) | {"database_url": None, "admin_database_url": None, "redis_url": None}
 
 
-class RssSampler:
-    """Peak resident memory of a process tree, sampled in the background."""
-
-    def __init__(self) -> None:
-        self.peaks: dict[str, float] = {}
-        self._watched: dict[str, psutil.Process] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def watch(self, name: str, pid: int) -> None:
-        self._watched[name] = psutil.Process(pid)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            for name, proc in list(self._watched.items()):
-                try:
-                    # dramatiq's parent only supervises: the largest process in the tree is what a worker costs.
-                    sizes = [p.memory_info().rss for p in [proc, *proc.children(recursive=True)]]
-                except psutil.Error:
-                    continue
-                self.peaks[name] = max(self.peaks.get(name, 0.0), max(sizes) / 2**20)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+def per_item(spent: dict[str, float], count: int) -> dict[str, float | None]:
+    """CPU milliseconds per item for each process tree of a phase."""
+    return {name: round(seconds * 1000 / count, 4) if count else None
+            for name, seconds in spent.items() if name != "wall"}
 
 
-@contextmanager
-def process(args: list[str], env: dict[str, str], sampler: RssSampler | None = None, name: str = "") -> Iterator[
-        subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    if sampler is not None:
-        sampler.watch(name, proc.pid)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def cores(spent: dict[str, float]) -> float:
+    """The cores a phase kept busy, all watched processes together."""
+    busy = sum(seconds for name, seconds in spent.items() if name != "wall")
+    return round(busy / spent["wall"], 2) if spent.get("wall") else 0.0
 
 
-def _wait_http(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port}")
+def unprocessed(conn: psycopg.Connection[Any]) -> int:
+    # The waiting statuses only: the index skips every processed event, so polling costs the same at any size.
+    row = conn.execute("SELECT count(*) FROM inbound_events WHERE status IN ('received', 'queued')").fetchone()
+    return int(row[0]) if row else 0
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the benchmark waited too long for the fleet")
-        time.sleep(interval)
+def count(conn: psycopg.Connection[Any], sql: str, *args: Any) -> int:
+    row = conn.execute(sql, args).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
-def _load(port: int, requests: list[tuple[str, dict[str, str], bytes]], concurrency: int,
-          rate: float | None = None, on_done: Callable[[], None] | None = None) -> LoadResult:
-    host = f"127.0.0.1:{port}"
-    rendered = [render(host, path, headers, body) for path, headers, body in requests]
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    result: LoadResult = runner(run_load("127.0.0.1", port, rendered, concurrency=concurrency, rate=rate,
-                                         on_done=on_done))
-    return result
+def now(conn: psycopg.Connection[Any]) -> datetime:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
-def pg_commit_rate(url: str, seconds: float = 2.0) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TEMP TABLE bench_commit (id bigint, v text)")
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            conn.execute("INSERT INTO bench_commit VALUES (%s, 'x')", (n,))
-            n += 1
-        return n / (time.perf_counter() - start)
+def latency(conn: psycopg.Connection[Any], since: datetime) -> tuple[float, float, int]:
+    """p50 and p99 of ingress receipt to worker commit, in ms, of the messages received since `since`."""
+    row = conn.execute(
+        "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
+        "(ORDER BY extract(epoch FROM stored_at - received_at) * 1000), count(*) "
+        "FROM messages WHERE received_at >= %s", (since,)).fetchone()
+    assert row is not None
+    p50, p99 = row[0] or (0.0, 0.0)
+    return round(float(p50), 2), round(float(p99), 2), int(row[1])
 
 
-def pg_copy_rate(url: str, rows: int = 200_000) -> float:
-    with psycopg.connect(url) as conn:
-        conn.execute("CREATE TEMP TABLE bench_copy (id bigint, tenant uuid, v text)")
-        tenant = uuid.uuid4()
-        start = time.perf_counter()
-        with conn.cursor().copy("COPY bench_copy (id, tenant, v) FROM STDIN") as copy:
-            for i in range(rows):
-                copy.write_row((i, tenant, "a message body of ordinary length"))
-        conn.commit()
-        return rows / (time.perf_counter() - start)
+def drain(stack: Stack, conn: psycopg.Connection[Any], describe: str, progress: Progress,
+          timeout: float = 600) -> dict[str, Any]:
+    """Workers (already booted) drain the stored events: rate from the first to the last commit, CPU per
+    stored message for each process tree."""
+    total = max(1, unprocessed(conn))
+    mark = now(conn)
+    with stack.watchers.cpu.phase() as spent:
+        def drained() -> bool:
+            left = unprocessed(conn)
+            progress(describe, 1 - left / total)
+            return left == 0
+
+        wait(drained, timeout=timeout, interval=0.1)
+    row = conn.execute("SELECT count(*), extract(epoch FROM max(stored_at) - %s) FROM messages WHERE stored_at >= %s",
+                       (mark, mark)).fetchone()
+    assert row is not None
+    messages, seconds = int(row[0]), float(row[1] or 0)
+    return {"messages_per_s": round(messages / seconds, 1) if seconds else 0.0, "messages": messages,
+            "seconds": round(seconds, 2), "cpu_ms_per_message": per_item(spent, messages), "cores": cores(spent)}
 
 
-def noop_rate(env: dict[str, str], redis_url: str, processes: int, threads: int, jobs: int) -> float:
-    """Jobs per second a no-op actor drains from a pre-filled queue, on the fleet's broker settings."""
-    from workers.bench import noop as noop_module
-
-    broker: Any = noop_module.noop.broker
-    client = redis.Redis.from_url(redis_url)
-    for n in range(jobs):
-        noop_module.noop.send(n)
-    key = f"{broker.namespace}:{noop_module.QUEUE}.msgs"
-    args = [sys.executable, "-m", "dramatiq", "workers.broker:for_workers", "workers.bench.noop",
-            "--processes", str(processes), "--threads", str(threads), "--queues", noop_module.QUEUE, "--skip-logging"]
-    with process(args, env):
-        _wait(lambda: int(client.hlen(key)) < jobs, timeout=60, interval=0.01)
-        start, remaining = time.perf_counter(), int(client.hlen(key))
-        _wait(lambda: int(client.hlen(key)) == 0, timeout=120, interval=0.02)
-        seconds = time.perf_counter() - start
-    return remaining / seconds if seconds else 0.0
+def post(stack: Stack, ports: list[int], requests: list[Request], concurrency: int, *,
+         rate: float | None = None, on_done: Callable[[], None] | None = None) -> tuple[LoadResult, dict[str, float]]:
+    with stack.watchers.cpu.phase() as spent:
+        result = load(ports, requests, concurrency, rate=rate, on_done=on_done)
+    return result, spent
 
 
-def _setup_tenants(app_url: str, secret_key: str, count: int) -> list[dict[str, CreatedInbox]]:
-    engine = make_engine(app_url, pool_size=1, application_name="intake-bench")
-    box = SecretBox(secret_key)
-    issued = {"twilio": {"auth_token": "bench-twilio"}, "whatsapp": {"app_secret": "bench-meta"}}
-    tenants = []
-    try:
-        for n in range(count):
-            with engine.begin() as conn:
-                tenant = create_tenant(conn, f"Bench tenant {n}")
-                tenants.append({ch: create_inbox(conn, box, tenant, ch, given_secrets=issued.get(ch),
-                                                 settings={"rate_limit_per_second": 1e9, "rate_limit_burst": 10**9})
-                                for ch in CHANNELS})
-    finally:
-        engine.dispose()
-    return tenants
+def ingress(stack: Stack, ports: list[int], requests: list[Request], concurrency: int,
+            progress: Progress) -> dict[str, Any]:
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if done[0] % 500 == 0:
+            progress("ingress: posting every delivery", done[0] / len(requests))
+
+    result, spent = post(stack, ports, requests, concurrency, on_done=tick)
+    acknowledged = sum(n for status, n in result.statuses.items() if 200 <= status < 300)
+    return {"accepted_per_s": round(acknowledged / result.seconds, 1) if result.seconds else 0.0,
+            "p50_ms": round(result.percentile(50), 2), "p99_ms": round(result.percentile(99), 2),
+            "requests": result.completed, "statuses": result.statuses,
+            "cpu_ms_per_delivery": per_item(spent, acknowledged), "cores": cores(spent)}
 
 
-def _books(admin_url: str, deliveries: list[Delivery]) -> dict[str, Any]:
-    expected_keys = {d.message_key for d in deliveries}
-    with psycopg.connect(admin_url) as conn:
-        events = conn.execute("SELECT count(*), count(*) FILTER (WHERE status <> 'processed') "
-                              "FROM inbound_events").fetchone()
-        stored, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT (inbox_id, external_id)) FROM messages").fetchone()  # type: ignore[misc]
-        keys = {f"{i}:{e}" for i, e in conn.execute("SELECT inbox_id, external_id FROM messages")}
-    assert events is not None
+def ai(stack: Stack, conn: psycopg.Connection[Any], options: BenchOptions, progress: Progress) -> dict[str, Any]:
+    """The AI workers (already booted) on the stored messages, for at most `ai_seconds`."""
+    total = count(conn, "SELECT count(*) FROM messages")
+    first = count(conn, "SELECT count(*) FROM ai_classifications")
+    started = time.perf_counter()
+    with stack.watchers.cpu.phase() as spent:
+        def done() -> bool:
+            classified = count(conn, "SELECT count(*) FROM ai_classifications")
+            progress("ai: classifying and drafting the stored messages", classified / max(1, total))
+            return classified >= total or time.perf_counter() - started > options.ai_seconds
+
+        wait(done, timeout=options.ai_seconds + 60, interval=0.25)
+    classified = count(conn, "SELECT count(*) FROM ai_classifications") - first
+    return {"messages_per_s": round(classified / spent["wall"], 1) if spent["wall"] else None,
+            "messages": classified, "cpu_ms_per_message": per_item(spent, classified), "cores": cores(spent)}
+
+
+def end_to_end(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], requests: list[Request], rate: float,
+               concurrency: int, progress: Progress) -> dict[str, Any]:
+    """Deliveries paced at `rate` with the workers running: receipt to commit, p50 and p99."""
+    progress(f"end to end: {rate:.0f} deliveries/s with the workers running", None)
+    mark = now(conn)
+    classified = count(conn, "SELECT count(*) FROM ai_classifications")
+    result, spent = post(stack, ports, requests, concurrency, rate=rate)
+    wait(lambda: unprocessed(conn) == 0, timeout=300, interval=0.05)
+    p50, p99, messages = latency(conn, mark)
+    return {"rate_per_s": round(rate, 1), "p50_ms": p50, "p99_ms": p99, "messages": messages,
+            "statuses": result.statuses, "cores": cores(spent),
+            "ai_classified_meanwhile": count(conn, "SELECT count(*) FROM ai_classifications") - classified}
+
+
+def stored_since(conn: psycopg.Connection[Any], mark: datetime) -> int:
+    return count(conn, "SELECT count(*) FROM messages WHERE received_at >= %s", mark)
+
+
+def lone(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], requests: list[Request],
+         options: BenchOptions, progress: Progress) -> dict[str, Any]:
+    """One delivery at a time, each after `quiet_seconds` without traffic: the first message of a quiet
+    conversation must not wait for a batch window or a sleeping consumer."""
+    # The AI backlog left by the earlier phases is not the quiet fleet this phase is about.
+    stack.redis.delete("dramatiq:ai", "dramatiq:ai.msgs")
+    mark = now(conn)
+    for n, request in enumerate(requests):
+        progress("lone messages after a quiet period", n / len(requests))
+        time.sleep(options.quiet_seconds)  # the quiet period is what is measured: a sleep is the point
+        before = stored_since(conn, mark)
+        load(ports, [request], 1)
+        wait(lambda: stored_since(conn, mark) > before, timeout=30, interval=0.01)  # noqa: B023
+    p50, p99, messages = latency(conn, mark)
+    return {"p50_ms": p50, "p99_ms": p99, "messages": messages, "quiet_seconds": options.quiet_seconds}
+
+
+def books(conn: psycopg.Connection[Any], deliveries: list[Delivery], since: datetime | None = None) -> dict[str, Any]:
+    """Every acknowledged delivery's message stored once: what was sent against what the tables hold."""
+    expected = {d.message_key for d in deliveries}
+    where, args = ("WHERE received_at >= %s", (since,)) if since else ("", ())
+    events = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE status <> 'processed') "
+                          f"FROM inbound_events {where}", args).fetchone()
+    stored = conn.execute(f"SELECT count(*), count(DISTINCT (inbox_id, external_id)) FROM messages {where}",
+                          args).fetchone()
+    keys = {f"{i}:{e}" for i, e in conn.execute(f"SELECT inbox_id, external_id FROM messages {where}", args)}
+    assert events is not None and stored is not None
     return {"deliveries_sent": len(deliveries), "events_stored": events[0], "events_unprocessed": events[1],
-            "messages_expected": len(expected_keys), "messages_stored": stored,
-            "duplicates": stored - distinct, "lost": len(expected_keys - keys)}
+            "messages_expected": len(expected), "messages_stored": stored[0],
+            "duplicates": stored[0] - stored[1], "lost": len(expected - keys)}
+
+
+def sizing(r: dict[str, Any]) -> dict[str, float | None]:
+    """Cores per 1,000 messages a second, per process kind: its CPU ms per message, phase by phase."""
+    phases = [r["ingress"]["cpu_ms_per_delivery"], r["pipeline"]["cpu_ms_per_message"],
+              r["ai"]["cpu_ms_per_message"]]
+
+    def total(name: str) -> float | None:
+        values = [p.get(name) for p in phases if p.get(name) is not None]
+        return round(sum(values), 3) if values else None
+
+    out = {"web": phases[0].get("web"), "ingest_worker": phases[1].get("worker"),
+           "ai_worker": phases[2].get("worker_ai"), "postgres": total("postgres"), "redis": total("redis")}
+    out["total"] = round(sum(v for v in out.values() if v is not None), 3)
+    return out
 
 
 def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="intake-bench-"))
-    embedded = None
-    sampler = RssSampler()
-    try:
-        if options.database_url and options.redis_url:
-            app_url, redis_url = options.database_url, options.redis_url
-            admin_url = options.admin_database_url or app_url
-            secret_key = os.environ.get("INTAKE_SECRET_KEY") or "bench-secret-key-for-this-run-only"
-        else:
-            progress("starting embedded PostgreSQL and Redis", None)
-            embedded = EmbeddedServices(home)
-            status = embedded.up()
-            assert status.database_url and status.admin_database_url and status.redis_url
-            app_url, admin_url, redis_url = status.database_url, status.admin_database_url, status.redis_url
-            secret_key = embedded.secret_key()
-        migrate.upgrade(admin_url, embedding_dim=get_settings().embedding_dim)
-        redis.Redis.from_url(redis_url).flushdb()
-        env = {**os.environ, "DATABASE_URL": app_url, "INTAKE_ADMIN_DATABASE_URL": admin_url, "REDIS_URL": redis_url,
-               "INTAKE_SECRET_KEY": secret_key, "INTAKE_HOME": str(home), "INTAKE_LOG_LEVEL": "warning",
-               "INTAKE_LOG_FORMAT": "json", "INTAKE_WORKER_METRICS_PORT": "0"}
-        # This process sends the no-op baseline's jobs: its broker is the fleet's, on this run's Redis.
-        ensure(get_settings().model_copy(update={"redis_url": redis_url, "database_url": app_url,
-                                                 "admin_database_url": admin_url}))
-
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
         progress("creating tenants and signing deliveries", None)
-        tenants = _setup_tenants(app_url, secret_key, options.tenants)
+        tenants = create_tenants(stack, options.tenants)
         deliveries = generate(tenants, options.events, seed=1)
-        paced_count = max(1000, options.events // 4)
-        paced = generate(tenants, paced_count, seed=2, duplicate_rate=0.0)
-        web_port = _free_port()
-        requests = signed(deliveries, f"http://127.0.0.1:{web_port}")
-        paced_requests = signed(paced, f"http://127.0.0.1:{web_port}")
-        results: dict[str, Any] = {"options": options.__dict__ | {"database_url": None, "admin_database_url": None,
-                                                                 "redis_url": None}}
-
-        progress("baseline: hello-world ASGI app", None)
-        hello_port = _free_port()
-        hello_args = [sys.executable, "-m", "uvicorn", "workers.bench.hello:app", "--port", str(hello_port),
-                      "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
-                      "--backlog", "2048"]
-        with process(hello_args, env):
-            _wait_http(hello_port)
-            hello_requests = [(f"/v1/webhooks/hello/{i}", h, b) for i, (_, h, b) in enumerate(requests)]
-            hello = _load(hello_port, hello_requests, options.concurrency)
-
-        progress("baseline: PostgreSQL commits and COPY", None)
-        pg_commits = pg_commit_rate(admin_url)
-        pg_copy = pg_copy_rate(admin_url)
-
-        progress("baseline: no-op dramatiq actor", None)
-        noop = noop_rate(env, redis_url, options.processes, options.threads, jobs=min(20_000, options.events))
-
-        progress("ingress: posting every delivery", 0.0)
-        done = [0]
-
-        def tick() -> None:
-            done[0] += 1
-            if done[0] % 500 == 0:
-                progress("ingress: posting every delivery", done[0] / len(requests))
-
-        web_args = [sys.executable, "-m", "workers", "serve", "--port", str(web_port)]
-        worker_args = [sys.executable, "-m", "workers", "worker", "--processes", str(options.processes),
-                       "--threads", str(options.threads), "--queues", "ingest"]
-        with process(web_args, env, sampler, "web"):
-            _wait_http(web_port)
-            ingress = _load(web_port, requests, options.concurrency, on_done=tick)
-            ingress_stats = ingress.statuses
-
-            progress("pipeline: workers draining the backlog", 0.0)
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                def unprocessed() -> int:
-                    row = conn.execute("SELECT count(*) FROM inbound_events WHERE status <> 'processed'").fetchone()
-                    return int(row[0]) if row else 0
-
-                total_events = int(conn.execute("SELECT count(*) FROM inbound_events").fetchone()[0])  # type: ignore[index]
-                with process(worker_args, env, sampler, "worker"):
-                    def drained() -> bool:
-                        left = unprocessed()
-                        progress("pipeline: workers draining the backlog", 1 - left / max(1, total_events))
-                        return left == 0
-
-                    _wait(drained, timeout=600, interval=0.25)
-                    row = conn.execute("SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) "
-                                       "FROM messages").fetchone()
-                    assert row is not None
-                    pipeline_messages, pipeline_seconds = int(row[0]), float(row[1] or 0)
-                    pipeline_rate = pipeline_messages / pipeline_seconds if pipeline_seconds else 0.0
-
-                    rate = 0.5 * min(ingress.per_second, pipeline_rate or ingress.per_second)
-                    progress(f"end to end: {rate:.0f} deliveries/s with workers running", 0.0)
-                    mark = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-                    paced_result = _load(web_port, paced_requests, options.concurrency, rate=rate)
-                    _wait(lambda: unprocessed() == 0, timeout=300, interval=0.1)
-                    latency = conn.execute(
-                        "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
-                        "(ORDER BY extract(epoch FROM stored_at - received_at) * 1000) "
-                        "FROM messages WHERE received_at >= %s", (mark,)).fetchone()[0]  # type: ignore[index]
-
-        progress("ai: classifying and drafting the stored messages", 0.0)
-        ai_args = [sys.executable, "-m", "workers", "worker", "--processes", str(options.processes),
-                   "--threads", str(options.threads), "--queues", "ai"]
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            def classified() -> int:
-                row = conn.execute("SELECT count(*) FROM ai_classifications").fetchone()
-                return int(row[0]) if row else 0
-
-            total_messages = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])  # type: ignore[index]
-            with process(ai_args, env, sampler, "worker_ai"):
-                started = time.perf_counter()
-
-                def ai_done() -> bool:
-                    done_now = classified()
-                    progress("ai: classifying and drafting the stored messages", done_now / max(1, total_messages))
-                    return done_now >= total_messages or time.perf_counter() - started > 90
-
-                _wait(ai_done, timeout=120, interval=0.5)
-                ai_seconds = time.perf_counter() - started
-                ai_messages = classified()
-        progress("checking the books", None)
-        books = _books(admin_url, deliveries + paced)
-        results.update({
-            "ingress": {"accepted_per_s": round(ingress.per_second, 1), "p50_ms": round(ingress.percentile(50), 2),
-                        "p99_ms": round(ingress.percentile(99), 2), "requests": ingress.completed,
-                        "statuses": ingress_stats},
-            "pipeline": {"messages_per_s": round(pipeline_rate, 1), "messages": pipeline_messages,
-                         "seconds": round(pipeline_seconds, 2)},
-            "ai": {"messages_per_s": round(ai_messages / ai_seconds, 1) if ai_seconds else None,
-                   "messages": ai_messages, "provider": os.environ.get("INTAKE_AI_PROVIDER", "local")},
-            "e2e": {"rate_per_s": round(rate, 1), "p50_ms": round(float(latency[0]), 2),
-                    "p99_ms": round(float(latency[1]), 2), "statuses": paced_result.statuses},
-            "baseline": {"hello_asgi_per_s": round(hello.per_second, 1), "hello_p50_ms": round(hello.percentile(50), 2),
-                         "hello_p99_ms": round(hello.percentile(99), 2),
-                         "dramatiq_noop_per_s": round(noop, 1), "pg_commit_per_s": round(pg_commits, 1),
-                         "pg_copy_rows_per_s": round(pg_copy, 1)},
-            "ratio": {"ingress_vs_hello": round(ingress.per_second / hello.per_second, 3) if hello.per_second else None,
-                      "pipeline_vs_noop": round(pipeline_rate / noop, 3) if noop else None},
-            "rss_mb": {"web_peak": round(sampler.peaks.get("web", 0.0), 1),
-                       "worker_peak": round(sampler.peaks.get("worker", 0.0), 1),
-                       "ai_worker_peak": round(sampler.peaks.get("worker_ai", 0.0), 1)},
-            "correct": books,
-        })
+        paced = generate(tenants, min(options.events, max(1000, options.events // 4)), seed=2, duplicate_rate=0.0)
+        singles = generate(tenants, options.lone_messages, seed=3, duplicate_rate=0.0)
+        base = "http://127.0.0.1:8000"  # the Host every request names; signatures cover it, not the port
+        requests, paced_requests, lone_requests = (signed(d, base) for d in (deliveries, paced, singles))
+        results: dict[str, Any] = {"options": options.public()}
+        results["baseline"] = baselines.measure(stack, requests, options, progress)
+        with stack.webs(options.web_processes) as ports, stack.admin() as conn:
+            progress("ingress: posting every delivery", 0.0)
+            results["ingress"] = ingress(stack, ports, requests, options.concurrency, progress)
+            progress("pipeline: ingest workers draining the backlog", 0.0)
+            with stack.workers("worker", "ingest", commands=options.worker_processes, processes=options.processes,
+                               threads=options.threads):
+                results["pipeline"] = drain(stack, conn, "pipeline: ingest workers draining the backlog", progress)
+                progress("ai: starting the AI workers", None)
+                with stack.workers("worker_ai", "ai", commands=options.worker_processes,
+                                   processes=options.ai_processes, threads=options.threads, nice=options.ai_nice):
+                    results["ai"] = ai(stack, conn, options, progress)
+                    peak = min(results["ingress"]["accepted_per_s"], results["pipeline"]["messages_per_s"]
+                               or results["ingress"]["accepted_per_s"])
+                    results["e2e"] = end_to_end(stack, conn, ports, paced_requests, 0.5 * peak, options.concurrency,
+                                                progress)
+                    results["lone"] = lone(stack, conn, ports, lone_requests, options, progress)
+            progress("checking the books", None)
+            results["correct"] = books(conn, deliveries + paced + singles)
+        r = results
+        r["ai"]["provider"] = stack.env.get("INTAKE_AI_PROVIDER", "local")
+        r["ratio"] = {
+            "ingress_vs_hello": _ratio(r["ingress"]["accepted_per_s"], r["baseline"]["hello_asgi_per_s"]),
+            "pipeline_vs_noop": _ratio(r["pipeline"]["messages_per_s"], r["baseline"]["dramatiq_noop_per_s"]),
+            "web_cpu_vs_hello": _ratio(r["ingress"]["cpu_ms_per_delivery"].get("web"),
+                                       r["baseline"]["hello_cpu_ms_per_request"]),
+        }
+        r["sizing_cores_per_1000_per_s"] = sizing(r)
+        peaks = stack.watchers.rss.peaks
+        r["rss_mb"] = {name: round(peaks.get(name, 0.0), 1) for name in ("web", "worker", "worker_ai")}
+        r["python"] = sys.version.split()[0]
         return results
-    finally:
-        sampler.stop()
-        if embedded is not None:
-            embedded.down()
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from dataclasses import dataclass
@@ -71,17 +72,25 @@ def _body(channel: str, person: int, n: int, rng: random.Random, now: datetime) 
     return orjson.dumps(body), "application/json", None, postmark_id
 
 
+def zipf_weights(count: int, exponent: float = 1.0) -> list[float]:
+    """Tenant sizes as fleets have them: a few large tenants, a long tail of small ones (rank ** -exponent)."""
+    return [1 / (rank ** exponent) for rank in range(1, count + 1)]
+
+
 def generate(inboxes: list[dict[str, CreatedInbox]], count: int, *, seed: int, duplicate_rate: float = 0.1,
-             people_per_tenant: int = 200) -> list[Delivery]:
-    """`count` deliveries; about `duplicate_rate` of them repeat an earlier one, as provider retries do."""
+             people_per_tenant: int = 200, weights: list[float] | None = None) -> list[Delivery]:
+    """`count` deliveries; about `duplicate_rate` of them repeat an earlier one, as provider retries do.
+
+    Tenants are drawn uniformly, or by `weights` (see `zipf_weights`)."""
     rng = random.Random(seed)
+    cumulative = list(itertools.accumulate(weights)) if weights else None
     now = datetime.now(UTC)
     result: list[Delivery] = []
     while len(result) < count:
         if result and rng.random() < duplicate_rate:
             result.append(result[rng.randrange(max(0, len(result) - 200), len(result))])
             continue
-        tenant = rng.choice(inboxes)
+        tenant = rng.choices(inboxes, cum_weights=cumulative)[0] if cumulative else rng.choice(inboxes)
         channel = rng.choice(CHANNELS)
         person = rng.randrange(people_per_tenant)
         body, ctype, webhook_id, key = _body(channel, person, len(result), rng, now)

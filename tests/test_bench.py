@@ -1,0 +1,71 @@
+"""`intake bench` at a tiny size: the report has its shape, every figure its CPU cost, and the books balance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.processes import INTAKE
+from workers.cli.main import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`intake bench ... --json` on its own embedded stack, as a user would run it."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
+    env["TMPDIR"] = str(tmp_path)
+    done = subprocess.run([INTAKE, "bench", *args, "--processes", "1", "--threads", "4", "--json"], env=env,
+                          capture_output=True, timeout=120, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_scale_bench_draws_its_chart_and_keeps_the_books(tmp_path: Path) -> None:
+    chart = tmp_path / "scale.png"
+    r = bench(tmp_path, "--scale", "--events", "150", "--scale-tenants", "2", "--scale-stored", "0,1500",
+              "--chart", str(chart))
+    points = r["points"]
+    assert [(p["tenants"], p["stored"]) for p in points] == [(2, 0), (2, 1500)]
+    for p in points:
+        assert p["correct"]["lost"] == 0 and p["correct"]["duplicates"] == 0
+        assert p["correct"]["messages_stored"] == p["correct"]["messages_expected"] > 0
+        assert p["messages_in_table"] >= p["stored"]
+        assert p["pipeline"]["cpu_ms_per_message"]["worker"] > 0
+        assert p["e2e"]["p99_ms"] >= p["e2e"]["p50_ms"] > 0
+    assert set(r["flatness"]["pipeline_cpu_ms_per_message"]) == {"1500"}
+    assert chart.read_bytes().startswith(PNG)
+
+
+def test_bench_reports_cpu_per_message_and_keeps_the_books(tmp_path: Path) -> None:
+    r = bench(tmp_path, "--events", "200", "--tenants", "2", "--ai-seconds", "1", "--lone-messages", "1")
+    books = r["correct"]
+    assert books["lost"] == 0 and books["duplicates"] == 0 and books["events_unprocessed"] == 0
+    assert books["messages_stored"] == books["messages_expected"] > 0
+    ingress, baseline = r["ingress"], r["baseline"]
+    assert set(ingress["cpu_ms_per_delivery"]) >= {"web", "postgres", "redis"}
+    assert ingress["cpu_ms_per_delivery"]["web"] > 0 and baseline["hello_cpu_ms_per_request"] > 0
+    assert baseline["noop_cpu_ms_per_job"] > 0
+    assert r["pipeline"]["cpu_ms_per_message"]["worker"] > 0
+    assert r["lone"]["messages"] == 1
+    sizing = r["sizing_cores_per_1000_per_s"]
+    assert sizing["total"] > 0
+    assert {"web", "ingest_worker", "ai_worker", "postgres", "redis"} <= set(sizing)
+
+
+@pytest.mark.parametrize("args", [
+    ["--scale-tenants", "1,abc"], ["--scale-tenants", "0,5"], ["--scale-stored", "-1"],
+    ["--scale-stored", "1" * 5000], ["--scale-tenants", "1\x00,2"], ["--scale-stored", ""],
+    ["--scale-stored", ",".join(["1"] * 11)], ["--web-processes", "0"], ["--events", "10"],
+])
+def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["bench", "--scale", *args])
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output

@@ -1,0 +1,119 @@
+"""`intake bench --scale`: the pipeline and end-to-end latency as tenants and stored tables grow.
+
+Two curves on one stack, each point measured as the default bench measures it (deliveries posted at full
+speed, then the ingest workers drain them, then deliveries paced at half the point's own peak):
+
+  - tenants: 1, 100 and 2,000 tenants sending (a few large, many small), on empty tables;
+  - table size: the middle tenant count sending, with 0, 1 million and 5 million messages already stored
+    (see `workers.bench.history`), loaded one after the other.
+
+Each point reports CPU milliseconds per stored message (ingest worker, PostgreSQL, Redis) and whether the
+cost at every table size is within 20% of the cost on empty tables. A PNG chart is drawn with matplotlib.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pipelines.inboxes import CreatedInbox
+from workers.bench import history
+from workers.bench.run import Progress, books, count, drain, end_to_end, ingress, now
+from workers.bench.stack import Stack, create_tenants, open_stack
+from workers.bench.traffic import generate, signed, zipf_weights
+
+FLAT = 0.20  # how far the cost per message may move from the empty tables' cost
+TRUNCATE = "TRUNCATE contacts, contact_identities, conversations, inbound_events, messages CASCADE"
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    tenants: tuple[int, ...] = (1, 100, 2000)
+    stored: tuple[int, ...] = (0, 1_000_000, 5_000_000)
+    events: int = 10_000  # deliveries posted at each point
+    processes: int = 2
+    threads: int = 8
+    concurrency: int = 64
+    chart: Path = Path("intake-bench-scale.png")
+    database_url: str | None = None
+    admin_database_url: str | None = None
+    redis_url: str | None = None
+
+    @property
+    def size_tenants(self) -> int:
+        """The tenants sending on the table-size curve: the middle of the tenant counts."""
+        counts = sorted(set(self.tenants))
+        return counts[len(counts) // 2]
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self) | {"chart": str(self.chart), "database_url": None, "admin_database_url": None,
+                               "redis_url": None}
+
+
+def point(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], tenants: list[dict[str, CreatedInbox]],
+          stored: int, options: ScaleOptions, progress: Progress, seed: int) -> dict[str, Any]:
+    """One point of a curve: post, drain, pace, check the books."""
+    label = f"{len(tenants):,} tenants, {stored:,} stored"
+    weights = zipf_weights(len(tenants))
+    deliveries = generate(tenants, options.events, seed=seed, weights=weights)
+    paced = generate(tenants, min(options.events, max(500, options.events // 4)), seed=seed + 1, duplicate_rate=0.0,
+                     weights=weights)
+    requests, paced_requests = signed(deliveries, "http://127.0.0.1:8000"), signed(paced, "http://127.0.0.1:8000")
+    mark = now(conn)
+    rows = count(conn, "SELECT count(*) FROM messages")
+    progress(f"{label}: ingress", 0.0)
+    posted = ingress(stack, ports, requests, options.concurrency, lambda _, f: progress(f"{label}: ingress", f))
+    with stack.workers("worker", "ingest", commands=1, processes=options.processes, threads=options.threads):
+        pipeline = drain(stack, conn, f"{label}: pipeline", progress)
+        peak = min(posted["accepted_per_s"], pipeline["messages_per_s"] or posted["accepted_per_s"])
+        e2e = end_to_end(stack, conn, ports, paced_requests, 0.5 * peak, options.concurrency,
+                         lambda _, f: progress(f"{label}: end to end", f))
+    cpu = pipeline["cpu_ms_per_message"]
+    return {"tenants": len(tenants), "stored": stored, "messages_in_table": rows, "ingress": posted,
+            "pipeline": pipeline, "e2e": e2e,
+            "pipeline_cpu_ms_per_message": round(sum(cpu.get(k) or 0.0 for k in ("worker", "postgres", "redis")), 4),
+            "ingress_cpu_ms_per_delivery": round(sum(posted["cpu_ms_per_delivery"].get(k) or 0.0
+                                                     for k in ("web", "postgres", "redis")), 4),
+            "correct": books(conn, deliveries + paced, since=mark)}
+
+
+def flatness(points: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
+    """How far the cost per message at each table size moved from the cost on empty tables."""
+    curve = sorted((p for p in points if p["tenants"] == tenants), key=lambda p: p["stored"])
+    if len(curve) < 2 or curve[0]["stored"] != 0:
+        return {"flat": None}
+    out: dict[str, Any] = {}
+    for key in ("pipeline_cpu_ms_per_message", "ingress_cpu_ms_per_delivery"):
+        base = curve[0][key]
+        out[key] = {str(p["stored"]): round(p[key] / base - 1, 3) if base else None for p in curve[1:]}
+    out["flat"] = all(abs(v) <= FLAT for moves in out.values() for v in moves.values() if v is not None)
+    return out
+
+
+def run_scale(options: ScaleOptions, progress: Progress) -> dict[str, Any]:
+    from workers.bench.chart import draw
+
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
+        progress(f"creating {max(options.tenants):,} tenants", None)
+        everyone = create_tenants(stack, max(options.tenants))
+        points: list[dict[str, Any]] = []
+        with stack.webs(1) as ports, stack.admin() as conn:
+            for seed, tenants in enumerate(sorted(set(options.tenants))):
+                conn.execute(TRUNCATE)
+                points.append(point(stack, conn, ports, everyone[:tenants], 0, options, progress, 10 * seed + 1))
+            conn.execute(TRUNCATE)
+            owners = [history.Tenant(str(t["api"].tenant_id), {ch: str(i.id) for ch, i in t.items()}) for t in everyone]
+            ids, loaded = history.Ids(base=1), 0
+            for seed, target in enumerate(sorted(s for s in set(options.stored) if s > 0), start=50):
+                progress(f"loading {target - loaded:,} more stored messages with COPY", None)
+                history.load(stack.admin_url, owners, zipf_weights(len(owners)), target - loaded, ids=ids)
+                loaded = target
+                points.append(point(stack, conn, ports, everyone[:options.size_tenants], target, options, progress,
+                                    10 * seed + 1))
+        results = {"options": options.public(), "points": points, "flatness": flatness(points, options.size_tenants),
+                   "chart": str(options.chart)}
+        draw(points, options.size_tenants, options.chart)
+        return results

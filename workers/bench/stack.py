@@ -1,0 +1,131 @@
+"""The services and processes a benchmark runs on: one PostgreSQL, one Redis, web and worker processes.
+
+The services are embedded ones in a temporary home unless DATABASE_URL and REDIS_URL are given. Web
+processes listen on ports of their own and the load generator spreads its connections over them, as a
+load balancer would; worker commands are separate `intake worker` processes, as separate machines would run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from config import get_settings
+from db import migrate
+from db.engine import make_engine
+from pipelines.crypto import SecretBox
+from pipelines.inboxes import CreatedInbox, create_inbox, create_tenant
+from workers.bench.procs import Watchers, free_port, heartbeats, held, process, service_pids, wait_booted, wait_http
+from workers.bench.traffic import CHANNELS
+from workers.broker import ensure
+from workers.embedded.services import EmbeddedServices
+
+# The bench's senders are never rate limited: the limits are not what is measured.
+UNLIMITED = {"rate_limit_per_second": 1e9, "rate_limit_burst": 10**9}
+
+
+@dataclass
+class Stack:
+    app_url: str
+    admin_url: str
+    redis_url: str
+    secret_key: str
+    home: Path
+    env: dict[str, str]
+    watchers: Watchers = field(default_factory=Watchers)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    @contextmanager
+    def webs(self, count: int) -> Iterator[list[int]]:
+        """`count` web processes, each on a port of its own, all listening when the block starts."""
+        ports = [free_port() for _ in range(count)]
+        with ExitStack() as stack:
+            for port in ports:
+                stack.enter_context(process([sys.executable, "-m", "workers", "serve", "--port", str(port)],
+                                            self.env, self.watchers, "web"))
+            for port in ports:
+                wait_http(port)
+            yield ports
+
+    @contextmanager
+    def workers(self, name: str, queue: str, *, commands: int, processes: int, threads: int,
+                nice: int = 0) -> Iterator[None]:
+        """`commands` `intake worker` commands on `queue`, every worker process booted when the block starts."""
+        before = heartbeats(self.redis)
+        args = [sys.executable, "-m", "workers", "worker", "--processes", str(processes), "--threads",
+                str(threads), "--queues", queue]
+        with ExitStack() as stack:
+            with held(self.redis, queue):
+                for _ in range(commands):
+                    stack.enter_context(process(args, self.env, self.watchers, name, nice=nice))
+                wait_booted(self.redis, before, commands * processes)
+            yield
+
+
+@contextmanager
+def open_stack(database_url: str | None, admin_database_url: str | None, redis_url: str | None) -> Iterator[Stack]:
+    """A migrated database and an empty Redis; embedded ones in a temporary home unless URLs are given."""
+    home = Path(tempfile.mkdtemp(prefix="intake-bench-"))
+    embedded = None
+    stack: Stack | None = None
+    try:
+        if database_url and redis_url:
+            app_url, admin_url = database_url, admin_database_url or database_url
+            secret_key = os.environ.get("INTAKE_SECRET_KEY") or "bench-secret-key-for-this-run-only"
+        else:
+            embedded = EmbeddedServices(home)
+            status = embedded.up()
+            assert status.database_url and status.admin_database_url and status.redis_url
+            app_url, admin_url, redis_url = status.database_url, status.admin_database_url, status.redis_url
+            secret_key = embedded.secret_key()
+        migrate.upgrade(admin_url, embedding_dim=get_settings().embedding_dim)
+        redis.Redis.from_url(redis_url).flushdb()
+        env = {**os.environ, "DATABASE_URL": app_url, "INTAKE_ADMIN_DATABASE_URL": admin_url, "REDIS_URL": redis_url,
+               "INTAKE_SECRET_KEY": secret_key, "INTAKE_HOME": str(home), "INTAKE_LOG_LEVEL": "warning",
+               "INTAKE_LOG_FORMAT": "json", "INTAKE_WORKER_METRICS_PORT": "0"}
+        # This process sends the no-op baseline's jobs: its broker is the fleet's, on this run's Redis.
+        ensure(get_settings().model_copy(update={"redis_url": redis_url, "database_url": app_url,
+                                                 "admin_database_url": admin_url}))
+        stack = Stack(app_url, admin_url, redis_url, secret_key, home, env)
+        for name, pid in service_pids(admin_url, redis_url).items():
+            stack.watchers.cpu.watch(name, pid)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.watchers.rss.stop()
+        if embedded is not None:
+            embedded.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def create_tenants(stack: Stack, count: int, *, first: int = 0) -> list[dict[str, CreatedInbox]]:
+    """`count` tenants with one inbox of each bench channel, known secrets for the channels that need them."""
+    engine = make_engine(stack.app_url, pool_size=1, application_name="intake-bench")
+    box = SecretBox(stack.secret_key)
+    issued = {"twilio": {"auth_token": "bench-twilio"}, "whatsapp": {"app_secret": "bench-meta"}}
+    tenants = []
+    try:
+        for n in range(first, first + count):
+            with engine.begin() as conn:
+                tenant = create_tenant(conn, f"Bench tenant {n}")
+                tenants.append({ch: create_inbox(conn, box, tenant, ch, given_secrets=issued.get(ch),
+                                                 settings=UNLIMITED) for ch in CHANNELS})
+    finally:
+        engine.dispose()
+    return tenants
