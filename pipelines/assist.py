@@ -31,7 +31,7 @@ from pipelines.ai.base import (
     Provider,
     Usage,
 )
-from pipelines.lifecycle import sla
+from pipelines.lifecycle import erasure, sla
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
@@ -87,6 +87,12 @@ class Results:
     usage: list[tuple[str, Usage]] = field(default_factory=list)
 
 
+def headers_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A message's stored headers; the `api` channel keeps its sender's metadata, whose "headers" may be anything."""
+    headers = metadata.get("headers")
+    return headers if isinstance(headers, dict) else {}
+
+
 def is_auto_reply(headers: dict[str, Any]) -> bool:
     """RFC 3834 Auto-Submitted, Precedence and the common vendor headers."""
     auto = str(headers.get("auto-submitted", "no")).strip().lower()
@@ -109,7 +115,7 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
     contexts = []
     for row in conn.execute(LOAD, {"t": tenant, "ids": message_ids, "v": PROMPT_VERSION}).all():
         metadata = row.metadata or {}
-        auto = is_auto_reply(metadata.get("headers") or {})
+        auto = is_auto_reply(headers_of(metadata))
         inbox_settings = row.inbox_settings or {}
         persona_raw = row.persona or {}  # fields left empty keep the built-in persona's
         persona = Persona(**{k: v for k, v in persona_raw.items() if k in PERSONA_FIELDS and v not in (None, "")})
@@ -174,13 +180,14 @@ def with_language(classification: Classification, decision: language.LanguageDec
 HINT_SOURCES = {"telegram": "the Telegram language_code", "api": "the contact's locale",
                 "postmark": "the Content-Language header", "mailgun": "the Content-Language header",
                 "sendgrid": "the Content-Language header"}
+# Only the head of an earlier message is read (language.CONTEXT_CHARS, of which a retrieval query takes less).
 EARLIER_IN_CONVERSATION = text("""
-SELECT content, metadata FROM messages
+SELECT left(content, :chars) AS content, metadata FROM messages
 WHERE tenant_id = :t AND conversation_id = :c AND direction = 'inbound' AND id <> :m AND sent_at <= :at
 ORDER BY sent_at DESC LIMIT :n
 """)
 IN_OTHER_CONVERSATIONS = text("""
-SELECT content, metadata FROM messages
+SELECT left(content, :chars) AS content, metadata FROM messages
 WHERE tenant_id = :t AND contact_id = :ct AND conversation_id <> :c AND direction = 'inbound'
 ORDER BY sent_at DESC LIMIT :n
 """)
@@ -189,14 +196,15 @@ EARLIER_LIMIT = 5
 
 def hint_of(metadata: dict[str, Any]) -> str | None:
     """The channel's language hint stored with a message: Telegram's and the api's, or Content-Language."""
-    hint = metadata.get("language_hint") or (metadata.get("headers") or {}).get("content-language")
+    hint = metadata.get("language_hint") or headers_of(metadata).get("content-language")
     return hint if isinstance(hint, str) else None
 
 
 def earlier_in_conversation(conn: Connection, tenant: TenantId, ctx: Context) -> list[language.Earlier]:
     """The customer's earlier messages in this conversation, newest first."""
     rows = conn.execute(EARLIER_IN_CONVERSATION, {"t": tenant, "c": ctx.conversation_id, "m": ctx.message_id,
-                                                  "at": ctx.sent_at, "n": EARLIER_LIMIT})
+                                                  "at": ctx.sent_at, "n": EARLIER_LIMIT,
+                                                  "chars": language.CONTEXT_CHARS})
     return [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
 
 
@@ -206,7 +214,7 @@ def gather_evidence(conn: Connection, tenant: TenantId, ctx: Context
     elsewhere = []
     if ctx.contact_id is not None:
         rows = conn.execute(IN_OTHER_CONVERSATIONS, {"t": tenant, "ct": ctx.contact_id, "c": ctx.conversation_id,
-                                                     "n": EARLIER_LIMIT})
+                                                     "n": EARLIER_LIMIT, "chars": language.CONTEXT_CHARS})
         elsewhere = [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
     return earlier, language.Evidence(
         hint=hint_of(ctx.metadata), hint_source=HINT_SOURCES.get(ctx.channel, "the channel's language hint"),
@@ -238,6 +246,14 @@ RECLASSIFIED = ("category", "priority", "sentiment", "sentiment_score", "languag
                 "suggested_team_id", "is_auto_reply", "provider", "model")
 
 
+# The message as `store` writes about it, still holding what `load` read. FOR SHARE waits for an erasure in
+# progress (it updates the row) and holds a later one back until these results are in, where it finds them.
+NOT_ERASED = text("""
+SELECT 1 FROM messages WHERE tenant_id = :t AND id = :id AND (content <> '' OR metadata <> CAST(:erased AS jsonb))
+FOR SHARE
+""")
+
+
 def _classification_upsert(values: dict[str, Any], *, force: bool) -> Executable:
     """INSERT of one classification; on a second one for the same message and prompt version, nothing, or with
     `force` the new one's values."""
@@ -254,6 +270,8 @@ def _classification_upsert(values: dict[str, Any], *, force: bool) -> Executable
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
           *, force: bool = False) -> dict[str, bool]:
     stored = {"classification": False, "draft": False}
+    if conn.execute(NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA}).first() is None:
+        return stored  # erased while the provider thought: its reasoning and draft would quote the person
     classification = results.classification
     if classification is not None and ctx.want_classification:
         usage = next(u for f, u in results.usage if f == "classify")

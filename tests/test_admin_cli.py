@@ -82,3 +82,35 @@ def test_intake_admin_serves_the_api(stack: dict[str, str]) -> None:
         assert httpx.get(f"{base}/v1/admin/openapi.json").json()["openapi"] == "3.1.0"
     finally:
         stop(proc)
+
+
+def test_hostile_names_durations_and_paths_are_one_clear_line(stack: dict[str, str]) -> None:
+    """Names that look like console markup print as written; absurd durations and unwritable paths are one
+    line on stderr, never a traceback."""
+    created = intake("tenant", "create", "[/oops] Oy")
+    assert created.returncode == 0 and "[/oops] Oy" in created.stdout, created.stderr
+    tenant = str(ok("tenant", "create", "Markup Oy")["id"])
+    team = intake("team", "create", "--tenant", tenant, "a[/]b")
+    assert team.returncode == 0 and "a[/]b" in team.stdout, team.stderr
+    listed = intake("team", "list", "--tenant", tenant)
+    assert listed.returncode == 0 and "a[/]b" in listed.stdout, listed.stderr
+    inbox = str(ok("inbox", "create", "--tenant", tenant, "--channel", "telegram")["id"])
+    for args in (("inbox", "rotate-secrets", inbox, "--overlap", "9" * 30 + "d"),
+                 ("audit", "list", "--since", "999999d"),
+                 ("audit", "list", "--since", "9" * 30 + "w"),
+                 ("tenant", "export", tenant, "--out", "/proc/intake-export.zip")):
+        refused = intake(*args)
+        assert refused.returncode in (1, 2), refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stderr.strip(), refused.stderr
+
+    region = intake("inbox", "create", "--tenant", tenant, "--channel", "api", "--region", "x" * 300)
+    assert region.returncode == 1 and "settings.default_region" in region.stderr, region.stderr
+
+
+def test_names_that_are_not_text_are_refused_in_one_line(stack: dict[str, str]) -> None:
+    """Bytes that are not UTF-8 arrive in argv as lone surrogates, which PostgreSQL cannot store."""
+    for args in ([b"tenant", b"create", b"\xff\xfe Oy"],
+                 [b"inbox", b"create", b"--tenant", b"x", b"--channel", b"api", b"--secret", b"signing_secret=\xff"]):
+        result = subprocess.run([INTAKE.encode(), *args], capture_output=True, env=dict(os.environ), timeout=120)
+        assert result.returncode in (1, 2) and b"Traceback" not in result.stderr, result.stderr
+        assert b"nicode" in result.stderr, result.stderr

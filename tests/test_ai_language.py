@@ -90,8 +90,8 @@ def test_short_telegram_lines_follow_the_senders_language_code(stack: dict[str, 
     classified, reasoning, drafted, draft = chat.assisted(chat.says(message, {"language_hint": hint}))
     assert (classified, drafted) == (language, language)
     assert draft.startswith(GREETINGS[language])
-    if classified != decide(message).detected[0]:
-        assert "Telegram language_code" in reasoning
+    assert decide(message).source != "text"  # too short for the text alone: the sender's app language decided
+    assert f"the Telegram language_code '{hint}'; the text alone was unsure" in reasoning
 
 
 def test_the_readme_case_hello_again_from_an_english_telegram_user(stack: dict[str, str], app_engine: Engine) -> None:
@@ -113,8 +113,8 @@ def test_a_conversations_earlier_language_decides_a_short_line(stack: dict[str, 
     chat.says(earlier)
     classified, reasoning, drafted, draft = chat.assisted(chat.says(message))
     assert (classified, drafted) == (language, language) and draft.startswith(GREETINGS[language])
-    if decide(message).source != "text":
-        assert "conversation's earlier messages" in reasoning
+    assert decide(message).source != "text"
+    assert "the conversation's earlier messages (their text" in reasoning
 
 
 def test_the_contacts_other_conversations_then_the_tenant_default(stack: dict[str, str], app_engine: Engine) -> None:
@@ -183,3 +183,36 @@ def test_a_malformed_api_locale_is_refused(locale: object) -> None:
 def test_an_odd_api_locale_is_kept_but_decides_nothing() -> None:
     (message,) = api.parse(api_message({"email": "ada@example.com", "locale": "\u202e\x00zz"})).messages
     assert normalise_hint(message.metadata["language_hint"]) is None
+
+
+@pytest.mark.parametrize(("metadata", "language", "quoted"), [
+    ({"headers": "not a header map"}, "en", None),  # the api channel keeps its sender's metadata as given
+    ({"headers": ["content-language", "de"]}, "en", None),
+    ({"language_hint": "de, " + "x" * 16_000}, "de", "'de'"),
+    ({"headers": {"content-language": ", ".join(["fr-CA"] + ["xx-YY"] * 10_000)}}, "fr", "'fr-CA'"),
+    ({"headers": {"content-language": "es-" + "\u202e\u200b" * 5_000}}, "es", "'es-'"),
+])
+def test_hostile_hints_and_metadata_never_fail_a_classification(stack: dict[str, str], app_engine: Engine,
+                                                                metadata: dict[str, Any], language: str,
+                                                                quoted: str | None) -> None:
+    chat = Chat(app_engine, new_inbox(app_engine, "api"), "Ada Lovelace")
+    message = "Hello, my order from last week has still not arrived." if quoted is None else "ok"
+    classified, reasoning, drafted, _ = chat.assisted(chat.says(message, metadata))
+    assert (classified, drafted) == (language, language)
+    assert len(reasoning) <= 1000
+    if quoted is not None:  # the reason quotes the tag that decided, not the rest of the header
+        assert f"{quoted}; the text alone was unsure" in reasoning
+
+
+def test_api_metadata_reaches_the_classifier_as_the_sender_gave_it() -> None:
+    request = api_message({"email": "ada@example.com"})
+    body = orjson.loads(request.body) | {"metadata": {"headers": "not a header map"}}
+    (message,) = api.parse(WebhookRequest(method="POST", url=request.url, headers=request.headers,
+                                          body=orjson.dumps(body))).messages
+    assert message.metadata["headers"] == "not a header map"
+
+
+@pytest.mark.parametrize("text", ["ok \ud800", "\ud800\udfff Danke", "\x00" * 3, "\u202e\u200b\ufeff", ""])
+def test_odd_unicode_is_read_without_error(text: str) -> None:
+    decision = decide(text, Evidence(hint="de"))
+    assert decision.language in ("en", "fi", "sv", "de", "es", "fr") and decision.reason

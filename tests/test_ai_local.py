@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.ai.base import Classification, ClassifyRequest, DraftRequest, Passage
 from pipelines.ai.local import LocalProvider, sentiment
-from pipelines.ai.taxonomy import DEFAULT
+from pipelines.ai.taxonomy import DEFAULT, Category
 
 DATA = Path(__file__).parent / "data" / "labelled_messages.tsv"
 CHAT = Path(__file__).parent / "data" / "labelled_chat.tsv"
@@ -136,3 +136,25 @@ def test_drafts_speak_the_customers_language_and_cite_what_they_use() -> None:
     assert reply.cited_chunk_ids == [passage.chunk_id] and reply.language == "fi"
     empty, _ = provider.draft(DraftRequest("¿Dónde está mi pedido?", None, "es", "shipping", ()))
     assert "No he encontrado" in empty.text and empty.cited_chunk_ids == [] and empty.confidence < 0.5
+
+
+def test_a_megabyte_message_is_classified_by_its_head() -> None:
+    head = "This is terrible, my order never arrived and I want my money back now!"
+    result, _ = LocalProvider().classify(ClassifyRequest(head + " x" * 500_000, None, DEFAULT))
+    assert (result.language, result.sentiment, result.category) == ("en", "negative", "shipping")
+
+
+def test_long_taxonomy_keywords_do_not_overflow_the_reasoning() -> None:
+    """`taxonomy.from_settings` reads stored settings as they are, whatever wrote them."""
+    keywords = tuple(f"{word} " + "z" * 400 for word in ("parcel", "order", "late"))
+    category = Category("shipping", "Deliveries", None, keywords)
+    text = " ".join(keywords) + " where is it, this is urgent"
+    result, _ = LocalProvider().classify(ClassifyRequest(text, None, (category,)))
+    assert result.category == "shipping" and len(result.reasoning) <= 1000
+    assert result.reasoning.startswith("Classified as shipping (matched 'parcel z")
+
+
+@pytest.mark.parametrize("name", ["   ", "\u3000", "\t\n"])
+def test_a_name_of_spaces_is_greeted_as_no_name(name: str) -> None:
+    reply, _ = LocalProvider().draft(DraftRequest("Where is my order?", name, "en", "shipping", ()))
+    assert reply.text.startswith("Hi,\n")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -14,8 +17,12 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
+from config import get_settings
 from db.tenancy import TenantId, bind_tenant
-from pipelines.lifecycle import jobs
+from pipelines import assist
+from pipelines.ai.local import LocalProvider
+from pipelines.ingest import IngestPolicy, ingest_events
+from pipelines.lifecycle import erasure, jobs
 from tests.factories import deliver, new_inbox
 from tests.processes import INTAKE
 from workers.cli.main import main
@@ -172,6 +179,120 @@ def test_erasure_leaves_no_trace_of_the_person_and_nothing_else_changes(
         newest = conn.execute(text("SELECT contact_id FROM messages WHERE tenant_id = :t AND external_id = 'e9'"),
                               {"t": tenant}).scalar_one()
     assert str(newest) != erased["contact_id"]
+
+
+def erase(app_engine: Engine, tenant: TenantId, email: str) -> erasure.Erasure:
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        found = erasure.find_contact(conn, tenant, identity=("email", email))
+        assert found is not None
+        return erasure.erase_contact(conn, tenant, found, actor="cli:test")
+
+
+def test_a_message_stored_while_the_person_is_erased_is_erased_too(
+    app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """An ingest batch stores the person's next message while the erasure starts: once both have committed,
+    nothing they wrote is left."""
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    send(app_engine, inbox, "e1", ERIK_TEXTS[0], **ERIK)
+    body = orjson.dumps({"id": "e2", "type": "message", "sent_at": "2026-11-20T09:31:00+02:00",
+                         "text": ERIK_TEXTS[1], "contact": {"email": ERIK["email"]}})
+    done: dict[str, erasure.Erasure] = {}
+    with app_engine.connect() as batch:
+        batch.begin()
+        bind_tenant(batch, tenant)
+        event = batch.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body) "
+            "VALUES (:t, :i, 'api', 'wh-e2', 'application/json', CAST(:h AS jsonb), :b) RETURNING id"),
+            {"t": tenant, "i": inbox.id, "b": body,
+             "h": json.dumps({"content-type": "application/json", "webhook-id": "wh-e2"})}).scalar_one()
+        stored = ingest_events(batch, tenant, [event], IngestPolicy(reopen_window=timedelta(hours=72)))
+        assert len(stored.messages_created) == 1
+        worker = threading.Thread(target=lambda: done.update(result=erase(app_engine, tenant, ERIK["email"])))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while worker.is_alive() and time.monotonic() < deadline:  # until the erasure waits for the batch
+            with admin_engine.connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                     "AND NOT granted")).scalar_one():
+                    break
+            time.sleep(0.02)
+        batch.commit()
+    worker.join(30)
+    assert done["result"].counts["messages"] == 2
+    assert traces(admin_engine, tenant, redis_client) == []
+
+
+def test_a_sender_cannot_mark_its_own_message_as_erased_already(
+    app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """The `api` channel keeps the sender's metadata as given, so it may equal the erasure's own marker."""
+    inbox = new_inbox(app_engine, "api")
+    body = orjson.dumps({"id": "e1", "type": "message", "sent_at": "2026-11-20T09:30:00+02:00",
+                         "text": ERIK_TEXTS[0], "contact": {"email": ERIK["email"]}, "metadata": {"erased": True}})
+    deliver(app_engine, inbox, body, "application/json", headers={"webhook-id": "wh-e1"})
+    assert erase(app_engine, inbox.tenant_id, ERIK["email"]).counts["messages"] == 1
+    assert traces(admin_engine, inbox.tenant_id, redis_client) == []
+
+
+def test_ai_results_that_arrive_after_the_erasure_are_not_stored(
+    app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """An `ai` job read the message, then the person was erased while the provider thought."""
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    sent = send(app_engine, inbox, "e1", ERIK_TEXTS[1], **ERIK)
+
+    def read(fn: Any) -> Any:
+        with app_engine.begin() as conn:
+            bind_tenant(conn, tenant)
+            return fn(conn)
+
+    (ctx,) = read(lambda conn: assist.load(conn, tenant, sent.messages_created))
+    results = assist.think(read, tenant, ctx, LocalProvider(get_settings().embedding_dim))
+    assert results.classification is not None and results.draft is not None
+    erase(app_engine, tenant, ERIK["email"])
+    assert read(lambda conn: assist.store(conn, tenant, ctx, results, {})) == {"classification": False, "draft": False}
+    assert traces(admin_engine, tenant, redis_client) == []
+
+
+def test_erasure_reaches_form_bodies_and_the_audit_rows_of_the_persons_merges(
+    app_engine: Engine, admin_engine: Engine,
+) -> None:
+    """A form-encoded delivery that failed writes the address as `%40`; a merge's audit row lists identities
+    too short to search for (a Telegram id of a few digits)."""
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    send(app_engine, inbox, "e1", ERIK_TEXTS[0], **ERIK)
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        contact = conn.execute(text("SELECT contact_id FROM messages WHERE external_id = 'e1'")).scalar_one()
+        form = conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, body, status) "
+            "VALUES (:t, :i, 'mailgun', 'form', 'application/x-www-form-urlencoded', :b, 'failed') RETURNING id"),
+            {"t": tenant, "i": inbox.id, "b": b"sender=erik.svensson%40example.se&stripped-text=Storgatan+12"},
+        ).scalar_one()
+        conn.execute(text(
+            "INSERT INTO audit_logs (tenant_id, actor, action, subject_type, subject_id, details) "
+            "VALUES (:t, 'intake.ingest', 'contact.merged', 'contact', :c, CAST(:d AS jsonb))"),
+            {"t": tenant, "c": str(contact), "d": json.dumps({"moved_identities": [["telegram", "4242"]]})})
+    erase(app_engine, tenant, ERIK["email"])
+    with admin_engine.connect() as conn:
+        body = conn.execute(text("SELECT body FROM inbound_events WHERE id = :id"), {"id": form}).scalar_one()
+        merges = conn.execute(text("SELECT details FROM audit_logs WHERE tenant_id = :t AND action = 'contact.merged'"),
+                              {"t": tenant}).scalars().all()
+    assert bytes(body) == b""
+    assert merges == [{}]
+    again = erase_by_contact(app_engine, tenant, contact)
+    assert again.already_erased and not any(again.counts.values())
+
+
+def erase_by_contact(app_engine: Engine, tenant: TenantId, contact: uuid.UUID) -> erasure.Erasure:
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        return erasure.erase_contact(conn, tenant, contact, actor="cli:test")
 
 
 def test_forgetting_a_deleted_tenants_jobs_keeps_other_tenants_jobs(redis_client: redis.Redis) -> None:

@@ -224,3 +224,22 @@ def test_an_export_never_overwrites_and_refuses_a_missing_folder(app_engine: Eng
     done = CliRunner().invoke(main, ["tenant", "export", str(tenant), "--out", str(tmp_path / "ok.zip"), "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["tables"]["messages"]["rows"] == 1
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        exported = conn.execute(text("SELECT after FROM audit_logs WHERE action = 'tenant.export'")).scalar_one()
+    assert exported["path"] == str(tmp_path / "ok.zip")
+    unwritable = CliRunner().invoke(main, ["tenant", "export", str(tenant), "--out", "/proc/intake-export.zip"])
+    assert unwritable.exit_code == 1 and "cannot write /proc/intake-export.zip" in unwritable.stderr
+
+
+def test_an_sla_policy_set_at_the_command_line_is_audited(app_engine: Engine) -> None:
+    tenant = seeded(app_engine, "Audited SLA")
+    args = ["sla", "set", "--tenant", str(tenant), "--priority", "high", "--first-response", "1h"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, [*args[:-1], "2h"]).exit_code == 0
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        rows = conn.execute(text("SELECT before, after FROM audit_logs WHERE action = 'sla.set' "
+                                 "ORDER BY created_at")).all()
+    assert [r.after["first_response_minutes"] for r in rows] == [60, 120]
+    assert rows[0].before is None and rows[1].before["first_response_minutes"] == 60

@@ -24,6 +24,10 @@ from urllib.parse import urlencode
 import pytest
 
 from pipelines import normalize
+from pipelines.ai.base import ClassifyRequest
+from pipelines.ai.language import decide
+from pipelines.ai.local import LocalProvider
+from pipelines.ai.taxonomy import DEFAULT
 from pipelines.channels import email, mailgun, sendgrid
 from pipelines.channels.base import SignatureError, VerifyContext, WebhookRequest, form_fields
 from pipelines.errors import scrub
@@ -309,3 +313,25 @@ def test_mailgun_rejects_a_20_mb_form_of_tiny_parts_at_once() -> None:
         start = time.perf_counter()
         assert verifies(form_request(body)) is expected
         assert time.perf_counter() - start < 1
+
+
+# -- the local AI provider ------------------------------------------------------------------------------
+AI_SHAPES: dict[str, Callable[[int], str]] = {
+    # English that carries sentiment: VADER looks every word up again in the whole text (16 KB took 0.6 s)
+    "English with sentiment": lambda n: "where is my order, this is terrible, please help " * (n // 50),
+    "words of no language": lambda n: "zzkq " * (n // 5),
+    "letters without spaces": lambda n: "ö" * n,
+    "digits only": lambda n: "1" * n,
+    "common words": lambda n: "danke merci kiitos " * (n // 19),
+}
+
+
+@pytest.mark.parametrize("shape", AI_SHAPES)
+def test_local_classification_is_linear(shape: str) -> None:
+    provider = LocalProvider()
+    assert_linear(lambda text: provider.classify(ClassifyRequest(text, None, DEFAULT)), AI_SHAPES[shape], 16_000)
+
+
+@pytest.mark.parametrize("shape", AI_SHAPES)
+def test_language_decision_is_linear(shape: str) -> None:
+    assert_linear(decide, AI_SHAPES[shape], 250_000)

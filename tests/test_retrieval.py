@@ -68,13 +68,36 @@ def test_held_out_questions_find_and_cite_the_right_article(app_engine: Engine, 
     print(f"\nrecall@3 {found / n:.2f}, MRR {reciprocal / n:.2f}, right citation {cited / n:.2f} ({n} questions)")
     # Floors at the measured values (README, "Knowledge"): a change that lowers them is a regression.
     assert found >= 22  # 0.73
-    assert reciprocal / n >= 0.58
+    assert reciprocal / n >= 0.588  # 0.5889
     assert cited >= 15  # 0.50
     for question, answer in questions():
         if not answer:
             draft, _ = provider.draft(DraftRequest(question, None, "en", "other",
                                                    tuple(search(app_engine, eval_tenant, question))))
             assert draft.cited_chunk_ids == [] and "could not find" in draft.text, question
+
+
+def recall_at_3(engine: Engine, tenant: TenantId, *, language: str | None, full_text: bool = True) -> int:
+    found = 0
+    for question, answer in questions():
+        if answer:
+            vector = LocalProvider().embed([question])[0][0]
+            with engine.begin() as conn:
+                bind_tenant(conn, tenant)
+                passages = knowledge.retrieve(conn, tenant, question if full_text else "", vector, language=language,
+                                              limit=3)
+            found += answer in [p.heading for p in passages]
+    return found
+
+
+def test_reading_the_question_in_its_language_beats_simple_and_the_vectors_alone(
+        app_engine: Engine, eval_tenant: TenantId) -> None:
+    """README ("Figures"): recall@3 0.73 in the question's language, 0.50 in 'simple', 0.67 by vectors alone."""
+    in_english = recall_at_3(app_engine, eval_tenant, language="en")
+    in_simple = recall_at_3(app_engine, eval_tenant, language=None)
+    vectors_alone = recall_at_3(app_engine, eval_tenant, language="en", full_text=False)
+    print(f"\nrecall@3 of 30: {in_english} in English, {in_simple} in 'simple', {vectors_alone} by vectors alone")
+    assert in_english >= 22 and in_english >= max(in_simple, vectors_alone) + 2  # measured: 22, 15, 20
 
 
 def test_the_question_language_drops_its_stop_words(app_engine: Engine, eval_tenant: TenantId) -> None:
@@ -86,10 +109,14 @@ def test_the_question_language_drops_its_stop_words(app_engine: Engine, eval_ten
                                   limit=50) == knowledge.retrieve(conn, eval_tenant, "", vector, pool=5, limit=50)
 
 
-@pytest.mark.parametrize("question", ["\x00" * 10, "refund " * 50_000, "\ud800 refund \U0001f600", "'|&!:*()"])
+@pytest.mark.parametrize("question", ["\x00" * 10, "refund " * 50_000, "\ud800 refund \U0001f600", "'|&!:*()",
+                                      "C:\\refund\\'x' E'refund' $$refund$$ <-> !refund:*B", "refund\u202e\u200b" * 300])
 def test_hostile_questions_are_searched_without_error(app_engine: Engine, eval_tenant: TenantId,
                                                       question: str) -> None:
-    assert len(search(app_engine, eval_tenant, question)) <= 3
+    passages = search(app_engine, eval_tenant, question)
+    assert len(passages) == 3  # the vector half always fills the top 3 of a tenant with more chunks than that
+    if "refund" in question:  # its words still count
+        assert any(p.heading.startswith("Refunds") for p in passages), [p.heading for p in passages]
 
 
 # -- tenants sharing the index ---------------------------------------------------------------------
@@ -187,22 +214,26 @@ def test_a_small_tenant_beside_a_large_one_finds_its_own_answers(app_engine: Eng
     hits = sum(f"answer {i}" in _top(app_engine, small, q, PLANS[plan]) for _ in range(2)
                for i, q in enumerate(queries)) / 2
     print(f"\n{plan}: {hits:.0f}/{QUESTIONS} right answers in the top 3")
-    assert hits >= 9
+    assert hits == QUESTIONS  # an exact search: README's "10 of 10"
 
 
 def test_the_index_path_falls_back_to_an_exact_search_when_starved(app_engine: Engine,
                                                                    shared_index: dict[str, object]) -> None:
     queries: list[list[float]] = shared_index["queries"]  # type: ignore[assignment]
     small: TenantId = shared_index["small"]  # type: ignore[assignment]
-    with app_engine.begin() as conn:  # what the shared index alone gives the small tenant
-        bind_tenant(conn, small)
-        for setting in (*PLANS["indexes preferred"], "hnsw.ef_search = 200"):
-            conn.execute(text(f"SET LOCAL {setting}"))
-        starved = conn.execute(knowledge.NEAREST_INDEXED, {"t": small, "q": _literal(queries[0]), "pool": 40}).all()
-    assert len(starved) < 40
+    for i, query in enumerate(queries):
+        with app_engine.begin() as conn:  # what the shared index alone gives the small tenant: not its answer
+            bind_tenant(conn, small)
+            for setting in (*PLANS["indexes preferred"], "hnsw.ef_search = 200"):
+                conn.execute(text(f"SET LOCAL {setting}"))
+            starved = [r.id for r in conn.execute(knowledge.NEAREST_INDEXED,
+                                                  {"t": small, "q": _literal(query), "pool": 40})]
+            headings = conn.execute(text("SELECT heading FROM knowledge_chunks WHERE id = ANY(:ids)"),
+                                    {"ids": starved}).scalars().all()
+        assert len(starved) < 40 and f"answer {i}" not in headings
     hits = sum(f"answer {i}" in _top(app_engine, small, q, PLANS["indexes preferred"], exact_below=1)
                for i, q in enumerate(queries))
-    assert hits >= 9
+    assert hits == QUESTIONS
 
 
 def test_the_large_tenant_still_uses_the_index_and_finds_its_nearest(app_engine: Engine,

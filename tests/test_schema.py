@@ -186,3 +186,70 @@ def test_the_declared_schema_creates_the_tables_the_migrations_create(
 def test_the_declared_schema_is_built_for_any_embedding_width() -> None:
     assert schema.knowledge_chunks.c.embedding.type.dim == schema.DEFAULT_EMBEDDING_DIM
     assert schema.metadata_for(1536).tables["knowledge_chunks"].c.embedding.type.dim == 1536
+
+
+MIGRATION_OWNER = "e_schema_owner"  # a managed PostgreSQL's shape: the tables' owner is no superuser
+
+
+@pytest.fixture
+def owned_database(stack: dict[str, str]) -> Iterator[str]:
+    """An empty database owned by a plain login role, with pgvector created by the server's administrator
+    and intake_maintenance grantable by the owner (README: "Running on a managed PostgreSQL")."""
+    server_url = stack["INTAKE_ADMIN_DATABASE_URL"].replace("/intake?", "/postgres?")
+    scratch = f"intake_owned_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{MIGRATION_OWNER}') THEN
+                CREATE ROLE {MIGRATION_OWNER} LOGIN NOSUPERUSER NOBYPASSRLS;
+            END IF; END $$""")
+        admin.execute(f"GRANT intake_maintenance TO {MIGRATION_OWNER} WITH ADMIN OPTION")
+        admin.execute(f"CREATE DATABASE {scratch} OWNER {MIGRATION_OWNER}")
+    superuser_url = stack["INTAKE_ADMIN_DATABASE_URL"].replace("/intake?", f"/{scratch}?")
+    with psycopg.connect(superuser_url, autocommit=True) as db:
+        db.execute("CREATE EXTENSION vector")
+    try:
+        yield superuser_url.replace("postgresql://postgres@", f"postgresql://{MIGRATION_OWNER}@", 1)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+
+
+def test_migrations_carry_existing_rows_forward_and_back_as_a_plain_owner(owned_database: str) -> None:
+    """Data steps of migrations run under FORCE row-level security when the owner is no superuser: the
+    knowledge search vectors are recomputed (0010), a persona kept in settings moves to ai_personas and back
+    (0011), and the operators' audit rows go before tenant_id is NOT NULL again."""
+    url = owned_database
+    migrate.upgrade(url, "0009")
+    tenant = uuid.uuid4()
+    embedding = "[" + ",".join(["0.1"] * schema.DEFAULT_EMBEDDING_DIM) + "]"
+    with psycopg.connect(url) as db:
+        db.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
+        db.execute("INSERT INTO tenants (id, name, settings) VALUES (%s, 'Owned', "
+                   "'{\"ai\": {\"persona\": {\"name\": \"Aino\", \"tone\": \"warm\"}, \"model\": \"m\"}}')", (tenant,))
+        document = db.execute(
+            "INSERT INTO knowledge_documents (tenant_id, source, title, content_hash, embedding_model, embedding_dim)"
+            " VALUES (%s, 'faq', 'FAQ', 'h', 'e', %s) RETURNING id", (tenant, schema.DEFAULT_EMBEDDING_DIM)
+        ).fetchone()
+        assert document is not None
+        db.execute("INSERT INTO knowledge_chunks (tenant_id, document_id, ordinal, heading, content, embedding, "
+                   "embedding_model) VALUES (%s, %s, 0, 'Money back', 'Refunds take five days', %s, 'e')",
+                   (tenant, document[0], embedding))
+    migrate.upgrade(url)
+    with psycopg.connect(url) as db:
+        db.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
+        stemmed = db.execute("SELECT search_vector @@ to_tsquery('english', 'refund') FROM knowledge_chunks").fetchone()
+        persona = db.execute("SELECT name, tone, is_default FROM ai_personas").fetchone()
+        settings = db.execute("SELECT settings FROM tenants").fetchone()
+        db.execute("INSERT INTO audit_logs (tenant_id, actor, action, subject_type, subject_id) "
+                   "VALUES (NULL, 'cli:op', 'key.create', 'key', 'k')")
+    assert stemmed == (True,)
+    assert persona == ("Aino", "warm", True)
+    assert settings is not None and settings[0] == {"ai": {"model": "m"}}
+    migrate.downgrade(url, "0010")
+    with psycopg.connect(url) as db:
+        db.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
+        restored = db.execute("SELECT settings FROM tenants").fetchone()
+    assert restored is not None and restored[0]["ai"] == {"model": "m", "persona": {
+        "name": "Aino", "tone": "warm", "system_prompt": ""}}
+    migrate.downgrade(url, "base")
+    migrate.upgrade(url)

@@ -62,10 +62,19 @@ def test_a_day_lasts_as_long_as_the_clocks_say() -> None:
     ("UTC", ["mon"], []),
     ("UTC", OFFICE, ["2026-02-30"]),
     ("UTC", OFFICE, ["tomorrow"]),
+    ("UTC", {"mon": [["09:00", "17:00"], ["12:00", "18:00"]]}, []),  # an hour counted twice
+    ("UTC", {"mon": [["10:00", "11:00"], ["09:00", "24:00"]]}, []),
 ])
 def test_a_calendar_that_makes_no_sense_is_refused(zone: str, hours: object, holidays: list[str]) -> None:
     with pytest.raises(CalendarError):
         parse_calendar(zone, hours, holidays)
+
+
+def test_intervals_count_in_the_order_of_the_day_whatever_order_they_are_given() -> None:
+    lunch_first = parse_calendar("UTC", {"mon": [["13:00", "17:00"], ["09:00", "12:00"]]})
+    monday = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+    assert lunch_first.add(monday, 60) == datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    assert lunch_first.add(monday, 4 * 60) == datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
 
 
 def message(external_id: str, sent_at: datetime, email: str, text_: str = "Where is my order?") -> tuple[bytes, str]:
@@ -164,3 +173,29 @@ def test_a_policy_with_bad_durations_is_refused(app_engine: Engine, priority: st
     with app_engine.begin() as conn, pytest.raises(sla.PolicyError):
         bind_tenant(conn, inbox.tenant_id)
         sla.set_policy(conn, inbox.tenant_id, priority, first_response_minutes=first, resolution_minutes=resolution)
+
+
+def test_a_working_time_the_calendar_never_reaches_is_refused(app_engine: Engine) -> None:
+    """366 days of working minutes in a 40-hour week take over four years: refused with a reason."""
+    inbox = new_inbox(app_engine, "api")
+    with app_engine.begin() as conn, pytest.raises(sla.PolicyError, match="working minutes"):
+        bind_tenant(conn, inbox.tenant_id)
+        sla.set_policy(conn, inbox.tenant_id, "normal", first_response_minutes=60,
+                       resolution_minutes=366 * 24 * 60, business_hours=OFFICE)
+
+
+def test_a_stored_policy_the_calendar_cannot_meet_never_fails_a_delivery(app_engine: Engine) -> None:
+    """A policy written before that check (or closed by holidays) gives no due time, and the message is stored."""
+    inbox = new_inbox(app_engine, "api")
+    with app_engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        conn.execute(text(
+            "INSERT INTO sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes, "
+            "time_zone, business_hours) VALUES (:t, 'normal', 60, :long, 'Europe/Helsinki', CAST(:hours AS jsonb))"),
+            {"t": inbox.tenant_id, "long": 366 * 24 * 60, "hours": orjson.dumps(OFFICE).decode()})
+    opened = local(2026, 11, 30, 10, 0)
+    body, content_type = message("m1", opened, "erik@example.se")
+    deliver(app_engine, inbox, body, content_type, headers={"webhook-id": "w1"})
+    row = conversation(app_engine, inbox.tenant_id)
+    assert row["first_response_due_at"] == local(2026, 11, 30, 11, 0)
+    assert row["resolution_due_at"] is None

@@ -16,8 +16,9 @@ Mailgun's one-time tokens are claimed in `replay_tokens` (migration 0009). A cla
 timestamp could be accepted, 2 x INTAKE_WEBHOOK_TOLERANCE_SECONDS; `forget_replay_tokens` deletes older
 ones, a bounded batch per statement.
 
-`intake clock` runs all three every INTAKE_SWEEP_INTERVAL_SECONDS and serves the stuck counts as Prometheus
-gauges. Run one clock per deployment (two are harmless, just wasteful).
+`intake clock` runs all three every INTAKE_SWEEP_INTERVAL_SECONDS, then the data lifecycle's upkeep (SLA
+breaches every round, retention every INTAKE_RETENTION_INTERVAL_SECONDS: `pipelines.lifecycle.upkeep`), and
+serves the stuck counts as Prometheus gauges. Run one clock per deployment (two are harmless, just wasteful).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ SURE = 0.9  # the detector's confidence from which a text of MIN_WORDS words or 
 CERTAIN = 0.99  # ... and from which even a shorter text does
 MIN_WORDS = 3
 CONTEXT_CHARS = 600  # of earlier messages read together
+READ_CHARS = 4_000  # of a message that the detector and the word heuristics read: a long text costs no more
+HINT_CHARS = 35  # of a hint's first tag that a reason quotes (a BCP 47 tag is rarely longer)
 _WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
 _lock = threading.Lock()
 _detector: Any = None
@@ -80,26 +82,42 @@ def _lingua() -> Any:
         return _detector
 
 
+def _head(text: str) -> str:
+    """The part of a text that is read, with lone surrogates (which lingua refuses) replaced."""
+    return text[:READ_CHARS].encode("utf-8", "replace").decode()
+
+
 def detect(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, confidence) from the text alone; English with zero confidence when it has no letters."""
-    if not _WORDS.search(text):
+    head = _head(text)
+    if not _WORDS.search(head):
         return "en", 0.0
-    best = _lingua().compute_language_confidence_values(text[:4000])[0]
+    best = _lingua().compute_language_confidence_values(head)[0]
     return best.language.iso_code_639_1.name.lower(), float(best.value)
+
+
+def _first_tag(raw: str) -> str:
+    """The first tag of a list ("de" of "de, en;q=0.5"), read without splitting the rest of a long header."""
+    return raw.lstrip()[:READ_CHARS].split(",", 1)[0].split(";", 1)[0].strip()
 
 
 def normalise_hint(raw: Any) -> str | None:
     """A served ISO 639-1 code from a language tag ("en-US", "pt_BR", "de, en;q=0.5"), else None."""
     if not isinstance(raw, str):
         return None
-    first = raw.strip().split(",")[0].split(";")[0].strip().replace("_", "-").split("-")[0].lower()
+    first = _first_tag(raw).replace("_", "-").split("-", 1)[0].lower()
     return first if first in LANGUAGES else None
+
+
+def _quoted(raw: str) -> str:
+    """A hint as a reason quotes it: its first tag, printable and short, whatever the sender put around it."""
+    return "".join(ch for ch in _first_tag(raw)[:HINT_CHARS] if ch.isprintable())
 
 
 def word_vote(text: str) -> str | None:
     """The one language whose common words the text uses most, or None when none or a tie."""
     votes: Counter[str] = Counter()
-    for word in _WORDS.findall(text.lower()):
+    for word in _WORDS.findall(text[:READ_CHARS].lower()):
         for language in lexicons.COMMON_WORDS.get(word, ()):
             votes[language] += 1
     ranked = votes.most_common(2)
@@ -128,14 +146,14 @@ def decide(text: str, evidence: Evidence | None = None) -> LanguageDecision:
     evidence = evidence or Evidence()
     detected = detect(text)
     language, confidence = detected
-    words = len(_WORDS.findall(text))
+    words = len(_WORDS.findall(text[:READ_CHARS]))
     if confidence >= CERTAIN or (confidence >= SURE and words >= MIN_WORDS):
         return LanguageDecision(language, confidence, f"its text, {confidence:.0%}", "text", detected)
     unsure = f"the text alone was unsure: {language} {confidence:.0%}" if words else "the text has no words"
     hint = normalise_hint(evidence.hint)
-    if hint:
-        return LanguageDecision(hint, 0.9, f"{evidence.hint_source} '{evidence.hint}'; {unsure}", "channel",
-                                detected)
+    if hint and evidence.hint is not None:
+        return LanguageDecision(hint, 0.9, f"{evidence.hint_source} '{_quoted(evidence.hint)}'; {unsure}",
+                                "channel", detected)
     for messages, source, whose in ((evidence.conversation, "conversation", "the conversation's earlier messages"),
                                     (evidence.contact, "contact", "the contact's other messages")):
         found = _from_earlier(messages) if messages else None

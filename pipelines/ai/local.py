@@ -36,6 +36,10 @@ MODEL = "local-lexical-v1"
 # the answerable ones 0.25 to 0.56. Below it the draft says plainly that the articles do not answer.
 RELEVANT = 0.25
 SECOND = 0.85  # of the first passage's score, from which the second is quoted and cited as well
+# Of a message (subject and text) that classification reads: VADER's time grows with the square of a text
+# that carries sentiment (10 KB 0.4 s, 100 KB 29 s), and a stranger's email may be megabytes long.
+READ_CHARS = 4_000
+REASONING_CHARS = 1_000  # Classification.reasoning's limit: long taxonomy keywords must not fail the job
 _EXAMPLE_DIM = 512
 _lock = threading.Lock()
 _vader: Any = None
@@ -109,7 +113,7 @@ class LocalProvider:
 
     def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]:
         started = time.perf_counter()
-        text = "\n".join(t for t in (request.subject, request.text) if t)
+        text = "\n".join(t for t in (request.subject, request.text) if t)[:READ_CHARS]
         decision = request.language or language_of(text)
         language = decision.language
         label, score, sentiment_evidence = sentiment(text, language)
@@ -140,10 +144,12 @@ class LocalProvider:
                                                          sentiment_evidence else ")")]
         if urgent:
             reasons.append(f"urgent wording: {', '.join(urgent[:2])}")
+        reasoning = "Classified as " + "; ".join(reasons) + "."
+        if len(reasoning) > REASONING_CHARS:
+            reasoning = reasoning[:REASONING_CHARS - 1] + "…"
         result = Classification(
             category=category_id, priority=priority, sentiment=label, sentiment_score=round(score, 4),  # type: ignore[arg-type]
-            language=language, confidence=round(confidence, 3), team=team,
-            reasoning="Classified as " + "; ".join(reasons) + ".",
+            language=language, confidence=round(confidence, 3), team=team, reasoning=reasoning,
         )
         return result, Usage(self.name, self.model, latency_ms=int((time.perf_counter() - started) * 1000))
 
@@ -151,7 +157,8 @@ class LocalProvider:
         started = time.perf_counter()
         language = request.persona.language or request.language
         phrases = PHRASES.get(language, PHRASES["en"])
-        greeting = phrases["hello"].format(name=f" {request.contact_name.split()[0]}" if request.contact_name else "")
+        first_name = (request.contact_name or "").split()[:1]  # a name of spaces only is no name
+        greeting = phrases["hello"].format(name="".join(f" {n}" for n in first_name))
         # The passages come best first (fused ranking): the first answers if it scored high enough, and the
         # second joins it when it scored nearly as high (a message asking two things).
         first = [p for p in request.passages[:1] if p.score >= RELEVANT]

@@ -76,7 +76,8 @@ class RotateSecrets(Model):
                                  description="How long the old secrets keep verifying")
     secrets: dict[SecretName, SecretValue] = Field(
         default_factory=dict, max_length=10,
-        description="New values of provider-issued secrets; generated secrets are always regenerated")
+        description="New values of provider-issued secrets (kept when not given); the secrets Intake "
+                    "generates are generated anew unless a value is given here")
 
 
 class InboxView(BaseModel):

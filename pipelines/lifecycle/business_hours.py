@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipelines.lifecycle.errors import LifecycleError
@@ -90,7 +91,7 @@ def parse_calendar(time_zone: str, business_hours: object, holidays: Sequence[ob
             raise CalendarError(f"unknown day {str(name)[:20]!r}; use {', '.join(DAYS)}")
         if not isinstance(intervals, Sequence) or isinstance(intervals, str) or len(intervals) > 24:
             raise CalendarError(f"{name}: give a list of at most 24 [opens, closes] pairs")
-        hours[DAYS.index(name)] = [_interval(name, pair) for pair in intervals]
+        hours[DAYS.index(name)] = _in_order(name, [_interval(name, pair) for pair in intervals])
     if not any(hours.values()):
         raise CalendarError("business hours must open at least once a week")
     return Calendar(zone, hours, frozenset(days))
@@ -103,6 +104,16 @@ def _interval(day: str, pair: object) -> Interval:
     if opens is None or (closes is not None and closes <= opens):
         raise CalendarError(f"{day}: an interval must open before 24:00 and close after it opens")
     return opens, closes
+
+
+def _in_order(day: str, intervals: list[Interval]) -> list[Interval]:
+    """A day's intervals by opening time; `Calendar.add` walks them in that order and counts each minute once,
+    so intervals that overlap are refused rather than counted twice."""
+    ordered = sorted(intervals, key=lambda interval: interval[0])
+    for (_, closes), (opens, _) in pairwise(ordered):
+        if closes is None or opens < closes:
+            raise CalendarError(f"{day}: intervals overlap; merge them into one")
+    return ordered
 
 
 def _clock(day: str, value: object) -> time | None:

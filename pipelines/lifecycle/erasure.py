@@ -11,6 +11,10 @@ The person is a contact, with the contacts merged into it or it into (one person
   event marked processed so no job runs it again;
 - failure-ledger texts about those events and messages, and audit details that name them.
 
+The erasure holds the tenant's ingest lock (the one each ingest batch takes) from its first read to its commit:
+a message from the same person that a batch is storing meanwhile is either committed before the erasure
+reads (and erased with the rest) or stored after it (a new contact), never left behind half-erased.
+
 What stays, so every count still adds up: the contact row as a tombstone (`erased_at`, no name), the
 message and conversation rows (ids, times, direction, provider ids that dedupe a late retry), the
 classification's category, priority and sentiment. With no identity left, the same person writing again
@@ -22,6 +26,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, text
 
@@ -34,6 +39,8 @@ MAX_VALUE = 1024
 # Shorter identities (a Telegram chat id of a few digits) would match unrelated bodies by chance.
 MIN_NEEDLE = 6
 ERASED_METADATA = '{"erased": true}'
+# The advisory lock `pipelines.ingest` takes for each batch of a tenant (TAKE_TENANT there): same key, same hash.
+HOLD_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class ErasureError(LifecycleError):
@@ -77,6 +84,7 @@ def parse_identity(raw: str) -> tuple[str, str]:
 def find_contact(conn: Connection, tenant: TenantId, *, contact_id: uuid.UUID | None = None,
                  identity: tuple[str, str] | None = None) -> uuid.UUID | None:
     """The contact to erase: by id (an unknown id is an error), or by identity (None when nobody has it)."""
+    hold_tenant(conn, tenant)
     if contact_id is not None:
         found = conn.execute(text("SELECT id FROM contacts WHERE tenant_id = :t AND id = :c"),
                              {"t": tenant, "c": contact_id}).scalar()
@@ -91,8 +99,9 @@ def find_contact(conn: Connection, tenant: TenantId, *, contact_id: uuid.UUID | 
 
 def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, actor: audit.Actor | str) -> Erasure:
     """Erase the person behind `contact_id` (see the module's docstring); idempotent."""
+    hold_tenant(conn, tenant)
     people = _person(conn, tenant, contact_id)
-    ids: dict[str, Any] = {"t": tenant, "people": people}
+    ids: dict[str, Any] = {"t": tenant, "people": people, "people_text": [str(p) for p in people]}
     needles = _needles(conn, ids)
     ids["conversations"] = _ids(conn, "SELECT id FROM conversations WHERE tenant_id = :t AND contact_id = ANY(:people)",
                                 ids)
@@ -111,12 +120,22 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, 
     return erasure
 
 
-# In order; each changes only what is not erased yet, so a second run counts zeros.
+def hold_tenant(conn: Connection, tenant: TenantId) -> None:
+    """Wait for the tenant's ingest batch in progress, and keep the next one waiting until this transaction
+    ends (each batch waits a second, then its job comes back later)."""
+    conn.execute(HOLD_TENANT, {"key": f"intake.ingest:{tenant}"})
+
+
+# In order; each changes only what is not erased yet, so a second run counts zeros. A message is judged by its
+# texts, not by the marker alone: the `api` channel stores the sender's own metadata, which may be that marker.
 STEPS: tuple[tuple[str, str], ...] = (
     ("messages", f"""
         UPDATE messages SET content = '', content_html = NULL, quoted_text = NULL, subject = NULL,
                rfc_message_id = NULL, attachments = '[]', metadata = '{ERASED_METADATA}', status_error = NULL
-        WHERE tenant_id = :t AND id = ANY(:messages) AND metadata <> '{ERASED_METADATA}'"""),
+        WHERE tenant_id = :t AND id = ANY(:messages)
+        AND (metadata <> '{ERASED_METADATA}' OR content <> '' OR content_html IS NOT NULL OR quoted_text IS NOT NULL
+             OR subject IS NOT NULL OR rfc_message_id IS NOT NULL OR attachments <> '[]'
+             OR status_error IS NOT NULL)"""),
     ("conversations", """
         UPDATE conversations SET subject = NULL WHERE tenant_id = :t AND id = ANY(:conversations)
         AND subject IS NOT NULL"""),
@@ -139,11 +158,16 @@ STEPS: tuple[tuple[str, str], ...] = (
         AND (EXISTS (SELECT 1 FROM unnest(CAST(:refs AS text[])) r WHERE strpos(coalesce(ref_id, ''), r) > 0)
              OR EXISTS (SELECT 1 FROM unnest(CAST(:needles AS text[])) n
                         WHERE strpos(lower(exception_message || traceback || message::text), n) > 0))"""),
+    # Rows naming one of their identities, and rows about their contacts (a merge lists every identity moved,
+    # however short); not the erasure's own records, which hold counts only.
     ("audit_rows", """
         UPDATE audit_logs SET details = '{}', before = NULL, after = NULL
-        WHERE tenant_id = :t AND EXISTS (
-            SELECT 1 FROM unnest(CAST(:needles AS text[])) n
-            WHERE strpos(lower(details::text || coalesce(before::text, '') || coalesce(after::text, '')), n) > 0)"""),
+        WHERE tenant_id = :t AND action <> 'contact.erase'
+        AND (details <> '{}' OR before IS NOT NULL OR after IS NOT NULL)
+        AND EXISTS (
+            SELECT 1 FROM unnest(CAST(:needles AS text[]) || CAST(:people_text AS text[])) n
+            WHERE strpos(lower(subject_id || details::text || coalesce(before::text, '')
+                               || coalesce(after::text, '')), n) > 0)"""),
     ("duplicate_candidates", """
         DELETE FROM contact_duplicate_candidates WHERE tenant_id = :t
         AND (contact_id = ANY(:people) OR candidate_id = ANY(:people))"""),
@@ -177,8 +201,10 @@ def _needles(conn: Connection, ids: dict[str, Any]) -> list[str]:
             "SELECT kind, value FROM contact_identities WHERE tenant_id = :t AND contact_id = ANY(:people)"), ids):
         for spelling in (value, value.removeprefix("+") if kind == "phone" else value,
                          value.split(":", 1)[-1] if kind == "external" else value):
-            if len(spelling) >= MIN_NEEDLE:
-                needles.add(spelling.lower())
+            # A form-encoded body (Mailgun, Twilio) holds `erik%40example.se`.
+            for written in (spelling, quote(spelling, safe="")):
+                if len(written) >= MIN_NEEDLE:
+                    needles.add(written.lower())
     return sorted(needles)
 
 

@@ -87,6 +87,8 @@ def export_tenant(conn: Connection, tenant: TenantId, out: Path, *,
             archive.writestr("manifest.json", orjson.dumps(manifest.as_dict(), option=orjson.OPT_INDENT_2))
             archive.writestr("README.txt", (__doc__ or "").split("\n\n", 1)[1])
         os.replace(partial, out)
+    except OSError as exc:  # not writable, disk full: the path's fault, not the data's
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
     return manifest

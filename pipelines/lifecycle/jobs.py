@@ -7,7 +7,8 @@ messages for `ai`): ids only, never content. After an erasure the erased ids are
 job (a job left with none is removed); a deleted tenant's jobs are all removed, with any key naming it.
 
 A worker that already took a job runs it; the database is what makes such a job harmless (erased events are
-marked processed, erased messages have nothing left to read).
+marked processed, erased messages have nothing left to read, and AI results about a message erased while
+they were computed are not stored).
 """
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
-from pipelines.lifecycle.business_hours import Calendar, CalendarError, parse_calendar
+from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar
 from pipelines.lifecycle.errors import LifecycleError
 
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -88,10 +88,18 @@ class Policy:
     calendar: Calendar
 
     def due(self, start: datetime) -> tuple[datetime | None, datetime | None]:
-        """(first response due, resolution due) for a clock started at `start`."""
-        first = self.calendar.add(start, self.first_response_minutes) if self.first_response_minutes else None
-        resolution = self.calendar.add(start, self.resolution_minutes) if self.resolution_minutes else None
-        return first, resolution
+        """(first response due, resolution due) for a clock started at `start`; None for a time the calendar
+        does not reach (its holidays may close it for longer than it looks ahead). Ingestion computes these:
+        a calendar must never fail a delivery."""
+        return self._add(start, self.first_response_minutes), self._add(start, self.resolution_minutes)
+
+    def _add(self, start: datetime, minutes: int | None) -> datetime | None:
+        if not minutes:
+            return None
+        try:
+            return self.calendar.add(start, minutes)
+        except CalendarError:
+            return None
 
 
 @dataclass
@@ -169,11 +177,25 @@ def set_policy(conn: Connection, tenant: TenantId, priority: str, *, first_respo
         calendar = parse_calendar(time_zone, business_hours, holidays)
     except CalendarError as exc:
         raise PolicyError(str(exc)) from None
+    _reachable(calendar, first_response_minutes, resolution_minutes)
     row = conn.execute(UPSERT, {
         "t": tenant, "priority": priority, "first": first_response_minutes, "resolution": resolution_minutes,
         "zone": calendar.zone.key, "hours": None if business_hours is None else orjson.dumps(business_hours).decode(),
         "holidays": sorted(calendar.holidays)}).scalar_one()
     return uuid.UUID(str(row))
+
+
+def _reachable(calendar: Calendar, *durations: int | None) -> None:
+    """Refuse working times the calendar does not open for within its look-ahead (366 days of working minutes
+    in a 40-hour week take over four years): such a policy would never give a due time."""
+    now = datetime.now(UTC)
+    for minutes in durations:
+        if minutes:
+            try:
+                calendar.add(now, minutes)
+            except CalendarError:
+                raise PolicyError(f"{minutes} working minutes do not fit in the business hours of the next "
+                                  f"{SEARCH_DAYS} days; shorten the time or open longer") from None
 
 
 def list_policies(conn: Connection, tenant: TenantId) -> list[dict[str, Any]]:

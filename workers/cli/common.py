@@ -113,7 +113,10 @@ class When(click.ParamType):  # type: ignore[type-arg,unused-ignore]
             return value
         match = _RELATIVE.match(str(value).strip())
         if match:
-            return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+            try:
+                return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+            except OverflowError:
+                self.fail(f"{match[0][:40]!r} reaches back before the year 1", param, ctx)
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:

@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 from sqlalchemy import Connection
 
 from db.tenancy import TenantId, bind_tenant
@@ -64,8 +65,8 @@ def show(model: BaseModel, as_json: bool, fields: tuple[str, ...] = ()) -> None:
         return
     for key in fields or tuple(data):
         value = data[key]
-        out.print(f"[bold]{key}[/]: {json.dumps(value) if isinstance(value, dict | list) else value}",
-                  highlight=False)
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        out.print(f"[bold]{escape(key)}[/]: {escape(str(shown))}", highlight=False)
 
 
 def show_list(listing: Listing[Any], as_json: bool, columns: tuple[str, ...]) -> None:
@@ -74,7 +75,7 @@ def show_list(listing: Listing[Any], as_json: bool, columns: tuple[str, ...]) ->
         return
     for item in listing.items:
         data = item.model_dump(mode="json")
-        out.print("  ".join(str(data[c]) for c in columns), highlight=False)
+        out.print("  ".join(str(data[c]) for c in columns), highlight=False, markup=False)
     if listing.next_offset is not None:
         out.print(f"[dim]more: --offset {listing.next_offset}[/]")
 
@@ -130,7 +131,7 @@ def key_create(name: str, operator: bool, tenant_id: uuid.UUID | None, as_json: 
     if as_json:
         emit({**view.model_dump(mode="json"), "key": secret})
         return
-    out.print(f"created {view.scope} key [bold]{view.id}[/] ({view.name})")
+    out.print(f"created {view.scope} key [bold]{view.id}[/] ({escape(view.name)})")
     out.print(f"key: {secret}", highlight=False)
     out.print("[yellow]the key is shown once; only its hash is stored[/]")
 
@@ -312,7 +313,8 @@ def audit_list(tenant_id: uuid.UUID | None, action: str | None, since: Any, limi
         return
     for row in rows[:limit]:
         out.print(f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['actor']}  {row['action']}  "
-                  f"{row['subject_type']}:{row['subject_id']}  tenant={row['tenant_id'] or '-'}", highlight=False)
+                  f"{row['subject_type']}:{row['subject_id']}  tenant={row['tenant_id'] or '-'}", highlight=False,
+                  markup=False)
     if more:
         out.print(f"[dim]more: --offset {offset + limit}[/]")
 

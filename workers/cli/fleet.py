@@ -248,7 +248,8 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
 @friendly_errors
 def clock(once: bool, as_json: bool) -> None:
     """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed,
-    and stored messages whose AI job was lost; forget webhook token claims past their window."""
+    and stored messages whose AI job was lost; forget webhook token claims past their window; mark SLA
+    breaches and apply retention."""
     import signal
 
     from prometheus_client import Counter, Gauge, start_http_server

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine
 
 from db.engine import make_engine
 from db.tenancy import TenantId, resolve_tenant
+from pipelines import audit
 from pipelines.lifecycle import deletion, erasure, jobs, sla, stats
 from pipelines.lifecycle.business_hours import DAYS
 from pipelines.lifecycle.export import count_rows, export_tenant
@@ -124,12 +125,16 @@ def tenant_export(tenant_id: str, out_path: str, as_json: bool) -> None:
         with progress() as bar:
             task = bar.add_task("exporting", total=total)
             manifest = export_tenant(conn, TenantId(tenant_uuid), path, on_rows=lambda n: bar.advance(task, n))
+        # Every copy of a tenant's data that leaves is on record, as through the admin API.
+        audit.record(conn, actor=actor(), action="tenant.export", tenant_id=tenant_uuid, subject_type="tenant",
+                     subject_id=tenant_uuid, after={"path": str(path), "checksum": manifest.checksum})
     data = {"path": str(path), **manifest.as_dict()}
     if as_json:
         emit(data)
     else:
         rows = sum(t["rows"] for t in manifest.tables.values())
-        out.print(f"exported {rows} rows of tenant {tenant_uuid} to {path} (checksum {manifest.checksum})")
+        out.print(f"exported {rows} rows of tenant {tenant_uuid} to {path} (checksum {manifest.checksum})",
+                  markup=False)
 
 
 @click.command("delete")
@@ -282,9 +287,14 @@ def sla_set(tenant_id: str, priority: str, first_response: str | None, resolutio
     zone, opening = _plain(time_zone, "--time-zone", 64), business_hours(hours)
     closed = [_plain(h, "--holiday", 10) for h in holidays]
     with tenant_transaction(runtime(), tenant_uuid) as conn:
-        sla.set_policy(conn, TenantId(tenant_uuid), _plain(priority, "--priority", 16), first_response_minutes=first,
-                       resolution_minutes=resolve, time_zone=zone, business_hours=opening, holidays=closed)
+        before = {p["priority"]: p for p in sla.list_policies(conn, TenantId(tenant_uuid))}.get(priority)
+        policy_id = sla.set_policy(conn, TenantId(tenant_uuid), _plain(priority, "--priority", 16),
+                                   first_response_minutes=first, resolution_minutes=resolve, time_zone=zone,
+                                   business_hours=opening, holidays=closed)
         policies = sla.list_policies(conn, TenantId(tenant_uuid))
+        audit.record(conn, actor=actor(), action="sla.set", tenant_id=tenant_uuid, subject_type="sla_policy",
+                     subject_id=policy_id, before=before,
+                     after=next(p for p in policies if p["priority"] == priority))
     emit({"policies": policies}) if as_json else out.print(f"SLA policy for {priority} saved")
 
 

@@ -8,12 +8,15 @@ from typing import Any
 
 import click
 import orjson
+from rich.markup import escape
 
 from db.tenancy import TenantId, resolve_tenant
 from pipelines import audit
 from pipelines.control import tenants as tenant_ops
+from pipelines.control.fields import clean_text
 from pipelines.control.inboxes import Inboxes
-from pipelines.control.models import InboxUpdate, Page, RotateSecrets, TenantUpdate
+from pipelines.control.models import InboxUpdate, Page, RotateSecrets, TenantCreate, TenantUpdate
+from pipelines.control.settings import initial
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import CHANNELS, create_inbox, create_tenant, webhook_url
 from workers.cli.common import app_transaction, emit, friendly_errors, out, runtime
@@ -31,15 +34,16 @@ def tenant() -> None:
 @friendly_errors
 def tenant_create(name: str, as_json: bool) -> None:
     """Create a tenant and print its id."""
+    name = build(TenantCreate, {"name": name}).name  # text the database can store (no bytes undecodable as UTF-8)
     rt = runtime()
     with app_transaction(rt) as conn:
         tenant_id = create_tenant(conn, name)
         audit.record(conn, actor=actor(), action="tenant.create", tenant_id=tenant_id, subject_type="tenant",
-                     subject_id=tenant_id, after={"id": tenant_id, "name": name.strip()})
+                     subject_id=tenant_id, after={"id": tenant_id, "name": name})
     if as_json:
-        emit({"id": str(tenant_id), "name": name.strip()})
+        emit({"id": str(tenant_id), "name": name})
     else:
-        out.print(f"created tenant [bold]{name.strip()}[/] with id [bold]{tenant_id}[/]")
+        out.print(f"created tenant [bold]{escape(name)}[/] with id [bold]{tenant_id}[/]")
 
 
 def _parse_secrets(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -48,7 +52,10 @@ def _parse_secrets(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--secret")
-        result[key.strip()] = value
+        try:
+            result[clean_text(key.strip())] = clean_text(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{key[:40]!r}: {exc}", param_hint="--secret") from None
     return result
 
 
@@ -70,9 +77,11 @@ def inbox_create(
 ) -> None:
     """Create an inbox; its secrets are printed once, then kept encrypted."""
     given = _parse_secrets(secrets_)
+    # The name and region as the admin API takes them: a region is two letters, a name storable text.
+    checked = build(InboxUpdate, {"name": name, "settings": {"default_region": region} if region else None})
+    name, settings = checked.name, initial(checked.settings)
     rt = runtime()
     box = SecretBox(rt.require_secret_key())
-    settings = {"default_region": region.upper()} if region else {}
     with app_transaction(rt) as conn:
         tenant = resolve_tenant(conn, tenant_id)
         created = create_inbox(conn, box, tenant, channel, name=name, given_secrets=given, settings=settings)
@@ -89,9 +98,9 @@ def inbox_create(
         emit(data)
         return
     out.print(f"created {channel} inbox [bold]{created.id}[/] for tenant {created.tenant_id}")
-    out.print(f"webhook URL: {data['webhook_url']}")
+    out.print(f"webhook URL: {data['webhook_url']}", markup=False)
     for key, value in created.secrets.items():
-        out.print(f"  {key} = {value}")
+        out.print(f"  {key} = {value}", markup=False)
     out.print("[yellow]the secrets are shown once; they are stored encrypted[/]")
 
 
@@ -275,7 +284,7 @@ def inbox_enable(inbox_id: uuid.UUID, as_json: bool) -> None:
 @click.option("--overlap", default="24h", show_default=True,
               help="How long the old secrets keep verifying: 0, 30m, 24h, 7d.")
 @click.option("--secret", "secrets_", multiple=True, metavar="KEY=VALUE",
-              help="A new provider-issued secret (repeatable); generated secrets are always new.")
+              help="A new provider-issued secret (repeatable); the others are generated anew unless given.")
 @JSON
 @friendly_errors
 def inbox_rotate(inbox_id: uuid.UUID, overlap: str, secrets_: tuple[str, ...], as_json: bool) -> None:
@@ -289,9 +298,9 @@ def inbox_rotate(inbox_id: uuid.UUID, overlap: str, secrets_: tuple[str, ...], a
         return
     out.print(f"new secrets for inbox [bold]{inbox_id}[/]; the old ones verify until "
               f"{rotated.inbox.previous_secrets_until or 'now (no overlap)'}")
-    out.print(f"webhook URL: {rotated.webhook_url}")
+    out.print(f"webhook URL: {rotated.webhook_url}", markup=False)
     for name, value in rotated.secrets.items():
-        out.print(f"  {name} = {value}")
+        out.print(f"  {name} = {value}", markup=False)
 
 
 def _seconds(text: str) -> int:
@@ -301,5 +310,6 @@ def _seconds(text: str) -> int:
         if text and text[-1] in units:
             return int(timedelta(seconds=int(text[:-1]) * units[text[-1]]).total_seconds())
         return int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 0, 30m, 24h or 7d", param_hint="--overlap") from None
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"{text[:40]!r} is not a duration like 0, 30m, 24h or 7d",
+                                 param_hint="--overlap") from None

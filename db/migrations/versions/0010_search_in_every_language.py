@@ -43,7 +43,11 @@ BEGIN
 END $$;
 CREATE TRIGGER knowledge_chunks_search_vector BEFORE INSERT OR UPDATE OF heading, content ON knowledge_chunks
     FOR EACH ROW EXECUTE FUNCTION intake_knowledge_search_vector();
+-- Every tenant's chunks: the owner is bound by FORCE row-level security (unless a superuser), and no tenant
+-- is set here, so the update would otherwise see no row at all.
+ALTER TABLE knowledge_chunks NO FORCE ROW LEVEL SECURITY;
 UPDATE knowledge_chunks SET search_vector = {_expression("heading", "content")};
+ALTER TABLE knowledge_chunks FORCE ROW LEVEL SECURITY;
 """
 DOWNGRADE = """
 DROP TRIGGER knowledge_chunks_search_vector ON knowledge_chunks;

@@ -89,6 +89,8 @@ GRANT SELECT ON teams, ai_personas TO intake_maintenance;
 CREATE POLICY maintenance ON teams FOR SELECT TO intake_maintenance USING (true);
 CREATE POLICY maintenance ON ai_personas FOR SELECT TO intake_maintenance USING (true);
 
+-- Every tenant's persona: FORCE row-level security binds the owner (unless a superuser), and no tenant is set.
+ALTER TABLE ai_personas NO FORCE ROW LEVEL SECURITY;
 INSERT INTO ai_personas (tenant_id, name, tone, system_prompt, language, is_default)
 SELECT id,
        left(coalesce(nullif(settings #>> '{{ai,persona,name}}', ''), 'Customer support'), 200),
@@ -97,16 +99,27 @@ SELECT id,
        CASE WHEN length(settings #>> '{{ai,persona,language}}') = 2 THEN settings #>> '{{ai,persona,language}}' END,
        true
 FROM tenants WHERE jsonb_typeof(settings #> '{{ai,persona}}') = 'object';
+ALTER TABLE ai_personas FORCE ROW LEVEL SECURITY;
 UPDATE tenants SET settings = settings #- '{{ai,persona}}' WHERE settings #> '{{ai,persona}}' IS NOT NULL;
 """
 
+# Each tenant's default persona goes back into its settings, as upgrade() found it. The maintenance policies
+# (the owner is a member of intake_maintenance) let these statements see every tenant's rows; they run
+# before the policies go.
 DOWNGRADE = """
+UPDATE tenants t SET settings = jsonb_set(t.settings, '{ai}', CASE jsonb_typeof(t.settings -> 'ai')
+        WHEN 'object' THEN t.settings -> 'ai' ELSE '{}'::jsonb END || jsonb_build_object('persona', p.persona))
+FROM (SELECT tenant_id, jsonb_strip_nulls(jsonb_build_object('name', name, 'tone', tone,
+                                                             'system_prompt', system_prompt, 'language', language))
+             AS persona
+      FROM ai_personas WHERE is_default) p
+WHERE p.tenant_id = t.id;
+DELETE FROM audit_logs WHERE tenant_id IS NULL;
 DROP POLICY maintenance ON audit_logs;
 DROP POLICY maintenance ON teams;
 REVOKE SELECT ON teams FROM intake_maintenance;
 DROP INDEX audit_logs_time_idx;
 ALTER TABLE audit_logs DROP COLUMN request_id, DROP COLUMN after, DROP COLUMN before, DROP COLUMN actor_key_id;
-DELETE FROM audit_logs WHERE tenant_id IS NULL;
 ALTER TABLE audit_logs ALTER COLUMN tenant_id SET NOT NULL;
 ALTER TABLE inboxes DROP CONSTRAINT inboxes_tenant_id_persona_id_fkey;
 ALTER TABLE inboxes DROP COLUMN persona_id, DROP COLUMN previous_secrets_until, DROP COLUMN previous_secrets;

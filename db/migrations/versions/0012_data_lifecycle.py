@@ -12,7 +12,8 @@
 - `sla_policies` per tenant and priority, and on `conversations` the SLA clock: `sla_started_at` (when the
   conversation opened or reopened), `first_response_due_at`, `resolution_due_at` and `sla_breached_at`.
 - The clock (the maintenance role) applies retention and marks breaches tenant by tenant, bound to each
-  tenant like the fleet: it gets the table rights that needs, and no new cross-tenant policy.
+  tenant like the fleet: it gets the table rights that needs, and one new cross-tenant policy, to read
+  `sla_policies` (which tenants have one).
 
 Revision ID: 0012
 Revises: 0011
