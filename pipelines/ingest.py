@@ -119,11 +119,20 @@ FROM unnest(CAST(:ids AS uuid[]), CAST(:totals AS int[]), CAST(:firsts AS timest
 WHERE c.tenant_id = :t AND c.id = n.id
 RETURNING c.id, c.priority, c.status = 'open' AND c.sla_started_at IS NULL AS unstarted
 """)
+# The edited message's id when it is stored; its text changes unless its sender was erased (an erased
+# person's words must not come back through a late edit).
 APPLY_EDIT = text("""
-UPDATE messages SET content = :content,
-       metadata = metadata || jsonb_build_object('edited', true, 'edited_at', CAST(:at AS text))
-WHERE tenant_id = :t AND inbox_id = :inbox AND external_id = :external_id
-RETURNING id
+WITH target AS (
+    SELECT m.id, c.erased_at IS NOT NULL AS erased
+    FROM messages m JOIN contacts c ON c.id = m.contact_id
+    WHERE m.tenant_id = :t AND m.inbox_id = :inbox AND m.external_id = :external_id
+), edited AS (
+    UPDATE messages SET content = :content,
+           metadata = metadata || jsonb_build_object('edited', true, 'edited_at', CAST(:at AS text))
+    FROM target WHERE messages.id = target.id AND NOT target.erased
+    RETURNING messages.id
+)
+SELECT id FROM target
 """)
 # Status only moves forward: queued < sent < delivered < read; failed ranks with delivered, so a late
 # "failed" after "delivered" (or the reverse) does not overwrite the other.

@@ -332,3 +332,30 @@ def test_hostile_erase_input_is_one_clear_line(stack: dict[str, str], args: list
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert result.stdout == ""
+
+
+def test_an_edit_that_arrives_after_the_erasure_brings_no_words_back(
+    app_engine: Engine, admin_engine: Engine,
+) -> None:
+    """Telegram sends edits of old messages: one of an erased person's message changes nothing, and it
+    makes no new contact either (the message it edits is there, erased)."""
+    inbox = new_inbox(app_engine, "telegram")
+    tenant = inbox.tenant_id
+
+    def update(kind: str, update_id: int, words: str) -> bytes:
+        return orjson.dumps({"update_id": update_id, kind: {
+            "message_id": 7, "date": 1700000000, "edit_date": 1700000100, "chat": {"id": 4242, "type": "private"},
+            "from": {"id": 4242, "first_name": "Erik"}, "text": words}})
+
+    deliver(app_engine, inbox, update("message", 1, ERIK_TEXTS[0]), "application/json")
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        found = erasure.find_contact(conn, tenant, identity=("telegram", "4242"))
+        assert found is not None
+        erasure.erase_contact(conn, tenant, found, actor="cli:test")
+    before = counts(admin_engine, tenant)
+    deliver(app_engine, inbox, update("edited_message", 2, ERIK_TEXTS[1]), "application/json")
+    assert counts(admin_engine, tenant) == before
+    with admin_engine.connect() as conn:
+        stored = conn.execute(text("SELECT content FROM messages WHERE tenant_id = :t"), {"t": tenant}).scalars().all()
+    assert stored == [""]
