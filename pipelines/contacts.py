@@ -65,12 +65,17 @@ WITH c AS (INSERT INTO contacts (id, tenant_id, display_name)
            RETURNING contact_id)
 SELECT contact_id, count(*) AS claimed FROM i GROUP BY contact_id
 """)
+# Namesakes through (tenant_id, display_name_key). Under row-level security a condition that applies lower()
+# to a column is not leakproof and never becomes an index condition: the names are lowered in a materialized
+# CTE, so the comparison is a plain text equality between two columns.
 LOOK_ALIKES = text("""
+WITH u AS MATERIALIZED (SELECT id, lower(name) AS name_key
+                        FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[])) AS n(id, name))
 SELECT u.id AS new_id, c.id, array_agg(ci.value) FILTER (WHERE ci.kind = 'email') AS emails
-FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[])) AS u(id, name)
+FROM u
 CROSS JOIN LATERAL (SELECT c.id FROM contacts c
                     WHERE c.tenant_id = :t AND c.id <> u.id AND c.merged_into_id IS NULL
-                      AND lower(c.display_name) = lower(u.name)
+                      AND c.display_name_key = u.name_key
                     LIMIT 20) c
 LEFT JOIN contact_identities ci ON ci.tenant_id = :t AND ci.contact_id = c.id
 GROUP BY u.id, c.id

@@ -76,7 +76,9 @@ FOR UPDATE OF e
 """)
 # One table in FROM, so the plan is always the waiting index, read in order up to the limit: with a join, a
 # large tenant's skewed statistics led the planner to read all of its events by inbox (7 ms a job with a
-# million events stored, against 1 ms). The inbox's settings come by primary key, row by row.
+# million events stored, against 1 ms). The inbox's settings come by primary key, row by row. The waiting
+# index leads with the status (migration 0013), so statistics that say no event waits do not turn the plan
+# to the status index, which would read every tenant's backlog.
 LOAD_WAITING = text("""
 SELECT e.id, e.inbox_id, e.channel, e.content_type, e.headers, e.body, e.received_at, e.body_purged_at,
        (SELECT i.settings FROM inboxes i WHERE i.id = e.inbox_id) AS settings

@@ -1,0 +1,88 @@
+"""The ingest look-ups that must not grow with the tables use their indexes as the fleet's role runs them.
+
+Under row-level security PostgreSQL applies a condition before the policy's own only when it is
+leakproof, and it chooses plans from statistics that, on a large table, say that almost no event is
+waiting. Each test builds a few thousand rows, analyzes them, and reads the plan of the real statement as
+`intake_app` bound to a tenant: the plan PostgreSQL would choose in production, not one forced by settings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, TextClause, text
+
+from db.tenancy import bind_tenant
+from pipelines.contacts import LOOK_ALIKES, record_duplicate_candidates
+from pipelines.inboxes import CreatedInbox
+from pipelines.ingest import LOAD_WAITING
+from tests.factories import new_inbox
+
+
+def scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a JSON plan that reads a table."""
+    if "Relation Name" in plan:
+        yield plan
+    for child in plan.get("Plans", []):
+        yield from scans(child)
+
+
+def plan_of(conn: Connection, statement: TextClause, params: dict[str, Any], *, analyze: bool = False) -> list[
+        dict[str, Any]]:
+    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    (document,) = conn.execute(text(f"EXPLAIN ({options}) {statement.text}"), params).scalar_one()
+    return list(scans(document["Plan"]))
+
+
+def analyze(admin_engine: Engine, table: str) -> None:
+    with admin_engine.begin() as conn:
+        conn.execute(text(f"ANALYZE {table}"))
+
+
+def test_a_new_contacts_namesakes_are_found_through_the_name_index(app_engine: Engine, admin_engine: Engine) -> None:
+    tenant = new_inbox(app_engine, "api").tenant_id
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        conn.execute(text("INSERT INTO contacts (tenant_id, display_name) "
+                          "SELECT :t, 'Person ' || (g % 300) FROM generate_series(1, 3000) AS g"), {"t": tenant})
+        conn.execute(text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, 'Åsa Öberg')"), {"t": tenant})
+    analyze(admin_engine, "contacts")
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        nodes = plan_of(conn, LOOK_ALIKES, {"t": tenant, "ids": [uuid.uuid4()], "names": ["PERSON 7"]})
+        assert [(n["Relation Name"], n.get("Index Name")) for n in nodes if n["Relation Name"] == "contacts"] == [
+            ("contacts", "contacts_tenant_name_key_idx")]
+        new = [conn.execute(text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, :n) RETURNING id"),
+                            {"t": tenant, "n": name}).scalar_one() for name in ("PERSON 7", "ÅSA ÖBERG")]
+        # Names compare case-insensitively as before: ten "Person 7" (3000 / 300) and the one Åsa Öberg.
+        assert record_duplicate_candidates(conn, tenant, [(new[0], "PERSON 7", [("email", "p7@example.com")]),
+                                                          (new[1], "ÅSA ÖBERG", [("phone", "+46701234567")])]) == 11
+
+
+def add_events(admin_engine: Engine, inboxes: list[CreatedInbox], count: int, status: str) -> None:
+    """`count` events in turn over `inboxes`: the tenants' rows interleave in the table, as the fleet writes them."""
+    with admin_engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO inbound_events (tenant_id, inbox_id, channel, dedupe_key, content_type, headers, body, status) "
+            "SELECT (:tenants)[1 + g % :k], (:inboxes)[1 + g % :k], 'api', :prefix || g, 'application/json', '{}', "
+            "'\\x7b7d', :status FROM generate_series(1, :n) AS g"),
+            {"tenants": [i.tenant_id for i in inboxes], "inboxes": [i.id for i in inboxes], "k": len(inboxes),
+             "prefix": f"{status}-{uuid.uuid4().hex}-", "status": status, "n": count})
+
+
+def test_a_job_tops_up_from_its_own_tenants_waiting_events_only(app_engine: Engine, admin_engine: Engine) -> None:
+    mine, theirs = new_inbox(app_engine, "api"), new_inbox(app_engine, "api")
+    add_events(admin_engine, [mine, theirs], 4000, "processed")
+    analyze(admin_engine, "inbound_events")  # as on a large table: hardly any event waits
+    add_events(admin_engine, [theirs], 400, "received")  # another tenant's backlog
+    add_events(admin_engine, [mine], 3, "received")
+    with app_engine.connect() as conn, conn.begin():
+        bind_tenant(conn, mine.tenant_id)
+        nodes = plan_of(conn, LOAD_WAITING, {"t": mine.tenant_id, "ids": [uuid.uuid4()], "n": 200}, analyze=True)
+        conn.rollback()
+    (events,) = [n for n in nodes if n["Relation Name"] == "inbound_events"]
+    assert events.get("Index Name") == "inbound_events_waiting_idx"
+    # Its three, read without a look at the other tenant's 400.
+    assert (events["Actual Rows"], events.get("Rows Removed by Filter", 0)) == (3, 0)
