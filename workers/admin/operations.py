@@ -136,7 +136,7 @@ def replay_failures(call: Call) -> JobView:
         # Only `begin` is called on the engine: a TenantBound keeps a tenant key's replay in its tenant.
         # Paced replays commit a second's worth at a time, so progress shows and a cancel stops soon.
         batch = 100 if body.rate is None else max(1, min(100, int(body.rate)))
-        for _ in ledger.replay(bound, ensure(settings), filters, batch=batch, rate=body.rate):  # type: ignore[arg-type]
+        for _ in ledger.replay(bound, ensure(settings), filters, batch=batch, rate=body.rate):
             job.advance()
             if job.cancelled:
                 break

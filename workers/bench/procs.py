@@ -176,8 +176,8 @@ def process(args: list[str], env: dict[str, str], watchers: Watchers | None = No
 
 def heartbeats(client: redis.Redis, namespace: str = "dramatiq") -> set[bytes]:
     """dramatiq's live broker ids: each worker process adds its own when its consumers first fetch."""
-    members: list[bytes] = client.zrange(f"{namespace}:__heartbeats__", 0, -1)  # type: ignore[assignment]
-    return set(members)
+    members = client.zrange(f"{namespace}:__heartbeats__", 0, -1)
+    return {member for member in members if isinstance(member, bytes)}
 
 
 def wait_booted(client: redis.Redis, before: set[bytes], processes: int, timeout: float = 60) -> None:

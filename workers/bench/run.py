@@ -87,8 +87,8 @@ def count(conn: psycopg.Connection[Any], sql: str, *args: Any) -> int:
 
 def now(conn: psycopg.Connection[Any]) -> datetime:
     row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    assert row is not None and isinstance(row[0], datetime)
+    return row[0]
 
 
 def latency(conn: psycopg.Connection[Any], since: datetime) -> tuple[float, float, int]:

@@ -113,8 +113,9 @@ def _ms(value: float | None) -> str:
 
 def report(r: dict[str, Any]) -> Table:
     table = Table(title="intake bench", show_lines=False)
-    for name, justify in (("measure", "left"), ("fleet", "right"), ("baseline", "right"), ("ratio", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("measure", justify="left")
+    for name in ("fleet", "baseline", "ratio"):
+        table.add_column(name, justify="right")
     b, i, p, a = r["baseline"], r["ingress"], r["pipeline"], r["ai"]
     table.add_row("ingress accepted/s", f"{i['accepted_per_s']:,.0f}", f"{b['hello_asgi_per_s']:,.0f} (hello ASGI)",
                   f"{r['ratio']['ingress_vs_hello']}")

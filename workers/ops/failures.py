@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import dramatiq
 import structlog
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, true, update
 
 from db.schema import job_failures
 
@@ -117,8 +118,14 @@ def fresh_message(stored: dict[str, Any]) -> dramatiq.Message[Any]:
     )
 
 
+class Transactions(Protocol):
+    """What `replay` needs of an engine: transactions (an admin call passes one bound to its tenant)."""
+
+    def begin(self) -> AbstractContextManager[Connection]: ...
+
+
 def replay(
-    engine: Engine, broker: Any, filters: Filters, *, batch: int = 500, rate: float | None = None,
+    engine: Transactions, broker: Any, filters: Filters, *, batch: int = 500, rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[uuid.UUID]:
     """Replay matching dead failures in bounded batches; yields each replayed failure's id.
