@@ -260,12 +260,14 @@ def _events(md: MetaData) -> None:
     )
     e = events.c
     # An ingest job tops its batch up with its tenant's oldest waiting events; the sweeper scans the same.
-    # Led by status, so the planner prefers it to inbound_events_status_idx whatever the statistics
-    # say (migration 0013).
+    # A waiting event is in this index only (the settled index leaves it out), so a job reads just its own
+    # tenant's waiting events whatever the statistics say (migration 0013).
     Index("inbound_events_waiting_idx", e.status, e.tenant_id, e.received_at,
           postgresql_where=text("status = 'received'::text"))
     Index("inbound_events_tenant_received_idx", e.tenant_id, e.received_at.desc())
-    Index("inbound_events_status_idx", e.status, e.received_at.desc())
+    # Processed and failed events by status and time: the operators' listings and the console's figures.
+    Index("inbound_events_settled_idx", e.status, e.received_at.desc(),
+          postgresql_where=text("status <> 'received'::text"))
     # Processed events whose body is still kept, oldest first: the clock's purge reads only these.
     Index("inbound_events_body_kept_idx", e.tenant_id, e.processed_at,
           postgresql_where=text("status = 'processed'::text AND body_purged_at IS NULL"))

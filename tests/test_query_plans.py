@@ -22,11 +22,22 @@ from tests.factories import new_inbox
 
 
 def scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every node of a JSON plan that reads a table."""
+    """Every node of a JSON plan that reads a table. A bitmap heap scan names the index its bitmap came
+    from (as "Index Name", like an index scan), so how a table is read is one node whatever the plan's shape."""
     if "Relation Name" in plan:
-        yield plan
+        bitmaps = sorted(bitmap_indexes(plan)) if plan.get("Node Type") == "Bitmap Heap Scan" else []
+        yield {**plan, "Index Name": plan.get("Index Name") or ",".join(bitmaps) or None}
     for child in plan.get("Plans", []):
         yield from scans(child)
+
+
+def bitmap_indexes(plan: dict[str, Any]) -> Iterator[str]:
+    """The indexes a bitmap heap scan's bitmap is built from (one, or several under BitmapAnd/BitmapOr)."""
+    for child in plan.get("Plans", []):
+        if child.get("Node Type") == "Bitmap Index Scan":
+            yield child["Index Name"]
+        elif child.get("Node Type") in ("BitmapAnd", "BitmapOr"):
+            yield from bitmap_indexes(child)
 
 
 def plan_of(conn: Connection, statement: TextClause, params: dict[str, Any], *, analyze: bool = False) -> list[
@@ -52,8 +63,8 @@ def test_a_new_contacts_namesakes_are_found_through_the_name_index(app_engine: E
     with app_engine.begin() as conn:
         bind_tenant(conn, tenant)
         nodes = plan_of(conn, LOOK_ALIKES, {"t": tenant, "ids": [uuid.uuid4()], "names": ["PERSON 7"]})
-        assert [(n["Relation Name"], n.get("Index Name")) for n in nodes if n["Relation Name"] == "contacts"] == [
-            ("contacts", "contacts_tenant_name_key_idx")]
+        (read,) = [n for n in nodes if n["Relation Name"] == "contacts"]
+        assert "contacts_tenant_name_key_idx" in (read.get("Index Name") or "").split(","), read
         new = [conn.execute(text("INSERT INTO contacts (tenant_id, display_name) VALUES (:t, :n) RETURNING id"),
                             {"t": tenant, "n": name}).scalar_one() for name in ("PERSON 7", "ÅSA ÖBERG")]
         # Names compare case-insensitively as before: ten "Person 7" (3000 / 300) and the one Åsa Öberg.

@@ -43,11 +43,12 @@ WHERE id IN (SELECT id FROM inbound_events
              ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING tenant_id, id
 """)
+# One status per subquery, so each reads its own index (waiting events and settled ones are indexed apart).
 STUCK_COUNTS = text("""
-SELECT count(*) FILTER (WHERE status = 'received' AND received_at < now() - :grace) AS stuck,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE status = 'received')), 0) AS oldest_s
-FROM inbound_events WHERE status IN ('received', 'failed')
+SELECT (SELECT count(*) FROM inbound_events WHERE status = 'received' AND received_at < now() - :grace) AS stuck,
+       (SELECT count(*) FROM inbound_events WHERE status = 'failed') AS failed,
+       coalesce(extract(epoch FROM now() - (SELECT min(received_at) FROM inbound_events
+                                            WHERE status = 'received')), 0) AS oldest_s
 """)
 EXPIRED_REPLAY_TOKENS = text("""
 DELETE FROM replay_tokens

@@ -76,7 +76,7 @@ def cores(spent: dict[str, float]) -> float:
 
 def unprocessed(conn: psycopg.Connection[Any]) -> int:
     # The waiting statuses only: the index skips every processed event, so polling costs the same at any size.
-    row = conn.execute("SELECT count(*) FROM inbound_events WHERE status IN ('received', 'queued')").fetchone()
+    row = conn.execute("SELECT count(*) FROM inbound_events WHERE status = 'received'").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -13,9 +13,11 @@ An ingest job tops its batch up with its tenant's oldest waiting events. On a la
 say that almost no event is waiting (events are processed within moments), and the planner then preferred
 `inbound_events_status_idx (status, received_at)`, which leads with a column whose rows lie in table order:
 it read every tenant's waiting events, fetching each row to check its tenant, so each job of a small tenant
-paid for the whole backlog. `inbound_events_waiting_idx` now leads with `status` too, then the tenant: it
-is as well ordered, smaller and more selective, so it is the cheaper plan whatever the statistics say, and
-it reads only the tenant's own waiting events.
+paid for the whole backlog. `inbound_events_waiting_idx` now leads with `status` too, then the tenant, and
+`inbound_events_status_idx` gives way to `inbound_events_settled_idx`, the same columns for every status but
+`received`: a waiting event is then in one index only, the one that reads just the tenant's own waiting
+events, whatever the statistics say. (The operators' listings of processed and failed events, and the
+console's latency figures, read the settled index; the sweeper and the stuck counts read the waiting one.)
 
 Adding a stored generated column rewrites `contacts` under an exclusive lock: on a large table, run it in a
 quiet hour.
@@ -40,8 +42,12 @@ CREATE INDEX contacts_tenant_name_key_idx ON contacts (tenant_id, display_name_k
 DROP INDEX contacts_tenant_name_idx;
 DROP INDEX inbound_events_waiting_idx;
 CREATE INDEX inbound_events_waiting_idx ON inbound_events (status, tenant_id, received_at) WHERE status = 'received';
+CREATE INDEX inbound_events_settled_idx ON inbound_events (status, received_at DESC) WHERE status <> 'received';
+DROP INDEX inbound_events_status_idx;
 """
 DOWNGRADE = """
+CREATE INDEX inbound_events_status_idx ON inbound_events (status, received_at DESC);
+DROP INDEX inbound_events_settled_idx;
 DROP INDEX inbound_events_waiting_idx;
 CREATE INDEX inbound_events_waiting_idx ON inbound_events (tenant_id, received_at) WHERE status = 'received';
 CREATE INDEX contacts_tenant_name_idx ON contacts (tenant_id, lower(display_name));

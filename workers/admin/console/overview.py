@@ -123,7 +123,7 @@ def database_figures(conn: Connection) -> dict[str, Any]:
         "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)) "
         "FROM inbound_events WHERE status = 'processed' AND received_at >= :since"), {"since": since}).one()
     stuck = conn.execute(text(
-        "SELECT count(*), min(received_at) FROM inbound_events WHERE status IN ('received', 'queued') "
+        "SELECT count(*), min(received_at) FROM inbound_events WHERE status = 'received' "
         "AND received_at < now() - :grace"), {"grace": STUCK_AFTER}).one()
     dead = conn.execute(text("SELECT count(*) FROM job_failures WHERE status = 'dead'")).scalar_one()
     outcomes: dict[tuple[str, str], int] = {}
