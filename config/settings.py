@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # The workers.
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_threads: int = Field(default=8, ge=1, le=256)
+    # Steps below normal CPU priority for `intake worker` (and its local database sessions): see workers.priority.
+    worker_nice: int = Field(default=0, ge=0, le=19)
     job_max_retries: int = Field(default=8, ge=0)
     job_min_backoff_ms: int = Field(default=500, ge=0)
     job_max_backoff_ms: int = Field(default=300_000, ge=0)

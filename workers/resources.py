@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import threading
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from config import get_settings
 from db.engine import make_engine
 from pipelines.ingest import IngestPolicy
+from workers import priority
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
@@ -36,8 +38,16 @@ def engine(*, admin: bool = False) -> Engine:
             settings = get_settings()
             found = make_engine(_database_url(admin), pool_size=max(2, settings.worker_threads),
                                 application_name="intake-worker")
+            if priority.current() > 0:
+                # A worker below normal priority (`intake worker --nice`) has its backends follow it.
+                event.listen(found, "connect", _renice_backend)
             _engines[key] = found
         return found
+
+
+def _renice_backend(dbapi_connection: Any, record: Any) -> None:
+    info = dbapi_connection.info
+    priority.renice_backend(info.backend_pid, info.host)
 
 
 def ingest_policy() -> IngestPolicy:

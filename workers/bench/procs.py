@@ -153,11 +153,9 @@ class Watchers:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], watchers: Watchers | None = None, name: str = "",
-            nice: int = 0) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process for the block's duration; `nice` lowers its CPU priority (and its children's)."""
-    if nice:
-        args = ["nice", "-n", str(nice), *args]  # exec'd in place: the pid is the program's
+def process(args: list[str], env: dict[str, str], watchers: Watchers | None = None,
+            name: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """A child process for the block's duration, in a session of its own."""
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     if watchers is not None:

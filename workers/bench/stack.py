@@ -69,11 +69,11 @@ class Stack:
         """`commands` `intake worker` commands on `queue`, every worker process booted when the block starts."""
         before = heartbeats(self.redis)
         args = [sys.executable, "-m", "workers", "worker", "--processes", str(processes), "--threads",
-                str(threads), "--queues", queue]
+                str(threads), "--queues", queue, "--nice", str(nice)]
         with ExitStack() as stack:
             with held(self.redis, queue):
                 for _ in range(commands):
-                    stack.enter_context(process(args, self.env, self.watchers, name, nice=nice))
+                    stack.enter_context(process(args, self.env, self.watchers, name))
                 wait_booted(self.redis, before, commands * processes)
             yield
 

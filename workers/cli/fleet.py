@@ -37,6 +37,7 @@ from workers.embedded.runtime import (
     resolve,
 )
 from workers.embedded.services import EmbeddedServices
+from workers.priority import lower
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -126,8 +127,10 @@ def serve(host: str, port: int) -> None:
 @click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
 @click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "maintenance"]),
               help="Queues to consume (repeatable; default: all).")
+@click.option("--nice", type=click.IntRange(0, 19), default=None,
+              help="Run below normal CPU priority, database sessions on this machine included [INTAKE_WORKER_NICE, 0].")
 @friendly_errors
-def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
+def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], nice: int | None) -> None:
     """Run dramatiq workers (the Procfile's worker process).
 
     This process becomes dramatiq's command line, with an environment made of the resolved runtime: each
@@ -151,6 +154,9 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...]) 
     ]
     if queues:
         argv += ["--queues", *queues]
+    nice = settings.worker_nice if nice is None else nice
+    if nice:
+        env["INTAKE_WORKER_NICE"] = str(lower(nice))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # noqa: S606  (our own interpreter, our own arguments)
