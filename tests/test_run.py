@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 
 from tests.processes import INTAKE, free_port, wait_for
@@ -54,6 +55,17 @@ def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, st
             return row is not None and row[0] == "Where is my order?"
 
         wait_for(stored, timeout=60, interval=0.5)
+
+        # The AI worker is a process of its own below normal priority; the message gets classified.
+        def classified() -> bool:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT count(*) FROM ai_classifications").fetchone() == (1,)
+
+        wait_for(classified, timeout=90, interval=0.5)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "dramatiq" in p.cmdline()]
+        ai = [p for p in workers if p.cmdline()[p.cmdline().index("--queues") + 1] == "ai"]
+        assert ai and {p.nice() for p in ai} == {10}
+        assert {p.nice() for p in workers if p not in ai} == {0}
 
         # The printed operator key signs in to the admin API and the console.
         (key,) = {word for line in printed for word in line.split() if word.startswith("ik_")}

@@ -1,5 +1,5 @@
-"""Running the fleet: the embedded services, migrations, and the processes of the Procfile (`serve`, `worker`,
-`clock`), or all of them at once with `intake run`."""
+"""Running the fleet: the embedded services, migrations, and the processes of the Procfile (`serve`, `worker`
+for ingest and ai, `clock`), or all of them at once with `intake run`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from config import get_settings
+from config import Settings, get_settings
 from pipelines.crypto import SecretBox
 from workers.broker import ensure
 from workers.cli.common import (
@@ -129,9 +129,12 @@ def serve(host: str, port: int) -> None:
               help="Queues to consume (repeatable; default: all).")
 @click.option("--nice", type=click.IntRange(0, 19), default=None,
               help="Run below normal CPU priority, database sessions on this machine included [INTAKE_WORKER_NICE, 0].")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Prometheus port, 0 for none [INTAKE_WORKER_METRICS_PORT, 9191].")
 @friendly_errors
-def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], nice: int | None) -> None:
-    """Run dramatiq workers (the Procfile's worker process).
+def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], nice: int | None,
+           metrics_port: int | None) -> None:
+    """Run dramatiq workers (the Procfile's worker and ai processes).
 
     This process becomes dramatiq's command line, with an environment made of the resolved runtime: each
     worker process builds its broker from it (`workers.broker:for_workers`) before it imports the actors.
@@ -142,7 +145,9 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     env = rt.child_env(admin=False)
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
     env["dramatiq_prom_host"] = settings.worker_metrics_host
-    env["dramatiq_prom_port"] = str(settings.worker_metrics_port)
+    if metrics_port is not None:
+        env["INTAKE_WORKER_METRICS_PORT"] = str(metrics_port)  # read by the broker in each worker process
+    env["dramatiq_prom_port"] = str(settings.worker_metrics_port if metrics_port is None else metrics_port)
     if threads:
         env["INTAKE_WORKER_THREADS"] = str(threads)
     argv = [
@@ -160,6 +165,15 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # noqa: S606  (our own interpreter, our own arguments)
+
+
+AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
+
+
+def ai_metrics_port(settings: Settings) -> int:
+    """The AI worker's Prometheus port on the machine it shares with the ingest worker and the clock (their
+    defaults are 9191 and 9192): two above the ingest worker's, none if that has none."""
+    return settings.worker_metrics_port + 2 if settings.worker_metrics_port else 0
 
 
 @click.command()
@@ -198,7 +212,11 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
         supervise([
             Child("web", ["serve", "--host", host, "--port", str(port)], fleet_env),
             Child("admin", ["admin", "--host", host, "--port", str(admin_port)], clock_env),
-            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads)], fleet_env),
+            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads),
+                             "--queues", "ingest", "--queues", "maintenance"], fleet_env),
+            # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
+            Child("ai", ["worker", "--processes", str(processes), "--threads", str(threads), "--queues", "ai",
+                         "--nice", str(AI_NICE), "--metrics-port", str(ai_metrics_port(settings))], fleet_env),
             Child("clock", ["clock"], clock_env),
         ])
     finally:
