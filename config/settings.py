@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # Deliveries waiting for a group commit; past this the ingress answers 503 at once (backpressure).
     commit_queue_max: int = Field(default=1024, ge=1, le=100_000)
     ingest_batch_max: int = Field(default=200, ge=1, le=5000)
-    enqueue_window_ms: int = Field(default=100, ge=0, le=1000)
+    enqueue_window_ms: int = Field(default=50, ge=0, le=1000)
     db_pool_size: int = Field(default=4, ge=1, le=100)
 
     # The workers.
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # A job not started this long after it was first sent is skipped into the failure ledger (replayable).
     job_max_age_ms: int = Field(default=86_400_000, ge=1000)
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
-    worker_poll_ms: int = Field(default=100, ge=5, le=10_000)
+    worker_poll_ms: int = Field(default=50, ge=5, le=10_000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
