@@ -19,11 +19,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore", frozen=True)
 
-    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
-    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
-    admin_database_url: str | None = None
+    # Connection URLs carry passwords: none of these is ever in a repr (a traceback, a debug line).
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL", repr=False)
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL", repr=False)
+    admin_database_url: str | None = Field(default=None, repr=False)
     home: Path = Path(".intake")
-    secret_key: str | None = None
+    secret_key: str | None = Field(default=None, repr=False)
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -87,7 +88,7 @@ class Settings(BaseSettings):
     # AI.
     ai_provider: Literal["local", "openai"] = "local"
     ai_base_url: str = "https://api.openai.com/v1"
-    ai_api_key: str | None = None
+    ai_api_key: str | None = Field(default=None, repr=False)
     ai_model: str = "gpt-4o-mini"
     ai_timeout_seconds: float = Field(default=30.0, gt=0)
     ai_max_retries: int = Field(default=3, ge=0, le=10)

@@ -280,3 +280,15 @@ def test_files_with_secrets_are_private_from_the_first_byte(tmp_path: Path, stac
     modes = [mode for observed in seen["watched"].values() for mode in observed]
     assert modes, "no file was watched while it was written"
     assert all(mode & 0o077 == 0 for mode in modes), seen
+
+
+def test_settings_never_show_a_password_or_key_in_their_repr() -> None:
+    from config import Settings
+
+    settings = Settings.model_validate({
+        "DATABASE_URL": "postgresql://intake_app:pw-app@db/intake", "REDIS_URL": "redis://:pw-redis@r:6379/0",
+        "admin_database_url": "postgresql://owner:pw-owner@db/intake", "secret_key": "k-secret",
+        "ai_api_key": "sk-secret"})
+    shown = repr(settings) + str(settings)
+    assert not any(secret in shown for secret in ("pw-app", "pw-redis", "pw-owner", "k-secret", "sk-secret"))
+    assert "ai_model='gpt-4o-mini'" in shown  # the rest is still there to read
