@@ -1,8 +1,9 @@
 """Classification and reply drafting for stored inbound messages, with usage, cost and budgets.
 
-The work is split so that no database transaction stays open across a provider call:
-`load` reads what a message needs, `think` calls the provider (no database), `store` writes the results
-with ON CONFLICT on (message, prompt version), so a retried or replayed job changes nothing.
+The work is split so that the caller decides which transactions a provider call runs in: `load` reads
+what a message needs, `think` calls the provider and reads through the function it is given, `store`
+writes the results with ON CONFLICT on (message, prompt version), so a retried or replayed job changes
+nothing. A hosted provider runs with no transaction open; the in-process one inside the message's own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Executable, func, insert, select, text, update
+from sqlalchemy import Connection, Executable, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from db.schema import ai_classifications, ai_drafts, ai_usage, budget_alerts, conversations
@@ -78,6 +79,7 @@ class Context:
     channel: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     default_language: str | None = None  # tenants.settings["default_language"]
+    ai: dict[str, Any] = field(default_factory=dict)  # tenants.settings["ai"]: provider, model, budget
 
 
 @dataclass
@@ -128,12 +130,14 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
             categories=taxonomy.from_settings((row.tenant_settings or {}).get("taxonomy")),
             teams=teams, persona=persona, contact_id=row.contact_id, sent_at=row.sent_at, channel=row.channel,
             metadata=metadata, default_language=(row.tenant_settings or {}).get("default_language"),
+            ai=ai_settings(row.tenant_settings),
         ))
     return contexts
 
 
 def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Provider) -> Results:
-    """Call the provider; `conn_for_retrieval` opens a short read transaction for knowledge look-ups."""
+    """Call the provider; `conn_for_retrieval(fn)` runs a read `fn(conn)` (evidence, earlier messages,
+    knowledge) in the transaction the caller chooses."""
     results = Results()
     if not (ctx.want_classification or ctx.want_draft):
         return results
@@ -254,10 +258,10 @@ FOR SHARE
 """)
 
 
-def _classification_upsert(values: dict[str, Any], *, force: bool) -> Executable:
+def _classification_upsert(*, force: bool) -> Executable:
     """INSERT of one classification; on a second one for the same message and prompt version, nothing, or with
     `force` the new one's values."""
-    statement = pg_insert(ai_classifications).values(values)
+    statement = pg_insert(ai_classifications)
     keys = [ai_classifications.c.tenant_id, ai_classifications.c.message_id, ai_classifications.c.prompt_version]
     if force:
         replaced = {name: statement.excluded[name] for name in RECLASSIFIED}
@@ -265,6 +269,17 @@ def _classification_upsert(values: dict[str, Any], *, force: bool) -> Executable
     else:
         upsert = statement.on_conflict_do_nothing(index_elements=keys)
     return upsert.returning(ai_classifications.c.id)
+
+
+# Built once, with the values bound at execution: a statement built per message costs more than it runs.
+CLASSIFICATION_UPSERT = {force: _classification_upsert(force=force) for force in (False, True)}
+DRAFT_INSERT = pg_insert(ai_drafts).on_conflict_do_nothing(
+    index_elements=[ai_drafts.c.tenant_id, ai_drafts.c.message_id, ai_drafts.c.prompt_version]
+).returning(ai_drafts.c.id)
+CONVERSATION_ROUTED = update(conversations).where(
+    conversations.c.tenant_id == bindparam("t"), conversations.c.id == bindparam("c")
+).values(category=bindparam("category"), priority=bindparam("priority"), suggested_team_id=bindparam("team"),
+         updated_at=func.now())
 
 
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
@@ -276,36 +291,31 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
     if classification is not None and ctx.want_classification:
         usage = next(u for f, u in results.usage if f == "classify")
         team = team_for(ctx, classification)
-        row = conn.execute(_classification_upsert({
+        row = conn.execute(CLASSIFICATION_UPSERT[force], {
             "tenant_id": tenant, "message_id": ctx.message_id, "prompt_version": PROMPT_VERSION,
             "category": classification.category, "priority": classification.priority,
             "sentiment": classification.sentiment, "sentiment_score": classification.sentiment_score,
             "language": classification.language, "confidence": classification.confidence,
             "reasoning": classification.reasoning, "suggested_team_id": team,
             "is_auto_reply": ctx.auto_reply or classification.category == "auto_reply",
-            "provider": usage.provider, "model": usage.model}, force=force)).first()
+            "provider": usage.provider, "model": usage.model}).first()
         stored["classification"] = row is not None
         if row is not None and ctx.is_latest:
-            conv = conversations.c
-            conn.execute(update(conversations).where(conv.tenant_id == tenant, conv.id == ctx.conversation_id)
-                         .values(category=classification.category, priority=classification.priority,
-                                 suggested_team_id=team, updated_at=func.now()))
+            conn.execute(CONVERSATION_ROUTED, {"t": tenant, "c": ctx.conversation_id, "team": team,
+                                               "category": classification.category,
+                                               "priority": classification.priority})
             sla.reprioritize(conn, tenant, ctx.conversation_id, classification.priority)
     if results.draft is not None:
         usage = next(u for f, u in results.usage if f == "draft")
-        draft = pg_insert(ai_drafts).values(
-            tenant_id=tenant, message_id=ctx.message_id, conversation_id=ctx.conversation_id,
-            prompt_version=PROMPT_VERSION, content=results.draft.text, cited_chunk_ids=results.draft.cited_chunk_ids,
-            confidence=results.draft.confidence, language=results.draft.language, provider=usage.provider,
-            model=usage.model)
-        row = conn.execute(draft.on_conflict_do_nothing(
-            index_elements=[ai_drafts.c.tenant_id, ai_drafts.c.message_id, ai_drafts.c.prompt_version])
-            .returning(ai_drafts.c.id)).first()
+        row = conn.execute(DRAFT_INSERT, {
+            "tenant_id": tenant, "message_id": ctx.message_id, "conversation_id": ctx.conversation_id,
+            "prompt_version": PROMPT_VERSION, "content": results.draft.text,
+            "cited_chunk_ids": results.draft.cited_chunk_ids, "confidence": results.draft.confidence,
+            "language": results.draft.language, "provider": usage.provider, "model": usage.model}).first()
         stored["draft"] = row is not None
     if stored["classification"] or stored["draft"]:
         # Usage is recorded once, with the results it paid for (a replayed job that stores nothing, costs nothing).
-        for feature, usage in results.usage:
-            record_usage(conn, tenant, ctx.message_id, feature, usage, prices)
+        record_usage(conn, tenant, ctx.message_id, results.usage, prices)
     return stored
 
 
@@ -314,12 +324,13 @@ def cost(usage: Usage, prices: dict[str, tuple[float, float]]) -> Decimal:
     return (Decimal(str(price_in)) * usage.tokens_in + Decimal(str(price_out)) * usage.tokens_out) / Decimal(1_000_000)
 
 
-def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None, feature: str, usage: Usage,
-                 prices: dict[str, tuple[float, float]]) -> None:
-    conn.execute(insert(ai_usage).values(
-        tenant_id=tenant, message_id=message_id, feature=feature, provider=usage.provider, model=usage.model,
-        tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost_usd=cost(usage, prices),
-        latency_ms=usage.latency_ms))
+def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None,
+                 usages: list[tuple[str, Usage]], prices: dict[str, tuple[float, float]]) -> None:
+    """One row per (feature, usage), sent together (one multi-row INSERT)."""
+    conn.execute(insert(ai_usage), [{
+        "tenant_id": tenant, "message_id": message_id, "feature": feature, "provider": usage.provider,
+        "model": usage.model, "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
+        "cost_usd": cost(usage, prices), "latency_ms": usage.latency_ms} for feature, usage in usages])
 
 
 def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -39,39 +41,77 @@ def provider_for(settings: Settings, tenant_ai: dict[str, Any], *, within_budget
 
 def assist_messages(engine: Engine, settings: Settings, tenant: TenantId, message_ids: list[uuid.UUID], *,
                     force: bool = False, limiter: Callable[[str], Any] | None = None) -> dict[str, int]:
-    """Classify (and where the inbox wants it, draft for) these messages; idempotent per prompt version."""
-    with engine.begin() as conn:
+    """Classify (and where the inbox wants it, draft for) these messages; idempotent per prompt version.
+
+    Each message's results are stored in a transaction of its own, so a message that fails leaves the
+    others' results in place. How the reads are made depends on how long the provider takes.
+    """
+    with engine.connect() as conn:
+        conn.begin()
         bind_tenant(conn, tenant)
-        contexts = assist.load(conn, tenant, message_ids, force=force)
-        tenant_ai = _tenant_ai(conn, tenant)
+        contexts = [c for c in assist.load(conn, tenant, message_ids, force=force)
+                    if c.want_classification or c.want_draft]
+        if not contexts:  # done before, outbound or gone: the budget is checked where money is spent
+            conn.commit()
+            return {"classified": 0, "drafted": 0}
+        tenant_ai = contexts[0].ai
         within = assist.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"))
-    provider = provider_for(settings, tenant_ai, within_budget=within)
+        provider = provider_for(settings, tenant_ai, within_budget=within)
+        job = Job(settings, tenant, tenant_ai.get("monthly_budget_usd"), force)
+        if provider.name == "local":
+            return _assist_in_process(conn, job, contexts, provider)
+        conn.commit()
+    return _assist_hosted(engine, job, contexts, provider, limiter)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every message of one job shares."""
+
+    settings: Settings
+    tenant: TenantId
+    budget_usd: float | None
+    force: bool
+
+
+def _assist_in_process(conn: Connection, job: Job, contexts: list[assist.Context], provider: Provider
+                       ) -> dict[str, int]:
+    """The local provider answers in-process in milliseconds: a message's reads and its store share one
+    transaction, the first message's being the one that read the job's messages, and the job keeps one
+    connection. A transaction costs a BEGIN, the tenant's binding and a COMMIT, as much as its reads."""
+    counts = {"classified": 0, "drafted": 0}
+    for ctx in contexts:
+        if not conn.in_transaction():
+            conn.begin()
+            bind_tenant(conn, job.tenant)
+        results = assist.think(lambda fn: fn(conn), job.tenant, ctx, provider)
+        _store(conn, job, ctx, results, counts)
+        conn.commit()
+    return counts
+
+
+def _assist_hosted(engine: Engine, job: Job, contexts: list[assist.Context], provider: Provider,
+                   limiter: Callable[[str], Any] | None) -> dict[str, int]:
+    """A hosted provider's call may take seconds: no connection is held and no transaction open while it
+    runs, so every read is a short transaction of its own, and so is each store."""
 
     def read(fn: Callable[[Connection], Any]) -> Any:
         with engine.begin() as conn:
-            bind_tenant(conn, tenant)
+            bind_tenant(conn, job.tenant)
             return fn(conn)
 
     counts = {"classified": 0, "drafted": 0}
     for ctx in contexts:
-        if not (ctx.want_classification or ctx.want_draft):
-            continue
-        if limiter is not None and provider.name != "local":
-            with limiter(provider.name):
-                results = assist.think(read, tenant, ctx, provider)
-        else:
-            results = assist.think(read, tenant, ctx, provider)
+        with limiter(provider.name) if limiter is not None else nullcontext():
+            results = assist.think(read, job.tenant, ctx, provider)
         with engine.begin() as conn:
-            bind_tenant(conn, tenant)
-            stored = assist.store(conn, tenant, ctx, results, settings.ai_prices, force=force)
-            assist.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"))
-        counts["classified"] += stored["classification"]
-        counts["drafted"] += stored["draft"]
+            bind_tenant(conn, job.tenant)
+            _store(conn, job, ctx, results, counts)
     return counts
 
 
-def _tenant_ai(conn: Connection, tenant: TenantId) -> dict[str, Any]:
-    from sqlalchemy import text
-
-    settings = conn.execute(text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}).scalar()
-    return assist.ai_settings(settings)
+def _store(conn: Connection, job: Job, ctx: assist.Context, results: assist.Results, counts: dict[str, int]) -> None:
+    stored = assist.store(conn, job.tenant, ctx, results, job.settings.ai_prices, force=job.force)
+    assist.check_budget(conn, job.tenant, job.budget_usd)
+    counts["classified"] += stored["classification"]
+    counts["drafted"] += stored["draft"]

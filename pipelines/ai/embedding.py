@@ -14,6 +14,11 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
 
 MODEL = "local-ngram-v1"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -35,16 +40,32 @@ def _features(text: str) -> Counter[str]:
     return features
 
 
+@lru_cache(maxsize=1 << 15)
+def _slot(feature: str, dim: int) -> tuple[int, float]:
+    """(dimension, sign) of a feature: its hash, remembered, since most n-grams recur from text to text."""
+    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little") % dim, 1.0 if digest[4] & 1 else -1.0
+
+
 def embed(text: str, dim: int) -> list[float]:
     vector = [0.0] * dim
     for feature, count in _features(text).items():
-        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-        index = int.from_bytes(digest[:4], "little") % dim
-        sign = 1.0 if digest[4] & 1 else -1.0
+        index, sign = _slot(feature, dim)
         vector[index] += sign * (1.0 + math.log(count))
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector] if norm else vector
 
 
-def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True))
+def similarities(vector: Sequence[float], rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The cosine similarity of `vector` with each row (all unit length, so their dot products).
+
+    Each row's products are summed left to right (`add.accumulate`), as a plain loop sums them, and not
+    pairwise as `dot` does: the same float to the last bit, so a score on a threshold stays on its side.
+    Only the text's own dimensions are read (a short text fills few of them); adding the others' zero
+    products changes no sum.
+    """
+    dense = np.asarray(vector, dtype=np.float64)
+    used = np.flatnonzero(dense)
+    if not len(rows) or not len(used):
+        return np.zeros(len(rows))
+    return np.add.accumulate(rows[:, used] * dense[used], axis=1)[:, -1]

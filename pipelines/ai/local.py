@@ -18,6 +18,9 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from db.schema import DEFAULT_EMBEDDING_DIM
 from pipelines.ai import embedding, lexicons
 from pipelines.ai.base import (
@@ -59,8 +62,14 @@ def _padded(text: str) -> str:
     return " " + embedding.normalise(text) + " "
 
 
+@lru_cache(maxsize=4096)
+def _cue_words(cue: str) -> str:
+    """A cue as `_cues` looks for it; the same few hundred cues are looked for in every message."""
+    return " " + embedding.normalise(cue)
+
+
 def _cues(padded: str, cues: tuple[str, ...]) -> list[str]:
-    return [cue for cue in cues if " " + embedding.normalise(cue) in padded]
+    return [cue for cue in cues if _cue_words(cue) in padded]
 
 
 def sentiment(text: str, language: str) -> tuple[str, float, list[str]]:
@@ -86,18 +95,25 @@ def sentiment(text: str, language: str) -> tuple[str, float, list[str]]:
 
 
 @lru_cache(maxsize=64)
-def _example_vectors(category: Category) -> tuple[tuple[float, ...], ...]:
-    texts = (category.description, *category.examples)
-    return tuple(tuple(embedding.embed(t, _EXAMPLE_DIM)) for t in texts if t)
+def _example_vectors(categories: tuple[Category, ...]) -> tuple[npt.NDArray[np.float64], tuple[slice, ...]]:
+    """Every category's description and examples embedded, one row each, and each category's rows."""
+    rows: list[list[float]] = []
+    spans = []
+    for category in categories:
+        texts = [t for t in (category.description, *category.examples) if t]
+        spans.append(slice(len(rows), len(rows) + len(texts)))
+        rows += [embedding.embed(t, _EXAMPLE_DIM) for t in texts]
+    return np.array(rows, dtype=np.float64).reshape(-1, _EXAMPLE_DIM), tuple(spans)
 
 
 def score_categories(text: str, categories: tuple[Category, ...]) -> list[tuple[float, Category, list[str], float]]:
     padded = _padded(text)
-    vector = embedding.embed(text, _EXAMPLE_DIM)
+    rows, spans = _example_vectors(categories)
+    similarities = embedding.similarities(embedding.embed(text, _EXAMPLE_DIM), rows).tolist()
     scored = []
-    for category in categories:
+    for category, span in zip(categories, spans, strict=True):
         hits = _cues(padded, category.keywords)
-        similarity = max((embedding.cosine(vector, list(v)) for v in _example_vectors(category)), default=0.0)
+        similarity = max(similarities[span], default=0.0)
         scored.append((len(hits) + 3.0 * max(0.0, similarity - 0.1), category, hits, similarity))
     scored.sort(key=lambda item: item[0], reverse=True)
     return scored
