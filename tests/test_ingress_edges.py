@@ -158,6 +158,32 @@ def test_the_buckets_and_the_inbox_cache_stay_bounded(stack: dict[str, str], app
     asyncio.run(scenario())
 
 
+def test_requests_for_one_inbox_share_one_query(stack: dict[str, str], app_engine: Engine) -> None:
+    """Hundreds of requests in flight when an inbox's entry is missing or expired cost one query, not one each;
+    one waiter going away does not take the answer from the others."""
+    inbox = new_inbox(app_engine, "api")
+
+    async def scenario() -> None:
+        pool = AsyncConnectionPool(stack["DATABASE_URL"], min_size=1, max_size=4, open=False)
+        await pool.open()
+        try:
+            directory = InboxDirectory(pool, SecretBox(os.environ["INTAKE_SECRET_KEY"]), ttl=0.05)
+            for inbox_id in (str(inbox.id), str(uuid.uuid4()), str(inbox.id)):  # new, unknown, expired
+                await asyncio.sleep(0.06)  # past the ttl: the entry, if any, has expired
+                before = pool.get_stats().get("requests_num", 0)
+                impatient = asyncio.ensure_future(directory.get(inbox_id))
+                await asyncio.sleep(0)  # it has sent the query; it goes away before the answer
+                impatient.cancel()
+                found = await asyncio.gather(*(directory.get(inbox_id) for _ in range(300)))
+                assert pool.get_stats().get("requests_num", 0) == before + 1
+                assert len({None if f is None else f.id for f in found}) == 1
+                assert (found[0] is not None) == (inbox_id == str(inbox.id))
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
 def raw_post(base: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"{}") -> int:
     """The status of one POST written byte for byte (headers no HTTP client would send)."""
     host, port = base.removeprefix("http://").split(":")

@@ -330,6 +330,11 @@ class WebhookRequest:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    @functools.cached_property
+    def form(self) -> dict[str, list[str]]:
+        """`form_fields` of this request, parsed once: Twilio's `verify` and `parse` both read every field."""
+        return form_fields(self)
+
 
 @dataclass(frozen=True)
 class VerifyContext:

@@ -27,7 +27,6 @@ from pipelines.channels.base import (
     constant_time_equal,
     expect_dict,
     first,
-    form_fields,
     json_body,
     refusing,
     require,
@@ -62,7 +61,7 @@ def verify(request: WebhookRequest, secrets: Mapping[str, str], context: VerifyC
             return
         raise SignatureError("signature verification failed")
     try:
-        params = form_fields(request) if request.content_type == "application/x-www-form-urlencoded" else {}
+        params = request.form if request.content_type == "application/x-www-form-urlencoded" else {}
     except PayloadError:
         params = {}
     if any(constant_time_equal(signature(token, url, params), given) for url in urls) and given:
@@ -74,7 +73,7 @@ def _fields(request: WebhookRequest) -> dict[str, list[str]]:
     if request.content_type == "application/json":
         data = expect_dict(json_body(request), "body")
         return {str(k): [str(v)] for k, v in data.items() if v is not None}
-    return form_fields(request)
+    return request.form
 
 
 def _sender(raw: str, fields: Mapping[str, list[str]]) -> tuple[Identity, ...]:

@@ -34,7 +34,8 @@ class Delivery:
     message_key: str  # (inbox, provider id): what must be stored once
 
 
-def _body(channel: str, person: int, n: int, rng: random.Random, now: datetime) -> tuple[bytes, str, str | None, str]:
+def delivery_body(channel: str, person: int, n: int, rng: random.Random,
+                  now: datetime) -> tuple[bytes, str, str | None, str]:
     body: dict[str, Any]
     text = rng.choice(TEXTS)
     phone = f"+1415{person:07d}"
@@ -93,7 +94,7 @@ def generate(inboxes: list[dict[str, CreatedInbox]], count: int, *, seed: int, d
         tenant = rng.choices(inboxes, cum_weights=cumulative)[0] if cumulative else rng.choice(inboxes)
         channel = rng.choice(CHANNELS)
         person = rng.randrange(people_per_tenant)
-        body, ctype, webhook_id, key = _body(channel, person, len(result), rng, now)
+        body, ctype, webhook_id, key = delivery_body(channel, person, len(result), rng, now)
         result.append(Delivery(channel, tenant[channel], body, ctype, webhook_id, f"{tenant[channel].id}:{key}"))
     return result
 

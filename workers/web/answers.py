@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import structlog
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from pipelines.errors import is_retryable, scrub
 from workers.web.bodies import ParseTimeout
@@ -39,10 +40,27 @@ def failure(exc: BaseException, **context: str) -> JSONResponse:
     return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
 
 
-# The acknowledgements never change: built once, sent as they are (a Response holds no per-request state).
-ACCEPTED = JSONResponse({"status": "accepted"})
-ACCEPTED_TWIML = Response(TWIML_EMPTY, media_type="text/xml")
+class Prepared:
+    """An answer that never changes, encoded once and sent as two raw ASGI messages: the acknowledgement
+    goes out on every delivery, and a Response's own `__call__` costs more than the two sends."""
+
+    __slots__ = ("_body", "_headers", "status_code")
+
+    def __init__(self, response: Response) -> None:
+        self.status_code = response.status_code
+        self._headers = response.raw_headers
+        self._body = bytes(response.body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
 
 
-def accepted(channel: str) -> Response:
+# What the ingress answers: a Response, or for the acknowledgements a Prepared one.
+Answer = Response | Prepared
+ACCEPTED = Prepared(JSONResponse({"status": "accepted"}))
+ACCEPTED_TWIML = Prepared(Response(TWIML_EMPTY, media_type="text/xml"))
+
+
+def accepted(channel: str) -> Prepared:
     return ACCEPTED_TWIML if channel == "twilio" else ACCEPTED

@@ -15,13 +15,15 @@ class Metrics:
     latency: Histogram
     enqueue_failures: Counter
     batch_rows: Histogram
-    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
+    _children: dict[tuple[str, int], tuple[Any, Any]] = field(default_factory=dict)
 
-    def observe(self, channel: str, outcome: str, seconds: float) -> None:
-        key = (channel, outcome)
+    def observe(self, channel: str, status: int, seconds: float) -> None:
+        """One answered delivery: its channel, its status code (the `outcome` label) and its latency."""
+        key = (channel, status)
         children = self._children.get(key)
         if children is None:  # prometheus_client's label look-up is slow on a hot path: look up once
-            children = self._children[key] = (self.requests.labels(channel, outcome), self.latency.labels(channel))
+            children = self._children[key] = (self.requests.labels(channel, str(status)),
+                                              self.latency.labels(channel))
         children[0].inc()
         children[1].observe(seconds)
 

@@ -36,7 +36,6 @@ import hashlib
 import math
 import uuid
 from base64 import b64encode
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -68,7 +67,7 @@ INPUT_FAULTS = {
 ALONE_BYTES = 1_048_576
 
 Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
-Key = tuple[uuid.UUID, str]  # (inbox id, dedupe key): inbox ids are unique across tenants
+Key = tuple[int, str]  # (inbox id as an integer, dedupe key): inbox ids are unique across tenants
 Created = dict[Key, tuple[uuid.UUID, uuid.UUID]]  # the new events: (tenant id, event id) by key
 Placed = tuple[int, "EventRow"]  # a row and its place in the batch (the order the deliveries came in)
 
@@ -232,12 +231,16 @@ class EventWriter:
                 row.done.set_result(Outcome.REPLAYED)
         for row in batch:
             if not row.done.done():
-                stored = (row.inbox_id, row.dedupe_key) in created
+                stored = (row.inbox_id.int, row.dedupe_key) in created
                 row.done.set_result(Outcome.STORED if stored else Outcome.DUPLICATE)
-        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        by_tenant: dict[int, tuple[uuid.UUID, list[uuid.UUID]]] = {}
         for tenant, event_id in created.values():
-            by_tenant[tenant].append(event_id)
-        for tenant, ids in by_tenant.items():
+            waiting = by_tenant.get(tenant.int)
+            if waiting is None:
+                by_tenant[tenant.int] = (tenant, [event_id])
+            else:
+                waiting[1].append(event_id)
+        for tenant, ids in by_tenant.values():
             self._outbox.add(tenant, ids)
 
     def _fail(self, batch: list[EventRow], exc: Exception) -> None:
@@ -260,15 +263,20 @@ class EventWriter:
         # cannot deadlock on a provider's simultaneous retries. One row per idempotency key, except that a
         # row with a token always goes: its token is claimed, or it is told apart as replayed. Each row
         # keeps its place in the batch: of two rows with one token, the earlier arrival claims it.
-        groups: dict[uuid.UUID, list[Placed]] = defaultdict(list)
-        seen: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
-        for place, row in sorted(enumerate(batch), key=lambda p: (p[1].tenant_id, p[1].inbox_id, p[1].dedupe_key)):
-            key = (row.tenant_id, row.inbox_id, row.dedupe_key)
+        # Keys use the ids' integers: UUID's own hash and comparisons are Python code, called many times a row.
+        groups: dict[int, list[Placed]] = {}
+        seen: set[tuple[int, int, str]] = set()
+        for place, row in sorted(enumerate(batch), key=_order):
+            key = (row.tenant_id.int, row.inbox_id.int, row.dedupe_key)
             if row.replay_token is None:
                 if key in seen:
                     continue
                 seen.add(key)
-            groups[row.tenant_id].append((place, row))
+            group = groups.get(key[0])
+            if group is None:
+                groups[key[0]] = [(place, row)]
+            else:
+                group.append((place, row))
         for attempt in range(3):
             try:
                 return await self._insert(groups, batch)
@@ -277,9 +285,9 @@ class EventWriter:
                     raise
         raise AssertionError("unreachable")
 
-    async def _insert(self, groups: dict[uuid.UUID, list[Placed]],
+    async def _insert(self, groups: dict[int, list[Placed]],
                       batch: list[EventRow]) -> tuple[Created, list[EventRow]]:
-        payload = [_group(tenant, rows) for tenant, rows in groups.items()]
+        payload = [_group(rows[0][1].tenant_id, rows) for rows in groups.values()]
         created: Created = {}
         replayed: list[EventRow] = []
         async with self._pool.connection() as conn:
@@ -288,7 +296,7 @@ class EventWriter:
                 if replayed_item is not None:
                     replayed.append(batch[replayed_item])
                 else:
-                    created[(inbox_id, dedupe_key)] = (tenant, event_id)
+                    created[(inbox_id.int, dedupe_key)] = (tenant, event_id)
         if self._on_batch is not None:
             self._on_batch(len(batch))
         return created, replayed
@@ -306,6 +314,12 @@ class EventWriter:
             log.warning("ingress.enqueue.failed", tenant_id=str(tenant), events=len(ids), error=repr(exc))
             if self._on_enqueue_error is not None:
                 self._on_enqueue_error(exc)
+
+
+def _order(placed: Placed) -> tuple[int, int, str]:
+    """The batch's one global order: by tenant, inbox (UUIDs order as their integers) and dedupe key."""
+    row = placed[1]
+    return row.tenant_id.int, row.inbox_id.int, row.dedupe_key
 
 
 def _group(tenant: uuid.UUID, rows: list[Placed]) -> dict[str, object]:
