@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -165,6 +166,22 @@ def test_teams_and_personas(op: httpx.Client, admin_engine: Engine) -> None:
     actions = {r["action"] for r in audit_rows(admin_engine, team_id) + audit_rows(admin_engine, second["id"])}
     assert actions == {"team.create", "team.update", "team.delete", "persona.create", "persona.update",
                        "persona.delete"}
+
+
+def test_defaults_made_at_once_take_turns(op: httpx.Client, base: str, operator: Keyed) -> None:
+    """Personas created as the default at the same moment all succeed; the last one is the default."""
+    tenant = new_tenant(op)
+    assert op.post(f"{A}/tenants/{tenant}/personas", json={"name": "Old", "is_default": True}).status_code == 201
+
+    def create(n: int) -> int:
+        with client(base, operator) as own:
+            return own.post(f"{A}/tenants/{tenant}/personas", json={"name": f"P{n}", "is_default": True}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(create, range(8)))
+    assert statuses == [201] * 8
+    listed = op.get(f"{A}/tenants/{tenant}/personas", params={"limit": 50}).json()["items"]
+    assert len(listed) == 9 and sum(p["is_default"] for p in listed) == 1
 
 
 def test_wrong_missing_and_revoked_keys_get_one_401(base: str, op: httpx.Client, admin_engine: Engine) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from db.schema import ai_personas
 from db.tenancy import TenantId
@@ -19,7 +19,8 @@ COLUMNS = tuple(PersonaView.model_fields)
 
 
 def _view(row: Any) -> PersonaView:
-    return PersonaView.model_validate({name: row._mapping[name] for name in COLUMNS})
+    """A persona from a row as `get` reads it or a mapping as `paged` does: both name columns as attributes."""
+    return PersonaView.model_validate({name: getattr(row, name) for name in COLUMNS})
 
 
 def _snapshot(view: PersonaView) -> dict[str, Any]:
@@ -36,8 +37,15 @@ def list_personas(conn: Connection, tenant: uuid.UUID, page: Page) -> Listing[Pe
     return paged(conn, query, page, _view)
 
 
+# Changes of a tenant's default take turns: two at once would each clear the old default, and the second's
+# new default would then break the one-default index (a 409 that names no real conflict). Transaction-level:
+# the turn ends with the commit that makes the new default visible to the next.
+DEFAULT_TURN = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 def _clear_default(conn: Connection, tenant: uuid.UUID) -> None:
     """Only one default per tenant: the new one takes over from the old (which stays, not the default)."""
+    conn.execute(DEFAULT_TURN, {"key": f"intake.persona-default:{tenant}"})
     conn.execute(update(ai_personas).where(ai_personas.c.tenant_id == tenant, ai_personas.c.is_default)
                  .values(is_default=False))
 
