@@ -44,6 +44,8 @@ def test_the_lifecycle_at_the_command_line(stack: dict[str, str]) -> None:
     assert intake("team", "create", "--tenant", tenant, "Billing").returncode == 1  # a duplicate: one line
     persona = ok("persona", "create", "--tenant", tenant, "Aino", "--language", "fi", "--default")
     assert persona["is_default"] is True
+    assert [(p["name"], p["is_default"]) for p in ok("persona", "list", "--tenant", tenant)["items"]] == [  # type: ignore[index]
+        ("Aino", True)]
     assert ok("team", "delete", str(team["id"]))["deleted"] is True
 
     key = ok("key", "create", "--name", "crm", "--tenant", tenant)
