@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from config import get_settings
 from db import migrate
 from db.engine import make_engine
+from tests.admin_server import Keyed, admin_server, client, make_key
 from workers.embedded.services import EmbeddedServices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +70,21 @@ def app_engine(stack: dict[str, str]) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def redis_client(stack: dict[str, str]) -> redis.Redis:
     return redis.Redis.from_url(stack["REDIS_URL"])
+
+
+# The admin API over real HTTP: one server per test module that asks for one, and an operator's client.
+@pytest.fixture(scope="module")
+def base(stack: dict[str, str]) -> Iterator[str]:
+    with admin_server(stack) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def operator(admin_engine: Engine) -> Keyed:
+    return make_key(admin_engine, name="operator in tests")
+
+
+@pytest.fixture
+def op(base: str, operator: Keyed) -> Iterator[httpx.Client]:
+    with client(base, operator) as c:
+        yield c

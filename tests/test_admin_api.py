@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,27 +10,10 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.admin_server import Keyed, admin_server, client, make_key
+from tests.admin_server import Keyed, client, make_key
 from tests.processes import wait_for
 
 A = "/v1/admin"
-
-
-@pytest.fixture(scope="module")
-def base(stack: dict[str, str]) -> Iterator[str]:
-    with admin_server(stack) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def operator(admin_engine: Engine) -> Keyed:
-    return make_key(admin_engine, name="operator in tests")
-
-
-@pytest.fixture
-def op(base: str, operator: Keyed) -> Iterator[httpx.Client]:
-    with client(base, operator) as c:
-        yield c
 
 
 def new_tenant(op: httpx.Client, name: str = "Acme") -> str:

@@ -10,7 +10,6 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from pipelines.control.errors import Conflict, NotFound
 from pipelines.control.keys import Principal
 from pipelines.crypto import SecretBox
 from pipelines.lifecycle.tables import tenant_tables
-from tests.admin_server import Keyed, admin_server, client, make_key
+from tests.admin_server import admin_server, client, make_key
 from tests.factories import new_inbox, seed_tenant
 from tests.processes import wait_for
 from tests.test_erasure import ERIK, ERIK_TEXTS, enqueue, send
@@ -34,23 +33,6 @@ from workers.admin.jobs import KEEP_SECONDS, Jobs
 from workers.queues import NAMESPACE
 
 A = "/v1/admin"
-
-
-@pytest.fixture(scope="module")
-def base(stack: dict[str, str]) -> Iterator[str]:
-    with admin_server(stack) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def operator(admin_engine: Engine) -> Keyed:
-    return make_key(admin_engine, name="lifecycle operator")
-
-
-@pytest.fixture
-def op(base: str, operator: Keyed) -> Iterator[httpx.Client]:
-    with client(base, operator) as c:
-        yield c
 
 
 def tenant_of(app_engine: Engine, name: str) -> TenantId:
@@ -340,7 +322,7 @@ def test_delete_is_an_operator_job_that_leaves_nothing_of_the_tenant(
     with admin_engine.connect() as conn:
         audit = conn.execute(text("SELECT tenant_id, actor, after FROM audit_logs WHERE action = 'tenant.delete' "
                                   "AND subject_id = :t"), {"t": str(gone)}).one()
-    assert audit.tenant_id is None and audit.actor == "key:lifecycle operator"
+    assert audit.tenant_id is None and audit.actor == "key:operator in tests"
     assert audit.after["deleted"]["tenants"] == 1
     assert op.post(path, json={"confirm": str(gone)}).status_code == 404
     assert op.post(f"{A}/jobs/{job['id']}/cancel").status_code == 409
