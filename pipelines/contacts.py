@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from rapidfuzz import fuzz
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
+from db import batch
 from db.schema import audit_logs, contact_identities, contact_merges, contacts, conversations, messages
 from db.tenancy import TenantId
 from pipelines.errors import PermanentError
@@ -26,7 +27,7 @@ MAX_ATTEMPTS = 5
 # growing fast has stale statistics, and a hash join over all its identities is far slower.
 LOOKUP = text("""
 SELECT u.kind, u.value, COALESCE(c.merged_into_id, c.id) AS contact_id
-FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS u(kind, value)
+FROM json_to_recordset(CAST(:wanted AS json)) AS u(kind text, value text)
 CROSS JOIN LATERAL (SELECT contact_id FROM contact_identities ci
                     WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value) ci
 JOIN contacts c ON c.id = ci.contact_id
@@ -56,11 +57,10 @@ SELECT (SELECT id FROM c) AS id, (SELECT count(*) FROM i) AS claimed
 # got every identity (identities arrive sorted, so concurrent batches claim them in one global order).
 CREATE_MANY = text("""
 WITH c AS (INSERT INTO contacts (id, tenant_id, display_name)
-           SELECT id, :t, name FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[])) AS u(id, name)),
+           SELECT id, :t, name FROM json_to_recordset(CAST(:contacts AS json)) AS u(id uuid, name text)),
      i AS (INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
            SELECT :t, contact, kind, value
-           FROM unnest(CAST(:owners AS uuid[]), CAST(:kinds AS text[]), CAST(:values AS text[]))
-                AS u(contact, kind, value)
+           FROM json_to_recordset(CAST(:claims AS json)) AS u(contact uuid, kind text, value text)
            ON CONFLICT (tenant_id, kind, value) DO NOTHING
            RETURNING contact_id)
 SELECT contact_id, count(*) AS claimed FROM i GROUP BY contact_id
@@ -91,6 +91,10 @@ ON CONFLICT DO NOTHING
 Identities = Sequence[tuple[str, str]]
 
 
+def _pairs(identities: Identities) -> str:
+    return batch.rows({"kind": k, "value": v} for k, v in identities)
+
+
 class ResolutionConflict(PermanentError):
     """One message's identities kept changing hands through every attempt. Ingest runs one transaction per
     tenant, so this is not a race another try would win: the event is set aside (replayable), not the job."""
@@ -110,7 +114,7 @@ def resolve_contact(
         if attempt == 0 and known is not None:
             found = {pair: known[pair] for pair in wanted if pair in known}
         else:
-            rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": kinds, "values": values}).all()
+            rows = conn.execute(LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)}).all()
             found = {(row.kind, row.value): row.contact_id for row in rows}
         owners: list[uuid.UUID] = sorted(set(found.values()))
         missing = [pair for pair in wanted if pair not in found]
@@ -146,8 +150,10 @@ def resolve_contact(
     raise ResolutionConflict(f"identities {wanted} kept changing hands")
 
 
-MERGED = text("SELECT id, merged_into_id FROM contacts WHERE id = ANY(:ids) AND merged_into_id IS NOT NULL")
-LOCK_MANY = text("SELECT id, merged_into_id FROM contacts WHERE id = ANY(:ids) ORDER BY id FOR KEY SHARE")
+MERGED = text("SELECT id, merged_into_id FROM contacts "
+              "WHERE id = ANY(CAST(:ids AS uuid[])) AND merged_into_id IS NOT NULL")
+LOCK_MANY = text("SELECT id, merged_into_id FROM contacts "
+                 "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR KEY SHARE")
 
 
 def resolve_contacts(
@@ -159,8 +165,7 @@ def resolve_contacts(
     known, spanning two contacts, or merged meanwhile) takes the careful one-by-one path.
     """
     wanted = sorted({pair for identities, _ in people for pair in identities})
-    rows = conn.execute(LOOKUP, {"tenant": tenant, "kinds": [k for k, _ in wanted],
-                                 "values": [v for _, v in wanted]}).all()
+    rows = conn.execute(LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)}).all()
     owner: dict[tuple[str, str], uuid.UUID] = {(row.kind, row.value): row.contact_id for row in rows}
     known: dict[int, uuid.UUID] = {}
     for index, (identities, _) in enumerate(people):
@@ -170,7 +175,7 @@ def resolve_contacts(
             known[index] = only
     live: set[uuid.UUID] = set()
     if known:
-        locked = conn.execute(LOCK_MANY, {"ids": sorted(set(known.values()))}).all()
+        locked = conn.execute(LOCK_MANY, {"ids": batch.uuids(sorted(set(known.values())))}).all()
         live = {row.id for row in locked if row.merged_into_id is None}
     resolved = {index: contact for index, contact in known.items() if contact in live}
     # The careful path claims rows through unique indexes; taking them in one global order (sorted by
@@ -196,8 +201,9 @@ def resolve_contacts(
     if slow:
         # A careful resolution may have merged a contact that an earlier sender of this batch resolved to:
         # point those senders at the survivor too.
+        chosen = batch.uuids(sorted(set(resolved.values())))
         merged: dict[uuid.UUID, uuid.UUID] = {
-            row.id: row.merged_into_id for row in conn.execute(MERGED, {"ids": sorted(set(resolved.values()))})}
+            row.id: row.merged_into_id for row in conn.execute(MERGED, {"ids": chosen})}
         for index, contact in resolved.items():
             for _ in range(5):
                 if contact not in merged:
@@ -243,8 +249,8 @@ def create_contacts(conn: Connection, tenant: TenantId,
     claims = sorted((pair, contact) for contact, pairs in wanted.items() for pair in pairs)
     ids = sorted(wanted)
     claimed = {row.contact_id: row.claimed for row in conn.execute(CREATE_MANY, {
-        "t": tenant, "ids": ids, "names": [names[c] for c in ids], "owners": [c for _, c in claims],
-        "kinds": [k for (k, _), _ in claims], "values": [v for (_, v), _ in claims]})}
+        "t": tenant, "contacts": batch.rows({"id": c, "name": names[c]} for c in ids),
+        "claims": batch.rows({"contact": c, "kind": k, "value": v} for (k, v), c in claims)})}
     lost = [c for c in ids if claimed.get(c, 0) < len(wanted[c])]
     if lost:  # their identities go with them
         conn.execute(text("DELETE FROM contacts WHERE tenant_id = :t AND id = ANY(:ids)"), {"t": tenant, "ids": lost})

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
+from db import batch
 from db.tenancy import TenantId
 
 BY_REFERENCE = text("""
@@ -64,7 +65,7 @@ RETURNING id
 
 OPEN_MANY = text("""
 SELECT u.inbox_id, u.contact_id, o.id
-FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[])) AS u(inbox_id, contact_id)
+FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid)
 CROSS JOIN LATERAL (SELECT id FROM conversations c
                     WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
                       AND c.status = 'open') o
@@ -72,8 +73,7 @@ CROSS JOIN LATERAL (SELECT id FROM conversations c
 # Of the pairs with no open conversation, those with a resolved one inside their reopen window.
 REOPENABLE_MANY = text("""
 SELECT u.inbox_id, u.contact_id
-FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[]), CAST(:sinces AS timestamptz[]))
-     AS u(inbox_id, contact_id, since)
+FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid, since timestamptz)
 WHERE EXISTS (SELECT 1 FROM conversations c
               WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
                 AND c.status = 'resolved' AND c.resolved_at >= u.since)
@@ -83,8 +83,7 @@ WHERE EXISTS (SELECT 1 FROM conversations c
 CREATE_MANY = text("""
 INSERT INTO conversations (tenant_id, inbox_id, contact_id, subject)
 SELECT :t, inbox_id, contact_id, subject
-FROM unnest(CAST(:inboxes AS uuid[]), CAST(:contacts AS uuid[]), CAST(:subjects AS text[]))
-     AS u(inbox_id, contact_id, subject)
+FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid, subject text)
 ON CONFLICT (tenant_id, inbox_id, contact_id) WHERE status = 'open' DO NOTHING
 RETURNING id, inbox_id, contact_id
 """)
@@ -106,8 +105,8 @@ def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[Thr
     plain = sorted({(r.inbox_id, r.contact_id) for r in requests if not r.references})
     open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
     if plain:
-        rows = conn.execute(OPEN_MANY, {"t": tenant, "inboxes": [i for i, _ in plain],
-                                        "contacts": [c for _, c in plain]}).all()
+        rows = conn.execute(OPEN_MANY, {"t": tenant, "pairs": batch.rows(
+            {"inbox_id": i, "contact_id": c} for i, c in plain)}).all()
         open_now = {(row.inbox_id, row.contact_id): row.id for row in rows}
         open_now.update(_open_new(conn, tenant, requests, open_now))
     result: dict[int, uuid.UUID] = {}
@@ -139,15 +138,16 @@ def _open_new(conn: Connection, tenant: TenantId, requests: Sequence[ThreadReque
     if not first:
         return {}
     pairs = sorted(first, key=lambda pair: _claim_order(*pair))
-    sinces = [first[p].sent_at - first[p].reopen_window if first[p].reopen_window > timedelta(0) else None
-              for p in pairs]
-    reopenable = {(row.inbox_id, row.contact_id) for row in conn.execute(REOPENABLE_MANY, {
-        "t": tenant, "inboxes": [i for i, _ in pairs], "contacts": [c for _, c in pairs], "sinces": sinces})}
+    sinces = batch.rows({"inbox_id": i, "contact_id": c,
+                         "since": first[i, c].sent_at - first[i, c].reopen_window
+                         if first[i, c].reopen_window > timedelta(0) else None} for i, c in pairs)
+    reopenable = {(row.inbox_id, row.contact_id)
+                  for row in conn.execute(REOPENABLE_MANY, {"t": tenant, "pairs": sinces})}
     pairs = [p for p in pairs if p not in reopenable]
     if not pairs:
         return {}
-    rows = conn.execute(CREATE_MANY, {"t": tenant, "inboxes": [i for i, _ in pairs], "contacts": [c for _, c in pairs],
-                                      "subjects": [first[p].subject for p in pairs]}).all()
+    rows = conn.execute(CREATE_MANY, {"t": tenant, "pairs": batch.rows(
+        {"inbox_id": i, "contact_id": c, "subject": first[i, c].subject} for i, c in pairs)}).all()
     return {(row.inbox_id, row.contact_id): row.id for row in rows}
 
 

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import structlog
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
+from db import batch
 from db.tenancy import TenantId
 from pipelines import normalize
 from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
@@ -94,13 +94,10 @@ INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, event_id
                       status, sent_at, received_at)
 SELECT :t, inbox, conversation, contact, event, 'inbound', kind, external_id, rfc_id, subject, content, html,
        quoted, attachments, metadata, 'received', sent_at, received_at
-FROM unnest(CAST(:inbox AS uuid[]), CAST(:conversation AS uuid[]), CAST(:contact AS uuid[]),
-            CAST(:event AS uuid[]), CAST(:kind AS text[]), CAST(:external_id AS text[]), CAST(:rfc_id AS text[]),
-            CAST(:subject AS text[]), CAST(:content AS text[]), CAST(:html AS text[]), CAST(:quoted AS text[]),
-            CAST(:attachments AS jsonb[]), CAST(:metadata AS jsonb[]), CAST(:sent_at AS timestamptz[]),
-            CAST(:received_at AS timestamptz[]))
-     AS m(inbox, conversation, contact, event, kind, external_id, rfc_id, subject, content, html, quoted,
-          attachments, metadata, sent_at, received_at)
+FROM json_to_recordset(CAST(:rows AS json))
+     AS m(inbox uuid, conversation uuid, contact uuid, event uuid, kind text, external_id text, rfc_id text,
+          subject text, content text, html text, quoted text, attachments jsonb, metadata jsonb,
+          sent_at timestamptz, received_at timestamptz)
 ON CONFLICT (tenant_id, inbox_id, external_id) DO NOTHING
 RETURNING id, conversation_id, sent_at, subject
 """)
@@ -116,8 +113,8 @@ UPDATE conversations c SET
     last_inbound_at = GREATEST(c.last_inbound_at, n.last_at),
     subject = COALESCE(c.subject, n.subject),
     updated_at = now()
-FROM unnest(CAST(:ids AS uuid[]), CAST(:totals AS int[]), CAST(:firsts AS timestamptz[]),
-            CAST(:lasts AS timestamptz[]), CAST(:subjects AS text[])) AS n(id, total, first_at, last_at, subject)
+FROM json_to_recordset(CAST(:rows AS json))
+     AS n(id uuid, total int, first_at timestamptz, last_at timestamptz, subject text)
 WHERE c.tenant_id = :t AND c.id = n.id
 RETURNING c.id, c.priority, c.status = 'open' AND c.sla_started_at IS NULL AS unstarted
 """)
@@ -148,7 +145,7 @@ RETURNING id
 """)
 MARK_PROCESSED = text("""
 UPDATE inbound_events SET status = 'processed', processed_at = now(), attempts = attempts + 1, error = NULL
-WHERE tenant_id = :t AND id = ANY(:ids)
+WHERE tenant_id = :t AND id = ANY(CAST(:ids AS uuid[]))
 """)
 MARK_FAILED = text("""
 UPDATE inbound_events SET status = 'failed', attempts = attempts + 1, error = :error
@@ -220,9 +217,10 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     result = IngestResult()
     statuses = ["received", "failed"] if retry_failed else ["received"]
     event_ids = list(dict.fromkeys(event_ids))
+    ids = batch.uuids(event_ids)
     left: list[uuid.UUID] = []
     if event_ids:
-        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": event_ids, "statuses": statuses})]
+        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": ids, "statuses": statuses})]
         if not left:
             return result  # another job's batch took them all
     try:
@@ -231,10 +229,10 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
         if isinstance(exc.orig, LockNotAvailable):
             raise TenantBusy(left) from None
         raise
-    loaded = conn.execute(LOAD_EVENTS, {"t": tenant, "ids": event_ids, "statuses": statuses})
+    loaded = conn.execute(LOAD_EVENTS, {"t": tenant, "ids": ids, "statuses": statuses})
     rows = [(row, True) for row in loaded.all()]
     if batch_max > len(event_ids):
-        waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": event_ids, "n": batch_max - len(event_ids)})
+        waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": ids, "n": batch_max - len(event_ids)})
         rows += [(row, False) for row in waiting.all()]
     rows.sort(key=lambda pair: (pair[0].received_at, pair[0].id))
     parsed: list[tuple[Any, Delivery]] = []
@@ -242,7 +240,7 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
         result.events += 1
         result.waiting_taken += not own
         if row.body_purged_at is not None:  # retention or an erasure removed its body: nothing left to do
-            conn.execute(MARK_PROCESSED, {"t": tenant, "ids": [row.id]})
+            conn.execute(MARK_PROCESSED, {"t": tenant, "ids": batch.uuids([row.id])})
             result.processed.append(row.id)
             continue
         try:
@@ -339,7 +337,7 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
         created = store_inbound_many(conn, tenant, pending)
         stored.messages_created.extend(created)
         stored.duplicates += len(pending) - len(created)
-    conn.execute(MARK_PROCESSED, {"t": tenant, "ids": stored.processed})
+    conn.execute(MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
     return stored
 
 
@@ -376,9 +374,7 @@ def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message
 def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pending]) -> list[uuid.UUID]:
     """Store a batch of inbound messages; returns the ids of those not stored before."""
     contacts, threads = _senders_and_threads(conn, tenant, pending)
-    columns: dict[str, list[Any]] = {name: [] for name in (
-        "inbox", "conversation", "contact", "event", "kind", "external_id", "rfc_id", "subject", "content",
-        "html", "quoted", "attachments", "metadata", "sent_at", "received_at")}
+    records: list[dict[str, Any]] = []
     for p, contact, conversation in zip(pending, contacts, threads, strict=True):
         message = p.message
         content, html, quoted = _content(message)
@@ -389,39 +385,36 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
             metadata["recipients"] = list(message.recipients)
         if message.in_reply_to:
             metadata["in_reply_to"] = message.in_reply_to
-        for name, value in (
-            ("inbox", p.inbox_id), ("conversation", conversation), ("contact", contact), ("event", p.event_id),
-            ("kind", message.kind), ("external_id", message.external_id), ("rfc_id", message.rfc_message_id),
-            ("subject", message.subject), ("content", content), ("html", html), ("quoted", quoted),
-            ("attachments", orjson.dumps([a.model_dump(exclude_none=True) for a in message.attachments]).decode()),
-            ("metadata", orjson.dumps(metadata, default=str).decode()), ("sent_at", message.sent_at),
-            ("received_at", p.received_at),
-        ):
-            columns[name].append(value)
-    inserted = conn.execute(INSERT_MESSAGES, {"t": tenant, **columns}).all()
+        records.append({
+            "inbox": p.inbox_id, "conversation": conversation, "contact": contact, "event": p.event_id,
+            "kind": message.kind, "external_id": message.external_id, "rfc_id": message.rfc_message_id,
+            "subject": message.subject, "content": content, "html": html, "quoted": quoted,
+            "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
+            "metadata": metadata, "sent_at": message.sent_at, "received_at": p.received_at,
+        })
+    inserted = conn.execute(INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records)}).all()
     if inserted:
         counters = _counters(inserted)
-        counted = conn.execute(COUNT_MESSAGES, {"t": tenant, **counters}).all()
+        counted = conn.execute(COUNT_MESSAGES, {"t": tenant, "rows": batch.rows(counters)}).all()
         # Conversations this batch opened or reopened start their SLA clock at their first new message
         # (never later than now: a sender's clock may run ahead).
         now = datetime.now(UTC)
-        firsts = dict(zip(counters["ids"], counters["firsts"], strict=True))
+        firsts = {c["id"]: c["first_at"] for c in counters}
         sla.start_clocks(conn, tenant, [(row.id, min(firsts[row.id], now), row.priority)
                                         for row in counted if row.unstarted])
     return [uuid.UUID(str(row.id)) for row in inserted]
 
 
-def _counters(inserted: Sequence[Any]) -> dict[str, list[Any]]:
+def _counters(inserted: Sequence[Any]) -> list[dict[str, Any]]:
     """Per conversation: how many messages were added, their first and last times, the first subject."""
-    totals: dict[uuid.UUID, list[Any]] = {}
+    totals: dict[uuid.UUID, dict[str, Any]] = {}
     for row in sorted(inserted, key=lambda r: r.sent_at):
-        entry = totals.setdefault(row.conversation_id, [0, row.sent_at, row.sent_at, None])
-        entry[0] += 1
-        entry[2] = row.sent_at
-        entry[3] = entry[3] or row.subject
-    ids = sorted(totals)  # a fixed order, so concurrent batches lock conversations alike
-    return {"ids": ids, "totals": [totals[i][0] for i in ids], "firsts": [totals[i][1] for i in ids],
-            "lasts": [totals[i][2] for i in ids], "subjects": [totals[i][3] for i in ids]}
+        entry = totals.setdefault(row.conversation_id, {"id": row.conversation_id, "total": 0,
+                                                        "first_at": row.sent_at, "subject": None})
+        entry["total"] += 1
+        entry["last_at"] = row.sent_at
+        entry["subject"] = entry["subject"] or row.subject
+    return [totals[i] for i in sorted(totals)]  # a fixed order, so concurrent batches lock conversations alike
 
 
 def _content(message: InboundMessage) -> tuple[str, str | None, str | None]:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
+from db import batch
 from db.tenancy import TenantId
 from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar
 from pipelines.lifecycle.errors import LifecycleError
@@ -37,8 +38,8 @@ FROM sla_policies WHERE tenant_id = :t
 START = text("""
 UPDATE conversations c SET sla_started_at = u.at, first_response_due_at = u.first_due,
        resolution_due_at = u.resolution_due, sla_breached_at = NULL
-FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), CAST(:firsts AS timestamptz[]),
-            CAST(:resolutions AS timestamptz[])) AS u(id, at, first_due, resolution_due)
+FROM json_to_recordset(CAST(:rows AS json)) AS u(id uuid, at timestamptz, first_due timestamptz,
+                                                 resolution_due timestamptz)
 WHERE c.tenant_id = :t AND c.id = u.id AND c.sla_started_at IS NULL
 """)
 STARTED = text("""
@@ -127,16 +128,13 @@ def start_clocks(conn: Connection, tenant: TenantId,
     if not unstarted:
         return 0
     policies = load_policies(conn, tenant)
-    ids, ats, firsts, resolutions = [], [], [], []
+    rows = []
     for conversation_id, at, priority in sorted(unstarted):
         policy = policies.get(priority or DEFAULT_PRIORITY)
         first, resolution = policy.due(at) if policy else (None, None)
-        ids.append(conversation_id)
-        ats.append(at)
-        firsts.append(first)
-        resolutions.append(resolution)
-    conn.execute(START, {"t": tenant, "ids": ids, "ats": ats, "firsts": firsts, "resolutions": resolutions})
-    return len(ids)
+        rows.append({"id": conversation_id, "at": at, "first_due": first, "resolution_due": resolution})
+    conn.execute(START, {"t": tenant, "rows": batch.rows(rows)})
+    return len(rows)
 
 
 def reprioritize(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID, priority: str) -> bool:

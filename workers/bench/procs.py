@@ -57,6 +57,14 @@ def tree_cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
+def _own_cpu(proc: psutil.Process) -> float | None:
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system)
+
+
 def _children(root: psutil.Process) -> list[psutil.Process]:
     try:
         return list(root.children(recursive=True))
@@ -69,6 +77,7 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self._roots: dict[str, list[psutil.Process]] = {}
+        self._excluded: dict[str, dict[int, tuple[psutil.Process, float]]] = {}
 
     def watch(self, name: str, pid: int) -> None:
         """Add the tree of `pid` to `name` (several web processes share one name)."""
@@ -77,8 +86,30 @@ class CpuMeter:
     def forget(self, name: str) -> None:
         self._roots.pop(name, None)
 
+    @property
+    def names(self) -> set[str]:
+        return set(self._roots)
+
+    def exclude(self, name: str, pid: int) -> None:
+        """Leave the process `pid` of `name`'s tree out of its time: the benchmark's own database session,
+        whose polling is not the fleet's cost."""
+        proc = psutil.Process(pid)
+        self._excluded.setdefault(name, {})[pid] = (proc, _own_cpu(proc) or 0.0)
+
     def read(self) -> dict[str, float]:
-        return {name: sum(tree_cpu_seconds(root) for root in roots) for name, roots in self._roots.items()}
+        return {name: sum(tree_cpu_seconds(root) for root in roots) - self._excluded_seconds(name)
+                for name, roots in self._roots.items()}
+
+    def _excluded_seconds(self, name: str) -> float:
+        """The excluded processes' time, the last reading kept once one has exited (its time then sits in
+        its parent's reaped children's, still inside the tree)."""
+        total = 0.0
+        for pid, (proc, last) in list(self._excluded.get(name, {}).items()):
+            now = _own_cpu(proc)
+            if now is not None:
+                self._excluded[name][pid] = (proc, now)
+            total += last if now is None else now
+        return total
 
     @contextmanager
     def phase(self) -> Iterator[dict[str, float]]:
