@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from db import batch
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -15,7 +19,7 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5, application_name: str = "intake") -> Engine:
-    return create_engine(
+    engine = create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -23,4 +27,10 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "intake
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
+    event.listen(engine, "connect", _on_connect)
+    return engine
+
+
+def _on_connect(dbapi_connection: Any, record: Any) -> None:
+    batch.register(dbapi_connection)
 

@@ -23,13 +23,15 @@ from pipelines.errors import PermanentError
 
 MAX_ATTEMPTS = 5
 
-# One index probe per wanted identity (LATERAL), whatever the table statistics say: a tenant that is
-# growing fast has stale statistics, and a hash join over all its identities is far slower.
+# One index probe per wanted identity, whatever the table statistics say: a tenant that is growing fast has
+# stale statistics, and a hash join over all its identities is far slower. The LIMIT (the key is unique)
+# keeps the planner from turning the LATERAL subquery into such a join, which it otherwise does for
+# json_to_recordset's guess of 100 rows.
 LOOKUP = text("""
 SELECT u.kind, u.value, COALESCE(c.merged_into_id, c.id) AS contact_id
 FROM json_to_recordset(CAST(:wanted AS json)) AS u(kind text, value text)
 CROSS JOIN LATERAL (SELECT contact_id FROM contact_identities ci
-                    WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value) ci
+                    WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value LIMIT 1) ci
 JOIN contacts c ON c.id = ci.contact_id
 """)
 CLAIM = text("""

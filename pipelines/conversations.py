@@ -63,20 +63,23 @@ RETURNING id
 """)
 
 
+# One index probe per pair: LIMIT keeps each LATERAL subquery a probe (a pair has one open conversation at
+# most), where the planner would otherwise join all of the tenant's conversations to json_to_recordset's
+# guess of 100 rows with a hash.
 OPEN_MANY = text("""
 SELECT u.inbox_id, u.contact_id, o.id
 FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid)
 CROSS JOIN LATERAL (SELECT id FROM conversations c
                     WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
-                      AND c.status = 'open') o
+                      AND c.status = 'open' LIMIT 1) o
 """)
 # Of the pairs with no open conversation, those with a resolved one inside their reopen window.
 REOPENABLE_MANY = text("""
 SELECT u.inbox_id, u.contact_id
 FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid, since timestamptz)
-WHERE EXISTS (SELECT 1 FROM conversations c
-              WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
-                AND c.status = 'resolved' AND c.resolved_at >= u.since)
+CROSS JOIN LATERAL (SELECT 1 FROM conversations c
+                    WHERE c.tenant_id = :t AND c.inbox_id = u.inbox_id AND c.contact_id = u.contact_id
+                      AND c.status = 'resolved' AND c.resolved_at >= u.since LIMIT 1) r
 """)
 # New conversations for a batch, claimed in the caller's (global) order; a pair another worker opened
 # meanwhile returns nothing and takes the careful path.

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, text
 
+from db import batch
 from db.tenancy import bind_tenant
-from pipelines.contacts import LOOK_ALIKES, record_duplicate_candidates
+from pipelines.contacts import LOOK_ALIKES, LOOKUP, record_duplicate_candidates
+from pipelines.conversations import OPEN_MANY, REOPENABLE_MANY
 from pipelines.inboxes import CreatedInbox
-from pipelines.ingest import LOAD_WAITING
+from pipelines.ingest import COUNT_MESSAGES, LOAD_WAITING
+from pipelines.lifecycle.sla import START
 from tests.factories import new_inbox
 
 
@@ -97,3 +101,71 @@ def test_a_job_tops_up_from_its_own_tenants_waiting_events_only(app_engine: Engi
     assert events.get("Index Name") == "inbound_events_waiting_idx"
     # Its three, read without a look at the other tenant's 400.
     assert (events["Actual Rows"], events.get("Rows Removed by Filter", 0)) == (3, 0)
+
+
+@contextmanager
+def tables_of_size(admin_engine: Engine, count: int) -> Iterator[tuple[Connection, uuid.UUID, list[Any], list[Any]]]:
+    """A connection that sees contacts, contact_identities and conversations of `count` rows each (one tenant,
+    every contact with an email and a conversation, open or resolved) in a schema of their own, analyzed, whatever
+    the shared tables hold; with 50 of the conversations and 50 of the identities, as a batch would name them.
+    Read as the superuser (row-level security off): the join the planner chooses is the question here."""
+    schema = f"plans_{uuid.uuid4().hex[:12]}"
+    tenant, inbox = uuid.uuid4(), uuid.uuid4()
+    with admin_engine.connect() as conn:
+        try:
+            with conn.begin():
+                conn.execute(text(f"CREATE SCHEMA {schema}"))
+                for table in ("contacts", "contact_identities", "conversations"):
+                    conn.execute(text(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING DEFAULTS "
+                                      "INCLUDING INDEXES)"))
+                conn.execute(text(f"""
+                    WITH c AS (INSERT INTO {schema}.contacts (tenant_id, display_name)
+                               SELECT :t, 'Person ' || g FROM generate_series(1, :n) AS g RETURNING id, display_name),
+                         i AS (INSERT INTO {schema}.contact_identities (tenant_id, contact_id, kind, value)
+                               SELECT :t, id, 'email', lower(replace(display_name, ' ', '')) || '@example.com'
+                               FROM c)
+                    INSERT INTO {schema}.conversations (tenant_id, inbox_id, contact_id, status, resolved_at)
+                    SELECT :t, :inbox, id, s, CASE WHEN s = 'resolved' THEN now() END
+                    FROM (SELECT id, CASE WHEN random() < 0.3 THEN 'resolved' ELSE 'open' END AS s FROM c) AS c
+                    """), {"t": tenant, "inbox": inbox, "n": count})
+            conn.execute(text(f"ANALYZE {schema}.contacts, {schema}.contact_identities, {schema}.conversations"))
+            conn.commit()
+            with conn.begin():
+                conn.execute(text(f"SET LOCAL search_path = {schema}, public"))
+                pairs = conn.execute(text("SELECT id, inbox_id, contact_id FROM conversations LIMIT 50")).all()
+                emails = conn.execute(text("SELECT kind, value FROM contact_identities LIMIT 50")).all()
+                yield conn, tenant, pairs, emails
+        finally:
+            conn.rollback()
+            with conn.begin():
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+def index_reads(conn: Connection, statements: dict[str, tuple[TextClause, dict[str, Any]]]) -> None:
+    for name, (statement, params) in statements.items():
+        reads = [n for n in plan_of(conn, statement, params) if n["Node Type"] != "ModifyTable"
+                 and n["Relation Name"] in ("contact_identities", "conversations")]
+        assert reads and all(n["Node Type"] != "Seq Scan" and n.get("Index Name") for n in reads), (name, reads)
+
+
+def test_a_batch_finds_its_contacts_and_conversations_by_index_whatever_the_row_guess(admin_engine: Engine) -> None:
+    """A batch's rows arrive as one JSON document, which the planner guesses at 100 rows. Joined as such to a
+    tenant's few thousand contacts or conversations, a hash join that reads them all looks cheaper than 100
+    index probes (and the planner flattens a LATERAL subquery into such a join): the look-ups must probe, so
+    that their cost follows the batch, not the table. The updates name their rows' ids as an array as well,
+    whose length the planner knows: the two conversations of a small job are two probes, not a scan."""
+    with tables_of_size(admin_engine, 3000) as (conn, tenant, pairs, emails):
+        ids = [p.id for p in pairs[:2]]
+        index_reads(conn, {
+            "LOOKUP": (LOOKUP, {"tenant": tenant, "wanted": batch.rows({"kind": k, "value": v} for k, v in emails)}),
+            "OPEN_MANY": (OPEN_MANY, {"t": tenant, "pairs": batch.rows(
+                {"inbox_id": p.inbox_id, "contact_id": p.contact_id} for p in pairs)}),
+            "REOPENABLE_MANY": (REOPENABLE_MANY, {"t": tenant, "pairs": batch.rows(
+                {"inbox_id": p.inbox_id, "contact_id": p.contact_id, "since": "2020-01-01T00:00:00Z"}
+                for p in pairs)}),
+            "COUNT_MESSAGES": (COUNT_MESSAGES, {"t": tenant, "ids": batch.uuids(ids), "rows": batch.rows(
+                {"id": i, "total": 1, "first_at": "2026-01-01T00:00:00Z", "last_at": "2026-01-01T00:00:00Z",
+                 "subject": None} for i in ids)}),
+            "START": (START, {"t": tenant, "ids": batch.uuids(ids), "rows": batch.rows(
+                {"id": i, "at": "2026-01-01T00:00:00Z", "first_due": None, "resolution_due": None} for i in ids)}),
+        })

@@ -40,7 +40,7 @@ UPDATE conversations c SET sla_started_at = u.at, first_response_due_at = u.firs
        resolution_due_at = u.resolution_due, sla_breached_at = NULL
 FROM json_to_recordset(CAST(:rows AS json)) AS u(id uuid, at timestamptz, first_due timestamptz,
                                                  resolution_due timestamptz)
-WHERE c.tenant_id = :t AND c.id = u.id AND c.sla_started_at IS NULL
+WHERE c.tenant_id = :t AND c.id = ANY(CAST(:ids AS uuid[])) AND c.id = u.id AND c.sla_started_at IS NULL
 """)
 STARTED = text("""
 SELECT sla_started_at FROM conversations WHERE tenant_id = :t AND id = :id AND status = 'open'
@@ -128,12 +128,12 @@ def start_clocks(conn: Connection, tenant: TenantId,
     if not unstarted:
         return 0
     policies = load_policies(conn, tenant)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for conversation_id, at, priority in sorted(unstarted):
         policy = policies.get(priority or DEFAULT_PRIORITY)
         first, resolution = policy.due(at) if policy else (None, None)
         rows.append({"id": conversation_id, "at": at, "first_due": first, "resolution_due": resolution})
-    conn.execute(START, {"t": tenant, "rows": batch.rows(rows)})
+    conn.execute(START, {"t": tenant, "ids": batch.uuids(r["id"] for r in rows), "rows": batch.rows(rows)})
     return len(rows)
 
 
