@@ -13,6 +13,8 @@ from typing import NewType
 
 from sqlalchemy import Connection, text
 
+from db import direct
+
 TenantId = NewType("TenantId", uuid.UUID)
 
 
@@ -20,9 +22,12 @@ class UnknownTenant(LookupError):
     """No tenant has this id."""
 
 
+BIND = text("SELECT set_config('app.tenant_id', :t, true)")
+
+
 def bind_tenant(conn: Connection, tenant_id: TenantId) -> None:
-    """Scope the open transaction on `conn` to one tenant."""
-    conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(tenant_id)})
+    """Scope the open transaction on `conn` to one tenant (run directly: every job and request does it)."""
+    direct.run(conn, BIND, {"t": str(tenant_id)})
 
 
 def resolve_tenant(conn: Connection, raw: str | uuid.UUID) -> TenantId:

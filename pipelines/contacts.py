@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from rapidfuzz import fuzz
 from sqlalchemy import Connection, func, insert, or_, select, text, update
 
-from db import batch
+from db import batch, direct
 from db.schema import audit_logs, contact_identities, contact_merges, contacts, conversations, messages
 from db.tenancy import TenantId
 from pipelines.errors import PermanentError
@@ -116,7 +116,7 @@ def resolve_contact(
         if attempt == 0 and known is not None:
             found = {pair: known[pair] for pair in wanted if pair in known}
         else:
-            rows = conn.execute(LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)}).all()
+            rows = direct.rows(conn, LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)})
             found = {(row.kind, row.value): row.contact_id for row in rows}
         owners: list[uuid.UUID] = sorted(set(found.values()))
         missing = [pair for pair in wanted if pair not in found]
@@ -167,7 +167,7 @@ def resolve_contacts(
     known, spanning two contacts, or merged meanwhile) takes the careful one-by-one path.
     """
     wanted = sorted({pair for identities, _ in people for pair in identities})
-    rows = conn.execute(LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)}).all()
+    rows = direct.rows(conn, LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)})
     owner: dict[tuple[str, str], uuid.UUID] = {(row.kind, row.value): row.contact_id for row in rows}
     known: dict[int, uuid.UUID] = {}
     for index, (identities, _) in enumerate(people):
@@ -177,7 +177,7 @@ def resolve_contacts(
             known[index] = only
     live: set[uuid.UUID] = set()
     if known:
-        locked = conn.execute(LOCK_MANY, {"ids": batch.uuids(sorted(set(known.values())))}).all()
+        locked = direct.rows(conn, LOCK_MANY, {"ids": batch.uuids(sorted(set(known.values())))})
         live = {row.id for row in locked if row.merged_into_id is None}
     resolved = {index: contact for index, contact in known.items() if contact in live}
     # The careful path claims rows through unique indexes; taking them in one global order (sorted by
@@ -205,7 +205,7 @@ def resolve_contacts(
         # point those senders at the survivor too.
         chosen = batch.uuids(sorted(set(resolved.values())))
         merged: dict[uuid.UUID, uuid.UUID] = {
-            row.id: row.merged_into_id for row in conn.execute(MERGED, {"ids": chosen})}
+            row.id: row.merged_into_id for row in direct.rows(conn, MERGED, {"ids": chosen})}
         for index, contact in resolved.items():
             for _ in range(5):
                 if contact not in merged:
@@ -250,7 +250,7 @@ def create_contacts(conn: Connection, tenant: TenantId,
         wanted.setdefault(contact, set()).update(identities)
     claims = sorted((pair, contact) for contact, pairs in wanted.items() for pair in pairs)
     ids = sorted(wanted)
-    claimed = {row.contact_id: row.claimed for row in conn.execute(CREATE_MANY, {
+    claimed = {row.contact_id: row.claimed for row in direct.rows(conn, CREATE_MANY, {
         "t": tenant, "contacts": batch.rows({"id": c, "name": names[c]} for c in ids),
         "claims": batch.rows({"contact": c, "kind": k, "value": v} for (k, v), c in claims)})}
     lost = [c for c in ids if claimed.get(c, 0) < len(wanted[c])]
@@ -337,8 +337,8 @@ def record_duplicate_candidates(
     named = [(contact, name, identities) for contact, name, identities in new if name]
     if not named:
         return 0
-    rows = conn.execute(LOOK_ALIKES, {"t": tenant, "ids": [c for c, _, _ in named],
-                                      "names": [n for _, n, _ in named]}).all()
+    rows = direct.rows(conn, LOOK_ALIKES, {"t": tenant, "ids": [c for c, _, _ in named],
+                                           "names": [n for _, n, _ in named]})
     emails = {contact: [v for k, v in identities if k == "email"] for contact, _, identities in named}
     pairs: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str]] = {}
     for row in rows:
@@ -352,6 +352,7 @@ def record_duplicate_candidates(
         pairs[key] = max(pairs.get(key, (0.0, "")), (score, reason))
     if pairs:
         keys = sorted(pairs)
-        conn.execute(FLAG_LOOK_ALIKES, {"t": tenant, "a": [a for a, _ in keys], "b": [b for _, b in keys],
-                                        "scores": [pairs[k][0] for k in keys], "reasons": [pairs[k][1] for k in keys]})
+        direct.run(conn, FLAG_LOOK_ALIKES, {"t": tenant, "a": [a for a, _ in keys], "b": [b for _, b in keys],
+                                            "scores": [pairs[k][0] for k in keys],
+                                            "reasons": [pairs[k][1] for k in keys]})
     return len(pairs)

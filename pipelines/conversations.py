@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
-from db import batch
+from db import batch, direct
 from db.tenancy import TenantId
 
 BY_REFERENCE = text("""
@@ -108,8 +108,8 @@ def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[Thr
     plain = sorted({(r.inbox_id, r.contact_id) for r in requests if not r.references})
     open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
     if plain:
-        rows = conn.execute(OPEN_MANY, {"t": tenant, "pairs": batch.rows(
-            {"inbox_id": i, "contact_id": c} for i, c in plain)}).all()
+        rows = direct.rows(conn, OPEN_MANY, {"t": tenant, "pairs": batch.rows(
+            {"inbox_id": i, "contact_id": c} for i, c in plain)})
         open_now = {(row.inbox_id, row.contact_id): row.id for row in rows}
         open_now.update(_open_new(conn, tenant, requests, open_now))
     result: dict[int, uuid.UUID] = {}
@@ -145,12 +145,12 @@ def _open_new(conn: Connection, tenant: TenantId, requests: Sequence[ThreadReque
                          "since": first[i, c].sent_at - first[i, c].reopen_window
                          if first[i, c].reopen_window > timedelta(0) else None} for i, c in pairs)
     reopenable = {(row.inbox_id, row.contact_id)
-                  for row in conn.execute(REOPENABLE_MANY, {"t": tenant, "pairs": sinces})}
+                  for row in direct.rows(conn, REOPENABLE_MANY, {"t": tenant, "pairs": sinces})}
     pairs = [p for p in pairs if p not in reopenable]
     if not pairs:
         return {}
-    rows = conn.execute(CREATE_MANY, {"t": tenant, "pairs": batch.rows(
-        {"inbox_id": i, "contact_id": c, "subject": first[i, c].subject} for i, c in pairs)}).all()
+    rows = direct.rows(conn, CREATE_MANY, {"t": tenant, "pairs": batch.rows(
+        {"inbox_id": i, "contact_id": c, "subject": first[i, c].subject} for i, c in pairs)})
     return {(row.inbox_id, row.contact_id): row.id for row in rows}
 
 

@@ -114,14 +114,21 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, REDIS_TRANSIENT | OSError)  # OSError: sockets, DNS, TimeoutError
 
 
+def underlying(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrapper (a CheckViolation, not an IntegrityError), else `exc`:
+    statements run through SQLAlchemy and directly on the driver (`db.direct`) are then named alike."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return exc.orig
+    return exc
+
+
 def describe(exc: BaseException) -> str:
     """One line for `inbound_events.error`: the error's type and message, storable as PostgreSQL text.
 
     A database error is described by the driver's own error, without the statement and its parameters
     (which, in a batch, hold other events' data).
     """
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
+    exc = underlying(exc)
     return escaped(f"{type(exc).__name__}: {exc}")[:2000]
 
 

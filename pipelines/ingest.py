@@ -40,9 +40,8 @@ import orjson
 import structlog
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError
 
-from db import batch
+from db import batch, direct
 from db.tenancy import TenantId
 from pipelines import normalize
 from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
@@ -151,6 +150,10 @@ MARK_PROCESSED = text("""
 UPDATE inbound_events SET status = 'processed', processed_at = now(), attempts = attempts + 1, error = NULL
 WHERE tenant_id = :t AND id = ANY(CAST(:ids AS uuid[]))
 """)
+# Each attempt at a batch is a savepoint: one that fails by some event's fault leaves nothing behind.
+SAVEPOINT = text("SAVEPOINT ingest_attempt")
+RELEASE_SAVEPOINT = text("RELEASE SAVEPOINT ingest_attempt")
+ROLLBACK_TO_SAVEPOINT = text("ROLLBACK TO SAVEPOINT ingest_attempt")
 MARK_FAILED = text("""
 UPDATE inbound_events SET status = 'failed', attempts = attempts + 1, error = :error
 WHERE tenant_id = :t AND id = :id
@@ -224,27 +227,24 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     ids = batch.uuids(event_ids)
     left: list[uuid.UUID] = []
     if event_ids:
-        left = [row.id for row in conn.execute(LEFT, {"t": tenant, "ids": ids, "statuses": statuses})]
+        left = [row.id for row in direct.rows(conn, LEFT, {"t": tenant, "ids": ids, "statuses": statuses})]
         if not left:
             return result  # another job's batch took them all
     try:
-        conn.execute(TAKE_TENANT, {"key": f"intake.ingest:{tenant}", "wait": str(TENANT_WAIT_MS)})
-    except OperationalError as exc:
-        if isinstance(exc.orig, LockNotAvailable):
-            raise TenantBusy(left) from None
-        raise
-    loaded = conn.execute(LOAD_EVENTS, {"t": tenant, "ids": ids, "statuses": statuses})
-    rows = [(row, True) for row in loaded.all()]
+        direct.run(conn, TAKE_TENANT, {"key": f"intake.ingest:{tenant}", "wait": str(TENANT_WAIT_MS)})
+    except LockNotAvailable:
+        raise TenantBusy(left) from None
+    rows = [(row, True) for row in direct.rows(conn, LOAD_EVENTS, {"t": tenant, "ids": ids, "statuses": statuses})]
     if batch_max > len(event_ids):
-        waiting = conn.execute(LOAD_WAITING, {"t": tenant, "ids": ids, "n": batch_max - len(event_ids)})
-        rows += [(row, False) for row in waiting.all()]
+        waiting = direct.rows(conn, LOAD_WAITING, {"t": tenant, "ids": ids, "n": batch_max - len(event_ids)})
+        rows += [(row, False) for row in waiting]
     rows.sort(key=lambda pair: (pair[0].received_at, pair[0].id))
     parsed: list[tuple[Any, Delivery]] = []
     for row, own in rows:
         result.events += 1
         result.waiting_taken += not own
         if row.body_purged_at is not None:  # retention or an erasure removed its body: nothing left to do
-            conn.execute(MARK_PROCESSED, {"t": tenant, "ids": batch.uuids([row.id])})
+            direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids([row.id])})
             result.processed.append(row.id)
             continue
         try:
@@ -289,13 +289,16 @@ def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Deliver
 
     A retryable error is nobody's fault: it propagates, and the whole job retries.
     """
+    direct.run(conn, SAVEPOINT)
     try:
-        with conn.begin_nested():
-            stored = _store(conn, tenant, parsed, policy)
+        stored = _store(conn, tenant, parsed, policy)
     except Exception as exc:
         if is_retryable(exc):
             raise
+        direct.run(conn, ROLLBACK_TO_SAVEPOINT)
+        direct.run(conn, RELEASE_SAVEPOINT)
         return exc
+    direct.run(conn, RELEASE_SAVEPOINT)
     _add(result, stored)
     return None
 
@@ -303,7 +306,7 @@ def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Deliver
 def _set_aside(conn: Connection, tenant: TenantId, event_id: uuid.UUID, exc: Exception,
                result: IngestResult) -> None:
     error = describe(exc)
-    conn.execute(MARK_FAILED, {"t": tenant, "id": event_id, "error": error})
+    direct.run(conn, MARK_FAILED, {"t": tenant, "id": event_id, "error": error})
     result.failed[event_id] = exc
     log.warning("ingest.event.failed", event_id=str(event_id), error=error)
 
@@ -341,7 +344,7 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
         created = store_inbound_many(conn, tenant, pending)
         stored.messages_created.extend(created)
         stored.duplicates += len(pending) - len(created)
-    conn.execute(MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
+    direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
     return stored
 
 
@@ -370,8 +373,8 @@ def _with_edit(original: _Pending, edit: InboundMessage) -> _Pending:
 
 def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message: InboundMessage) -> bool:
     content, _, _ = _content(message)
-    edited = conn.execute(APPLY_EDIT, {"t": tenant, "inbox": inbox_id, "external_id": message.external_id,
-                                       "content": content, "at": message.sent_at.isoformat()}).first()
+    edited = direct.first(conn, APPLY_EDIT, {"t": tenant, "inbox": inbox_id, "external_id": message.external_id,
+                                             "content": content, "at": message.sent_at.isoformat()})
     return edited is not None
 
 
@@ -396,11 +399,11 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
             "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
             "metadata": metadata, "sent_at": message.sent_at, "received_at": p.received_at,
         })
-    inserted = conn.execute(INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records)}).all()
+    inserted = direct.rows(conn, INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records)})
     if inserted:
         counters = _counters(inserted)
-        counted = conn.execute(COUNT_MESSAGES, {"t": tenant, "ids": batch.uuids(c["id"] for c in counters),
-                                                "rows": batch.rows(counters)}).all()
+        counted = direct.rows(conn, COUNT_MESSAGES, {"t": tenant, "ids": batch.uuids(c["id"] for c in counters),
+                                                     "rows": batch.rows(counters)})
         # Conversations this batch opened or reopened start their SLA clock at their first new message
         # (never later than now: a sender's clock may run ahead).
         now = datetime.now(UTC)
@@ -432,6 +435,6 @@ def _content(message: InboundMessage) -> tuple[str, str | None, str | None]:
 
 
 def apply_status(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, status: StatusUpdate) -> int:
-    row = conn.execute(APPLY_STATUS, {"t": tenant, "inbox": inbox_id, "external_id": status.external_id,
-                                      "status": status.status, "error": status.error, "at": status.at}).first()
+    row = direct.first(conn, APPLY_STATUS, {"t": tenant, "inbox": inbox_id, "external_id": status.external_id,
+                                            "status": status.status, "error": status.error, "at": status.at})
     return 0 if row is None else 1

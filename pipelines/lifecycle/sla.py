@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
-from db import batch
+from db import batch, direct
 from db.tenancy import TenantId
 from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar
 from pipelines.lifecycle.errors import LifecycleError
@@ -111,7 +111,7 @@ class Breaches:
 
 def load_policies(conn: Connection, tenant: TenantId) -> dict[str, Policy]:
     policies = {}
-    for row in conn.execute(POLICIES, {"t": tenant}):
+    for row in direct.rows(conn, POLICIES, {"t": tenant}):
         try:
             calendar = parse_calendar(row.time_zone, row.business_hours, row.holidays or ())
         except CalendarError:
@@ -133,7 +133,7 @@ def start_clocks(conn: Connection, tenant: TenantId,
         policy = policies.get(priority or DEFAULT_PRIORITY)
         first, resolution = policy.due(at) if policy else (None, None)
         rows.append({"id": conversation_id, "at": at, "first_due": first, "resolution_due": resolution})
-    conn.execute(START, {"t": tenant, "ids": batch.uuids(r["id"] for r in rows), "rows": batch.rows(rows)})
+    direct.run(conn, START, {"t": tenant, "ids": batch.uuids(r["id"] for r in rows), "rows": batch.rows(rows)})
     return len(rows)
 
 

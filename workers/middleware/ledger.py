@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from db.schema import job_failures, tenants
 from db.tenancy import TenantId, bind_tenant
-from pipelines.errors import escaped, is_retryable, scrub
+from pipelines.errors import escaped, is_retryable, scrub, underlying
 
 log = structlog.get_logger("intake.ledger")
 Job = dramatiq.Message[Any] | MessageProxy
@@ -119,7 +119,7 @@ def failure_row(message: Job, exception: BaseException, tenant: uuid.UUID | None
     return {
         "tenant_id": tenant, "queue": q_name(message.queue_name), "actor": message.actor_name,
         "message_id": message.message_id, "message": orjson.loads(orjson.dumps(replayable(message), default=str)),
-        "ref_id": job_refs(message), "exception_type": type(exception).__name__,
+        "ref_id": job_refs(message), "exception_type": type(underlying(exception)).__name__,
         "exception_message": escaped(scrub(str(exception)))[:4000],
         "traceback": escaped(scrub("".join(traceback.format_exception(exception))))[-20_000:],
         "attempts": attempts,
@@ -145,7 +145,7 @@ def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseE
         log.error("ledger.record.failed", job_id=message.message_id, error=repr(exc))
     else:
         log.warning("job.dead", job_id=message.message_id, actor=message.actor_name,
-                    error_type=type(exception).__name__)
+                    error_type=type(underlying(exception)).__name__)
 
 
 def resolve_in(conn: Connection, message_ids: list[str]) -> None:
