@@ -55,8 +55,8 @@ async def commit_together(url: str, make_rows: Callable[[], list[EventRow]], *, 
     rows = make_rows()  # in the loop: each row holds a future of it
     enqueued: list[uuid.UUID] = []
 
-    async def enqueue(tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
-        enqueued.extend(ids)
+    async def enqueue(jobs: list[tuple[uuid.UUID, list[uuid.UUID]]]) -> None:
+        enqueued.extend(i for _, ids in jobs for i in ids)
 
     pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, timeout=pool_timeout,
                                kwargs={"autocommit": True})
@@ -444,7 +444,7 @@ def test_a_large_delivery_is_committed_in_a_batch_of_its_own(stack: dict[str, st
                 + [event_row(inbox, "large", body=b"x" * (2 * ALONE_BYTES))]
                 + [event_row(inbox, f"small-{n}") for n in range(10, 20)])
 
-        async def enqueue(tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
+        async def enqueue(jobs: list[tuple[uuid.UUID, list[uuid.UUID]]]) -> None:
             return None
 
         pool = AsyncConnectionPool(stack["DATABASE_URL"], min_size=1, max_size=2, open=False,
@@ -465,3 +465,40 @@ def test_a_large_delivery_is_committed_in_a_batch_of_its_own(stack: dict[str, st
     assert outcomes == [Outcome.STORED] * 21
     assert sizes == [10, 1, 10]
     assert len(stored_keys(app_engine, inbox)) == 21
+
+
+def test_jobs_that_come_while_a_send_is_in_flight_leave_together(stack: dict[str, str], app_engine: Engine) -> None:
+    """A lone job leaves at once; the jobs of other tenants stored while it is being sent leave in the sender's
+    next command, together: with many tenants the web spends one Redis command on many jobs."""
+    inboxes = [new_inbox(app_engine, "api") for _ in range(4)]
+    sent: list[set[uuid.UUID]] = []
+
+    async def run() -> None:
+        release = asyncio.Event()
+
+        async def enqueue(jobs: list[tuple[uuid.UUID, list[uuid.UUID]]]) -> None:
+            sent.append({tenant for tenant, _ in jobs})
+            if len(sent) == 1:
+                await release.wait()  # Redis is slow to answer the first command
+
+        pool = AsyncConnectionPool(stack["DATABASE_URL"], min_size=1, max_size=2, open=False,
+                                   kwargs={"autocommit": True})
+        await pool.open(wait=False)
+        writer = EventWriter(pool, enqueue, writers=1, batch_max=10, enqueue_window=0.0)
+        writer.start()
+        try:
+            assert await writer.submit(event_row(inboxes[0], "first")) is Outcome.STORED
+            for _ in range(500):  # the first job leaves as soon as its event is stored
+                if sent:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(sent) == 1
+            outcomes = await asyncio.gather(*(writer.submit(event_row(i, "next")) for i in inboxes[1:]))
+            assert outcomes == [Outcome.STORED] * 3 and len(sent) == 1  # stored and waiting for the sender
+            release.set()
+        finally:
+            await writer.stop()
+            await pool.close()
+
+    asyncio.run(run())
+    assert sent == [{inboxes[0].tenant_id}, {i.tenant_id for i in inboxes[1:]}]

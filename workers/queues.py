@@ -8,6 +8,7 @@ itself (`enqueue_async`), so it needs these names but neither a broker nor the a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
@@ -18,24 +19,32 @@ INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"
 
 
-# HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, in one atomic
-# command (a script runs whole) and one round trip.
+# For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any
+# number of jobs in one atomic command (a script runs whole) and one round trip.
 ENQUEUE_SCRIPT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('RPUSH', KEYS[2], ARGV[1])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+end
+return #ARGV / 2
 """
 
 
-async def enqueue_async(client: Any, queue_name: str, actor_name: str, *args: Any) -> dramatiq.Message[Any]:
-    """Enqueue a job for `actor_name` from an asyncio process without a thread, as `RedisBroker.enqueue` would.
+async def enqueue_async(client: Any, queue_name: str, actor_name: str,
+                        jobs: Sequence[tuple[Any, ...]]) -> list[dramatiq.Message[Any]]:
+    """Enqueue jobs for `actor_name` (each its args) from an asyncio process without a thread, as
+    `RedisBroker.enqueue` would, all in one command.
 
     `client` is a `redis.asyncio` client on the broker's Redis. No broker is needed (the web has none): none of
     the fleet's middleware acts on enqueue.
     """
-    message: dramatiq.Message[Any] = dramatiq.Message(
+    messages: list[dramatiq.Message[Any]] = [dramatiq.Message(
         queue_name=queue_name, actor_name=actor_name, args=args, kwargs={},
-        options={"redis_message_id": str(uuid.uuid4())})
+        options={"redis_message_id": str(uuid.uuid4())}) for args in jobs]
+    if not messages:
+        return messages
     queue = f"{NAMESPACE}:{queue_name}"
     script = client.register_script(ENQUEUE_SCRIPT)  # sent by EVALSHA; by EVAL when Redis lacks it
-    await script(keys=[f"{queue}.msgs", queue], args=[message.options["redis_message_id"], message.encode()])
-    return message
+    await script(keys=[f"{queue}.msgs", queue],
+                  args=[part for m in messages for part in (m.options["redis_message_id"], m.encode())])
+    return messages

@@ -96,7 +96,8 @@ class Ingress:
             self.pool, enqueue or self.send_to_ingest_queue, writers=max(1, settings.db_pool_size - 1),
             batch_max=settings.commit_batch_max, queue_max=settings.commit_queue_max,
             enqueue_window=settings.enqueue_window_ms / 1000,
-            job_max_ids=settings.ingest_batch_max, on_enqueue_error=lambda _: self.metrics.enqueue_failures.inc(),
+            job_max_ids=settings.ingest_batch_max,
+            on_enqueue_error=lambda _, events: self.metrics.enqueue_failures.inc(events),
             on_batch=self.metrics.batch_rows.observe,
         )
 
@@ -110,8 +111,9 @@ class Ingress:
         self.parsers.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
 
-    async def send_to_ingest_queue(self, tenant_id: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
-        await enqueue_async(self.redis, INGEST_QUEUE, INGEST_ACTOR, str(tenant_id), [str(i) for i in event_ids])
+    async def send_to_ingest_queue(self, jobs: list[tuple[uuid.UUID, list[uuid.UUID]]]) -> None:
+        await enqueue_async(self.redis, INGEST_QUEUE, INGEST_ACTOR,
+                            [(str(tenant_id), [str(i) for i in event_ids]) for tenant_id, event_ids in jobs])
 
     # -- the pieces of a delivery -----------------------------------------------------------------
     def provider_url(self, scope: Scope, headers: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:

@@ -62,11 +62,15 @@ INPUT_FAULTS = {
     "54": "a value in it is too large to store or index",
 }
 
+# Jobs sent to Redis in one command at most: a command stays small while Redis is slow and jobs pile up.
+SEND_MAX_JOBS = 500
+
 # A delivery this large (an email with attachments: up to 25 MiB) is committed in a batch of its own: its
 # insert takes far longer than a batch of chat messages, and they should not wait for it.
 ALONE_BYTES = 1_048_576
 
-Enqueue = Callable[[uuid.UUID, list[uuid.UUID]], Awaitable[None]]
+Job = tuple[uuid.UUID, list[uuid.UUID]]  # (tenant id, its new event ids)
+Enqueue = Callable[[list[Job]], Awaitable[None]]  # sends jobs to the ingest queue, all in one command
 Key = tuple[int, str]  # (inbox id as an integer, dedupe key): inbox ids are unique across tenants
 Created = dict[Key, tuple[uuid.UUID, uuid.UUID]]  # the new events: (tenant id, event id) by key
 Placed = tuple[int, "EventRow"]  # a row and its place in the batch (the order the deliveries came in)
@@ -160,7 +164,7 @@ class Outbox:
 class EventWriter:
     def __init__(self, pool: AsyncConnectionPool, enqueue: Enqueue, *, writers: int, batch_max: int,
                  queue_max: int = 1024, enqueue_window: float = 0.0, job_max_ids: int = 500,
-                 on_enqueue_error: Callable[[BaseException], None] | None = None,
+                 on_enqueue_error: Callable[[BaseException, int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self._pool = pool
         self._enqueue = enqueue
@@ -169,7 +173,8 @@ class EventWriter:
         self._queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=queue_max)
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox = Outbox(self._start_send, window=enqueue_window, max_ids=job_max_ids)
-        self._enqueues: set[asyncio.Task[None]] = set()
+        self._to_send: list[Job] = []
+        self._sender: asyncio.Task[None] | None = None
         self._on_enqueue_error = on_enqueue_error
         self._on_batch = on_batch
 
@@ -181,8 +186,8 @@ class EventWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._outbox.flush_all()
-        if self._enqueues:
-            await asyncio.wait(self._enqueues, timeout=5)
+        if self._sender is not None:
+            await asyncio.wait([self._sender], timeout=5)
 
     async def submit(self, row: EventRow) -> Outcome:
         """Store the event durably and say how it went.
@@ -302,18 +307,24 @@ class EventWriter:
         return created, replayed
 
     def _start_send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
-        task = asyncio.create_task(self._send(tenant, ids))
-        self._enqueues.add(task)
-        task.add_done_callback(self._enqueues.discard)
+        """Queue a job for the sender. An idle sender starts at once (a lone delivery waits for nothing); the
+        jobs that come while it is sending leave together in its next command, so with many tenants (a job
+        each per window) the web spends one Redis command on many jobs instead of one each."""
+        self._to_send.append((tenant, ids))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_all())
 
-    async def _send(self, tenant: uuid.UUID, ids: list[uuid.UUID]) -> None:
-        try:
-            await self._enqueue(tenant, ids)
-        except Exception as exc:
-            # Acknowledged and stored: the sweeper will enqueue these events once Redis is back.
-            log.warning("ingress.enqueue.failed", tenant_id=str(tenant), events=len(ids), error=repr(exc))
-            if self._on_enqueue_error is not None:
-                self._on_enqueue_error(exc)
+    async def _send_all(self) -> None:
+        while self._to_send:
+            jobs, self._to_send = self._to_send[:SEND_MAX_JOBS], self._to_send[SEND_MAX_JOBS:]
+            try:
+                await self._enqueue(jobs)
+            except Exception as exc:
+                # Acknowledged and stored: the sweeper will enqueue these events once Redis is back.
+                events = sum(len(ids) for _, ids in jobs)
+                log.warning("ingress.enqueue.failed", jobs=len(jobs), events=events, error=repr(exc))
+                if self._on_enqueue_error is not None:
+                    self._on_enqueue_error(exc, events)
 
 
 def _order(placed: Placed) -> tuple[int, int, str]:
