@@ -13,6 +13,7 @@ each statement. Everything else uses SQLAlchemy.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,8 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, TextClause
 
 _compiled: dict[TextClause, str] = {}
+# One cursor per driver connection, kept for its life: a new cursor copies the connection's adapters.
+_cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _sql(conn: Connection, statement: TextClause) -> str:
@@ -29,13 +32,16 @@ def _sql(conn: Connection, statement: TextClause) -> str:
     return sql
 
 
-def _driver(conn: Connection) -> Any:
-    """psycopg's connection under `conn`, in `conn`'s transaction."""
+def _cursor(conn: Connection) -> Any:
+    """A cursor on psycopg's connection under `conn`, in `conn`'s transaction."""
     if not conn.in_transaction():
         conn.begin()  # as SQLAlchemy's own execute would: then `conn.commit()` commits this statement's work
     driver = conn.connection.driver_connection
     assert driver is not None, "the connection was closed"
-    return driver
+    cursor = _cursors.get(driver)
+    if cursor is None or cursor.closed:
+        cursor = _cursors[driver] = driver.cursor(row_factory=namedtuple_row)
+    return cursor
 
 
 def _execute(conn: Connection, cursor: Any, statement: TextClause, params: Mapping[str, Any] | None) -> None:
@@ -50,9 +56,9 @@ def _execute(conn: Connection, cursor: Any, statement: TextClause, params: Mappi
 
 def rows(conn: Connection, statement: TextClause, params: Mapping[str, Any] | None = None) -> list[Any]:
     """Every row `statement` returns (none for a statement that returns no rows)."""
-    with _driver(conn).cursor(row_factory=namedtuple_row) as cursor:
-        _execute(conn, cursor, statement, params)
-        return cursor.fetchall() if cursor.description is not None else []
+    cursor = _cursor(conn)
+    _execute(conn, cursor, statement, params)
+    return cursor.fetchall() if cursor.description is not None else []
 
 
 def first(conn: Connection, statement: TextClause, params: Mapping[str, Any] | None = None) -> Any | None:
@@ -63,6 +69,6 @@ def first(conn: Connection, statement: TextClause, params: Mapping[str, Any] | N
 
 def run(conn: Connection, statement: TextClause, params: Mapping[str, Any] | None = None) -> int:
     """Execute `statement` for its effect; the number of rows it touched."""
-    with _driver(conn).cursor() as cursor:
-        _execute(conn, cursor, statement, params)
-        return int(cursor.rowcount)
+    cursor = _cursor(conn)
+    _execute(conn, cursor, statement, params)
+    return int(cursor.rowcount)
