@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from db import direct
 from db.schema import ai_classifications, ai_drafts, ai_usage, budget_alerts, conversations
 from db.tenancy import TenantId
 from pipelines import knowledge
@@ -206,9 +207,9 @@ def hint_of(metadata: dict[str, Any]) -> str | None:
 
 def earlier_in_conversation(conn: Connection, tenant: TenantId, ctx: Context) -> list[language.Earlier]:
     """The customer's earlier messages in this conversation, newest first."""
-    rows = conn.execute(EARLIER_IN_CONVERSATION, {"t": tenant, "c": ctx.conversation_id, "m": ctx.message_id,
-                                                  "at": ctx.sent_at, "n": EARLIER_LIMIT,
-                                                  "chars": language.CONTEXT_CHARS})
+    rows = direct.rows(conn, EARLIER_IN_CONVERSATION, {"t": tenant, "c": ctx.conversation_id, "m": ctx.message_id,
+                                                       "at": ctx.sent_at, "n": EARLIER_LIMIT,
+                                                       "chars": language.CONTEXT_CHARS})
     return [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
 
 
@@ -217,8 +218,8 @@ def gather_evidence(conn: Connection, tenant: TenantId, ctx: Context
     earlier = earlier_in_conversation(conn, tenant, ctx)
     elsewhere = []
     if ctx.contact_id is not None:
-        rows = conn.execute(IN_OTHER_CONVERSATIONS, {"t": tenant, "ct": ctx.contact_id, "c": ctx.conversation_id,
-                                                     "n": EARLIER_LIMIT, "chars": language.CONTEXT_CHARS})
+        rows = direct.rows(conn, IN_OTHER_CONVERSATIONS, {"t": tenant, "ct": ctx.contact_id, "c": ctx.conversation_id,
+                                                          "n": EARLIER_LIMIT, "chars": language.CONTEXT_CHARS})
         elsewhere = [language.Earlier(r.content or "", hint_of(r.metadata or {})) for r in rows]
     return earlier, language.Evidence(
         hint=hint_of(ctx.metadata), hint_source=HINT_SOURCES.get(ctx.channel, "the channel's language hint"),
@@ -285,7 +286,7 @@ CONVERSATION_ROUTED = update(conversations).where(
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
           *, force: bool = False) -> dict[str, bool]:
     stored = {"classification": False, "draft": False}
-    if conn.execute(NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA}).first() is None:
+    if direct.first(conn, NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA}) is None:
         return stored  # erased while the provider thought: its reasoning and draft would quote the person
     classification = results.classification
     if classification is not None and ctx.want_classification:

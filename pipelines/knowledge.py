@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
+from db import direct
 from db.schema import knowledge_chunks, knowledge_documents
 from db.tenancy import TenantId
 from pipelines.ai.base import Passage, Provider
@@ -187,7 +188,8 @@ EF_SEARCH = 200  # HNSW candidates per search for larger tenants (pgvector's def
 QUESTION_CHARS = 2_000  # of a question that the full-text half reads
 RANK_NORMALIZATION = 1  # ts_rank_cd divides by 1 + log(length): a long chunk does not win by length alone
 
-COUNT_UP_TO = text("SELECT count(*) FROM (SELECT 1 FROM knowledge_chunks WHERE tenant_id = :t LIMIT :n) AS s")
+COUNT_UP_TO = text("SELECT count(*) AS n FROM (SELECT 1 FROM knowledge_chunks WHERE tenant_id = :t LIMIT :n) AS s")
+EF = text("SELECT set_config('hnsw.ef_search', :ef, true)")
 # Adding 0 to the distance keeps any plan off the shared HNSW index: an exact scan of the tenant's rows.
 NEAREST_EXACT = text("""
 SELECT id FROM knowledge_chunks WHERE tenant_id = :t
@@ -230,14 +232,14 @@ def nearest(conn: Connection, tenant: TenantId, vector: str, pool: int, exact_be
     tenant's share is small after all), the search is done again exactly. The exact statement cannot use
     the index whatever plan PostgreSQL picks, a generic plan of a prepared statement included.
     """
-    size = int(conn.execute(COUNT_UP_TO, {"t": tenant, "n": exact_below}).scalar_one())
+    (size,) = direct.rows(conn, COUNT_UP_TO, {"t": tenant, "n": exact_below})
     params = {"t": tenant, "q": vector, "pool": pool}
-    if size < exact_below:
-        return [str(r.id) for r in conn.execute(NEAREST_EXACT, params)]
-    conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(EF_SEARCH)})
-    ids = [str(r.id) for r in conn.execute(NEAREST_INDEXED, params)]
+    if size.n < exact_below:
+        return [str(r.id) for r in direct.rows(conn, NEAREST_EXACT, params)]
+    direct.run(conn, EF, {"ef": str(EF_SEARCH)})
+    ids = [str(r.id) for r in direct.rows(conn, NEAREST_INDEXED, params)]
     if len(ids) < pool:
-        ids = [str(r.id) for r in conn.execute(NEAREST_EXACT, params)]
+        ids = [str(r.id) for r in direct.rows(conn, NEAREST_EXACT, params)]
     return ids
 
 
@@ -252,9 +254,9 @@ def retrieve(conn: Connection, tenant: TenantId, question: str, vector: list[flo
     # What PostgreSQL text cannot hold (NUL, lone surrogates) becomes a space or U+FFFD.
     question = question[:QUESTION_CHARS].replace("\x00", " ").encode("utf-8", "replace").decode()
     ids = nearest(conn, tenant, literal, pool, exact_below)
-    rows = conn.execute(FUSE, {"t": tenant, "q": literal, "ids": ids, "pool": pool, "k": RRF_K, "limit": limit,
-                               "config": TS_CONFIGS.get(language or "", "simple"),
-                               "question": question, "norm": RANK_NORMALIZATION}).all()
+    rows = direct.rows(conn, FUSE, {"t": tenant, "q": literal, "ids": ids, "pool": pool, "k": RRF_K, "limit": limit,
+                                    "config": TS_CONFIGS.get(language or "", "simple"),
+                                    "question": question, "norm": RANK_NORMALIZATION})
     # A passage's score is its cosine similarity, lifted when the keywords matched too.
     return [Passage(str(r.id), r.heading, r.content, round(float(r.similarity) + (0.15 if r.keyword_hit else 0.0), 4))
             for r in rows]

@@ -139,13 +139,14 @@ def start_clocks(conn: Connection, tenant: TenantId,
 
 def reprioritize(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID, priority: str) -> bool:
     """Move an open conversation's due times to its new priority's policy; True when they moved."""
-    start = conn.execute(STARTED, {"t": tenant, "id": conversation_id}).scalar()
+    started = direct.first(conn, STARTED, {"t": tenant, "id": conversation_id})
+    start = None if started is None else started.sla_started_at
     if start is None:
         return False
     policy = load_policies(conn, tenant).get(priority)
     first, resolution = policy.due(start) if policy else (None, None)
-    moved = conn.execute(MOVE, {"t": tenant, "id": conversation_id, "first_due": first,
-                                "resolution_due": resolution}).rowcount
+    moved = direct.run(conn, MOVE, {"t": tenant, "id": conversation_id, "first_due": first,
+                                    "resolution_due": resolution})
     return bool(moved)
 
 
