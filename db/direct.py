@@ -20,6 +20,8 @@ from typing import Any
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, TextClause
 
+# Each statement object compiled once and kept: for statements built once (the modules' constants), never
+# for one built per call.
 _compiled: dict[TextClause, str] = {}
 # One cursor per driver connection, kept for its life: a new cursor copies the connection's adapters.
 _cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
