@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -111,3 +113,28 @@ def test_worker_processes_expose_prometheus_metrics(stack: dict[str, str], app_e
                 return False
             return "dramatiq_messages_total" in body and 'actor_name="ingest_events"' in body
         wait_for(scraped, timeout=30, interval=0.5)
+
+
+# What dramatiq's command line does in each worker process: `for_workers`, the actors, a worker started.
+BOOT_A_WORKER = """
+import gc, dramatiq
+from workers.broker import for_workers
+for_workers()
+import workers.actors
+before = gc.get_freeze_count()
+worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=1)
+worker.start()
+print(before, gc.get_freeze_count())
+worker.stop()
+"""
+
+
+def test_a_worker_process_leaves_its_booted_heap_out_of_full_collections(stack: dict[str, str]) -> None:
+    """Once booted, a worker process freezes what it holds (modules, schemas, compiled statements): full
+    collections no longer walk it. Nothing is frozen before the worker boots: the hook is the worker's, so
+    processes that only build the broker (the CLI, the admin process) freeze nothing."""
+    done = subprocess.run([sys.executable, "-c", BOOT_A_WORKER], env={**os.environ, **stack}, capture_output=True,
+                          text=True, timeout=120, check=True)
+    before, after = (int(n) for n in done.stdout.split())
+    assert before == 0
+    assert after > 50_000

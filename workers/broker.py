@@ -21,6 +21,7 @@ from dramatiq.middleware import (
 from config import Settings, configure_logging, get_settings
 from pipelines.errors import is_retryable
 from workers.embedded.runtime import ServicesUnavailable
+from workers.middleware.heap import FreezeBootHeap
 from workers.middleware.jobs import JobLog, TenantScope
 from workers.middleware.ledger import FailureLedger
 from workers.middleware.logging import LogContext
@@ -112,7 +113,8 @@ def _installed() -> bool:
 
 def for_workers() -> None:
     """dramatiq's command line calls this (`dramatiq workers.broker:for_workers workers.actors`) in each worker
-    process before it imports the actors: logging as configured, and the broker with its metrics."""
+    process before it imports the actors: logging as configured, and the broker with its metrics. A worker
+    process, which lives for its jobs alone, also freezes its booted heap (`FreezeBootHeap`)."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    install(settings, metrics=bool(settings.worker_metrics_port))
+    install(settings, metrics=bool(settings.worker_metrics_port)).add_middleware(FreezeBootHeap())
