@@ -30,10 +30,12 @@ recorded once, by the batch that found it at fault.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -64,7 +66,7 @@ TENANT_WAIT_MS = 1000
 TAKE_TENANT = text("SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(hashtextextended(:key, 0))")
 # The headers (strings only) come as JSON text, which orjson reads several times faster than psycopg's loader.
 EVENT_COLUMNS = ("e.id, e.inbox_id, e.channel, e.content_type, CAST(e.headers AS text) AS headers, e.body, "
-                 "e.received_at, e.body_purged_at, i.settings")
+                 "e.received_at, e.body_purged_at, CAST(i.settings AS text) AS settings")
 # The job's own events, locked in one global order.
 LOAD_EVENTS = text(f"""
 SELECT {EVENT_COLUMNS}
@@ -82,7 +84,7 @@ FOR UPDATE OF e
 # to the status index, which would read every tenant's backlog.
 LOAD_WAITING = text("""
 SELECT e.id, e.inbox_id, e.channel, e.content_type, CAST(e.headers AS text) AS headers, e.body, e.received_at,
-       e.body_purged_at, (SELECT i.settings FROM inboxes i WHERE i.id = e.inbox_id) AS settings
+       e.body_purged_at, (SELECT CAST(i.settings AS text) FROM inboxes i WHERE i.id = e.inbox_id) AS settings
 FROM inbound_events e
 WHERE e.tenant_id = :t AND e.status = 'received' AND e.id <> ALL(CAST(:ids AS uuid[]))
 ORDER BY e.received_at
@@ -203,8 +205,15 @@ class _Pending:
     reopen_window: timedelta
 
 
+@functools.lru_cache(maxsize=1024)
+def _inbox_settings(text: str | None) -> Mapping[str, Any]:
+    """An inbox's settings, read as JSON text and parsed once for every event of the inbox (each event's row
+    brings them: parsing each copy cost more than reading the event's own columns)."""
+    return MappingProxyType((orjson.loads(text) if text else None) or {})
+
+
 def _pending(row: Any, delivery: Any, policy: IngestPolicy) -> list[_Pending]:
-    settings = row.settings or {}
+    settings = _inbox_settings(row.settings)
     region = str(settings.get("default_region") or policy.default_region)
     hours = settings.get("reopen_window_hours")
     window = timedelta(hours=float(hours)) if hours is not None else policy.reopen_window
