@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
 def test_scale_bench_draws_its_chart_and_keeps_the_books(tmp_path: Path) -> None:
     chart = tmp_path / "scale.png"
     r = bench(tmp_path, "--scale", "--events", "150", "--scale-tenants", "2", "--scale-stored", "0,1500",
-              "--chart", str(chart))
+              "--scale-repeats", "2", "--chart", str(chart))
     points = r["points"]
     assert [(p["tenants"], p["stored"]) for p in points] == [(2, 0), (2, 1500)]
     for p in points:
@@ -40,6 +41,11 @@ def test_scale_bench_draws_its_chart_and_keeps_the_books(tmp_path: Path) -> None
         assert p["messages_in_table"] >= p["stored"]
         assert p["pipeline"]["cpu_ms_per_message"]["worker"] > 0
         assert p["e2e"]["p99_ms"] >= p["e2e"]["p50_ms"] > 0
+        # two attempts posted and drained (the books count both), the cheapest of each phase reported
+        assert p["correct"]["events_stored"] >= 2 * 150 * 0.8
+        costs = [a["pipeline_cpu_ms_per_message"] for a in p["attempts"]]
+        assert len(costs) == 2 and p["pipeline_cpu_ms_per_message"] == min(costs) > 0
+        assert p["ingress_cpu_ms_per_delivery"] == min(a["ingress_cpu_ms_per_delivery"] for a in p["attempts"])
     assert set(r["flatness"]["pipeline_cpu_ms_per_message"]) == {"1500"}
     assert chart.read_bytes().startswith(PNG)
 
@@ -69,3 +75,28 @@ def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> 
     result = CliRunner().invoke(main, ["bench", "--scale", *args])
     assert result.exit_code == 2
     assert "Invalid value" in result.output
+
+
+def ingress_cpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
+    env["TMPDIR"] = str(tmp_path)
+    return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_path: Path) -> None:
+    done = ingress_cpu(tmp_path, "--events", "40", "--rounds", "1", "--groups", "mix,twilio",
+                       "--without", "parse,verify")
+    assert done.returncode == 0, done.stderr
+    medians = done.stdout.strip().splitlines()[-1]
+    assert medians.startswith("median CPU ms per delivery:")
+    figures = dict(zip(medians.split()[5::2], (float(x) for x in medians.split()[6::2]), strict=True))
+    assert set(figures) == {"hello", "mix", "twilio"} and all(v > 0 for v in figures.values())
+    assert "unexpected answers" not in done.stdout
+
+
+def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(tmp_path: Path) -> None:
+    done = ingress_cpu(tmp_path, "--without", "parse,commit")
+    assert done.returncode == 2
+    assert "unknown steps ['commit']" in done.stderr

@@ -7,7 +7,11 @@ Each round reports `time.process_time()` per acknowledged delivery, for each cha
 harness's own share). The server's HTTP parsing is not included: `intake bench` measures that. Inboxes
 stay cached for the whole run, so rounds measure the steady state rather than the reloads of a cache ttl.
 
-    python -m workers.bench.ingress_cpu [--events 3000] [--rounds 3] [--profile FILE]
+    python -m workers.bench.ingress_cpu [--events 3000] [--rounds 3] [--profile FILE] [--without parse,verify]
+
+`--without` measures what the door would cost without a step, to say what each costs: `parse` answers every
+delivery's dedupe key with a digest of its body instead of the channel's parse (so nothing is refused as
+malformed), `verify` accepts every signature. Neither is something `intake serve` can be told to do.
 
 Services are embedded ones in a temporary home unless DATABASE_URL and REDIS_URL are set.
 """
@@ -16,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
+import hashlib
 import os
 import pstats
 import random
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,7 +47,7 @@ from workers.bench import hello
 from workers.bench.stack import UNLIMITED, Stack, open_stack
 from workers.bench.traffic import CHANNELS as BENCH_CHANNELS
 from workers.bench.traffic import TEXTS, delivery_body
-from workers.web.app import create_app
+from workers.web.app import Ingress, create_app
 
 ASGI = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 Request = tuple[str, dict[str, str], bytes]
@@ -168,6 +175,24 @@ async def started(app: ASGI) -> Callable[[], Awaitable[None]]:
     return shutdown
 
 
+@contextlib.contextmanager
+def without(steps: set[str]) -> Iterator[None]:
+    """The door with `steps` (parse, verify) taken out, for this measurement only."""
+    kept = Ingress.parse, Ingress.verified
+
+    async def digest(self: Ingress, channel: str, webhook: Any) -> Any:
+        return SimpleNamespace(dedupe_key=hashlib.sha256(webhook.body).hexdigest())
+
+    try:
+        if "parse" in steps:
+            Ingress.parse = digest  # type: ignore[method-assign]
+        if "verify" in steps:
+            Ingress.verified = staticmethod(lambda *_: True)  # type: ignore[method-assign,assignment]
+        yield
+    finally:
+        Ingress.parse, Ingress.verified = kept  # type: ignore[method-assign]
+
+
 async def measure(stack: Stack, options: argparse.Namespace) -> None:
     # Inboxes stay cached for the whole run: a round measures the steady state, not the reloads a ttl forces.
     settings = get_settings().model_copy(update={"inbox_cache_seconds": 3600.0})
@@ -218,10 +243,20 @@ def main() -> None:
     parser.add_argument("--groups", default=",".join(("mix", *CHANNELS)),
                         help="comma-separated: mix (the channels `intake bench` posts) and channel names")
     parser.add_argument("--profile", help="write a cProfile of the mixed deliveries to this file")
+    parser.add_argument("--without", type=_steps, default=set(),
+                        help="comma-separated: parse, verify (what the door would cost without them)")
     options = parser.parse_args()
     with open_stack(os.environ.get("DATABASE_URL"), os.environ.get("INTAKE_ADMIN_DATABASE_URL"),
-                    os.environ.get("REDIS_URL")) as stack:
+                    os.environ.get("REDIS_URL")) as stack, without(options.without):
         uvloop.run(measure(stack, options))
+
+
+def _steps(value: str) -> set[str]:
+    steps = {step.strip() for step in value.split(",") if step.strip()}
+    unknown = steps - {"parse", "verify"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown steps {sorted(unknown)}: parse and verify can be left out")
+    return steps
 
 
 if __name__ == "__main__":

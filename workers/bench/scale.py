@@ -9,6 +9,12 @@ speed, then the ingest workers drain them, then deliveries paced at half the poi
 
 Each point reports CPU milliseconds per stored message (ingest worker, PostgreSQL, Redis) and whether the
 cost at every table size is within 20% of the cost on empty tables. A PNG chart is drawn with matplotlib.
+
+The machine's own speed moves in bursts of seconds (the same fixed work measured 20 ms and 35 ms of CPU a
+few seconds apart on the 2-core development machine), as long as a pipeline phase. So each point posts and
+drains `repeats` times, each time with deliveries of its own, and reports the attempt that cost least per
+message (every attempt's cost is kept in `attempts`); one slow burst then no longer decides whether a curve
+is flat.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from pipelines.inboxes import CreatedInbox
 from workers.bench import history
 from workers.bench.run import Progress, books, count, drain, end_to_end, ingress, now
 from workers.bench.stack import Stack, create_tenants, open_stack
-from workers.bench.traffic import generate, signed, zipf_weights
+from workers.bench.traffic import Delivery, generate, signed, zipf_weights
 
 FLAT = 0.20  # how far the cost per message may move from the empty tables' cost
+BASE = "http://127.0.0.1:8000"  # the Host every request names; signatures cover it, not the port
 TRUNCATE = "TRUNCATE contacts, contact_identities, conversations, inbound_events, messages CASCADE"
 
 
@@ -33,7 +40,8 @@ TRUNCATE = "TRUNCATE contacts, contact_identities, conversations, inbound_events
 class ScaleOptions:
     tenants: tuple[int, ...] = (1, 100, 2000)
     stored: tuple[int, ...] = (0, 1_000_000, 5_000_000)
-    events: int = 10_000  # deliveries posted at each point
+    events: int = 10_000  # deliveries posted at each point, at each attempt
+    repeats: int = 2  # attempts at each point: post, drain; the cheapest per message is reported
     processes: int = 2
     threads: int = 8
     concurrency: int = 64
@@ -55,29 +63,53 @@ class ScaleOptions:
 
 def point(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], tenants: list[dict[str, CreatedInbox]],
           stored: int, options: ScaleOptions, progress: Progress, seed: int) -> dict[str, Any]:
-    """One point of a curve: post, drain, pace, check the books."""
+    """One point of a curve: post and drain (`options.repeats` times), pace, check the books."""
     label = f"{len(tenants):,} tenants, {stored:,} stored"
     weights = zipf_weights(len(tenants))
-    deliveries = generate(tenants, options.events, seed=seed, weights=weights)
-    paced = generate(tenants, min(options.events, max(500, options.events // 4)), seed=seed + 1, duplicate_rate=0.0,
-                     weights=weights)
-    requests, paced_requests = signed(deliveries, "http://127.0.0.1:8000"), signed(paced, "http://127.0.0.1:8000")
     mark = now(conn)
     rows = count(conn, "SELECT count(*) FROM messages")
-    progress(f"{label}: ingress", 0.0)
-    posted = ingress(stack, ports, requests, options.concurrency, lambda _, f: progress(f"{label}: ingress", f))
-    with stack.workers("worker", "ingest", commands=1, processes=options.processes, threads=options.threads):
-        pipeline = drain(stack, conn, f"{label}: pipeline", progress)
-        peak = min(posted["accepted_per_s"], pipeline["messages_per_s"] or posted["accepted_per_s"])
-        e2e = end_to_end(stack, conn, ports, paced_requests, 0.5 * peak, options.concurrency,
-                         lambda _, f: progress(f"{label}: end to end", f))
-    cpu = pipeline["cpu_ms_per_message"]
-    return {"tenants": len(tenants), "stored": stored, "messages_in_table": rows, "ingress": posted,
-            "pipeline": pipeline, "e2e": e2e,
-            "pipeline_cpu_ms_per_message": round(sum(cpu.get(k) or 0.0 for k in ("worker", "postgres", "redis")), 4),
-            "ingress_cpu_ms_per_delivery": round(sum(posted["cpu_ms_per_delivery"].get(k) or 0.0
-                                                     for k in ("web", "postgres", "redis")), 4),
-            "correct": books(conn, deliveries + paced, since=mark)}
+    sent: list[Delivery] = []
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1, options.repeats + 1):
+        deliveries = generate(tenants, options.events, seed=seed + 2 * attempt, weights=weights)
+        sent += deliveries
+        step = f"{label}: ingress ({attempt} of {options.repeats})"
+        progress(step, 0.0)
+        posted = ingress(stack, ports, signed(deliveries, BASE), options.concurrency, _reporting(progress, step))
+        with stack.workers("worker", "ingest", commands=1, processes=options.processes, threads=options.threads):
+            pipeline = drain(stack, conn, f"{label}: pipeline ({attempt} of {options.repeats})", progress)
+            attempts.append({"ingress": posted, "pipeline": pipeline,
+                             "pipeline_cpu_ms_per_message": _total(pipeline["cpu_ms_per_message"], "worker"),
+                             "ingress_cpu_ms_per_delivery": _total(posted["cpu_ms_per_delivery"], "web")})
+            if attempt < options.repeats:
+                continue
+            # After the last attempt its workers stay up for the paced deliveries, at half the best rates.
+            drained = min(attempts, key=lambda a: a["pipeline_cpu_ms_per_message"])
+            received = min(attempts, key=lambda a: a["ingress_cpu_ms_per_delivery"])
+            peak = min(received["ingress"]["accepted_per_s"],
+                       drained["pipeline"]["messages_per_s"] or received["ingress"]["accepted_per_s"])
+            paced = generate(tenants, min(options.events, max(500, options.events // 4)), seed=seed + 1,
+                             duplicate_rate=0.0, weights=weights)
+            sent += paced
+            e2e = end_to_end(stack, conn, ports, signed(paced, BASE), 0.5 * peak, options.concurrency,
+                             _reporting(progress, f"{label}: end to end"))
+    return {"tenants": len(tenants), "stored": stored, "messages_in_table": rows,
+            "ingress": received["ingress"], "pipeline": drained["pipeline"], "e2e": e2e,
+            "pipeline_cpu_ms_per_message": drained["pipeline_cpu_ms_per_message"],
+            "ingress_cpu_ms_per_delivery": received["ingress_cpu_ms_per_delivery"],
+            "attempts": [{k: a[k] for k in ("pipeline_cpu_ms_per_message", "ingress_cpu_ms_per_delivery")}
+                         for a in attempts],
+            "correct": books(conn, sent, since=mark)}
+
+
+def _reporting(progress: Progress, step: str) -> Progress:
+    """`progress` for one step, whatever description the phase gives."""
+    return lambda _, fraction: progress(step, fraction)
+
+
+def _total(cpu: dict[str, float | None], process: str) -> float:
+    """CPU ms per item of the phase's own process (the web or the worker), PostgreSQL and Redis."""
+    return round(sum(cpu.get(k) or 0.0 for k in (process, "postgres", "redis")), 4)
 
 
 def flatness(points: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
@@ -103,7 +135,7 @@ def run_scale(options: ScaleOptions, progress: Progress) -> dict[str, Any]:
         with stack.webs(1) as ports, stack.admin() as conn:
             for seed, tenants in enumerate(sorted(set(options.tenants))):
                 conn.execute(TRUNCATE)
-                points.append(point(stack, conn, ports, everyone[:tenants], 0, options, progress, 10 * seed + 1))
+                points.append(point(stack, conn, ports, everyone[:tenants], 0, options, progress, 100 * seed + 1))
             conn.execute(TRUNCATE)
             owners = [history.Tenant(str(t["api"].tenant_id), {ch: str(i.id) for ch, i in t.items()}) for t in everyone]
             ids, loaded = history.Ids(base=1), 0
@@ -112,7 +144,7 @@ def run_scale(options: ScaleOptions, progress: Progress) -> dict[str, Any]:
                 history.load(stack.admin_url, owners, zipf_weights(len(owners)), target - loaded, ids=ids)
                 loaded = target
                 points.append(point(stack, conn, ports, everyone[:options.size_tenants], target, options, progress,
-                                    10 * seed + 1))
+                                    100 * seed + 1))
         results = {"options": options.public(), "points": points, "flatness": flatness(points, options.size_tenants),
                    "chart": str(options.chart)}
         draw(points, options.size_tenants, options.chart)

@@ -49,13 +49,15 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
               help="--scale: tenant counts.")
 @click.option("--scale-stored", default="0,1000000,5000000", show_default=True, callback=_counts,
               help="--scale: messages already stored.")
+@click.option("--scale-repeats", type=click.IntRange(1, 5), default=2, show_default=True,
+              help="--scale: attempts at each point (post and drain); the cheapest per message is reported.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=Path("intake-bench-scale.png"),
               show_default=True, help="--scale: where the PNG chart goes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def bench(events: int, tenants: int, processes: int, threads: int, concurrency: int, web_processes: int,
           worker_processes: int, ai_seconds: float, lone_messages: int, scale: bool, scale_tenants: tuple[int, ...],
-          scale_stored: tuple[int, ...], chart: Path, as_json: bool) -> None:
+          scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, as_json: bool) -> None:
     """Run the fleet on a fresh embedded stack (or DATABASE_URL/REDIS_URL) and compare it with its ceilings.
 
     With --scale, measure the pipeline and end-to-end latency with more tenants and larger tables instead
@@ -73,7 +75,7 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
             raise click.UsageError("--scale draws its chart with matplotlib: pip install 'intake[bench]'") from None
 
         explicit = click.get_current_context().get_parameter_source("events") is click.core.ParameterSource.COMMANDLINE
-        scale_options = ScaleOptions(tenants=scale_tenants, stored=scale_stored,
+        scale_options = ScaleOptions(tenants=scale_tenants, stored=scale_stored, repeats=scale_repeats,
                                      events=events if explicit else 10_000, processes=processes, threads=threads,
                                      concurrency=concurrency, chart=chart, **urls)
         results = _with_progress(lambda progress: run_scale(scale_options, progress))
