@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from db.tenancy import TenantId, UnknownTenant, bind_tenant, resolve_tenant
 from pipelines.crypto import SecretBox
-from tests.factories import TenantRows, seed_tenant
+from tests.factories import TenantRows, new_inbox, seed_tenant
 
 
 def tenant_tables(engine: Engine) -> list[str]:
@@ -181,3 +181,27 @@ def test_inbox_routing_reveals_only_the_named_inbox(
         assert rows == [(b.inbox.id, b.tenant_id)]
         assert conn.execute(text("SELECT count(*) FROM messages")).scalar_one() == 0
     assert isinstance(a.tenant_id, uuid.UUID) and TenantId(a.tenant_id) == a.tenant_id
+
+
+def test_routing_an_inbox_reads_it_and_its_tenant_s_standing_and_leaves_nothing_set(
+    app_engine: Engine, admin_engine: Engine, two_tenants: tuple[TenantRows, TenantRows]
+) -> None:
+    """`intake_route_inbox`, the ingress's inbox look-up: the named inbox and whether its tenant is enabled,
+    nothing for an id no inbox has, and both settings gone with the statement's own transaction."""
+    _, b = two_tenants
+    disabled = new_inbox(app_engine, "api")
+    with admin_engine.begin() as conn:
+        conn.execute(text("UPDATE tenants SET disabled_at = now() WHERE id = :t"), {"t": disabled.tenant_id})
+    route = text("SELECT * FROM intake_route_inbox(:i)")
+    with app_engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = conn.execute(route, {"i": b.inbox.id}).one()
+        assert (row.tenant_id, row.channel, row.enabled, row.tenant_active) == (b.tenant_id, "api", True, True)
+        assert SecretBox(os.environ["INTAKE_SECRET_KEY"]).open(row.secrets) == b.inbox.secrets
+        row = conn.execute(route, {"i": disabled.id}).one()
+        assert (row.tenant_id, row.tenant_active) == (disabled.tenant_id, False)
+        assert conn.execute(route, {"i": uuid.uuid4()}).all() == []
+        settings = conn.execute(text("SELECT current_setting('app.inbox_id', true), "
+                                     "current_setting('app.tenant_id', true)")).one()
+        assert all(not value for value in settings)
+        assert conn.execute(text("SELECT count(*) FROM inboxes")).scalar_one() == 0

@@ -103,7 +103,7 @@ def requests(inboxes: list[dict[str, CreatedInbox]], channels: tuple[str, ...], 
         inbox = rng.choice(inboxes)[channel]
         webhook_id = None
         if channel in BENCH_CHANNELS:
-            body, ctype, webhook_id, _ = delivery_body(channel, rng.randrange(200), len(out), rng, now)
+            body, ctype, webhook_id, _ = delivery_body(channel, rng.randrange(200), rng, now)
         else:
             body, ctype = _email_body(channel, rng)
         path = f"/v1/webhooks/{channel}/{inbox.id}"

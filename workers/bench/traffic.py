@@ -34,8 +34,10 @@ class Delivery:
     message_key: str  # (inbox, provider id): what must be stored once
 
 
-def delivery_body(channel: str, person: int, n: int, rng: random.Random,
-                  now: datetime) -> tuple[bytes, str, str | None, str]:
+def delivery_body(channel: str, person: int, rng: random.Random, now: datetime) -> tuple[bytes, str, str | None, str]:
+    """One delivery's body, content type, webhook id and the provider's id of its message. Every id is drawn at
+    random, so deliveries generated apart (another seed, another point of `--scale`) never share one: a shared
+    id would be a provider's retry of a message stored earlier, missing from the later books."""
     body: dict[str, Any]
     text = rng.choice(TEXTS)
     phone = f"+1415{person:07d}"
@@ -46,11 +48,12 @@ def delivery_body(channel: str, person: int, n: int, rng: random.Random,
         body = {"id": msg_id, "type": "message", "sent_at": sent.isoformat(), "text": text,
                 "contact": {"email": f"customer{person}@example.com", "name": f"Customer {person}"}}
         return orjson.dumps(body), "application/json", f"wh_{uid}", msg_id
-    if channel == "telegram":
+    if channel == "telegram":  # a message id is unique within its chat; at random, across runs as well
+        message_id = rng.getrandbits(40)
         body = {"update_id": rng.getrandbits(40), "message": {
-            "message_id": n, "date": int(sent.timestamp()), "chat": {"id": 10_000 + person, "type": "private"},
+            "message_id": message_id, "date": int(sent.timestamp()), "chat": {"id": 10_000 + person, "type": "private"},
             "from": {"id": 10_000 + person, "first_name": f"Customer {person}"}, "text": text}}
-        return orjson.dumps(body), "application/json", None, f"{10_000 + person}:{n}"
+        return orjson.dumps(body), "application/json", None, f"{10_000 + person}:{message_id}"
     if channel == "twilio":
         sid = f"SM{uid}"
         form = {"MessageSid": sid, "From": phone, "To": "+15557654321", "Body": text, "NumMedia": "0",
@@ -94,7 +97,7 @@ def generate(inboxes: list[dict[str, CreatedInbox]], count: int, *, seed: int, d
         tenant = rng.choices(inboxes, cum_weights=cumulative)[0] if cumulative else rng.choice(inboxes)
         channel = rng.choice(CHANNELS)
         person = rng.randrange(people_per_tenant)
-        body, ctype, webhook_id, key = delivery_body(channel, person, len(result), rng, now)
+        body, ctype, webhook_id, key = delivery_body(channel, person, rng, now)
         result.append(Delivery(channel, tenant[channel], body, ctype, webhook_id, f"{tenant[channel].id}:{key}"))
     return result
 

@@ -113,24 +113,19 @@ class InboxDirectory:
         return inbox
 
     async def _load(self, inbox_id: uuid.UUID) -> Inbox | None:
-        async with self._pool.connection() as conn, conn.transaction():
-            # The routing policy reveals exactly the inbox named here, and nothing of any tenant.
-            await conn.execute("SELECT set_config('app.inbox_id', %s, true)", (str(inbox_id),))
-            cursor = await conn.execute(
-                "SELECT tenant_id, channel, secrets, settings, enabled, previous_secrets, previous_secrets_until "
-                "FROM inboxes WHERE id = %s", (inbox_id,)
-            )
+        # One statement in a transaction of its own: `intake_route_inbox` names the inbox, which the routing
+        # policy reveals alone, reads it, then binds its tenant like any tenant's transaction and reads whether
+        # the tenant is disabled (migration 0014); both settings end with the transaction. A disabled tenant's
+        # inboxes refuse all. (The ingress's connections autocommit, where the commit sends nothing.)
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute("SELECT * FROM intake_route_inbox(%s)", (inbox_id,))
             row = await cursor.fetchone()
-            if row is None:
-                return None
-            # Then its tenant, bound like any tenant's transaction: a disabled tenant's inboxes refuse all.
-            await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(row[0]),))
-            cursor = await conn.execute("SELECT disabled_at IS NULL FROM tenants WHERE id = %s", (row[0],))
-            tenant = await cursor.fetchone()
-        tenant_id, channel, sealed, settings, enabled, previous, until = row
-        active = enabled and tenant is not None and bool(tenant[0])
-        return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {}, active,
-                     self._box.open(previous) if previous and until else None, until)
+            await conn.commit()
+        if row is None:
+            return None
+        tenant_id, channel, sealed, settings, enabled, previous, until, tenant_active = row
+        return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {},
+                     enabled and tenant_active, self._box.open(previous) if previous and until else None, until)
 
 
 def _retrieved(done: asyncio.Future[Inbox | None]) -> None:
