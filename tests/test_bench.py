@@ -18,13 +18,17 @@ from workers.cli.main import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
-    """`intake bench ... --json` on its own embedded stack, as a user would run it."""
+def own_stack(tmp_path: Path) -> dict[str, str]:
+    """The environment of a bench that starts its own embedded stack under `tmp_path`, not the tests' one."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
-    env["TMPDIR"] = str(tmp_path)
-    done = subprocess.run([INTAKE, "bench", *args, "--processes", "1", "--threads", "4", "--json"], env=env,
-                          capture_output=True, timeout=120, check=True)
+    return env | {"TMPDIR": str(tmp_path)}
+
+
+def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`intake bench ... --json` on its own embedded stack, as a user would run it."""
+    done = subprocess.run([INTAKE, "bench", *args, "--processes", "1", "--threads", "4", "--json"],
+                          env=own_stack(tmp_path), capture_output=True, timeout=120, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -78,11 +82,9 @@ def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> 
 
 
 def ingress_cpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
-    env["TMPDIR"] = str(tmp_path)
-    return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    """`python -m workers.bench.ingress_cpu ...` on its own embedded stack."""
+    return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=own_stack(tmp_path),
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_path: Path) -> None:

@@ -224,13 +224,22 @@ return #items
 
 
 @contextmanager
-def held(client: redis.Redis, queue: str, namespace: str = "dramatiq") -> Iterator[None]:
-    """The queue's backlog out of the consumers' reach for the block: workers that boot inside it start
-    on the whole backlog together, so the first process up does not drain it while the others import."""
+def held(client: redis.Redis, queue: str, namespace: str = "dramatiq") -> Iterator[Callable[[], None]]:
+    """The queue's backlog out of the consumers' reach until the block calls the function it is given (or
+    ends): workers that boot meanwhile start on the whole backlog together, so the first process up does not
+    drain it while the others import, and a measurement can start before the first job is taken."""
     key, aside = f"{namespace}:{queue}", f"{namespace}:{queue}.bench-held"
     if client.exists(key):
         client.rename(key, aside)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            client.eval(RELEASE, 2, aside, key)
+
     try:
-        yield
+        yield release
     finally:
-        client.eval(RELEASE, 2, aside, key)
+        release()

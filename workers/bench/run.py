@@ -127,13 +127,16 @@ def latency(conn: psycopg.Connection[Any], since: datetime) -> tuple[float, floa
 
 
 def drain(stack: Stack, conn: psycopg.Connection[Any], describe: str, progress: Progress,
-          timeout: float = 600) -> dict[str, Any]:
-    """Workers (already booted) drain the stored events: rate from the first to the last commit, CPU per
-    stored message for each process tree."""
+          release: Callable[[], None], timeout: float = 600) -> dict[str, Any]:
+    """Workers (already booted, their backlog held until `release`) drain the stored events: rate from the
+    release to the last commit, CPU per stored message for each process tree. The time and the CPU are taken
+    before the backlog is released, so no message is stored before they start (with a small backlog the
+    workers could otherwise finish before the measurement began)."""
     total = max(1, unprocessed(conn))
     mark = now(conn)
     polls = itertools.count()
     with stack.watchers.cpu.phase() as spent:
+        release()
         def drained() -> bool:
             if not waiting(conn):
                 return True
@@ -267,8 +270,9 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
             results["ingress"] = ingress(stack, ports, requests, options.concurrency, progress)
             progress("pipeline: ingest workers draining the backlog", 0.0)
             with stack.workers("worker", "ingest", commands=options.worker_processes, processes=options.processes,
-                               threads=options.threads):
-                results["pipeline"] = drain(stack, conn, "pipeline: ingest workers draining the backlog", progress)
+                               threads=options.threads, hold=True) as release:
+                results["pipeline"] = drain(stack, conn, "pipeline: ingest workers draining the backlog", progress,
+                                            release)
                 progress("ai: starting the AI workers", None)
                 with stack.workers("worker_ai", "ai", commands=options.worker_processes,
                                    processes=options.ai_processes, threads=options.threads, nice=options.ai_nice):

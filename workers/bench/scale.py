@@ -77,8 +77,9 @@ def point(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], tenants
         step = f"{label}: ingress ({attempt} of {options.repeats})"
         progress(step, 0.0)
         posted = ingress(stack, ports, signed(deliveries, BASE), options.concurrency, _reporting(progress, step))
-        with stack.workers("worker", "ingest", commands=1, processes=options.processes, threads=options.threads):
-            pipeline = drain(stack, conn, f"{label}: pipeline ({attempt} of {options.repeats})", progress)
+        with stack.workers("worker", "ingest", commands=1, processes=options.processes, threads=options.threads,
+                           hold=True) as release:
+            pipeline = drain(stack, conn, f"{label}: pipeline ({attempt} of {options.repeats})", progress, release)
             attempts.append({"ingress": posted, "pipeline": pipeline,
                              "pipeline_cpu_ms_per_message": _total(pipeline["cpu_ms_per_message"], "worker"),
                              "ingress_cpu_ms_per_delivery": _total(posted["cpu_ms_per_delivery"], "web")})

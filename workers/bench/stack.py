@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +72,23 @@ class Stack:
             yield ports
 
     @contextmanager
-    def workers(self, name: str, queue: str, *, commands: int, processes: int, threads: int,
-                nice: int = 0) -> Iterator[None]:
-        """`commands` `intake worker` commands on `queue`, every worker process booted when the block starts."""
+    def workers(self, name: str, queue: str, *, commands: int, processes: int, threads: int, nice: int = 0,
+                hold: bool = False) -> Iterator[Callable[[], None]]:
+        """`commands` `intake worker` commands on `queue`, every worker process booted when the block starts.
+
+        The queue's backlog waits until they all have booted; with `hold`, until the block calls the function
+        it is given (so a measurement can start before the first job is taken)."""
         before = heartbeats(self.redis)
         args = [sys.executable, "-m", "workers", "worker", "--processes", str(processes), "--threads",
                 str(threads), "--queues", queue, "--nice", str(nice)]
         with ExitStack() as stack:
-            with held(self.redis, queue):
-                for _ in range(commands):
-                    stack.enter_context(process(args, self.env, self.watchers, name))
-                wait_booted(self.redis, before, commands * processes)
-            yield
+            release = stack.enter_context(held(self.redis, queue))
+            for _ in range(commands):
+                stack.enter_context(process(args, self.env, self.watchers, name))
+            wait_booted(self.redis, before, commands * processes)
+            if not hold:
+                release()
+            yield release
 
 
 @contextmanager
