@@ -137,6 +137,7 @@ def drain(stack: Stack, conn: psycopg.Connection[Any], describe: str, progress: 
     polls = itertools.count()
     with stack.watchers.cpu.phase() as spent:
         release()
+
         def drained() -> bool:
             if not waiting(conn):
                 return True
