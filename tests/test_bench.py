@@ -74,6 +74,7 @@ def test_bench_reports_cpu_per_message_and_keeps_the_books(tmp_path: Path) -> No
     ["--scale-tenants", "1,abc"], ["--scale-tenants", "0,5"], ["--scale-stored", "-1"],
     ["--scale-stored", "1" * 5000], ["--scale-tenants", "1\x00,2"], ["--scale-stored", ""],
     ["--scale-stored", ",".join(["1"] * 11)], ["--web-processes", "0"], ["--events", "10"],
+    ["--scale-repeats", "0"], ["--scale-repeats", "6"], ["--scale-repeats", "2\x00"], ["--scale-repeats", "x" * 5000],
 ])
 def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> None:
     result = CliRunner().invoke(main, ["bench", "--scale", *args])
@@ -98,7 +99,8 @@ def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_pa
     assert "unexpected answers" not in done.stdout
 
 
-def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(tmp_path: Path) -> None:
-    done = ingress_cpu(tmp_path, "--without", "parse,commit")
+@pytest.mark.parametrize("steps", ["parse,commit", "parse\x00", "verify," * 2000 + "x", "ü"])
+def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(tmp_path: Path, steps: str) -> None:
+    done = ingress_cpu(tmp_path, "--without", steps)
     assert done.returncode == 2
-    assert "unknown steps ['commit']" in done.stderr
+    assert "unknown steps" in done.stderr and "parse and verify can be left out" in done.stderr
