@@ -99,7 +99,7 @@ def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_pa
     assert "unexpected answers" not in done.stdout
 
 
-@pytest.mark.parametrize("steps", ["parse,commit", "parse\x00", "verify," * 2000 + "x", "ü"])
+@pytest.mark.parametrize("steps", ["parse,commit", "parse;verify", "verify," * 2000 + "x", "ü"])
 def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(tmp_path: Path, steps: str) -> None:
     done = ingress_cpu(tmp_path, "--without", steps)
     assert done.returncode == 2
