@@ -501,6 +501,32 @@ def _lifecycle(md: MetaData) -> None:
     )
 
 
+def _changes(md: MetaData) -> None:
+    """The change feed: each tenant's numbered events and the head that numbers them (migration 0015)."""
+    Table(
+        "change_feed_heads", md,
+        Column("tenant_id", UUID, primary_key=True),
+        Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+        _references_tenants(),
+    )
+    events = Table(
+        "change_events", md,
+        Column("tenant_id", UUID, primary_key=True),
+        Column("seq", BigInteger, primary_key=True),
+        Column("id", UUID, nullable=False, server_default=text("gen_random_uuid()")),
+        _text("type"),
+        # Events of one conversation are delivered in order; the subject is the row the event is about.
+        Column("conversation_id", UUID), Column("subject_id", UUID),
+        Column("data", JSONB, nullable=False, server_default=EMPTY_OBJECT),
+        _at("created_at"),
+        _references_tenants(),
+        CheckConstraint("type ~ '^[a-z_]+\\.[a-z_]+$'", name="type"),
+    )
+    e = events.c
+    Index("change_events_tenant_created_idx", e.tenant_id, e.created_at)
+    Index("change_events_subject_idx", e.tenant_id, e.subject_id, postgresql_where=text("subject_id IS NOT NULL"))
+
+
 def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     """Every table of the data contract, with embeddings `dim` wide (the database's INTAKE_EMBEDDING_DIM)."""
     md = MetaData(naming_convention=NAMING_CONVENTION)
@@ -513,6 +539,7 @@ def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     _knowledge(md, dim)
     _operations(md)
     _lifecycle(md)
+    _changes(md)
     return md
 
 
@@ -541,3 +568,5 @@ api_keys = metadata.tables["api_keys"]
 ai_personas = metadata.tables["ai_personas"]
 ai_usage_monthly = metadata.tables["ai_usage_monthly"]
 sla_policies = metadata.tables["sla_policies"]
+change_feed_heads = metadata.tables["change_feed_heads"]
+change_events = metadata.tables["change_events"]

@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId, bind_tenant
+from pipelines import changes
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import CreatedInbox, create_inbox, create_tenant
 
@@ -80,6 +81,11 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
     ids["ai_personas"] = _insert(conn, "ai_personas", {**t, "name": "Aino", "is_default": True})
     ids["api_keys"] = _insert(conn, "api_keys", {
         **t, "name": "crm", "prefix": "ik_" + uuid.uuid4().hex[:9], "key_hash": b"x" * 32, "created_by": "test"})
+    # The feed's head is keyed by its tenant; the event is recorded as the fleet records one.
+    changes.record(conn, tenant, [changes.Change("contact.created", {"contact": {"id": str(ids["contacts"])}},
+                                                 subject_id=ids["contacts"])])
+    ids["change_events"] = uuid.UUID(str(conn.execute(text("SELECT id FROM change_events")).scalar_one()))
+    ids["change_feed_heads"] = tenant
     ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
     conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
                       "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),

@@ -27,6 +27,8 @@ def seeded(rows: TenantRows, table: str) -> tuple[str, dict[str, object]]:
     """A condition that names the seeded row of `table`: by its id, or a token claim by its token."""
     if table == "replay_tokens":
         return "token = :key", {"key": str(rows.ids[table])}
+    if table == "change_feed_heads":
+        return "tenant_id = :key", {"key": rows.ids[table]}
     return "id = :key", {"key": rows.ids[table]}
 
 
@@ -142,7 +144,10 @@ def test_every_tenant_table_refuses_foreign_inserts(
         with admin_engine.connect() as conn:
             row = conn.execute(text(f"SELECT * FROM {table} WHERE {where}"), key).mappings().one()
         values = {k: v for k, v in row.items() if k not in ("id", "search_vector")}
-        values.update({"token": uuid.uuid4().hex} if table == "replay_tokens" else {"id": uuid.uuid4()})
+        if table == "replay_tokens":
+            values["token"] = uuid.uuid4().hex
+        elif table != "change_feed_heads":  # keyed by its tenant alone
+            values["id"] = uuid.uuid4()
         cols = ", ".join(values)
         params = ", ".join(f":{k}" for k in values)
         with app_engine.connect() as conn, pytest.raises(DBAPIError):
