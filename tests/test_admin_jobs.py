@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.admin_server import Keyed, admin_server, client, make_key, make_tenant
+from tests.browser import admin_app, serve
 from tests.processes import wait_for
 from tests.test_admin_api import seed_failures
+from tests.test_console import sign_in
 from workers.admin.jobs import TENANT_THREADS
 
 A = "/v1/admin"
@@ -141,7 +143,7 @@ def test_jobs_list_shows_an_operator_every_job_and_a_tenant_key_its_own(
 @pytest.mark.parametrize(("params", "field"), [
     ({"status": "sleeping"}, "status"),
     ({"status": "running\x00"}, "status"),
-    ({"status": "ｒｕｎｎｉｎｇ"}, "status"),
+    ({"status": "\uff52\uff55\uff4e\uff4e\uff49\uff4e\uff47"}, "status"),  # fullwidth "running"
     ({"tenant_id": "not-a-tenant"}, "tenant_id"),
     ({"tenant_id": "\u202eabc"}, "tenant_id"),
     ({"limit": "0"}, "limit"),
@@ -237,3 +239,40 @@ def test_a_deletion_stops_an_export_of_its_tenant_that_is_still_running(
         assert ended(op, deletion)["status"] == "succeeded"
         assert op.get(f"{A}/jobs/{export['id']}").status_code == 404
         assert exports_on_disk(tenant) == []
+
+
+def test_the_console_lists_jobs_live_and_cancels_one(stack: dict[str, str], admin_engine: Engine) -> None:
+    mine, theirs = make_tenant(admin_engine, "Console jobs"), make_tenant(admin_engine, "Console bystander")
+    seed_failures(admin_engine, str(mine), 3)
+    own, other = make_key(admin_engine, tenant_id=mine), make_key(admin_engine, tenant_id=theirs)
+    operator = make_key(admin_engine, name="console operator")
+    with serve(admin_app(stack)) as base, client(base, own) as api:
+        job = api.post(f"{A}/failures/replay", json={"all": True, "rate": 0.1}).json()
+        wait_for(lambda: job_of(api, job)["done"] == 1, timeout=20)
+        with httpx.Client(base_url=base, timeout=30) as as_operator, httpx.Client(base_url=base, timeout=30) as tc, \
+                httpx.Client(base_url=base, timeout=30) as bystander:
+            sign_in(as_operator, operator.key)
+            listed = as_operator.get("/jobs")
+            assert listed.status_code == 200 and f'href="/jobs/{job["id"]}"' in listed.text
+            row = listed.text[listed.text.index(f'data-job="{job["id"]}"'):]
+            row = row[:row.index("</tr>")]
+            assert "failures.replay" in row and "badge running" in row and "1 of 3" in row
+            assert f'action="/jobs/{job["id"]}/cancel"' in row and "Console jobs" in row
+            assert job["id"] in as_operator.get("/jobs/table", params={"status": "running"}).text
+            assert job["id"] not in as_operator.get("/jobs/table", params={"status": "succeeded"}).text
+
+            sign_in(bystander, other.key)
+            assert job["id"] not in bystander.get("/jobs").text
+
+            token = sign_in(tc, own.key)
+            assert tc.post(f"/jobs/{job['id']}/cancel").status_code == 403  # no CSRF token
+            cancelled = tc.post(f"/jobs/{job['id']}/cancel", data={"csrf": token}, follow_redirects=False)
+            assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/jobs/{job['id']}"
+            assert ended(api, job, timeout=5)["status"] == "cancelled"
+            row = tc.get("/jobs").text
+            assert "badge cancelled" in row and f'action="/jobs/{job["id"]}/cancel"' not in row
+
+            for params in ({"status": "sleeping"}, {"status": "running\x00"}, {"offset": "²"}, {"offset": "9" * 400}):
+                odd = tc.get("/jobs", params=params)
+                assert odd.status_code == 200 and "Some filters are invalid" in odd.text, params
+            assert tc.get("/jobs/table", params={"status": "x" * 10_000}).status_code == 200
