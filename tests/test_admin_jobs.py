@@ -194,6 +194,14 @@ def test_reads_stop_at_the_statement_timeout_and_figures_come_from_a_short_cache
             assert "INTAKE_ADMIN_STATEMENT_TIMEOUT_MS" in slow.json()["detail"] and slow.headers["retry-after"]
         # The timeout is the transaction's own: the connection it used serves a write with no limit after it.
         assert op.patch(f"{A}/tenants/{uncached}", json={"name": "Renamed"}).status_code == 200
+        # The console's pages read under the same timeout.
+        with httpx.Client(base_url=base, timeout=30) as console:
+            sign_in(console, make_key(admin_engine, name="console reader").key)
+            with admin_engine.connect() as blocker, blocker.begin():
+                blocker.execute(text("LOCK TABLE audit_logs IN ACCESS EXCLUSIVE MODE"))
+                page = console.get("/audit")
+                assert page.status_code == 503 and "INTAKE_ADMIN_STATEMENT_TIMEOUT_MS" in page.text
+            assert console.get("/audit").status_code == 200
 
         # Calls that come together for figures nobody has read wait for one read and share it.
         fresh = make_tenant(admin_engine, "Figures read once")
