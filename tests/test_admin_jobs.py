@@ -5,6 +5,7 @@ tenant's exports going with it."""
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from tests.admin_server import Keyed, admin_server, client, make_key, make_tenant
 from tests.browser import admin_app, serve
-from tests.processes import wait_for
+from tests.processes import INTAKE, wait_for
 from tests.test_admin_api import seed_failures
 from tests.test_console import sign_in
 from workers.admin.jobs import TENANT_THREADS
@@ -284,3 +285,19 @@ def test_the_console_lists_jobs_live_and_cancels_one(stack: dict[str, str], admi
                 odd = tc.get("/jobs", params=params)
                 assert odd.status_code == 200 and "Some filters are invalid" in odd.text, params
             assert tc.get("/jobs/table", params={"status": "x" * 10_000}).status_code == 200
+
+
+def test_an_export_of_a_tenant_deleted_elsewhere_is_not_served(stack: dict[str, str], admin_engine: Engine) -> None:
+    """`intake tenant delete` (or another admin process) cannot reach this process's jobs: the download
+    checks that its tenant still exists, and removes the archive when it does not."""
+    tenant = make_tenant(admin_engine, "Deleted at the command line")
+    with admin_server(stack) as base, client(base, make_key(admin_engine, name="cli deleter")) as op:
+        export = ended(op, op.post(f"{A}/tenants/{tenant}/export").json())
+        assert export["status"] == "succeeded" and len(exports_on_disk(tenant)) == 1
+        deleted = subprocess.run([INTAKE, "tenant", "delete", str(tenant), "--confirm", str(tenant)],
+                                 capture_output=True, text=True, timeout=120, check=False)
+        assert deleted.returncode == 0, deleted.stderr
+        gone = op.get(f"{A}/jobs/{export['id']}/download")
+        assert gone.status_code == 404 and "was deleted" in gone.json()["detail"]
+        assert exports_on_disk(tenant) == []
+        assert op.get(f"{A}/jobs/{export['id']}").status_code == 404

@@ -25,7 +25,7 @@ from starlette.responses import FileResponse
 from db.schema import tenants
 from db.tenancy import TenantId, resolve_tenant
 from pipelines import audit
-from pipelines.control.common import paged
+from pipelines.control.common import owner_of, paged
 from pipelines.control.errors import Conflict, Invalid, NotFound
 from pipelines.control.fields import Model, clean_text
 from pipelines.control.models import Listing, Page
@@ -194,6 +194,13 @@ def download_export(call: Call) -> FileResponse:
         raise NotFound(f"job {job.id} ({job.kind}) has nothing to download")
     if job.status != "succeeded":
         raise Conflict(f"the export is {job.status} ({job.done} of {job.total} rows); download it once it succeeded")
+    assert job.subject_id is not None  # an export is about its tenant
+    try:  # deleted by `intake tenant delete`, or by another admin process: the archive goes now
+        with call.admin.owner_engine.connect() as conn:
+            owner_of(conn, "tenant", job.subject_id)
+    except NotFound:
+        call.admin.jobs.forget_tenant(job.subject_id)
+        raise NotFound(f"tenant {job.subject_id} was deleted, and its exports with it") from None
     return FileResponse(_archive(job), media_type="application/zip", filename=_archive(job).name,
                         headers={"Cache-Control": "no-store"})
 
