@@ -97,11 +97,17 @@ def test_paced_tenant_jobs_hold_no_transaction_and_never_delay_an_operators_expo
         assert all(job_of(c, j)["status"] == "running" for c, j in pacing)
         assert job_of(*waiting)["started_at"] is None
 
+    # A job cancelled while it waits for a thread ends at once, unrun, and its tenant may start another.
+    cancelled = clients[-1].post(f"{A}/jobs/{jobs[-1]['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["started_at"] is None and cancelled["done"] == 0
+    retried = clients[-1].post(f"{A}/failures/replay", json={"all": True, "rate": 0.1})
+    assert retried.status_code == 202, retried.text
+    waiting = (clients[-1], retried.json())
     # A cancel ends a pause at once, and the waiting job takes the thread it frees.
     assert clients[0].post(f"{A}/jobs/{jobs[0]['id']}/cancel").status_code == 200
     assert ended(clients[0], jobs[0], timeout=5)["status"] == "cancelled"
     wait_for(lambda: job_of(*waiting)["started_at"] is not None, timeout=10)
-    for c, j in zip(clients[1:], jobs[1:], strict=True):
+    for c, j in [*zip(clients[1:-1], jobs[1:-1], strict=True), waiting]:
         assert c.post(f"{A}/jobs/{j['id']}/cancel").status_code == 200
         assert ended(c, j, timeout=5)["status"] == "cancelled"
     # Its job ended, the tenant may start another.

@@ -133,10 +133,12 @@ class Jobs:
         return job
 
     def _run(self, job: Job, work: Callable[[Job], None]) -> None:
-        job.started_at = datetime.now(UTC)
+        with self._lock:
+            if job.ended.is_set():  # cancelled while it waited for a thread: it never starts
+                return
+            job.started_at = datetime.now(UTC)
         try:
-            if not job.cancelled:  # cancelled while it waited for a thread: it never starts
-                work(job)
+            work(job)
         except Exception as exc:
             log.error("admin.job.failed", job_id=str(job.id), kind=job.kind, error=repr(exc))
             job.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -186,10 +188,9 @@ class Jobs:
         with self._lock:
             theirs = [j for j in self._jobs.values() if j.id != keep and tenant in (j.tenant_id, j.subject_id)]
         for job in theirs:
-            job.cancel.set()
+            self._stop(job)
         for job in theirs:
-            if job.started_at is not None:  # one that waits for a thread ends as soon as it gets one
-                job.ended.wait(STOP_WAIT_SECONDS)
+            job.ended.wait(STOP_WAIT_SECONDS)
         with self._lock:
             for job in theirs:
                 self._jobs.pop(job.id, None)
@@ -205,8 +206,16 @@ class Jobs:
             raise Conflict(f"the job has already ended ({job.status})")
         if not job.cancellable:
             raise Conflict(f"a {job.kind} job cannot be stopped once started")
-        job.cancel.set()
+        self._stop(job)
         return job
+
+    def _stop(self, job: Job) -> None:
+        """Ask a job to stop; one still waiting for a thread ends here, cancelled, and never runs (so its
+        tenant may start another at once)."""
+        job.cancel.set()
+        with self._lock:
+            if job.started_at is None and not job.ended.is_set():
+                self._finish(job, "cancelled")
 
     def shutdown(self) -> None:
         for job in list(self._jobs.values()):
