@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     enqueue_window_ms: int = Field(default=50, ge=0, le=1000)
     db_pool_size: int = Field(default=4, ge=1, le=100)
 
+    # The admin process: requests per key (a token bucket each), how long a read may run, how long a tenant's
+    # storage figures are reused before they are read again.
+    admin_rate_limit_per_second: float = Field(default=50.0, gt=0)
+    admin_rate_limit_burst: int = Field(default=200, ge=1)
+    admin_statement_timeout_ms: int = Field(default=15_000, ge=1, le=3_600_000)
+    admin_stats_cache_seconds: float = Field(default=60.0, ge=0, le=86_400)
+
     # The workers.
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_threads: int = Field(default=8, ge=1, le=256)

@@ -24,8 +24,9 @@ from workers.admin import create_app
 
 
 @contextmanager
-def admin_server(stack: dict[str, str]) -> Iterator[str]:
-    settings = get_settings()
+def admin_server(stack: dict[str, str], **changes: object) -> Iterator[str]:
+    """The admin API on a free port; `changes` replace settings (admin_rate_limit_burst=3)."""
+    settings = get_settings().model_copy(update=changes)
     app = create_app(settings, database_url=stack["DATABASE_URL"],
                      admin_database_url=stack["INTAKE_ADMIN_DATABASE_URL"], secret_key=stack["INTAKE_SECRET_KEY"])
     port = free_port()

@@ -1,5 +1,5 @@
 """The console in a real headless Chromium: sign in, a failure from a broken AI provider replayed after the
-fix, a secret rotated, tenants kept apart, forged posts refused. Each page visited is saved as a PNG in
+fix, a secret rotated, tenants kept apart, forged posts refused, a slow job found on the jobs page and cancelled. Each page visited is saved as a PNG in
 tests/screenshots/ for a person to look at.
 """
 
@@ -230,3 +230,43 @@ def test_posts_without_the_csrf_token_are_refused(page: Any, admin_engine: Engin
     page.goto("/failures")
     expect(page.get_by_role("heading", level=1)).to_have_text("Failures")
     screenshot(page, "17-failures-phone")
+
+
+def test_a_slow_replay_is_found_on_the_jobs_page_and_cancelled(page: Any, console: str, admin_engine: Engine) -> None:
+    from playwright.sync_api import expect
+
+    from tests.admin_server import make_tenant
+    from tests.test_admin_api import seed_failures
+
+    tenants = [make_tenant(admin_engine, name) for name in ("Slow Replays Oy", "Later Replays AB")]
+    for tenant in tenants:
+        seed_failures(admin_engine, str(tenant), 3)
+    keys = [make_key(admin_engine, tenant, name="replayer") for tenant in tenants]
+
+    def replay(key: str) -> str:
+        answer = httpx.post(f"{console}/v1/admin/failures/replay", json={"all": True, "rate": 0.1},
+                            headers={"authorization": f"Bearer {key}"})
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["id"])
+
+    first = replay(keys[0])
+    sign_in(page, make_key(admin_engine, name="ops-jobs"))
+    page.get_by_role("link", name="Jobs").click()
+    row = page.locator(f"tr[data-job='{first}']")
+    expect(row).to_contain_text("failures.replay")
+    expect(row).to_contain_text("Slow Replays Oy")
+    expect(row.locator(".badge")).to_have_text("running")
+    expect(row).to_contain_text("1 of 3")
+    # A job started after the page loaded appears on its own: the table refreshes.
+    second = replay(keys[1])
+    expect(page.locator(f"tr[data-job='{second}']")).to_contain_text("Later Replays AB")
+    screenshot(page, "20-jobs")
+
+    row.get_by_role("button", name=re.compile("^Cancel job failures.replay")).click()
+    expect(page.locator("[data-job-status]")).to_have_attribute("data-job-status", "cancelled")
+    screenshot(page, "21-job-cancelled")
+    page.get_by_role("link", name="← Jobs").click()
+    expect(page.locator(f"tr[data-job='{first}'] .badge")).to_have_text("cancelled")
+    expect(page.locator(f"tr[data-job='{first}']").get_by_role("button")).to_have_count(0)
+    page.locator(f"tr[data-job='{second}']").get_by_role("button", name=re.compile("^Cancel")).click()
+    expect(page.locator("[data-job-status]")).to_have_attribute("data-job-status", "cancelled")

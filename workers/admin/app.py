@@ -26,17 +26,19 @@ from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
 from workers.admin import data, lifecycle, operations, sla
+from workers.admin.cache import TenantCache
 from workers.admin.console import console_routes
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
 from workers.admin.openapi import document
+from workers.web.ratelimit import TokenBuckets
 
 OPENAPI_PATH = "/v1/admin/openapi.json"
 
 
 class Admin:
     """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox tools, the jobs."""
+    records wait), the inbox tools, the jobs, each key's request bucket and the tenants' storage figures."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -45,6 +47,8 @@ class Admin:
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
         self.jobs = Jobs()
+        self.key_buckets = TokenBuckets()  # requests per API key (read and charged on the event loop only)
+        self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5) if settings.redis_url else None
 
     def authenticate(self, key: str | None) -> Principal | None:

@@ -5,7 +5,8 @@ commands do: a tenant's rows are read and changed as the fleet's role bound to t
 security holds, whoever the key is), waiting jobs in Redis are rewritten or removed after the database has
 committed, and the deletion's audit row, which belongs to no tenant, is written as the maintenance role.
 Export and deletion are jobs (`workers.admin.jobs`) with progress; an export's archive waits in a temporary
-file for `GET /v1/admin/jobs/{id}/download` until the job is forgotten.
+file for `GET /v1/admin/jobs/{id}/download` until the job is forgotten or the tenant is deleted. Storage
+figures are read at most once a short while per tenant (`workers.admin.cache`), and say when.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import redis
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
@@ -24,7 +25,7 @@ from starlette.responses import FileResponse
 from db.schema import tenants
 from db.tenancy import TenantId, resolve_tenant
 from pipelines import audit
-from pipelines.control.common import paged
+from pipelines.control.common import owner_of, paged
 from pipelines.control.errors import Conflict, Invalid, NotFound
 from pipelines.control.fields import Model, clean_text
 from pipelines.control.models import Listing, Page
@@ -46,7 +47,7 @@ def _tenant(call: Call) -> TenantId:
 
 def as_fleet(call: Call, tenant: TenantId) -> TenantBound:
     """The tenant's rows as the fleet sees them (its role, bound to the tenant), as the commands read them."""
-    return TenantBound(call.admin.app_engine, tenant)
+    return TenantBound(call.admin.app_engine, tenant, call.statement_timeout_ms)
 
 
 def _redis(call: Call) -> redis.Redis:
@@ -121,14 +122,20 @@ class TenantStats(BaseModel):
     tables: dict[str, TableStats]
     retention: dict[str, RetentionDue] = Field(description="Per kind: event_bodies, failures, audit_rows, "
                                                            "ai_usage_rows")
+    cached_at: datetime = Field(description="When these figures were read: they are reused for "
+                                            "INTAKE_ADMIN_STATS_CACHE_SECONDS (default 60) before being read again")
 
 
 def _stats(call: Call, tenant: TenantId) -> TenantStats:
     defaults = RetentionPolicy.defaults(call.admin.settings)
-    with as_fleet(call, tenant).begin() as conn:
-        settings = conn.execute(select(tenants.c.settings).where(tenants.c.id == tenant)).scalar()
-        figures = stats.tenant_stats(conn, tenant, defaults.for_tenant(settings), datetime.now(UTC))
-    return TenantStats.model_validate(figures)
+
+    def read() -> dict[str, Any]:
+        with as_fleet(call, tenant).begin() as conn:
+            settings = conn.execute(select(tenants.c.settings).where(tenants.c.id == tenant)).scalar()
+            return stats.tenant_stats(conn, tenant, defaults.for_tenant(settings), datetime.now(UTC))
+
+    figures, read_at = call.admin.stats_cache.get(tenant, read)
+    return TenantStats.model_validate({**figures, "cached_at": read_at})
 
 
 def tenant_stats(call: Call) -> TenantStats:
@@ -187,6 +194,13 @@ def download_export(call: Call) -> FileResponse:
         raise NotFound(f"job {job.id} ({job.kind}) has nothing to download")
     if job.status != "succeeded":
         raise Conflict(f"the export is {job.status} ({job.done} of {job.total} rows); download it once it succeeded")
+    assert job.subject_id is not None  # an export is about its tenant
+    try:  # deleted by `intake tenant delete`, or by another admin process: the archive goes now
+        with call.admin.owner_engine.connect() as conn:
+            owner_of(conn, "tenant", job.subject_id)
+    except NotFound:
+        call.admin.jobs.forget_tenant(job.subject_id)
+        raise NotFound(f"tenant {job.subject_id} was deleted, and its exports with it") from None
     return FileResponse(_archive(job), media_type="application/zip", filename=_archive(job).name,
                         headers={"Cache-Control": "no-store"})
 
@@ -201,12 +215,14 @@ def delete_tenant(call: Call) -> JobView:
     if call.body.confirm != tenant:
         raise Invalid({"confirm": "must repeat the tenant's id"})
     client, actor = _redis(call), call.actor
-    engine, owner = call.admin.app_engine, call.admin.owner_engine
+    engine, owner, admin = call.admin.app_engine, call.admin.owner_engine, call.admin
 
     def work(job: Job) -> None:
         # As `intake tenant delete`: disable (nothing new arrives), drop its waiting jobs, delete in batches.
         deletion.disable(engine, tenant)
         jobs.forget_jobs(client, NAMESPACE, str(tenant))
+        # Its exports stop first, so none goes on writing the rows being deleted into an archive.
+        admin_jobs = admin.jobs.forget_tenant(tenant, keep=job.id)
         with engine.begin() as conn:
             resolve_tenant(conn, tenant)
             job.total = sum(export.count_rows(conn, tenant).values())
@@ -215,8 +231,11 @@ def delete_tenant(call: Call) -> JobView:
         redis_jobs = jobs.forget_jobs(client, NAMESPACE, str(tenant))
         redis_keys = jobs.forget_tenant_keys(client, str(tenant))
         deletion.record_deletion(owner, tenant, deleted, actor=actor)
+        # The admin process's own copies: exports started meanwhile, their archives, the storage figures.
+        admin_jobs += admin.jobs.forget_tenant(tenant, keep=job.id)
+        admin.stats_cache.forget(tenant)
         job.result = {"tenant_id": str(tenant), "deleted": deleted, "rows": sum(deleted.values()),
-                      "redis_jobs": redis_jobs, "redis_keys": redis_keys}
+                      "redis_jobs": redis_jobs, "redis_keys": redis_keys, "admin_jobs": admin_jobs}
 
     # Half a tenant is worse than either whole or none: once confirmed, the deletion runs to its end.
     return call.admin.jobs.start(DELETE, call.principal, 0, work, subject_id=tenant, cancellable=False).view()

@@ -13,6 +13,12 @@ tenant acted on when there is one.
 Every error has the ingress's body, `{"error": code, "detail": text}`; 422 adds
 `"fields": {"<field path>": "<message>"}`. A handler answers with a model (JSON) or, for a download, with a
 Response of its own.
+
+Each key has a token bucket of requests (INTAKE_ADMIN_RATE_LIMIT_PER_SECOND, INTAKE_ADMIN_RATE_LIMIT_BURST),
+charged once the key is known, so one busy or runaway key gets 429 with Retry-After and never spends another
+key's requests. A read (GET) runs under INTAKE_ADMIN_STATEMENT_TIMEOUT_MS: a statement that takes longer is
+cancelled and answered 503 `statement_timeout`, so a costly filter cannot hold a connection and a core for
+minutes.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import structlog
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -38,7 +45,7 @@ from pipelines.control.common import owner_of
 from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
 from pipelines.control.fields import field_errors
 from pipelines.control.keys import Principal
-from pipelines.errors import PermanentError, is_retryable
+from pipelines.errors import PermanentError, is_retryable, underlying
 
 if TYPE_CHECKING:
     from workers.admin.app import Admin
@@ -50,6 +57,8 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer ik_..."}
 STATUS = {NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), Conflict: (409, "conflict"),
           Invalid: (422, "invalid")}
+# Transaction-local, like the tenant: a pooled connection never carries it over to a job's work.
+STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 
 
 class ErrorBody(BaseModel):
@@ -100,6 +109,8 @@ class Call:
     query: Any = None
     tenant: uuid.UUID | None = None
     params: dict[str, str] = field(default_factory=dict)  # the path's words (`Endpoint.path_choices`)
+    # Set for reads: each statement of this call's transactions is cancelled after this many milliseconds.
+    statement_timeout_ms: int | None = None
     _bound: list[Connection] = field(default_factory=list)
 
     @property
@@ -119,8 +130,9 @@ class Call:
         """Where this caller's work runs: a tenant key's on the fleet's role with its tenant bound in every
         transaction; an operator's as the owner, bound to the tenant acted on when there is one."""
         if self.principal.tenant_id is not None:
-            return TenantBound(self.admin.app_engine, TenantId(self.principal.tenant_id))
-        return TenantBound(self.admin.owner_engine, None if self.tenant is None else TenantId(self.tenant))
+            return TenantBound(self.admin.app_engine, TenantId(self.principal.tenant_id), self.statement_timeout_ms)
+        return TenantBound(self.admin.owner_engine, None if self.tenant is None else TenantId(self.tenant),
+                           self.statement_timeout_ms)
 
     def transaction(self) -> AbstractContextManager[Connection]:
         return self.bound.begin()
@@ -133,10 +145,13 @@ class TenantBound:
 
     engine: Engine
     tenant: TenantId | None
+    statement_timeout_ms: int | None = None
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
+            if self.statement_timeout_ms is not None:
+                conn.execute(STATEMENT_TIMEOUT, {"ms": str(self.statement_timeout_ms)})
             if self.tenant is not None:
                 bind_tenant(conn, self.tenant)
             yield conn
@@ -219,6 +234,14 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
         principal = await run_in_threadpool(admin.authenticate, key)
         if principal is None:
             return JSONResponse(UNAUTHORIZED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        settings = admin.settings
+        wait = admin.key_buckets.take(principal.key_id, settings.admin_rate_limit_per_second,
+                                      settings.admin_rate_limit_burst)
+        if wait:
+            log.warning("admin.rate_limited", key_id=str(principal.key_id), request_id=rid)
+            return error(429, "rate_limited", f"this key made more than {settings.admin_rate_limit_burst} requests "
+                         f"at {settings.admin_rate_limit_per_second:g} a second; retry after Retry-After seconds",
+                         headers={"Retry-After": admin.key_buckets.retry_after(wait)})
         try:
             if endpoint.operator_only and not principal.operator:
                 raise Forbidden("this needs an operator key")
@@ -234,7 +257,8 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
                     ids[name] = uuid.UUID(value)
                 except ValueError:
                     raise NotFound(f"no such {name.removesuffix('_id')}") from None
-            call = Call(admin, principal, rid, ids, params=params)
+            call = Call(admin, principal, rid, ids, params=params,
+                        statement_timeout_ms=settings.admin_statement_timeout_ms if endpoint.method == "GET" else None)
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
             if endpoint.body is not None:
@@ -258,7 +282,13 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
 
 
 def failure(exc: BaseException, rid: str) -> JSONResponse:
-    """503 when a dependency is unavailable, else 500 with an error id logged with its traceback."""
+    """503 when a read ran past its statement timeout or a dependency is unavailable, else 500 with an error
+    id logged with its traceback."""
+    if isinstance(underlying(exc), psycopg.errors.QueryCanceled):
+        log.warning("admin.statement_timeout", request_id=rid)
+        return error(503, "statement_timeout", "the database took longer than this read may take "
+                     "(INTAKE_ADMIN_STATEMENT_TIMEOUT_MS); narrow it (a filter, a smaller page) or retry later",
+                     headers={"Retry-After": "5"})
     if is_retryable(exc):
         log.error("admin.unavailable", error=repr(exc), request_id=rid)
         return error(503, "unavailable", "the database is unavailable; retry later")

@@ -14,6 +14,7 @@ REF = "#/components/schemas/{model}"
 ERRORS = {
     "400": "The body is not JSON", "401": "No valid API key", "403": "The key may not act on this tenant",
     "404": "No such object", "409": "Conflicts with what is stored", "413": "The body is too large",
+    "429": "This key made too many requests: retry after Retry-After seconds",
 }
 
 

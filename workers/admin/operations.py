@@ -21,7 +21,7 @@ from pipelines.control.errors import Invalid, NotFound
 from pipelines.control.fields import Model, Short
 from pipelines.control.models import AuditEntry, Listing, Page
 from workers.admin.http import Call, Endpoint
-from workers.admin.jobs import Job, JobView
+from workers.admin.jobs import Job, JobStatus, JobView
 from workers.broker import ensure
 from workers.ops import events as event_ops
 from workers.ops import failures as ledger
@@ -134,9 +134,9 @@ def replay_failures(call: Call) -> JobView:
 
     def work(job: Job) -> None:
         # Only `begin` is called on the engine: a TenantBound keeps a tenant key's replay in its tenant.
-        # Paced replays commit a second's worth at a time, so progress shows and a cancel stops soon.
-        batch = 100 if body.rate is None else max(1, min(100, int(body.rate)))
-        for _ in ledger.replay(bound, ensure(settings), filters, batch=batch, rate=body.rate):
+        # Paced replays commit a second's worth at a time and pause between batches with no transaction
+        # open; a cancel ends the pause at once.
+        for _ in ledger.replay(bound, ensure(settings), filters, batch=100, rate=body.rate, wait=job.cancel.wait):
             job.advance()
             if job.cancelled:
                 break
@@ -225,6 +225,21 @@ def reprocess_events(call: Call) -> JobView:
 
 
 # -- jobs and the audit trail ------------------------------------------------------------------------------
+class JobQuery(Page):
+    status: JobStatus | None = None
+    tenant_id: uuid.UUID | None = Field(default=None, description="Jobs started by this tenant's keys (a tenant "
+                                                                   "key: its own, whatever is given)")
+
+
+def list_jobs(call: Call) -> Listing[JobView]:
+    """The jobs this admin process holds (running, and ended in the last six hours), newest first."""
+    q: JobQuery = call.query
+    jobs = call.admin.jobs.listed(call.principal, status=q.status, tenant=call.scope_tenant(q.tenant_id))
+    page = jobs[q.offset:q.offset + q.limit]
+    more = len(jobs) > q.offset + q.limit
+    return Listing[JobView](items=[j.view() for j in page], next_offset=q.offset + q.limit if more else None)
+
+
 def show_job(call: Call) -> JobView:
     return call.admin.jobs.get(call.ids["job_id"], call.principal).view()
 
@@ -267,6 +282,8 @@ def endpoints() -> list[Endpoint]:
                  query=EventQuery),
         Endpoint("POST", f"{PREFIX}/events/reprocess", "Run stored events through the pipeline again, as a job",
                  reprocess_events, JobView, body=Reprocess, status=202),
+        Endpoint("GET", f"{PREFIX}/jobs", "Jobs, newest first (a tenant key: its tenant's)", list_jobs,
+                 Listing[JobView], query=JobQuery),
         Endpoint("GET", f"{PREFIX}/jobs/{{job_id}}", "A job's progress", show_job, JobView),
         Endpoint("POST", f"{PREFIX}/jobs/{{job_id}}/cancel", "Stop a job after the batch in hand", cancel_job,
                  JobView),

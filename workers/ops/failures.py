@@ -124,11 +124,21 @@ class Transactions(Protocol):
     def begin(self) -> AbstractContextManager[Connection]: ...
 
 
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 def replay(
     engine: Transactions, broker: Any, filters: Filters, *, batch: int = 500, rate: float | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None, wait: Callable[[float], bool] = _sleep,
 ) -> Iterator[uuid.UUID]:
     """Replay matching dead failures in bounded batches; yields each replayed failure's id.
+
+    Paced (`rate` a second), a batch holds at most a second's worth, and the pause that follows it is taken
+    after its transaction has committed: a slow replay never holds row locks, a claim or an open transaction
+    while it waits. `wait(seconds)` pauses (an admin job passes its cancel event's `wait`); True stops the
+    replay there.
 
     A row whose stored message cannot be rebuilt (written by hand, or by an older version) is left dead,
     logged, and not claimed again by this run.
@@ -136,7 +146,8 @@ def replay(
     started = datetime.now().astimezone()
     c = job_failures.c
     client = broker.client
-    pause = 1.0 / rate if rate else 0.0
+    if rate:
+        batch = max(1, min(batch, int(rate)))
     skipped: list[uuid.UUID] = []
     while True:
         claim = (select(c.id, c.queue, c.message)
@@ -163,11 +174,11 @@ def replay(
                     pipe.zrem(f"{broker.namespace}:{row.queue}.XQ", dead_id)
                     pipe.hdel(f"{broker.namespace}:{row.queue}.XQ.msgs", dead_id)
                     pipe.execute()
-                if pause:
-                    time.sleep(pause)
             if replayed:
                 conn.execute(update(job_failures).where(c.id.in_(replayed))
                              .values(status="replayed", replayed_at=func.now()))
         yield from replayed
         if on_progress is not None and replayed:
             on_progress(len(replayed))
+        if rate and replayed and wait(len(replayed) / rate):
+            return

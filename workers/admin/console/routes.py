@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from workers.admin.console import audit, auth, events, failures, overview, tenants
+from workers.admin.console import audit, auth, events, failures, jobs, overview, tenants
 from workers.admin.console.web import Console
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ def console_routes(admin: Admin) -> list[BaseRoute]:
     return [
         *auth.routes(console),
         *overview.routes(console),
+        *jobs.routes(console),
         *failures.routes(console),
         *events.routes(console),
         *tenants.routes(console),

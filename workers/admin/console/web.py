@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
+import psycopg
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel
@@ -29,7 +30,7 @@ from db.schema import api_keys
 from pipelines.control.common import owner_of
 from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
 from pipelines.control.keys import Principal
-from pipelines.errors import PermanentError, is_retryable
+from pipelines.errors import PermanentError, is_retryable, underlying
 from workers.admin.console.sessions import COOKIE, Session, Sessions
 from workers.admin.http import BodyTooLarge, Call, read_body, request_id, validate
 
@@ -130,9 +131,11 @@ class Visit:
 
     def call(self, *, body: BaseModel | None = None, query: BaseModel | None = None,
              ids: dict[str, uuid.UUID] | None = None, owner: tuple[str, uuid.UUID] | None = None) -> Call:
-        """A call of the admin API's handlers; with `owner` (kind, id), acting on the tenant that owns it."""
+        """A call of the admin API's handlers; with `owner` (kind, id), acting on the tenant that owns it. A page
+        read (GET) runs under the API's statement timeout, as the API's reads do."""
+        timeout = self.admin.settings.admin_statement_timeout_ms if self.request.method == "GET" else None
         call = Call(self.admin, self.principal, self.rid, ids or {}, body=body, query=query,
-                    tenant=self.principal.tenant_id)
+                    tenant=self.principal.tenant_id, statement_timeout_ms=timeout)
         if owner is not None:
             call.tenant = self.owner(*owner)
         return call
@@ -269,6 +272,10 @@ def _failure(console: Console, session: Session, exc: Exception, rid: str) -> Re
     for kind, (status, title) in answers.items():
         if isinstance(exc, kind):
             return _error(console, session, status, title, str(exc))
+    if isinstance(underlying(exc), psycopg.errors.QueryCanceled):
+        log.warning("console.statement_timeout", request_id=rid)
+        return _error(console, session, 503, "Too slow", "The database took longer than a page may take "
+                      "(INTAKE_ADMIN_STATEMENT_TIMEOUT_MS). Narrow the filter, or retry later.")
     if is_retryable(exc):
         log.error("console.unavailable", error=repr(exc), request_id=rid)
         return _error(console, session, 503, "Unavailable", "The database or Redis is unavailable; retry later.")
