@@ -31,10 +31,12 @@ from workers.admin.console.web import Console, Visit, checked, nested, offset_of
 
 PAGE_SIZE = 50
 NOTICES = {"saved": "Saved.", "disabled": "Disabled.", "enabled": "Enabled.", "created": "Created."}
-TENANT_FIELDS = ("settings.default_region", "settings.default_language", "settings.reopen_window_hours",
-                 "settings.ai.provider", "settings.ai.model", "settings.ai.monthly_budget_usd")
-INBOX_FIELDS = ("settings.default_region", "settings.reopen_window_hours", "settings.rate_limit_per_second",
-                "settings.rate_limit_burst", "settings.ai_drafts")
+TENANT_FIELDS = ("settings.default_region", "settings.default_language", "settings.reopen_window_hours")
+INBOX_FIELDS = ("settings.default_region", "settings.reopen_window_hours", "settings.ai_drafts")
+# The operator's settings (`pipelines.control.settings.guard`): a tenant key's form shows them read-only and
+# sends none of them, so saving it leaves them as they are.
+OPERATOR_TENANT_FIELDS = ("settings.ai.provider", "settings.ai.model", "settings.ai.monthly_budget_usd")
+OPERATOR_INBOX_FIELDS = ("settings.rate_limit_per_second", "settings.rate_limit_burst")
 ISSUED_SECRETS = ("auth_token", "app_secret", "signing_key")  # the ones a provider issues (Twilio, Meta, Mailgun)
 
 
@@ -107,7 +109,8 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
 
 def update_tenant(visit: Visit) -> Response:
     tenant_id = _tenant_id(visit)
-    values = {name: visit.value(name) for name in ("name", *TENANT_FIELDS)}
+    fields = (*TENANT_FIELDS, *(OPERATOR_TENANT_FIELDS if visit.principal.operator else ()))
+    values = {name: visit.value(name) for name in ("name", *fields)}
     try:
         body = checked(TenantUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
         api.update_tenant(visit.call(body=body, ids={"tenant_id": tenant_id}, owner=("tenant", tenant_id)))
@@ -161,7 +164,8 @@ def inbox_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = No
 
 def update_inbox(visit: Visit) -> Response:
     inbox_id = _inbox_id(visit)
-    values = {name: visit.value(name) for name in ("name", *INBOX_FIELDS)}
+    fields = (*INBOX_FIELDS, *(OPERATOR_INBOX_FIELDS if visit.principal.operator else ()))
+    values = {name: visit.value(name) for name in ("name", *fields)}
     try:
         body = checked(InboxUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
         api.update_inbox(visit.call(body=body, ids={"inbox_id": inbox_id}, owner=("inbox", inbox_id)))
