@@ -31,12 +31,13 @@ from workers.admin.console.web import Console, Visit, checked, nested, offset_of
 
 PAGE_SIZE = 50
 NOTICES = {"saved": "Saved.", "disabled": "Disabled.", "enabled": "Enabled.", "created": "Created."}
-TENANT_FIELDS = ("settings.default_region", "settings.default_language", "settings.reopen_window_hours")
-INBOX_FIELDS = ("settings.default_region", "settings.reopen_window_hours", "settings.ai_drafts")
-# The operator's settings (`pipelines.control.settings.guard`): a tenant key's form shows them read-only and
-# sends none of them, so saving it leaves them as they are.
-OPERATOR_TENANT_FIELDS = ("settings.ai.provider", "settings.ai.model", "settings.ai.monthly_budget_usd")
-OPERATOR_INBOX_FIELDS = ("settings.rate_limit_per_second", "settings.rate_limit_burst")
+# The settings the forms show. A form sends what it shows (an empty field removes the setting); a field it
+# does not send is left as it is. A tenant key's form shows the operator's settings read-only (disabled
+# fields, never sent), so saving it keeps them; a form forged to send one is refused like the API's request.
+TENANT_FIELDS = ("settings.default_region", "settings.default_language", "settings.reopen_window_hours",
+                 "settings.ai.provider", "settings.ai.model", "settings.ai.monthly_budget_usd")
+INBOX_FIELDS = ("settings.default_region", "settings.reopen_window_hours", "settings.rate_limit_per_second",
+                "settings.rate_limit_burst", "settings.ai_drafts")
 ISSUED_SECRETS = ("auth_token", "app_secret", "signing_key")  # the ones a provider issues (Twilio, Meta, Mailgun)
 
 
@@ -109,10 +110,9 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
 
 def update_tenant(visit: Visit) -> Response:
     tenant_id = _tenant_id(visit)
-    fields = (*TENANT_FIELDS, *(OPERATOR_TENANT_FIELDS if visit.principal.operator else ()))
-    values = {name: visit.value(name) for name in ("name", *fields)}
+    values = {name: visit.value(name) for name in ("name", *TENANT_FIELDS) if name in visit.form}
     try:
-        body = checked(TenantUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
+        body = checked(TenantUpdate, {"name": values.get("name") or None, "settings": nested(values, "settings")})
         api.update_tenant(visit.call(body=body, ids={"tenant_id": tenant_id}, owner=("tenant", tenant_id)))
     except Invalid as exc:
         return tenant_page(visit, 422, exc.fields, values)
@@ -164,10 +164,9 @@ def inbox_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = No
 
 def update_inbox(visit: Visit) -> Response:
     inbox_id = _inbox_id(visit)
-    fields = (*INBOX_FIELDS, *(OPERATOR_INBOX_FIELDS if visit.principal.operator else ()))
-    values = {name: visit.value(name) for name in ("name", *fields)}
+    values = {name: visit.value(name) for name in ("name", *INBOX_FIELDS) if name in visit.form}
     try:
-        body = checked(InboxUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
+        body = checked(InboxUpdate, {"name": values.get("name") or None, "settings": nested(values, "settings")})
         api.update_inbox(visit.call(body=body, ids={"inbox_id": inbox_id}, owner=("inbox", inbox_id)))
     except Invalid as exc:
         return inbox_page(visit, 422, exc.fields, values)
