@@ -328,3 +328,30 @@ def test_the_sla_command_refuses_a_zone_that_is_not_one_and_a_time_never_met(sta
         assert refused.returncode == 1 and words in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
     assert op.get(f"{A}/tenants/{tenant}/sla-policies").json()["items"] == []
+
+
+def test_the_operator_sets_budgets_and_limits_in_the_console(base: str, op: httpx.Client, operator: Keyed,
+                                                            admin_engine: Engine) -> None:
+    """The console's form sends text; the numeric settings arrive as numbers, or a 422 names the field."""
+    ids, _ = setup(op, admin_engine)
+    with httpx.Client(base_url=base, follow_redirects=False, timeout=30) as c:
+        form = c.get("/login")
+        assert c.post("/login", data={"csrf": CSRF.findall(form.text)[0], "key": operator.key}).status_code == 303
+        token = CSRF.findall(c.get(f"/tenants/{ids['tenant']}").text)[0]
+        fields = {"csrf": token, "name": "Bounded", "settings.default_region": "", "settings.default_language": "",
+                  "settings.reopen_window_hours": "2", "settings.ai.provider": "openai",
+                  "settings.ai.model": "big", "settings.ai.monthly_budget_usd": "12.5"}
+        assert c.post(f"/tenants/{ids['tenant']}/settings", data=fields).status_code == 303
+        for bad in ("1e400", "\u00b2", "-1", "5,0", "1" * 400, "0x10", "NaN", "\x00"):
+            refused = c.post(f"/tenants/{ids['tenant']}/settings",
+                             data={**fields, "settings.ai.monthly_budget_usd": bad})
+            assert refused.status_code == 422 and 'id="e-settings.ai.monthly_budget_usd"' in refused.text, bad
+        saved = c.post(f"/inboxes/{ids['inbox']}/settings", data={
+            "csrf": token, "name": "Limited", "settings.default_region": "", "settings.reopen_window_hours": "",
+            "settings.rate_limit_per_second": "2.5", "settings.rate_limit_burst": "5", "settings.ai_drafts": ""})
+        assert saved.status_code == 303, saved.text
+    assert op.get(f"{A}/tenants/{ids['tenant']}").json()["settings"] == {
+        "reopen_window_hours": 2.0, "ai": {"provider": "openai", "model": "big", "monthly_budget_usd": 12.5},
+        "retention": OPERATORS_RETENTION}
+    assert op.get(f"{A}/inboxes/{ids['inbox']}").json()["settings"] == {"rate_limit_per_second": 2.5,
+                                                                         "rate_limit_burst": 5}

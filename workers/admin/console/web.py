@@ -185,7 +185,7 @@ def checked(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     return validate(model, raw, "query")
 
 
-def nested(pairs: Mapping[str, str], prefix: str) -> dict[str, Any]:
+def nested(pairs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """Form fields named `prefix.a.b` as `{"a": {"b": value}}`; an empty field is None (the setting is
     removed) and a group whose fields are all empty is None too."""
     tree: dict[str, Any] = {}
