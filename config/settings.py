@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # Retention defaults (a tenant's settings.retention overrides each); the clock applies them in batches.
     retention_event_body_days: int = Field(default=30, ge=1, le=36_500)
     retention_failure_days: int = Field(default=30, ge=1, le=36_500)
-    retention_audit_days: int = Field(default=365, ge=1, le=36_500)
+    retention_audit_days: int = Field(default=365, ge=30, le=36_500)  # the audit trail's floor: 30 days
     # At least 32: a month's usage rows stay whole while its AI budget is being counted.
     retention_ai_usage_days: int = Field(default=90, ge=32, le=36_500)
     retention_batch: int = Field(default=1000, ge=10, le=50_000)

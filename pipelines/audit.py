@@ -27,11 +27,17 @@ SECRET_MARKERS = ("secret", "password", "token", "key_hash", "api_key", "signing
 
 @dataclass(frozen=True)
 class Actor:
-    """Who makes a change: an API key (`key_id` set) or a person at the command line."""
+    """Who makes a change: an API key (`key_id` set) or a person at the command line.
+
+    `operator` says whether the change is made with an operator's authority: an operator key, or a person at
+    the command line (who holds the database owner's rights). A tenant key's changes are not, and the control
+    plane refuses them what only an operator may change (`pipelines.control.settings`). Unset, it is not: an
+    actor that forgot to say is refused rather than trusted."""
 
     name: str
     key_id: uuid.UUID | None = None
     request_id: str | None = None
+    operator: bool = False
 
 
 def redacted(value: Any) -> Any:

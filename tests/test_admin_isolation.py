@@ -1,6 +1,8 @@
 """A tenant key reaches nothing of another tenant, on every endpoint the OpenAPI document lists: each
 operation is called with the other tenant's ids (in the path, the query and the body) and must be refused
 or, for lists, show none of the other tenant's rows; the other tenant's rows are unchanged afterwards.
+A refusal is the answer to ids that exist nowhere, word for word (404 `no tenant <id>`), so no answer tells
+a tenant key whether an id exists elsewhere; only what needs an operator key is a 403, whatever the ids.
 An operation this test does not know how to call fails it, so a new endpoint cannot slip through."""
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
                "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
+        # The same kinds of ids, of nothing at all.
+        nobodys = {k: (v if k == "priority" else str(uuid.uuid4())) for k, v in ids.items()}
         before = snapshot(admin_engine, uuid.UUID(theirs))
         key = make_key(admin_engine, tenant_id=uuid.UUID(mine))
         checked = 0
@@ -102,11 +106,26 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                         if response.status_code < 300:
                             assert "{" not in path, f"{where} acted on another tenant's id"
                             assert not any(i in response.text for i in their_ids), f"{where} showed another tenant"
+                            continue
+                        body = response.json()
+                        if response.status_code == 403:  # before any id is looked at
+                            assert body["detail"] == "this needs an operator key", (where, body)
                         else:
-                            assert response.status_code in (403, 404), (where, response.text)
+                            assert response.status_code == 404, (where, response.text)
+                        nowhere = call(tk, method, path, operation, nobodys, name_tenant)
+                        assert (nowhere.status_code, unnamed(nowhere.json(), nobodys)) == (
+                            response.status_code, unnamed(body, ids)), f"{where} tells their ids from nobody's"
             assert tk.post(f"/v1/admin/tenants/{mine}/delete", json={"confirm": mine}).status_code == 403
         assert checked == sum(len(ops) for ops in spec["paths"].values()) >= 30
         assert snapshot(admin_engine, uuid.UUID(theirs)) == before
+
+
+def unnamed(body: dict[str, Any], ids: dict[str, str]) -> str:
+    """An error body with the ids it was asked about replaced by their kinds, to compare two answers."""
+    text = orjson.dumps(body).decode()
+    for kind, value in ids.items():
+        text = text.replace(str(value), kind)
+    return text
 
 
 def call(tk: httpx.Client, method: str, path: str, operation: dict[str, Any], ids: dict[str, str],

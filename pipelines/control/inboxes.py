@@ -21,7 +21,7 @@ from pipelines import audit
 from pipelines.control.common import one, paged, refusals
 from pipelines.control.errors import Invalid
 from pipelines.control.models import InboxCreate, InboxSecrets, InboxUpdate, InboxView, Listing, Page, RotateSecrets
-from pipelines.control.settings import InboxSettings, initial, merged
+from pipelines.control.settings import OPERATOR_INBOX_SETTINGS, InboxSettings, guard, initial, merged
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import InboxConfigError, channel_spec, complete_secrets, create_inbox, webhook_url
 
@@ -66,10 +66,12 @@ class Inboxes:
         return paged(conn, query, page, self.view)
 
     def create(self, conn: Connection, tenant: TenantId, request: InboxCreate, actor: audit.Actor) -> InboxSecrets:
+        settings = initial(request.settings)
+        guard({}, settings, OPERATOR_INBOX_SETTINGS, actor)
         try:
             with refusals(conflict="an inbox with this id exists", foreign=PERSONA_REFUSED):
                 created = create_inbox(conn, self.box, tenant, request.channel, name=request.name,
-                                       given_secrets=request.secrets, settings=initial(request.settings))
+                                       given_secrets=request.secrets, settings=settings)
                 if request.persona_id is not None:
                     conn.execute(update(inboxes).where(inboxes.c.id == created.id)
                                  .values(persona_id=request.persona_id))
@@ -89,6 +91,7 @@ class Inboxes:
             values["name"] = request.name
         if request.settings is not None:
             values["settings"] = merged(before.settings, request.settings, InboxSettings)
+            guard(before.settings, values["settings"], OPERATOR_INBOX_SETTINGS, actor)
         if "persona_id" in given:
             values["persona_id"] = request.persona_id
         if values:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, func, insert, literal_column, or_, select, update
 
-from db.schema import api_keys
+from db.schema import api_keys, tenants
 from pipelines import audit
 from pipelines.control.common import one, paged
 from pipelines.control.models import KeyView, Listing, Page
@@ -38,13 +38,15 @@ class Principal:
     key_id: uuid.UUID
     name: str
     tenant_id: uuid.UUID | None
+    # A tenant key whose tenant is disabled: it authenticates, and is refused everything (403).
+    tenant_disabled: bool = False
 
     @property
     def operator(self) -> bool:
         return self.tenant_id is None
 
     def actor(self, request_id: str | None = None) -> audit.Actor:
-        return audit.Actor(f"key:{self.name}", self.key_id, request_id)
+        return audit.Actor(f"key:{self.name}", self.key_id, request_id, operator=self.operator)
 
 
 def _digest(key: str) -> bytes:
@@ -84,10 +86,14 @@ def list_keys(conn: Connection, page: Page, *, tenant: uuid.UUID | None = None,
 
 
 def revoke(conn: Connection, key_id: uuid.UUID, actor: audit.Actor) -> KeyView:
-    before = get(conn, key_id)
-    conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                 .values(revoked_at=func.now()))
+    """Revoke a key. Revoking it again changes nothing: the same answer, no second audit row (the row that
+    is already there says who revoked it and when)."""
+    revoked = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                           .values(revoked_at=func.now()).returning(api_keys.c.id)).first()
     after = get(conn, key_id)
+    if revoked is None:
+        return after
+    before = after.model_copy(update={"revoked_at": None})
     audit.record(conn, actor=actor, action="key.revoke", tenant_id=before.tenant_id, subject_type="key",
                  subject_id=key_id, before={"revoked_at": before.revoked_at}, after={"revoked_at": after.revoked_at})
     return after
@@ -98,7 +104,9 @@ def authenticate(conn: Connection, key: str) -> Principal | None:
     cannot be a key (not ASCII, or with a NUL, which PostgreSQL refuses) is looked up under no prefix."""
     prefix = key[:PREFIX_LENGTH] if key.isascii() and "\x00" not in key else ""
     row = conn.execute(select(api_keys.c.id, api_keys.c.name, api_keys.c.tenant_id, api_keys.c.key_hash,
-                              api_keys.c.revoked_at).where(api_keys.c.prefix == prefix)).first()
+                              api_keys.c.revoked_at, tenants.c.disabled_at)
+                       .select_from(api_keys.outerjoin(tenants, tenants.c.id == api_keys.c.tenant_id))
+                       .where(api_keys.c.prefix == prefix)).first()
     stored = bytes(row.key_hash) if row is not None else _DUMMY_DIGEST
     matches = hmac.compare_digest(stored, _digest(key))
     if row is None or not matches or row.revoked_at is not None:
@@ -107,4 +115,4 @@ def authenticate(conn: Connection, key: str) -> Principal | None:
         api_keys.c.last_used_at.is_(None),
         api_keys.c.last_used_at < func.now() - LAST_USED_RESOLUTION))
         .values(last_used_at=func.now()))
-    return Principal(row.id, row.name, row.tenant_id)
+    return Principal(row.id, row.name, row.tenant_id, tenant_disabled=row.disabled_at is not None)

@@ -12,6 +12,7 @@ from db.schema import ai_personas
 from db.tenancy import TenantId
 from pipelines import audit
 from pipelines.control.common import changed_fields, one, paged, refusals
+from pipelines.control.errors import Forbidden
 from pipelines.control.models import Deleted, Listing, Page, PersonaCreate, PersonaUpdate, PersonaView
 
 DUPLICATE = "the tenant has a persona with this name"
@@ -50,7 +51,14 @@ def _clear_default(conn: Connection, tenant: uuid.UUID) -> None:
                  .values(is_default=False))
 
 
+def _guard_model(before: str | None, after: str | None, actor: audit.Actor) -> None:
+    """The AI model spends the operator's money: a tenant key may keep a persona's model, not choose one."""
+    if before != after and not actor.operator:
+        raise Forbidden("model: only an operator key can choose a persona's AI model")
+
+
 def create(conn: Connection, tenant: TenantId, request: PersonaCreate, actor: audit.Actor) -> PersonaView:
+    _guard_model(None, request.model, actor)
     persona_id = uuid.uuid4()
     if request.is_default:
         _clear_default(conn, tenant)
@@ -65,6 +73,8 @@ def create(conn: Connection, tenant: TenantId, request: PersonaCreate, actor: au
 def change(conn: Connection, persona_id: uuid.UUID, request: PersonaUpdate, actor: audit.Actor) -> PersonaView:
     before = get(conn, persona_id)
     values = changed_fields(request, skip_null=("name", "tone", "system_prompt", "is_default"))
+    if "model" in values:
+        _guard_model(before.model, values["model"], actor)
     if values.get("is_default"):
         _clear_default(conn, before.tenant_id)
     if values:

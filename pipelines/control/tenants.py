@@ -16,7 +16,7 @@ from db.tenancy import TenantId
 from pipelines import audit
 from pipelines.control.common import one, paged
 from pipelines.control.models import Listing, Page, TenantCreate, TenantUpdate, TenantView
-from pipelines.control.settings import TenantSettings, initial, merged
+from pipelines.control.settings import OPERATOR_TENANT_SETTINGS, TenantSettings, guard, initial, merged
 from pipelines.inboxes import create_tenant
 
 
@@ -42,7 +42,9 @@ def list_tenants(conn: Connection, page: Page) -> Listing[TenantView]:
 
 def create(conn: Connection, request: TenantCreate, actor: audit.Actor) -> TenantView:
     """A new tenant; the transaction is bound to it."""
-    tenant_id = create_tenant(conn, request.name, initial(request.settings))
+    settings = initial(request.settings)
+    guard({}, settings, OPERATOR_TENANT_SETTINGS, actor)
+    tenant_id = create_tenant(conn, request.name, settings)
     view = get(conn, tenant_id)
     audit.record(conn, actor=actor, action="tenant.create", tenant_id=tenant_id, subject_type="tenant",
                  subject_id=tenant_id, after=_snapshot(view))
@@ -56,6 +58,7 @@ def change(conn: Connection, tenant_id: TenantId, request: TenantUpdate, actor: 
         values["name"] = request.name
     if request.settings is not None:
         values["settings"] = merged(before.settings, request.settings, TenantSettings)
+        guard(before.settings, values["settings"], OPERATOR_TENANT_SETTINGS, actor)
     if values:
         conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**values))
     after = get(conn, tenant_id)

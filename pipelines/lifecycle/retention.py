@@ -8,6 +8,7 @@
 
 A tenant's `settings.retention` (`event_body_days`, `failure_days`, `audit_days`, `ai_usage_days`) overrides
 the fleet's INTAKE_RETENTION_* defaults; a value that is not a whole number of days in range is ignored.
+Audit rows are kept at least 30 days whatever is set: they record what operators did too.
 
 Work is done in small batches, each its own short transaction bound to one tenant (the clock's role sees a
 tenant's rows as the fleet does), taking only rows no one holds where others may hold them (SKIP LOCKED):
@@ -29,8 +30,10 @@ from sqlalchemy import Engine, text
 
 from config import Settings
 from db.tenancy import TenantId, bind_tenant
+from pipelines.control.settings import AUDIT_FLOOR_DAYS
 
-LIMITS = {"event_body_days": 1, "failure_days": 1, "audit_days": 1, "ai_usage_days": 32}
+# The least each setting may be; a stored value below it (written before the floor) is ignored.
+LIMITS = {"event_body_days": 1, "failure_days": 1, "audit_days": AUDIT_FLOOR_DAYS, "ai_usage_days": 32}
 MAX_DAYS = 36_500
 
 PURGE_BODIES = text("""

@@ -24,12 +24,13 @@ from sqlalchemy import Connection, text
 
 from db import batch, direct
 from db.tenancy import TenantId
-from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar
+from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar, zone_named
 from pipelines.lifecycle.errors import LifecycleError
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 DEFAULT_PRIORITY = "normal"
 MAX_MINUTES = 366 * 24 * 60
+_NAMES = {"first_response_minutes": "first response", "resolution_minutes": "resolution"}
 
 POLICIES = text("""
 SELECT priority, first_response_minutes, resolution_minutes, time_zone, business_hours, holidays
@@ -78,7 +79,12 @@ RETURNING id
 
 
 class PolicyError(LifecycleError):
-    """An SLA policy that cannot be kept: unknown priority, bad durations or calendar."""
+    """An SLA policy that cannot be kept: unknown priority, bad durations or calendar. `field` names the
+    value at fault as the admin API names it (`resolution_minutes`), so its 422 can say which."""
+
+    def __init__(self, message: str, field: str = "priority") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -167,16 +173,21 @@ def set_policy(conn: Connection, tenant: TenantId, priority: str, *, first_respo
     """Create or replace the tenant's policy for `priority`, after checking every value."""
     if priority not in PRIORITIES:
         raise PolicyError(f"priority must be one of {', '.join(PRIORITIES)}")
-    for name, minutes in (("first response", first_response_minutes), ("resolution", resolution_minutes)):
+    durations = {"first_response_minutes": first_response_minutes, "resolution_minutes": resolution_minutes}
+    for field, minutes in durations.items():
         if minutes is not None and not 0 < minutes <= MAX_MINUTES:
-            raise PolicyError(f"{name} must be between 1 minute and 366 days")
+            raise PolicyError(f"{_NAMES[field]} must be between 1 minute and 366 days", field)
     if first_response_minutes is None and resolution_minutes is None:
-        raise PolicyError("give a first-response time, a resolution time, or both")
+        raise PolicyError("give a first-response time, a resolution time, or both", "first_response_minutes")
+    try:
+        zone_named(time_zone)
+    except CalendarError as exc:
+        raise PolicyError(str(exc), "time_zone") from None
     try:
         calendar = parse_calendar(time_zone, business_hours, holidays)
     except CalendarError as exc:
-        raise PolicyError(str(exc)) from None
-    _reachable(calendar, first_response_minutes, resolution_minutes)
+        raise PolicyError(str(exc), "holidays" if "holiday" in str(exc) else "business_hours") from None
+    _reachable(calendar, durations)
     row = conn.execute(UPSERT, {
         "t": tenant, "priority": priority, "first": first_response_minutes, "resolution": resolution_minutes,
         "zone": calendar.zone.key, "hours": None if business_hours is None else orjson.dumps(business_hours).decode(),
@@ -184,17 +195,17 @@ def set_policy(conn: Connection, tenant: TenantId, priority: str, *, first_respo
     return uuid.UUID(str(row))
 
 
-def _reachable(calendar: Calendar, *durations: int | None) -> None:
+def _reachable(calendar: Calendar, durations: dict[str, int | None]) -> None:
     """Refuse working times the calendar does not open for within its look-ahead (366 days of working minutes
     in a 40-hour week take over four years): such a policy would never give a due time."""
     now = datetime.now(UTC)
-    for minutes in durations:
+    for field, minutes in durations.items():
         if minutes:
             try:
                 calendar.add(now, minutes)
             except CalendarError:
                 raise PolicyError(f"{minutes} working minutes do not fit in the business hours of the next "
-                                  f"{SEARCH_DAYS} days; shorten the time or open longer") from None
+                                  f"{SEARCH_DAYS} days; shorten the time or open longer", field) from None
 
 
 def list_policies(conn: Connection, tenant: TenantId) -> list[dict[str, Any]]:

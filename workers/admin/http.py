@@ -5,14 +5,17 @@ acted on); the same declaration builds the route and its part of the OpenAPI doc
 cannot drift from what the API does.
 
 Tenancy is enforced twice. First by route: the tenant an id belongs to is looked up (as the maintenance
-role) and a tenant key reaching another tenant's id gets 403. Then by the database: a tenant key's work runs
-on the fleet's role with its own tenant bound in the transaction, so row-level security shows it nothing
-else even where a route check were missing. An operator key's work runs as the schema owner, bound to the
-tenant acted on when there is one.
+role) and a tenant key reaching another tenant's id gets the 404 of an id that does not exist, word for
+word, so that no answer tells a tenant key whether an id exists elsewhere. Then by the database: a tenant
+key's work runs on the fleet's role with its own tenant bound in the transaction, so row-level security
+shows it nothing else even where a route check were missing. An operator key's work runs as the schema
+owner, bound to the tenant acted on when there is one. A key of a disabled tenant is refused everything,
+reads included (403), until an operator enables the tenant again.
 
 Every error has the ingress's body, `{"error": code, "detail": text}`; 422 adds
 `"fields": {"<field path>": "<message>"}`. A handler answers with a model (JSON) or, for a download, with a
-Response of its own.
+Response of its own. Every answer carries `Cache-Control: no-store`: each holds a secret shown once (a key,
+an inbox's secrets) or a tenant's data, and neither belongs in a cache.
 
 Each key has a token bucket of requests (INTAKE_ADMIN_RATE_LIMIT_PER_SECOND, INTAKE_ADMIN_RATE_LIMIT_BURST),
 charged once the key is known, so one busy or runaway key gets 429 with Retry-After and never spends another
@@ -55,6 +58,7 @@ log = structlog.get_logger("intake.admin")
 MAX_BODY_BYTES = 65_536
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer ik_..."}
+DISABLED = "this key's tenant is disabled: its keys are refused until an operator enables it again"
 STATUS = {NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), Conflict: (409, "conflict"),
           Invalid: (422, "invalid")}
 # Transaction-local, like the tenant: a pooled connection never carries it over to a job's work.
@@ -122,7 +126,7 @@ class Call:
         if self.principal.operator:
             return requested
         if requested is not None and requested != self.principal.tenant_id:
-            raise Forbidden("this key acts on its own tenant only")
+            raise NotFound(f"no tenant {requested}")  # the answer for a tenant that does not exist
         return self.principal.tenant_id
 
     @property
@@ -209,9 +213,15 @@ def resolve_owner(admin: Admin, endpoint: Endpoint, principal: Principal, ids: d
         return principal.tenant_id
     kind, param = endpoint.owner
     with admin.owner_engine.connect() as conn:
-        tenant = owner_of(conn, kind, ids[param])
+        return owned(conn, principal, kind, ids[param])
+
+
+def owned(conn: Connection, principal: Principal, kind: str, object_id: uuid.UUID) -> uuid.UUID | None:
+    """The tenant an object belongs to. Another tenant's object is, to a tenant key, no object at all: the
+    same NotFound as an id that does not exist, so the answer tells nothing about other tenants."""
+    tenant = owner_of(conn, kind, object_id)
     if not principal.operator and tenant != principal.tenant_id:
-        raise Forbidden(f"this {kind} belongs to another tenant; this key acts on its own tenant only")
+        raise NotFound(f"no {kind} {object_id}")
     return tenant
 
 
@@ -227,6 +237,7 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
         except Exception as exc:
             response = failure(exc, rid)
         response.headers["x-request-id"] = rid
+        response.headers["cache-control"] = "no-store"
         return response
 
     async def _run(request: Request, rid: str) -> Response:
@@ -243,6 +254,8 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
                          f"at {settings.admin_rate_limit_per_second:g} a second; retry after Retry-After seconds",
                          headers={"Retry-After": admin.key_buckets.retry_after(wait)})
         try:
+            if principal.tenant_disabled:
+                raise Forbidden(DISABLED)
             if endpoint.operator_only and not principal.operator:
                 raise Forbidden("this needs an operator key")
             ids, params = {}, {}

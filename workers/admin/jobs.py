@@ -34,7 +34,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, Field
 
-from pipelines.control.errors import Conflict, Forbidden, NotFound
+from pipelines.control.errors import Conflict, NotFound
 from pipelines.control.keys import Principal
 
 log = structlog.get_logger("intake.admin.jobs")
@@ -166,7 +166,7 @@ class Jobs:
         if job is None:
             raise NotFound(f"no job {job_id}")
         if not principal.operator and job.tenant_id != principal.tenant_id:
-            raise Forbidden("this job belongs to another tenant; this key acts on its own tenant only")
+            raise NotFound(f"no job {job_id}")  # another tenant's job is, to a tenant key, no job
         return job
 
     def listed(self, principal: Principal, *, status: JobStatus | None = None, tenant: uuid.UUID | None = None,

@@ -101,9 +101,12 @@ def set_sla_policy(call: Call) -> SlaPolicyView:
     hours = None if body.business_hours is None else {d: [list(i) for i in v] for d, v in body.business_hours.items()}
     with as_fleet(call, tenant).begin() as conn:
         before = _policies(conn, tenant).get(priority)
-        policy_id = sla.set_policy(conn, tenant, priority, first_response_minutes=body.first_response_minutes,
-                                   resolution_minutes=body.resolution_minutes, time_zone=body.time_zone,
-                                   business_hours=hours, holidays=[d.isoformat() for d in body.holidays])
+        try:
+            policy_id = sla.set_policy(conn, tenant, priority, first_response_minutes=body.first_response_minutes,
+                                       resolution_minutes=body.resolution_minutes, time_zone=body.time_zone,
+                                       business_hours=hours, holidays=[d.isoformat() for d in body.holidays])
+        except sla.PolicyError as exc:  # one the fields alone cannot show: a time the hours never reach
+            raise Invalid({exc.field: str(exc)}) from None
         after = _policies(conn, tenant)[priority]
         audit.record(conn, actor=call.actor, action="sla.set", tenant_id=tenant, subject_type="sla_policy",
                      subject_id=policy_id, before=None if before is None else before.model_dump(mode="json"),

@@ -32,7 +32,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def actor() -> audit.Actor:
-    return audit.Actor(f"cli:{getpass.getuser()}")
+    """The person at the command line: their commands hold the database owner's rights, an operator's."""
+    return audit.Actor(f"cli:{getpass.getuser()}", operator=True)
 
 
 def build(model: type[M], data: dict[str, Any]) -> M:

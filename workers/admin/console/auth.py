@@ -65,6 +65,8 @@ def routes(console: Console) -> list[Route]:
             principal = await run_in_threadpool(console.admin.authenticate, key)
         if principal is None:
             return sign_in_page(console, request, 401, "That key is not valid (or has been revoked).")
+        if principal.tenant_disabled:
+            return sign_in_page(console, request, 403, "This key's tenant is disabled; an operator can enable it.")
         token, _ = console.sessions.start(principal)
         response = redirect("/")
         _cookie(response, request, COOKIE, token, min(MAX_SECONDS, IDLE_SECONDS * 6))

@@ -6,8 +6,9 @@ its own CSRF token, which every form and every script sends back with a POST.
 
 Sessions live in the memory of the admin process, as its jobs do (see `workers.admin.jobs`): a restart
 signs everyone out, which for an operator console is the safe direction. They end after `IDLE_SECONDS`
-without a request, after `MAX_SECONDS` in any case, at logout, as soon as their key is revoked (each
-request looks the key up again), and when their key has `MAX_SESSIONS_PER_KEY` more recently used ones.
+without a request, after `MAX_SECONDS` in any case, at logout, as soon as their key is revoked or its
+tenant disabled (each request looks the key up again; enabling the tenant does not bring a session back),
+and when their key has `MAX_SESSIONS_PER_KEY` more recently used ones.
 """
 
 from __future__ import annotations

@@ -31,10 +31,15 @@ from workers.admin.console.web import Console, Visit, checked, nested, offset_of
 
 PAGE_SIZE = 50
 NOTICES = {"saved": "Saved.", "disabled": "Disabled.", "enabled": "Enabled.", "created": "Created."}
+# The settings the forms show. A form sends what it shows (an empty field removes the setting); a field it
+# does not send is left as it is. A tenant key's form shows the operator's settings read-only (disabled
+# fields, never sent), so saving it keeps them; a form forged to send one is refused like the API's request.
 TENANT_FIELDS = ("settings.default_region", "settings.default_language", "settings.reopen_window_hours",
                  "settings.ai.provider", "settings.ai.model", "settings.ai.monthly_budget_usd")
 INBOX_FIELDS = ("settings.default_region", "settings.reopen_window_hours", "settings.rate_limit_per_second",
                 "settings.rate_limit_burst", "settings.ai_drafts")
+# Settings the models take as numbers only (strict: "5" is not 5 in a JSON body); a form sends text.
+NUMBER_FIELDS = ("settings.reopen_window_hours", "settings.ai.monthly_budget_usd", "settings.rate_limit_per_second")
 ISSUED_SECRETS = ("auth_token", "app_secret", "signing_key")  # the ones a provider issues (Twilio, Meta, Mailgun)
 
 
@@ -53,6 +58,17 @@ def flatten(document: dict[str, Any], prefix: str = "settings") -> dict[str, str
         elif value is not None:
             out[name] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
+
+
+def numbers(values: dict[str, str]) -> dict[str, Any]:
+    """The form's values with the numeric settings as numbers where they are plain decimals; anything else
+    (a word, "²", "1e400") goes to the model as typed, whose message then names the field."""
+    typed: dict[str, Any] = dict(values)
+    for name in NUMBER_FIELDS:
+        value = values.get(name, "")
+        if value.isascii() and value.replace(".", "", 1).isdigit() and len(value) <= 20:
+            typed[name] = float(value)
+    return typed
 
 
 def list_page(visit: Visit) -> Response:
@@ -107,9 +123,10 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
 
 def update_tenant(visit: Visit) -> Response:
     tenant_id = _tenant_id(visit)
-    values = {name: visit.value(name) for name in ("name", *TENANT_FIELDS)}
+    values = {name: visit.value(name) for name in ("name", *TENANT_FIELDS) if name in visit.form}
     try:
-        body = checked(TenantUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
+        settings = nested(numbers(values), "settings")
+        body = checked(TenantUpdate, {"name": values.get("name") or None, "settings": settings})
         api.update_tenant(visit.call(body=body, ids={"tenant_id": tenant_id}, owner=("tenant", tenant_id)))
     except Invalid as exc:
         return tenant_page(visit, 422, exc.fields, values)
@@ -161,9 +178,10 @@ def inbox_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = No
 
 def update_inbox(visit: Visit) -> Response:
     inbox_id = _inbox_id(visit)
-    values = {name: visit.value(name) for name in ("name", *INBOX_FIELDS)}
+    values = {name: visit.value(name) for name in ("name", *INBOX_FIELDS) if name in visit.form}
     try:
-        body = checked(InboxUpdate, {"name": values["name"] or None, "settings": nested(values, "settings")})
+        settings = nested(numbers(values), "settings")
+        body = checked(InboxUpdate, {"name": values.get("name") or None, "settings": settings})
         api.update_inbox(visit.call(body=body, ids={"inbox_id": inbox_id}, owner=("inbox", inbox_id)))
     except Invalid as exc:
         return inbox_page(visit, 422, exc.fields, values)

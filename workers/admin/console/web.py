@@ -26,13 +26,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from db.schema import api_keys
-from pipelines.control.common import owner_of
+from db.schema import api_keys, tenants
 from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
 from pipelines.control.keys import Principal
 from pipelines.errors import PermanentError, is_retryable, underlying
 from workers.admin.console.sessions import COOKIE, Session, Sessions
-from workers.admin.http import BodyTooLarge, Call, read_body, request_id, validate
+from workers.admin.http import BodyTooLarge, Call, owned, read_body, request_id, validate
 
 if TYPE_CHECKING:
     from workers.admin.app import Admin
@@ -70,10 +69,12 @@ class Console:
         return secured(HTMLResponse(html, status_code=code))
 
     def still_valid(self, principal: Principal) -> bool:
-        """The session's key has not been revoked since sign-in."""
+        """The session's key has not been revoked since sign-in, nor its tenant disabled."""
         with self.admin.owner_engine.connect() as conn:
-            revoked = conn.execute(select(api_keys.c.revoked_at).where(api_keys.c.id == principal.key_id)).first()
-        return revoked is not None and revoked[0] is None
+            found = conn.execute(select(api_keys.c.revoked_at, tenants.c.disabled_at)
+                                 .select_from(api_keys.outerjoin(tenants, tenants.c.id == api_keys.c.tenant_id))
+                                 .where(api_keys.c.id == principal.key_id)).first()
+        return found is not None and found.revoked_at is None and found.disabled_at is None
 
 
 def when(value: datetime | None) -> str:
@@ -141,12 +142,10 @@ class Visit:
         return call
 
     def owner(self, kind: str, object_id: uuid.UUID) -> uuid.UUID | None:
-        """The tenant an object belongs to; a tenant key reaching another tenant's object is refused."""
+        """The tenant an object belongs to; to a tenant key, another tenant's object is not found (as the API
+        answers it: `workers.admin.http.owned`)."""
         with self.admin.owner_engine.connect() as conn:
-            tenant = owner_of(conn, kind, object_id)
-        if not self.principal.operator and tenant != self.principal.tenant_id:
-            raise Forbidden(f"this {kind} belongs to another tenant; this key acts on its own tenant only")
-        return tenant
+            return owned(conn, self.principal, kind, object_id)
 
     def render(self, template: str, code: int = 200, **context: Any) -> HTMLResponse:
         return self.console.render(template, code, principal=self.principal, csrf=self.session.csrf,
@@ -189,7 +188,7 @@ def checked(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     return validate(model, raw, "query")
 
 
-def nested(pairs: Mapping[str, str], prefix: str) -> dict[str, Any]:
+def nested(pairs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """Form fields named `prefix.a.b` as `{"a": {"b": value}}`; an empty field is None (the setting is
     removed) and a group whose fields are all empty is None too."""
     tree: dict[str, Any] = {}
