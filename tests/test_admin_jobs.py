@@ -136,7 +136,7 @@ def test_jobs_list_shows_an_operator_every_job_and_a_tenant_key_its_own(
         assert [j["id"] for j in tk.get(f"{A}/jobs", params={"limit": 1, "offset": 1}).json()["items"]] \
             == [first["id"]]
         assert tk.get(f"{A}/jobs", params={"status": "running"}).json()["items"] == []
-        assert tk.get(f"{A}/jobs", params={"tenant_id": str(theirs)}).status_code == 403
+        assert tk.get(f"{A}/jobs", params={"tenant_id": str(theirs)}).status_code == 404  # one answer for ids it may not see
         assert [j["id"] for j in ok.get(f"{A}/jobs").json()["items"]] == [theirs_job["id"]]
 
     everything = {j["id"] for j in op.get(f"{A}/jobs", params={"limit": 500}).json()["items"]}
