@@ -304,10 +304,10 @@ def _messages(md: MetaData) -> None:
         _at("status_updated_at", default=False),
         Column("sent_at", DateTime(timezone=True), nullable=False),
         _at("received_at"),
-        # A reply's Idempotency-Key, unique per tenant (migration 0017).
-        Column("idempotency_key", Text),
         # When the worker stored the message (received_at is when the ingress got it).
         Column("stored_at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+        # A reply's Idempotency-Key, unique per tenant (migration 0017).
+        Column("idempotency_key", Text),
         UniqueConstraint("tenant_id", "inbox_id", "external_id"),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),

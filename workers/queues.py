@@ -2,7 +2,8 @@
 
 Queues: `ingest` (provider events), `ai` (classification and drafts), `outbound` (replies sent through their
 channel) and `maintenance` (sweeps, replays), so housekeeping, AI and sending never starve ingestion. Each
-worker process picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither a broker nor the actors.
+worker process picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names
+but neither a broker nor the actors; the admin process enqueues replies to send the same way (`enqueue`).
 """
 
 from __future__ import annotations

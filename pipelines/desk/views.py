@@ -99,12 +99,15 @@ def conversation_view(row: Any, now: datetime | None = None) -> dict[str, Any]:
     started, first_due, resolution_due = data.pop("sla_started_at"), data.pop("first_response_due_at"), \
         data.pop("resolution_due_at")
     responded, breached = data.pop("responded_at"), data.pop("sla_breached_at")
-    reply_by = responded if responded is not None else now
+    # Judged at now, or at the clock's own breach when it ran ahead (a clock is given its time).
+    judged = max(now, breached) if breached is not None else now
+    reply_by = responded if responded is not None else judged
+    resolved_by = data["resolved_at"] if data["status"] != "open" and data["resolved_at"] else judged
     data["sla"] = {
         "started_at": started, "first_response_due_at": first_due, "resolution_due_at": resolution_due,
         "responded_at": responded, "breached_at": breached,
         "first_response_breached": first_due is not None and reply_by > first_due,
-        "resolution_breached": resolution_due is not None and data["status"] == "open" and now > resolution_due,
+        "resolution_breached": resolution_due is not None and resolved_by > resolution_due,
     }
     return data
 
