@@ -3,6 +3,7 @@ generated from them, and `intake conversation ...` builds the same requests from
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -17,6 +18,8 @@ MAX_HTML = 4 * MAX_TEXT
 MAX_SUBJECT = 998  # RFC 5322's line limit
 MAX_REASON = 2_000
 MAX_PAGE = 200
+# An Idempotency-Key: 1-200 printable ASCII characters, no space at either end.
+IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
 
 
 def _not_blank(value: str) -> str:

@@ -7,7 +7,6 @@ functions. A reply to send is handed to the `outbound` queue only after its tran
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import redis
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from db.tenancy import TenantId
 from pipelines.control.models import Listing, Page
 from pipelines.desk import corrections, replies, state, views
+from pipelines.desk.models import IDEMPOTENCY_KEY as KEY_PATTERN
 from pipelines.desk.models import (
     AcceptedDraft,
     Assign,
@@ -42,7 +42,6 @@ log = structlog.get_logger("intake.admin.conversations")
 
 PREFIX = "/v1/admin"
 IDEMPOTENCY_KEY = "Idempotency-Key"
-KEY_PATTERN = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
 IDEMPOTENCY = {IDEMPOTENCY_KEY: (KEY_PATTERN, "1-200 printable ASCII characters naming this reply; the same key "
                                               "again answers with the same message and sends nothing twice")}
 # A reply's text and HTML (64 KiB and 256 KiB of characters) may take several bytes a character in JSON.
