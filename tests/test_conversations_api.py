@@ -389,3 +389,13 @@ def test_deeply_nested_and_oversized_bodies_elsewhere_are_4xx(tk: httpx.Client, 
     else:  # resolve takes no body: whatever is sent is not read
         assert deep.status_code == big.status_code == 200
     assert tk.get(f"/v1/admin/conversations/{conversation}").json()["assignee"] is None
+
+
+def test_the_send_message_actor_is_declared_on_the_outbound_queue(stack: dict[str, str]) -> None:
+    """The job the API enqueues names an actor the fleet's workers declare, on a queue their broker consumes."""
+    from workers.actors import outbound
+
+    actor = outbound.send_message
+    assert (actor.actor_name, actor.queue_name) == ("send_message", "outbound")
+    assert "outbound" in outbound.broker.get_declared_queues()
+    assert outbound.broker.get_actor("send_message") is actor
