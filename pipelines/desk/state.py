@@ -140,7 +140,10 @@ def accept_draft(conn: Connection, tenant: TenantId, draft_id: uuid.UUID, reques
         body = ReplyCreate.model_validate({"text": request.text if request.text is not None else draft.content,
                                            "send": request.send, "draft_id": draft_id})
     except ValidationError as exc:
-        raise Invalid({"text": "the draft has no text to send: give `text`", **field_errors(exc)}) from None
+        fields = field_errors(exc)
+        if request.text is None and "text" in fields:  # an erased or empty draft
+            fields["text"] = "the draft has no text to send: give `text`"
+        raise Invalid(fields) from None
     result = replies.reply(conn, tenant, draft.conversation_id, body, idempotency_key=f"draft:{draft_id}",
                            actor=actor)
     return AcceptedDraft(draft=result.draft or get_draft(conn, tenant, draft_id), message=result.message), result
