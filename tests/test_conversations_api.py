@@ -399,3 +399,16 @@ def test_the_send_message_actor_is_declared_on_the_outbound_queue(stack: dict[st
     assert (actor.actor_name, actor.queue_name) == ("send_message", "outbound")
     assert "outbound" in outbound.broker.get_declared_queues()
     assert outbound.broker.get_actor("send_message") is actor
+
+
+def test_erasing_the_sender_removes_the_example_made_of_their_message(tk: httpx.Client, app_engine: Engine,
+                                                                      inbox: CreatedInbox) -> None:
+    conversation = inbound(app_engine, inbox, email="erase-me@example.com", text_="My card 4111 was charged twice")
+    message = tk.get(f"/v1/admin/conversations/{conversation}/messages").json()["items"][0]["id"]
+    assert tk.put(f"/v1/admin/messages/{message}/classification", json={"category": "billing"}).status_code == 200
+    assert len(rows(app_engine, inbox.tenant_id, "SELECT id FROM ai_examples")) == 1
+    erased = tk.post(f"/v1/admin/tenants/{inbox.tenant_id}/erase-contact",
+                     json={"identity": {"kind": "email", "value": "erase-me@example.com"}})
+    assert erased.status_code == 200 and erased.json()["counts"]["examples"] == 1
+    assert rows(app_engine, inbox.tenant_id, "SELECT id FROM ai_examples") == []
+    assert rows(app_engine, inbox.tenant_id, "SELECT category FROM ai_corrections") == [("billing",)]  # no text
