@@ -223,11 +223,15 @@ def _conversations(md: MetaData) -> None:
         # The SLA clock, started when the conversation opens or reopens (migration 0012).
         _at("sla_started_at", default=False), _at("first_response_due_at", default=False),
         _at("resolution_due_at", default=False), _at("sla_breached_at", default=False),
+        # Set by the applications that read the tables, through the admin API (migration 0017).
+        Column("assignee", Text), Column("team_id", UUID), _at("first_response_at", default=False),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
         _tenant_fk("contact_id", "contacts"),
         _tenant_fk("suggested_team_id", "teams", ondelete=None),
+        _tenant_fk("team_id", "teams", ondelete="SET NULL (team_id)"),
         _one_of("status", "open", "resolved", "merged"),
+        CheckConstraint("length(assignee) BETWEEN 1 AND 200", name="assignee"),
     )
     c = conversations.c
     # At most one open conversation per tenant, inbox and contact.
@@ -235,6 +239,7 @@ def _conversations(md: MetaData) -> None:
           postgresql_where=text("status = 'open'::text"))
     Index("conversations_contact_idx", c.tenant_id, c.contact_id, c.last_message_at.desc())
     Index("conversations_inbox_activity_idx", c.tenant_id, c.inbox_id, c.status, c.last_message_at.desc())
+    Index("conversations_tenant_activity_idx", c.tenant_id, c.updated_at.desc(), c.id.desc())
     Index("conversations_sla_due_idx", c.tenant_id, c.first_response_due_at, c.resolution_due_at,
           postgresql_where=text("status = 'open'::text AND sla_breached_at IS NULL"))
 
@@ -301,6 +306,8 @@ def _messages(md: MetaData) -> None:
         _at("received_at"),
         # When the worker stored the message (received_at is when the ingress got it).
         Column("stored_at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+        # A reply's Idempotency-Key, unique per tenant (migration 0017).
+        Column("idempotency_key", Text),
         UniqueConstraint("tenant_id", "inbox_id", "external_id"),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
@@ -313,6 +320,8 @@ def _messages(md: MetaData) -> None:
     m = messages.c
     Index("messages_conversation_time_idx", m.tenant_id, m.conversation_id, m.sent_at, m.id)
     Index("messages_contact_idx", m.tenant_id, m.contact_id)
+    Index("messages_idempotency_key_idx", m.tenant_id, m.idempotency_key, unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL"))
     Index("messages_rfc_id_idx", m.tenant_id, m.inbox_id, m.rfc_message_id,
           postgresql_where=text("rfc_message_id IS NOT NULL"))
     # Rows arrive in stored_at order: the BRIN index stays tiny (the clock's scan for lost AI jobs).
@@ -352,12 +361,41 @@ def _ai(md: MetaData) -> None:
         Column("language", Text),
         _text("provider"), _text("model"),
         _at("created_at"), _at("updated_at"),
+        # Who decided the draft and when: the reply it became (edited or not), or why it was rejected (0017).
+        Column("reply_id", UUID), Column("edited", Boolean), _at("decided_at", default=False),
+        Column("decided_by", Text), Column("reject_reason", Text),
         UniqueConstraint("tenant_id", "message_id", "prompt_version"),
         _tenant_fk("message_id", "messages"),
         _tenant_fk("conversation_id", "conversations"),
+        _tenant_fk("reply_id", "messages", ondelete="SET NULL (reply_id)"),
         _one_of("status", "pending", "accepted", "rejected"),
         CheckConstraint("confidence BETWEEN 0 AND 1", name="confidence"),
     )
+    # A person's category and priority for a message, beside the AI's rows (migration 0017).
+    Table(
+        "ai_corrections", md,
+        _id(), _tenant_id(),
+        Column("message_id", UUID, nullable=False),
+        Column("category", Text), Column("priority", Text),
+        _text("actor"), Column("actor_key_id", UUID),
+        _at("created_at"), _at("updated_at"),
+        UniqueConstraint("tenant_id", "message_id"),
+        _tenant_fk("message_id", "messages"),
+        _one_of("priority", "low", "normal", "high", "urgent"),
+    )
+    # Labelled texts a tenant's AI learns from; one made from a message goes with it (migration 0017).
+    examples = Table(
+        "ai_examples", md,
+        _id(), _tenant_id(),
+        _text("text"), _text("category"), _text("source"),
+        Column("message_id", UUID),
+        _at("created_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "message_id"),
+        _tenant_fk("message_id", "messages"),
+        _one_of("source", "correction", "import", "taxonomy"),
+    )
+    Index("ai_examples_tenant_category_idx", examples.c.tenant_id, examples.c.category)
     usage = Table(
         "ai_usage", md,
         _id(), _tenant_id(),
@@ -558,6 +596,8 @@ replay_tokens = metadata.tables["replay_tokens"]
 messages = metadata.tables["messages"]
 ai_classifications = metadata.tables["ai_classifications"]
 ai_drafts = metadata.tables["ai_drafts"]
+ai_corrections = metadata.tables["ai_corrections"]
+ai_examples = metadata.tables["ai_examples"]
 ai_usage = metadata.tables["ai_usage"]
 budget_alerts = metadata.tables["budget_alerts"]
 knowledge_documents = metadata.tables["knowledge_documents"]

@@ -61,6 +61,10 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
     ids["ai_drafts"] = _insert(conn, "ai_drafts", {
         **t, "message_id": ids["messages"], "conversation_id": ids["conversations"], "prompt_version": "v1",
         "content": "Hi", "confidence": 0.5, "provider": "local", "model": "test"})
+    ids["ai_corrections"] = _insert(conn, "ai_corrections", {
+        **t, "message_id": ids["messages"], "category": "billing", "priority": "high", "actor": "test"})
+    ids["ai_examples"] = _insert(conn, "ai_examples", {
+        **t, "message_id": ids["messages"], "text": "hello", "category": "billing", "source": "correction"})
     ids["knowledge_documents"] = _insert(conn, "knowledge_documents", {
         **t, "source": "faq.md", "title": "FAQ", "content_hash": "x", "embedding_model": "m",
         "embedding_dim": dim})

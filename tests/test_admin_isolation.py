@@ -34,6 +34,11 @@ BODIES: dict[str, dict[str, Any]] = {
     "EraseContact": {"identity": {"kind": "email", "value": "theirs@example.com"}},
     "ConfirmDelete": {},  # `confirm` is the other tenant's id, filled in by `call`
     "SlaPolicySet": {"first_response_minutes": 5},
+    "ReplyCreate": {"text": "An intruder's reply", "send": True},
+    "Assign": {"assignee": "intruder"},
+    "DraftAccept": {"text": "An intruder's edit"},
+    "DraftReject": {"reason": "intruder"},
+    "Correction": {"category": "billing", "priority": "urgent"},
 }
 
 
@@ -51,6 +56,13 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "contacts": "SELECT id, display_name, erased_at FROM contacts WHERE tenant_id = :t",
         "identities": "SELECT kind, value FROM contact_identities WHERE tenant_id = :t",
         "sla": "SELECT priority, first_response_minutes, updated_at FROM sla_policies WHERE tenant_id = :t",
+        "conversations": "SELECT id, status, assignee, team_id, category, priority, awaiting_reply, updated_at "
+                         "FROM conversations WHERE tenant_id = :t",
+        "messages": "SELECT id, direction, status, content FROM messages WHERE tenant_id = :t",
+        "drafts": "SELECT id, status, reply_id FROM ai_drafts WHERE tenant_id = :t",
+        "corrections": "SELECT id, category, priority FROM ai_corrections WHERE tenant_id = :t",
+        "examples": "SELECT id, category FROM ai_examples WHERE tenant_id = :t",
+        "feed": "SELECT seq, type FROM change_events WHERE tenant_id = :t",
     }
     with engine.begin() as conn:
         data = {name: [list(r) for r in conn.execute(text(q + " ORDER BY 1"), {"t": tenant})]
@@ -79,6 +91,17 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                                             "RETURNING id"), {"t": theirs}).scalar_one()
                 conn.execute(text("INSERT INTO contact_identities (tenant_id, contact_id, kind, value) "
                                   "VALUES (:t, :c, 'email', 'theirs@example.com')"), {"t": theirs, "c": contact})
+                conversation = conn.execute(text(
+                    "INSERT INTO conversations (tenant_id, inbox_id, contact_id, awaiting_reply) "
+                    "VALUES (:t, :i, :c, true) RETURNING id"), {"t": theirs, "i": inbox, "c": contact}).scalar_one()
+                message = conn.execute(text(
+                    "INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, direction, external_id, "
+                    "content, sent_at) VALUES (:t, :i, :v, :c, 'inbound', 'theirs-1', 'Their words', now()) "
+                    "RETURNING id"), {"t": theirs, "i": inbox, "v": conversation, "c": contact}).scalar_one()
+                draft = conn.execute(text(
+                    "INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, "
+                    "confidence, provider, model) VALUES (:t, :m, :v, 'v1', 'Their draft', 0.5, 'local', 'm') "
+                    "RETURNING id"), {"t": theirs, "m": message, "v": conversation}).scalar_one()
             assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
                           json={"first_response_minutes": 60}).status_code == 200
             their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
@@ -87,6 +110,7 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
             spec = op.get("/v1/admin/openapi.json").json()
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
+               "conversation_id": str(conversation), "message_id": str(message), "draft_id": str(draft),
                "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         # The same kinds of ids, of nothing at all.
@@ -132,8 +156,12 @@ def call(tk: httpx.Client, method: str, path: str, operation: dict[str, Any], id
          name_tenant: bool) -> httpx.Response:
     url = path
     params: dict[str, str] = {}
+    headers: dict[str, str] = {}
     for param in operation.get("parameters", []):
-        if param["in"] == "path":
+        if param["in"] == "header":
+            assert param["name"] == "Idempotency-Key", f"no test value for the header {param['name']} in {path}"
+            headers[param["name"]] = f"isolation-{uuid.uuid4()}"
+        elif param["in"] == "path":
             assert param["name"] in ids, f"no id of another tenant for {param['name']} in {path}"
             url = url.replace("{" + param["name"] + "}", ids[param["name"]])
         elif param["name"] == "tenant_id" and name_tenant:
@@ -148,4 +176,4 @@ def call(tk: httpx.Client, method: str, path: str, operation: dict[str, Any], id
             body["tenant_id"] = ids["tenant_id"]
         if name == "ConfirmDelete":
             body["confirm"] = ids["tenant_id"]
-    return tk.request(method.upper(), url, params=params, json=body)
+    return tk.request(method.upper(), url, params=params, json=body, headers=headers)

@@ -1,8 +1,9 @@
 """The fleet's queues and the names jobs are sent under, shared by the broker, the actors and the web.
 
-Queues: `ingest` (provider events), `ai` (classification and drafts) and `maintenance` (sweeps, replays), so
-housekeeping and AI never starve ingestion. Each worker process picks its queues. The web enqueues ingest jobs
-itself (`enqueue_async`), so it needs these names but neither a broker nor the actors.
+Queues: `ingest` (provider events), `ai` (classification and drafts), `outbound` (replies sent through their
+channel) and `maintenance` (sweeps, replays), so housekeeping, AI and sending never starve ingestion. Each
+worker process picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names
+but neither a broker nor the actors; the admin process enqueues replies to send the same way (`enqueue`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 import dramatiq
 
-QUEUES = ("ingest", "ai", "maintenance")
+QUEUES = ("ingest", "ai", "outbound", "maintenance")
 NAMESPACE = "dramatiq"  # RedisBroker's key prefix, the same for every process of the fleet
 INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"
+OUTBOUND_QUEUE, SEND_ACTOR = "outbound", "send_message"
 
 
 # For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any
@@ -30,6 +32,23 @@ return #ARGV / 2
 """
 
 
+def _messages(queue_name: str, actor_name: str, jobs: Sequence[tuple[Any, ...]]) -> list[dramatiq.Message[Any]]:
+    return [dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=args, kwargs={},
+                             options={"redis_message_id": str(uuid.uuid4())}) for args in jobs]
+
+
+def enqueue(client: Any, queue_name: str, actor_name: str,
+            jobs: Sequence[tuple[Any, ...]]) -> list[dramatiq.Message[Any]]:
+    """`enqueue_async` for a thread (the admin process, a command): a synchronous `redis.Redis` client."""
+    messages = _messages(queue_name, actor_name, jobs)
+    if messages:
+        queue = f"{NAMESPACE}:{queue_name}"
+        client.register_script(ENQUEUE_SCRIPT)(
+            keys=[f"{queue}.msgs", queue], args=[part for m in messages for part in (m.options["redis_message_id"],
+                                                                                    m.encode())])
+    return messages
+
+
 async def enqueue_async(client: Any, queue_name: str, actor_name: str,
                         jobs: Sequence[tuple[Any, ...]]) -> list[dramatiq.Message[Any]]:
     """Enqueue jobs for `actor_name` (each its args) from an asyncio process without a thread, as
@@ -38,9 +57,7 @@ async def enqueue_async(client: Any, queue_name: str, actor_name: str,
     `client` is a `redis.asyncio` client on the broker's Redis. No broker is needed (the web has none): none of
     the fleet's middleware acts on enqueue.
     """
-    messages: list[dramatiq.Message[Any]] = [dramatiq.Message(
-        queue_name=queue_name, actor_name=actor_name, args=args, kwargs={},
-        options={"redis_message_id": str(uuid.uuid4())}) for args in jobs]
+    messages = _messages(queue_name, actor_name, jobs)
     if not messages:
         return messages
     queue = f"{NAMESPACE}:{queue_name}"

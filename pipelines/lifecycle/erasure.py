@@ -4,8 +4,8 @@ The person is a contact, with the contacts merged into it or it into (one person
 
 - their identities, duplicate candidates and merge records;
 - in their conversations (theirs and the replies to them): message text, HTML, quoted text, subject,
-  attachment metadata, headers and other metadata, RFC Message-IDs, conversation subjects, AI reasoning
-  and drafted replies;
+  attachment metadata, headers and other metadata, RFC Message-IDs, conversation subjects, AI reasoning,
+  drafted replies and the examples for the AI made from their messages;
 - the raw events those messages came from, and any other stored event whose body names one of their
   identities (a status callback to their number, a delivery that failed): body and headers emptied, the
   event marked processed so no job runs it again;
@@ -142,6 +142,8 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("classifications", """
         UPDATE ai_classifications SET reasoning = '' WHERE tenant_id = :t AND message_id = ANY(:messages)
         AND reasoning <> ''"""),
+    # An example the tenant's AI learns from that was made of one of their messages goes with it.
+    ("examples", "DELETE FROM ai_examples WHERE tenant_id = :t AND message_id = ANY(:messages)"),
     ("drafts", """
         UPDATE ai_drafts SET content = '' WHERE tenant_id = :t
         AND (message_id = ANY(:messages) OR conversation_id = ANY(:conversations)) AND content <> ''"""),

@@ -95,6 +95,11 @@ class Endpoint:
     media_type: str = "application/json"
     # Path parameters that are one of a few words (an SLA priority), not ids: name -> the words.
     path_choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Required request headers (an Idempotency-Key): name -> (pattern the value must match, description).
+    headers: Mapping[str, tuple[re.Pattern[str], str]] = field(default_factory=dict)
+    max_body: int = MAX_BODY_BYTES
+    # Other success codes the handler answers with the same model (a replayed request's 200).
+    also: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def path_params(self) -> list[str]:
@@ -115,6 +120,7 @@ class Call:
     params: dict[str, str] = field(default_factory=dict)  # the path's words (`Endpoint.path_choices`)
     # Set for reads: each statement of this call's transactions is cancelled after this many milliseconds.
     statement_timeout_ms: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # the declared headers (`Endpoint.headers`)
     _bound: list[Connection] = field(default_factory=list)
 
     @property
@@ -206,6 +212,20 @@ class MalformedJson(PermanentError):
     """The body is not JSON."""
 
 
+def declared_headers(endpoint: Endpoint, request: Request) -> dict[str, str]:
+    """The endpoint's required headers, each checked against its pattern (a refusal names the header)."""
+    found, wrong = {}, {}
+    for name, (pattern, description) in endpoint.headers.items():
+        value = request.headers.get(name)
+        if value is None or not pattern.fullmatch(value):
+            wrong[name] = f"{'required' if value is None else 'invalid'}: {description}"
+        else:
+            found[name] = value
+    if wrong:
+        raise Invalid(wrong)
+    return found
+
+
 def resolve_owner(admin: Admin, endpoint: Endpoint, principal: Principal, ids: dict[str, uuid.UUID],
                   ) -> uuid.UUID | None:
     """The tenant acted on, looked up by the id in the path; a tenant key may only reach its own."""
@@ -274,12 +294,13 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
                         statement_timeout_ms=settings.admin_statement_timeout_ms if endpoint.method == "GET" else None)
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
+            call.headers = declared_headers(endpoint, request)
             if endpoint.body is not None:
-                call.body = validate(endpoint.body, await read_body(request), "body")
+                call.body = validate(endpoint.body, await read_body(request, endpoint.max_body), "body")
             call.tenant = await run_in_threadpool(resolve_owner, admin, endpoint, principal, ids)
             result = await run_in_threadpool(endpoint.handler, call)
         except BodyTooLarge:
-            return error(413, "payload_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+            return error(413, "payload_too_large", f"the body exceeds {endpoint.max_body} bytes")
         except MalformedJson:
             return error(400, "malformed_json", "the body is not valid JSON")
         except Invalid as exc:

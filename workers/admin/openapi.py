@@ -25,6 +25,9 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
          else {"type": "string", "format": "uuid"}}
         for name in endpoint.path_params
     ]
+    for name, (pattern, description) in endpoint.headers.items():
+        params.append({"name": name, "in": "header", "required": True, "description": description,
+                       "schema": {"type": "string", "pattern": pattern.pattern}})
     if endpoint.query is not None:
         schema = endpoint.query.model_json_schema(ref_template=REF)
         required = set(schema.get("required", []))
@@ -57,6 +60,9 @@ def document(endpoints: list[Endpoint], *, title: str = "Intake admin API", vers
     for e in endpoints:
         responses: dict[str, Any] = {str(e.status): _json(refs[(e.response, "serialization")], e.summary)
                                      if e.response is not None else _download(e)}
+        if e.response is not None:
+            responses.update({str(code): _json(refs[(e.response, "serialization")], text)
+                              for code, text in e.also.items()})
         responses.update({code: _json(error, text) for code, text in ERRORS.items()})
         responses["422"] = _json(invalid, "Some fields are invalid: `fields` names each")
         operation: dict[str, Any] = {

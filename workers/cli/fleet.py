@@ -125,7 +125,7 @@ def serve(host: str, port: int) -> None:
 @click.command()
 @click.option("--processes", type=int, default=None, help="Worker processes [INTAKE_WORKER_PROCESSES, 2].")
 @click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
-@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "maintenance"]),
+@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "outbound", "maintenance"]),
               help="Queues to consume (repeatable; default: all).")
 @click.option("--nice", type=click.IntRange(0, 19), default=None,
               help="Run below normal CPU priority, database sessions on this machine included [INTAKE_WORKER_NICE, 0].")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from workers.admin.console import audit, auth, events, failures, jobs, overview, tenants
+from workers.admin.console import audit, auth, conversations, events, failures, jobs, overview, tenants
 from workers.admin.console.web import Console
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ def console_routes(admin: Admin) -> list[BaseRoute]:
         *failures.routes(console),
         *events.routes(console),
         *tenants.routes(console),
+        *conversations.routes(console),
         *audit.routes(console),
         Mount("/static", StaticFiles(directory=STATIC), name="console-static"),
     ]

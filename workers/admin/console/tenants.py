@@ -1,6 +1,7 @@
 """Tenants and inboxes in the console: list and search, create, disable and enable, edit settings (the
 API's validation messages shown next to each field), rotate secrets (the new ones shown once), and each
-inbox's webhook URL and last deliveries.
+inbox's webhook URL and last deliveries. A tenant's page lists its latest conversations, each linking to its
+thread (read-only, `console.conversations`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from pipelines.control.models import (
     TenantUpdate,
     TenantView,
 )
+from pipelines.desk.models import ConversationQuery
+from workers.admin import conversations as conversation_api
 from workers.admin import lifecycle as api
 from workers.admin.console.web import Console, Visit, checked, nested, offset_of, page, parse_uuid, redirect
 
 PAGE_SIZE = 50
+CONVERSATIONS_SHOWN = 20  # the latest, each linking to its thread
 NOTICES = {"saved": "Saved.", "disabled": "Disabled.", "enabled": "Enabled.", "created": "Created."}
 # The settings the forms show. A form sends what it shows (an empty field removes the setting); a field it
 # does not send is left as it is. A tenant key's form shows the operator's settings read-only (disabled
@@ -114,7 +118,10 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
     tenant = api.show_tenant(call)
     call.query = Page(limit=100)
     inboxes = api.list_tenant_inboxes(call)
+    call.query = ConversationQuery(limit=CONVERSATIONS_SHOWN)
+    conversations = conversation_api.list_conversations(call)
     return visit.render("tenant.html", code, title=tenant.name, tenant=tenant, inboxes=inboxes,
+                        conversations=conversations,
                         errors=errors or {}, inbox_errors=inbox_errors or {}, values=values if values is not None else
                         {"name": tenant.name, **flatten(tenant.settings)},
                         notice=NOTICES.get(visit.request.query_params.get("notice", ""), ""),
