@@ -23,7 +23,7 @@ CHECK_VIOLATION = "23514"
 # What an id in a URL may name, and the table that holds it.
 KINDS: dict[str, Table] = {
     "tenant": schema.tenants, "inbox": schema.inboxes, "team": schema.teams, "persona": schema.ai_personas,
-    "failure": schema.job_failures, "event": schema.inbound_events,
+    "failure": schema.job_failures, "event": schema.inbound_events, "webhook_endpoint": schema.webhook_endpoints,
 }
 
 

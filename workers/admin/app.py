@@ -1,7 +1,7 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data` and `sla`; `GET /v1/admin/openapi.json`
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `webhooks`; `GET /v1/admin/openapi.json`
 is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
@@ -25,7 +25,8 @@ from db.engine import make_engine
 from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
-from workers.admin import data, lifecycle, operations, sla
+from pipelines.webhooks.endpoints import Endpoints
+from workers.admin import data, lifecycle, operations, sla, webhooks
 from workers.admin.console import console_routes
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
@@ -36,7 +37,7 @@ OPENAPI_PATH = "/v1/admin/openapi.json"
 
 class Admin:
     """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox tools, the jobs."""
+    records wait), the inbox and webhook endpoint tools, the jobs."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -44,6 +45,7 @@ class Admin:
         self.owner_engine: Engine = make_engine(admin_database_url, pool_size=4, application_name="intake-admin-owner")
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
+        self.webhooks = Endpoints(SecretBox(secret_key), allow_private=settings.webhook_allow_private_networks)
         self.jobs = Jobs()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5) if settings.redis_url else None
 
@@ -63,7 +65,8 @@ class Admin:
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints()]
+    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
+            *webhooks.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:
