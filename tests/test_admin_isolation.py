@@ -32,6 +32,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "EraseContact": {"identity": {"kind": "email", "value": "theirs@example.com"}},
     "ConfirmDelete": {},  # `confirm` is the other tenant's id, filled in by `call`
     "SlaPolicySet": {"first_response_minutes": 5},
+    "EndpointCreate": {"url": "https://93.184.216.34/intruder"},
+    "EndpointUpdate": {"url": "https://93.184.216.34/intruder", "enabled": False},
+    "RotateEndpointSecret": {"overlap_seconds": 0},
+    "Recover": {"since": "2026-01-01T00:00:00Z"},
 }
 
 
@@ -49,6 +53,9 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "contacts": "SELECT id, display_name, erased_at FROM contacts WHERE tenant_id = :t",
         "identities": "SELECT kind, value FROM contact_identities WHERE tenant_id = :t",
         "sla": "SELECT priority, first_response_minutes, updated_at FROM sla_policies WHERE tenant_id = :t",
+        "webhook_endpoints": "SELECT id, url, enabled, secret, previous_secret, updated_at FROM webhook_endpoints "
+                             "WHERE tenant_id = :t",
+        "webhook_attempts": "SELECT id, status, attempts FROM webhook_attempts WHERE tenant_id = :t",
     }
     with engine.begin() as conn:
         data = {name: [list(r) for r in conn.execute(text(q + " ORDER BY 1"), {"t": tenant})]
@@ -79,13 +86,15 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                                   "VALUES (:t, :c, 'email', 'theirs@example.com')"), {"t": theirs, "c": contact})
             assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
                           json={"first_response_minutes": 60}).status_code == 200
+            endpoint = op.post(f"/v1/admin/tenants/{theirs}/webhook-endpoints",
+                               json={"url": "https://93.184.216.34/theirs"}).json()["endpoint"]["id"]
             their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
             with client(base, their_key) as them:  # a job of theirs: an export, with an archive to download
                 job = them.post(f"/v1/admin/tenants/{theirs}/export").json()["id"]
             spec = op.get("/v1/admin/openapi.json").json()
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
-               "priority": "normal"}
+               "endpoint_id": endpoint, "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         before = snapshot(admin_engine, uuid.UUID(theirs))
         key = make_key(admin_engine, tenant_id=uuid.UUID(mine))

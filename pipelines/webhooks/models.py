@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, Strict, StrictBool, StringConstraints
 
 from pipelines.changes import TYPES
 from pipelines.control.fields import Model, clean_text
@@ -47,7 +47,7 @@ class EndpointUpdate(Model):
     event_types: EventTypes | None = None
     description: Description | None = None
     rate_limit_per_second: RateLimit | None = None
-    enabled: bool | None = Field(default=None, description="false stops deliveries; true resumes them from where "
+    enabled: StrictBool | None = Field(default=None, description="false stops deliveries; true resumes them from where "
                                                            "they stopped (nothing is skipped)")
 
 
@@ -57,7 +57,7 @@ class RotateEndpointSecret(Model):
 
 
 class Recover(Model):
-    since: AwareDatetime = Field(description="Deliver again every event of the endpoint's types recorded since "
+    since: Annotated[AwareDatetime, Strict()] = Field(description="Deliver again every event of the endpoint's types recorded since "
                                              "then (RFC 3339 with a time zone)")
 
 
