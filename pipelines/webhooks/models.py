@@ -57,8 +57,8 @@ class RotateEndpointSecret(Model):
 
 
 class Recover(Model):
-    since: Annotated[AwareDatetime, Strict()] = Field(description="Deliver again every event of the endpoint's types recorded since "
-                                             "then (RFC 3339 with a time zone)")
+    since: Annotated[AwareDatetime, Strict()] = Field(
+        description="Deliver again every event of the endpoint's types recorded since then (RFC 3339 with a zone)")
 
 
 class AttemptQuery(Page):
