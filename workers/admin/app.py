@@ -1,8 +1,8 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `webhooks`; `GET /v1/admin/openapi.json`
-is the document generated from those declarations. `GET /healthz` answers without a key.
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `webhooks`;
+`GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
 from __future__ import annotations
