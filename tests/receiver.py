@@ -32,8 +32,9 @@ class Received:
         return self.headers["webhook-id"]
 
 
-# What to answer: (status, headers, seconds to wait first); called with the delivery and the count so far.
-Answer = Callable[["Received", int], tuple[int, dict[str, str], float]]
+# What to answer: (status, headers, seconds to wait first, body or None for a short one); called with the
+# delivery and how many deliveries with its webhook-id the receiver has had (this one included).
+Answer = Callable[["Received", int], tuple[int, dict[str, str], float, bytes | None]]
 
 
 @dataclass
@@ -48,9 +49,9 @@ class Receiver:
         with self.lock:
             return [r for r in self.received if r.path == path]
 
-    def answered_ok(self, path: str) -> list[Received]:
-        """The deliveries to `path` that the receiver accepted (verified by a secret)."""
-        return [r for r in self.on(path) if r.verified_by]
+    def ids(self, path: str) -> list[str]:
+        """The webhook-ids received on `path`, verified, in order of arrival (repeats included)."""
+        return [r.webhook_id for r in self.on(path) if r.verified_by]
 
 
 def verify(secrets: list[str], body: bytes, headers: dict[str, str]) -> list[str]:
@@ -79,13 +80,15 @@ def receiver() -> Iterator[Receiver]:
                            verify(state.secrets.get(self.path, []), body, headers))
             with state.lock:
                 state.received.append(got)
-                count = len([r for r in state.received if r.path == self.path])
-            status, extra, wait = state.answers.get(self.path, lambda r, n: (200, {}, 0.0))(got, count)
+                count = len([r for r in state.received if r.headers.get("webhook-id") == got.headers.get("webhook-id")])
+            answer = state.answers.get(self.path, lambda r, n: (200, {}, 0.0, None))
+            status, extra, wait, payload = answer(got, count)
             if wait:
                 time.sleep(wait)
             if not got.verified_by and status < 300:
                 status = 401
-            payload = b'{"ok": true}' if status < 300 else b"nope"
+            if payload is None:
+                payload = b'{"ok": true}' if status < 300 else b"nope"
             try:
                 self.send_response(status)
                 for name, value in extra.items():

@@ -5,9 +5,10 @@
              event is sent after the one before it is delivered or given up (events without a conversation
              are not ordered among themselves)
     send     each leased delivery is POSTed, signed, in parallel, to the address checked just before
-    record   2xx: delivered. Otherwise the next try follows the retry schedule (a 429's Retry-After instead),
-             and after the last one the delivery is failed (`recover` sends it again). An endpoint that has
-             had no 2xx for the disable window since its first failure is disabled and audited.
+    record   as the answers come in. 2xx: delivered. Otherwise the next try follows the retry schedule (a
+             429's Retry-After instead), and after the last one the delivery is failed (`recover` sends it
+             again). An endpoint with no 2xx for the disable window since its first failure is disabled and
+             audited.
 
 A lease outlives the HTTP timeout; a process killed mid-send leaves it to run out, and the delivery is sent
 again (the receiver sees the same `webhook-id`). No row lock or transaction is held while a receiver is
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -39,6 +40,7 @@ log = structlog.get_logger("intake.webhooks")
 EXCERPT_BYTES = 2048
 MAX_RETRY_AFTER = 86_400.0
 ACTOR = audit.Actor("system:webhooks")
+TOGETHER_SECONDS = 0.02
 
 PLAN_LOCK = text("SELECT cursor_seq, event_types FROM webhook_endpoints WHERE id = :e AND enabled "
                  "FOR UPDATE SKIP LOCKED")
@@ -134,7 +136,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Round:
-    """What one pass over an endpoint did, and whether another should follow at once."""
+    """What one pass over an endpoint did, and whether another should follow (at once, or after a second when
+    the endpoint's rate limit was reached)."""
 
     planned: int
     sent: int
@@ -285,18 +288,29 @@ def deliver(engine: Engine, box: SecretBox, client: httpx.Client, tenant: Tenant
     if not deliveries:
         return Round(planned, 0, 0, False, False)
     secrets = secrets_of(box, endpoint, datetime.now(UTC))
-    if len(deliveries) == 1:
-        outcomes = [send(client, endpoint.url, secrets, deliveries[0], policy)]
-    else:
-        with ThreadPoolExecutor(max_workers=len(deliveries), thread_name_prefix="webhook-send") as pool:
-            outcomes = list(pool.map(lambda d: send(client, endpoint.url, secrets, d, policy), deliveries))
-    with engine.begin() as conn:
-        bind_tenant(conn, tenant)
-        record(conn, tenant, endpoint_id, outcomes, policy)
+    outcomes: list[Outcome] = []
+
+    def store(done: list[Outcome]) -> None:
+        with engine.begin() as conn:
+            bind_tenant(conn, tenant)
+            record(conn, tenant, endpoint_id, done, policy)
+        outcomes.extend(done)
+
+    with ThreadPoolExecutor(max_workers=len(deliveries), thread_name_prefix="webhook-send") as pool:
+        waiting = {pool.submit(send, client, endpoint.url, secrets, d, policy) for d in deliveries}
+        while waiting:
+            # Recorded as they finish (those finishing together, together): a slow receiver's answer for one
+            # conversation does not hold back the next event of another.
+            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            if waiting:
+                more, waiting = wait(waiting, timeout=TOGETHER_SECONDS)
+                done |= more
+            store([f.result() for f in done])
     delivered = sum(o.delivered for o in outcomes)
     log.info("webhooks.delivered", tenant_id=str(tenant), endpoint_id=str(endpoint_id), sent=len(outcomes),
              delivered=delivered)
-    return Round(planned, len(outcomes), delivered, more=len(deliveries) == limit,
+    # Whatever was settled may have let the next event of its conversation through: look again at once.
+    return Round(planned, len(outcomes), delivered, more=True,
                  rate_limited=endpoint.rate_limit_per_second is not None and len(deliveries) == limit)
 
 
