@@ -219,3 +219,21 @@ def test_a_tenant_key_reaches_only_its_own_endpoints(base: str, op: httpx.Client
             assert tk.request(method, path + suffix, json=body).status_code == 403, (method, suffix)
         assert tk.get(f"/v1/admin/webhook-endpoints/{uuid.uuid4()}").status_code == 404
     assert op.get(f"/v1/admin/webhook-endpoints/{their_endpoint}").json()["enabled"] is True
+
+
+def test_the_console_lists_a_tenants_endpoints_with_their_state(base: str, op: httpx.Client,
+                                                               admin_engine: Engine) -> None:
+    tenant = make_tenant(admin_engine)
+    healthy = create(op, tenant, description="Agent inbox").json()
+    stopped = create(op, tenant, url="https://93.184.216.35/crm").json()["endpoint"]["id"]
+    op.patch(f"/v1/admin/webhook-endpoints/{stopped}", json={"enabled": False})
+    with httpx.Client(base_url=base, follow_redirects=False, timeout=30) as console:
+        form = console.get("/login").text
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert console.post("/login", data={"csrf": csrf, "key": make_key(admin_engine).key}).status_code == 303
+        page = console.get(f"/tenants/{tenant}").text
+    section = page.split("<h2>Webhook endpoints</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "https://93.184.216.34/hooks/intake" in section and "Agent inbox" in section
+    assert "token=abc" not in section and healthy["secret"] not in page  # neither the URL's token nor the secret
+    assert section.count('badge enabled">enabled') == 1 and section.count('badge disabled">disabled') == 1
+    assert "disabled by" in section

@@ -27,6 +27,7 @@ from pipelines.control.models import (
     TenantView,
 )
 from workers.admin import lifecycle as api
+from workers.admin import webhooks
 from workers.admin.console.web import Console, Visit, checked, nested, offset_of, page, parse_uuid, redirect
 
 PAGE_SIZE = 50
@@ -98,7 +99,8 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
     tenant = api.show_tenant(call)
     call.query = Page(limit=100)
     inboxes = api.list_tenant_inboxes(call)
-    return visit.render("tenant.html", code, title=tenant.name, tenant=tenant, inboxes=inboxes,
+    endpoints = webhooks.list_endpoints(call)
+    return visit.render("tenant.html", code, title=tenant.name, tenant=tenant, inboxes=inboxes, endpoints=endpoints,
                         errors=errors or {}, inbox_errors=inbox_errors or {}, values=values if values is not None else
                         {"name": tenant.name, **flatten(tenant.settings)},
                         notice=NOTICES.get(visit.request.query_params.get("notice", ""), ""),
