@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     webhook_allow_private_networks: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # Deliveries one job sends at once (each to a different conversation, in parallel).
-    webhook_batch: int = Field(default=16, ge=1, le=256)
+    webhook_batch: int = Field(default=32, ge=1, le=256)
     # How often the dispatcher asks which endpoints have work, besides being woken by each change.
     webhook_sweep_seconds: float = Field(default=2.0, gt=0, le=3600)
 

@@ -278,8 +278,6 @@ def deliver(engine: Engine, box: SecretBox, client: httpx.Client, tenant: Tenant
     with engine.begin() as conn:
         bind_tenant(conn, tenant)
         planned = plan(conn, tenant, endpoint_id)
-    with engine.begin() as conn:
-        bind_tenant(conn, tenant)
         endpoint = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
         if endpoint is None:
             return Round(planned, 0, 0, False, False)

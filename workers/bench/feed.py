@@ -56,6 +56,11 @@ class Receiver:
             return len(self.arrived)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: with the default 5, parallel connects wait for a SYN retry
+
+
 @contextmanager
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
@@ -80,9 +85,7 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 1024
+    server = Server(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/feed"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
