@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
 
+    # Webhook endpoints (the change feed pushed): pipelines.webhooks.
+    # Delays before each retry of a delivery that did not get a 2xx; after the last, the delivery is failed.
+    webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
+    # An endpoint failing for this long (no 2xx since the first failure) is disabled.
+    webhook_disable_after: str = "5d"
+    webhook_allow_private_networks: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Deliveries one job sends at once (each to a different conversation, in parallel).
+    webhook_batch: int = Field(default=32, ge=1, le=256)
+    # How often the dispatcher asks which endpoints have work, besides being woken by each change.
+    webhook_sweep_seconds: float = Field(default=2.0, gt=0, le=3600)
+
     # Retention defaults (a tenant's settings.retention overrides each); the clock applies them in batches.
     retention_event_body_days: int = Field(default=30, ge=1, le=36_500)
     retention_failure_days: int = Field(default=30, ge=1, le=36_500)
@@ -126,6 +138,30 @@ class Settings(BaseSettings):
             raise ValueError("must be a Redis URL such as redis://host:6379/0")
         return value
 
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        delays = [part.strip() for part in value.split(",") if part.strip()]
+        if not delays or len(delays) > 50:
+            raise ValueError("must list 1 to 50 delays such as 5s,5m,30m,2h")
+        for delay in delays:
+            duration_seconds(delay)
+        return ",".join(delays)
+
+    @field_validator("webhook_disable_after")
+    @classmethod
+    def _check_disable_after(cls, value: str) -> str:
+        duration_seconds(value)
+        return value.strip()
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return tuple(duration_seconds(d) for d in self.webhook_retry_schedule.split(","))
+
+    @property
+    def webhook_disable_after_seconds(self) -> float:
+        return duration_seconds(self.webhook_disable_after)
+
     @field_validator("default_region")
     @classmethod
     def _check_region(cls, value: str) -> str:
@@ -136,6 +172,23 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.redis_url is None
+
+
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def duration_seconds(value: str) -> float:
+    """`500ms`, `5s`, `5m`, `2h`, `5d` or a bare number of seconds, as seconds (ValueError otherwise)."""
+    text = value.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if text.endswith(u)), "")
+    number = text[: len(text) - len(unit)] if unit else text
+    try:
+        seconds = float(number) * UNITS.get(unit, 1.0)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration such as 5s, 5m, 2h or 5d") from None
+    if not 0 <= seconds <= 365 * 86_400 or seconds != seconds:
+        raise ValueError(f"{value!r} must be between 0 and 365 days")
+    return seconds
 
 
 def load_settings() -> Settings:

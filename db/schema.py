@@ -565,6 +565,56 @@ def _changes(md: MetaData) -> None:
     Index("change_events_subject_idx", e.tenant_id, e.subject_id, postgresql_where=text("subject_id IS NOT NULL"))
 
 
+def _webhooks(md: MetaData) -> None:
+    """Webhook endpoints and one delivery row per endpoint and event (migration 0016)."""
+    endpoints = Table(
+        "webhook_endpoints", md,
+        _id(), _tenant_id(),
+        _text("url"),
+        # Empty: every type.
+        Column("event_types", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+        _text("description", default=""),
+        Column("rate_limit_per_second", Integer),
+        # Sealed with INTAKE_SECRET_KEY (pipelines.crypto); the previous one signs too until the overlap ends.
+        _text("secret"), Column("previous_secret", Text), _at("previous_secret_until", default=False),
+        Column("enabled", Boolean, nullable=False, server_default=text("true")),
+        _at("disabled_at", default=False), Column("disabled_reason", Text), _at("failing_since", default=False),
+        # The last event of the tenant's feed already planned as deliveries for this endpoint.
+        Column("cursor_seq", BigInteger, nullable=False, server_default=text("0")),
+        _at("created_at"), _at("updated_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "id"),
+        CheckConstraint("length(url) BETWEEN 1 AND 2000", name="url"),
+        CheckConstraint("rate_limit_per_second > 0", name="rate_limit_per_second"),
+    )
+    Index("webhook_endpoints_tenant_idx", endpoints.c.tenant_id)
+    attempts = Table(
+        "webhook_attempts", md,
+        _id(), _tenant_id(),
+        Column("endpoint_id", UUID, nullable=False),
+        Column("event_seq", BigInteger, nullable=False),
+        Column("event_id", UUID, nullable=False),
+        Column("conversation_id", UUID),
+        _text("status", default="pending"),
+        _count("attempts"),
+        _at("next_attempt_at"),
+        # Set while a worker sends it: a worker that dies leaves a lease that runs out.
+        _at("leased_until", default=False),
+        Column("last_status_code", Integer), Column("last_error", Text), Column("response_excerpt", Text),
+        _at("created_at"), _at("updated_at"), _at("delivered_at", default=False),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "endpoint_id", "event_seq"),
+        _tenant_fk("endpoint_id", "webhook_endpoints"),
+        _one_of("status", "pending", "delivered", "failed"),
+    )
+    a = attempts.c
+    pending = text("status = 'pending'::text")
+    Index("webhook_attempts_due_idx", a.tenant_id, a.endpoint_id, a.next_attempt_at, postgresql_where=pending)
+    Index("webhook_attempts_order_idx", a.tenant_id, a.endpoint_id, a.conversation_id, a.event_seq,
+          postgresql_where=pending)
+    Index("webhook_attempts_endpoint_idx", a.tenant_id, a.endpoint_id, a.event_seq.desc())
+
+
 def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     """Every table of the data contract, with embeddings `dim` wide (the database's INTAKE_EMBEDDING_DIM)."""
     md = MetaData(naming_convention=NAMING_CONVENTION)
@@ -578,6 +628,7 @@ def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     _operations(md)
     _lifecycle(md)
     _changes(md)
+    _webhooks(md)
     return md
 
 
@@ -610,3 +661,5 @@ ai_usage_monthly = metadata.tables["ai_usage_monthly"]
 sla_policies = metadata.tables["sla_policies"]
 change_feed_heads = metadata.tables["change_feed_heads"]
 change_events = metadata.tables["change_events"]
+webhook_endpoints = metadata.tables["webhook_endpoints"]
+webhook_attempts = metadata.tables["webhook_attempts"]

@@ -12,6 +12,7 @@
     │   ├── AIRefused               pipelines.ai: the provider refused the request (4xx but 408 and 429)
     │   ├── ResolutionConflict      pipelines.contacts: one message's identities kept changing hands
     │   ├── UnstorableEvent         workers.web: the database refuses this delivery's row (400)
+    │   ├── UnsafeTarget            pipelines.webhooks: a webhook URL the fleet may not deliver to
     │   ├── BodyTooLarge            workers.web, workers.admin: the body is over the size limit (413)
     │   ├── MalformedJson           workers.admin: the body is not JSON (400)
     │   ├── Stopped                 workers.admin: an export job asked to stop ends between two batches

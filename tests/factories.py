@@ -90,6 +90,10 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
                                                  subject_id=ids["contacts"])])
     ids["change_events"] = uuid.UUID(str(conn.execute(text("SELECT id FROM change_events")).scalar_one()))
     ids["change_feed_heads"] = tenant
+    ids["webhook_endpoints"] = _insert(conn, "webhook_endpoints", {
+        **t, "url": "https://hooks.example.com/intake", "secret": box.seal({"secret": "whsec_dGVzdA=="})})
+    ids["webhook_attempts"] = _insert(conn, "webhook_attempts", {
+        **t, "endpoint_id": ids["webhook_endpoints"], "event_seq": 1, "event_id": ids["change_events"]})
     ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
     conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
                       "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),

@@ -39,6 +39,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "DraftAccept": {"text": "An intruder's edit"},
     "DraftReject": {"reason": "intruder"},
     "Correction": {"category": "billing", "priority": "urgent"},
+    "EndpointCreate": {"url": "https://93.184.216.34/intruder"},
+    "EndpointUpdate": {"url": "https://93.184.216.34/intruder", "enabled": False},
+    "RotateEndpointSecret": {"overlap_seconds": 0},
+    "Recover": {"since": "2026-01-01T00:00:00Z"},
 }
 
 
@@ -63,6 +67,9 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "corrections": "SELECT id, category, priority FROM ai_corrections WHERE tenant_id = :t",
         "examples": "SELECT id, category FROM ai_examples WHERE tenant_id = :t",
         "feed": "SELECT seq, type FROM change_events WHERE tenant_id = :t",
+        "webhook_endpoints": "SELECT id, url, enabled, secret, previous_secret, updated_at FROM webhook_endpoints "
+                             "WHERE tenant_id = :t",
+        "webhook_attempts": "SELECT id, status, attempts FROM webhook_attempts WHERE tenant_id = :t",
     }
     with engine.begin() as conn:
         data = {name: [list(r) for r in conn.execute(text(q + " ORDER BY 1"), {"t": tenant})]
@@ -104,6 +111,8 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                     "RETURNING id"), {"t": theirs, "m": message, "v": conversation}).scalar_one()
             assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
                           json={"first_response_minutes": 60}).status_code == 200
+            endpoint = op.post(f"/v1/admin/tenants/{theirs}/webhook-endpoints",
+                               json={"url": "https://93.184.216.34/theirs"}).json()["endpoint"]["id"]
             their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
             with client(base, their_key) as them:  # a job of theirs: an export, with an archive to download
                 job = them.post(f"/v1/admin/tenants/{theirs}/export").json()["id"]
@@ -111,7 +120,7 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
                "conversation_id": str(conversation), "message_id": str(message), "draft_id": str(draft),
-               "priority": "normal"}
+               "endpoint_id": endpoint, "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         # The same kinds of ids, of nothing at all.
         nobodys = {k: (v if k == "priority" else str(uuid.uuid4())) for k, v in ids.items()}

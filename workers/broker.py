@@ -21,6 +21,7 @@ from dramatiq.middleware import (
 from config import Settings, configure_logging, get_settings
 from pipelines.errors import is_retryable
 from workers.embedded.runtime import ServicesUnavailable
+from workers.middleware.dispatch import WebhookDispatch
 from workers.middleware.heap import FreezeBootHeap
 from workers.middleware.jobs import JobLog, TenantScope
 from workers.middleware.ledger import FailureLedger
@@ -114,7 +115,11 @@ def _installed() -> bool:
 def for_workers() -> None:
     """dramatiq's command line calls this (`dramatiq workers.broker:for_workers workers.actors`) in each worker
     process before it imports the actors: logging as configured, and the broker with its metrics. A worker
-    process, which lives for its jobs alone, also freezes its booted heap (`FreezeBootHeap`)."""
+    process, which lives for its jobs alone, also freezes its booted heap (`FreezeBootHeap`); one that consumes
+    `deliver` runs the webhook dispatcher (`WebhookDispatch`)."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    install(settings, metrics=bool(settings.worker_metrics_port)).add_middleware(FreezeBootHeap())
+    broker = install(settings, metrics=bool(settings.worker_metrics_port))
+    broker.add_middleware(FreezeBootHeap())
+    # A process that consumes `deliver` wakes it on each change (workers.middleware.dispatch).
+    broker.add_middleware(WebhookDispatch(engine, settings.webhook_sweep_seconds))

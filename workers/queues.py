@@ -1,9 +1,10 @@
 """The fleet's queues and the names jobs are sent under, shared by the broker, the actors and the web.
 
 Queues: `ingest` (provider events), `ai` (classification and drafts), `outbound` (replies sent through their
-channel) and `maintenance` (sweeps, replays), so housekeeping, AI and sending never starve ingestion. Each
-worker process picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names
-but neither a broker nor the actors; the admin process enqueues replies to send the same way (`enqueue`).
+channel), `maintenance` (sweeps, replays) and `deliver` (webhook deliveries: wake-ups naming an endpoint), so
+housekeeping, AI, sending and slow receivers never starve ingestion. Each worker process picks its queues. The
+web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither a broker nor the actors;
+the admin process enqueues replies to send the same way (`enqueue`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 
 import dramatiq
 
-QUEUES = ("ingest", "ai", "outbound", "maintenance")
+QUEUES = ("ingest", "ai", "outbound", "maintenance", "deliver")
 NAMESPACE = "dramatiq"  # RedisBroker's key prefix, the same for every process of the fleet
 INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"
 OUTBOUND_QUEUE, SEND_ACTOR = "outbound", "send_message"
+DELIVER_QUEUE, DELIVER_ACTOR = "deliver", "deliver_webhooks"
 
 
 # For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any

@@ -7,11 +7,14 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, event
 
 from config import get_settings
 from db.engine import make_engine
+from pipelines.crypto import SecretBox
 from pipelines.ingest import IngestPolicy
+from pipelines.webhooks.delivery import Policy
 from workers import priority
 
 _lock = threading.Lock()
@@ -54,3 +57,35 @@ def ingest_policy() -> IngestPolicy:
     settings = get_settings()
     return IngestPolicy(default_region=settings.default_region,
                         reopen_window=timedelta(hours=settings.reopen_window_hours))
+
+
+_clients: dict[int, httpx.Client] = {}
+
+
+def webhook_client() -> httpx.Client:
+    """This process's HTTP client for webhook deliveries: pooled connections, no redirects, no proxies from the
+    environment (a delivery goes to the address that was checked, not to a proxy)."""
+    with _lock:
+        found = _clients.get(os.getpid())
+        if found is None:
+            found = httpx.Client(follow_redirects=False, trust_env=False,
+                                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+            _clients[os.getpid()] = found
+        return found
+
+
+def secret_box() -> SecretBox:
+    key = get_settings().secret_key
+    if key is None:
+        from workers.embedded.runtime import resolve
+
+        key = resolve(get_settings()).require_secret_key()
+    return SecretBox(key)
+
+
+def webhook_policy() -> Policy:
+    settings = get_settings()
+    return Policy(retry_delays=settings.webhook_retry_delays,
+                  disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),
+                  timeout=settings.webhook_timeout_seconds, batch=settings.webhook_batch,
+                  allow_private=settings.webhook_allow_private_networks)

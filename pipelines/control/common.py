@@ -24,7 +24,7 @@ CHECK_VIOLATION = "23514"
 KINDS: dict[str, Table] = {
     "tenant": schema.tenants, "inbox": schema.inboxes, "team": schema.teams, "persona": schema.ai_personas,
     "failure": schema.job_failures, "event": schema.inbound_events, "conversation": schema.conversations,
-    "message": schema.messages, "draft": schema.ai_drafts,
+    "message": schema.messages, "draft": schema.ai_drafts, "webhook_endpoint": schema.webhook_endpoints,
 }
 
 

@@ -1,7 +1,7 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `conversations`;
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations` and `webhooks`;
 `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
@@ -25,7 +25,8 @@ from db.engine import make_engine
 from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
-from workers.admin import conversations, data, lifecycle, operations, sla
+from pipelines.webhooks.endpoints import Endpoints
+from workers.admin import conversations, data, lifecycle, operations, sla, webhooks
 from workers.admin.cache import TenantCache
 from workers.admin.console import console_routes
 from workers.admin.http import Endpoint, error, failure, handle
@@ -38,7 +39,8 @@ OPENAPI_PATH = "/v1/admin/openapi.json"
 
 class Admin:
     """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox tools, the jobs, each key's request bucket and the tenants' storage figures."""
+    records wait), the inbox and webhook endpoint tools, the jobs, each key's request bucket and the tenants'
+    storage figures."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -46,6 +48,7 @@ class Admin:
         self.owner_engine: Engine = make_engine(admin_database_url, pool_size=4, application_name="intake-admin-owner")
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
+        self.webhooks = Endpoints(SecretBox(secret_key), allow_private=settings.webhook_allow_private_networks)
         self.jobs = Jobs()
         self.key_buckets = TokenBuckets()  # requests per API key (read and charged on the event loop only)
         self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
@@ -68,7 +71,7 @@ class Admin:
 
 def all_endpoints() -> list[Endpoint]:
     return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
-            *conversations.endpoints()]
+            *conversations.endpoints(), *webhooks.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:

@@ -10,7 +10,10 @@ Phases:
      (as in production: the AI workers are still busy with the backlog), latency from the ingress's receipt
      to the worker's commit;
   6. lone messages: one delivery at a time after a quiet period, the same latency;
-  7. the books: events and messages stored, duplicates, lost.
+  7. the feed (workers.bench.feed): a backlog of change events delivered to a local webhook receiver (events
+     per second, CPU per event), then deliveries paced at half the lower of the two peaks, from the
+     ingress's receipt to the receiver getting `message.received`;
+  8. the books: events and messages stored, duplicates, lost.
 
 Every phase reads the CPU time of each process tree (web, workers, PostgreSQL, Redis) before and after, so
 each figure comes with its cost: CPU milliseconds per acknowledged delivery, stored or classified message.
@@ -29,7 +32,8 @@ from typing import Any
 
 import psycopg
 
-from workers.bench import baselines
+from db.tenancy import TenantId
+from workers.bench import baselines, feed
 from workers.bench.load import LoadResult, load
 from workers.bench.procs import wait
 from workers.bench.stack import Stack, create_tenants, open_stack
@@ -225,6 +229,25 @@ def lone(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], deliveri
     return {"p50_ms": p50, "p99_ms": p99, "messages": messages, "quiet_seconds": options.quiet_seconds}
 
 
+def feed_phases(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], tenants: list[dict[str, Any]],
+                deliveries: list[Delivery], requests: list[Request], peak: float, options: BenchOptions,
+                progress: Progress) -> dict[str, Any]:
+    """The change feed's webhooks: a backlog's delivery rate, then latency at half the lower peak."""
+    ids = [TenantId(next(iter(t.values())).tenant_id) for t in tenants]
+    result: dict[str, Any] = {"throughput": feed.throughput(stack, conn, ids, options.events,
+                                                             processes=options.processes, threads=16,
+                                                             progress=progress)}
+    rate = 0.5 * min(peak, result["throughput"]["events_per_s"] or peak)
+
+    def send() -> int:
+        post(stack, ports, requests, options.concurrency, rate=rate)
+        return len({d.message_key for d in deliveries})
+
+    result["latency"] = {"rate_per_s": round(rate, 1), **feed.latency(
+        stack, conn, ids, send, processes=options.processes, threads=16, progress=progress)}
+    return result
+
+
 def books(conn: psycopg.Connection[Any], deliveries: list[Delivery], since: datetime | None = None) -> dict[str, Any]:
     """Every acknowledged delivery's message stored once: what was sent against what the tables hold."""
     expected = {d.message_key for d in deliveries}
@@ -262,8 +285,10 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
         deliveries = generate(tenants, options.events, seed=1)
         paced = generate(tenants, min(options.events, max(1000, options.events // 4)), seed=2, duplicate_rate=0.0)
         singles = generate(tenants, options.lone_messages, seed=3, duplicate_rate=0.0)
+        feed_paced = generate(tenants, min(options.events, max(500, options.events // 10)), seed=4, duplicate_rate=0.0)
         base = "http://127.0.0.1:8000"  # the Host every request names; signatures cover it, not the port
-        requests, paced_requests, lone_requests = (signed(d, base) for d in (deliveries, paced, singles))
+        requests, paced_requests, lone_requests, feed_requests = (signed(d, base) for d in (deliveries, paced, singles,
+                                                                                         feed_paced))
         results: dict[str, Any] = {"options": options.public()}
         results["baseline"] = baselines.measure(stack, requests, options, progress)
         with stack.webs(options.web_processes) as ports, stack.admin() as conn:
@@ -283,8 +308,10 @@ def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
                     results["e2e"] = end_to_end(stack, conn, ports, paced_requests, 0.5 * peak, options.concurrency,
                                                 progress)
                     results["lone"] = lone(stack, conn, ports, singles, lone_requests, options, progress)
+                    results["feed"] = feed_phases(stack, conn, ports, tenants, feed_paced, feed_requests, peak,
+                                                  options, progress)
             progress("checking the books", None)
-            results["correct"] = books(conn, deliveries + paced + singles)
+            results["correct"] = books(conn, deliveries + paced + singles + feed_paced)
         r = results
         r["ai"]["provider"] = stack.env.get("INTAKE_AI_PROVIDER", "local")
         r["ratio"] = {

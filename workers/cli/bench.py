@@ -141,6 +141,13 @@ def report(r: dict[str, Any]) -> Table:
                   f"{e['p50_ms']} / {e['p99_ms']}", f"{e['ai_classified_meanwhile']:,} classified meanwhile", "")
     table.add_row(f"lone message p50 / p99 ms ({lone['quiet_seconds']} s quiet)",
                   f"{lone['p50_ms']} / {lone['p99_ms']}", "", "")
+    if "feed" in r:
+        ft, fl = r["feed"]["throughput"], r["feed"]["latency"]
+        table.add_row("webhook events delivered/s, deliver CPU ms per event",
+                      f"{ft['events_per_s']}, {_ms(ft['cpu_ms_per_event'].get('deliver'))}",
+                      f"{p['messages_per_s']:,.0f} (pipeline messages/s)", "")
+        table.add_row(f"receipt to message.received p50 / p99 ms at {fl['rate_per_s']:,.0f}/s",
+                      f"{fl['p50_ms']} / {fl['p99_ms']}", f"{fl['delivered']:,} of {fl['messages']:,} delivered", "")
     table.add_row("PostgreSQL commits/s, COPY rows/s", "",
                   f"{b['pg_commit_per_s']:,.0f}, {b['pg_copy_rows_per_s']:,.0f}", "")
     rss = r["rss_mb"]

@@ -125,7 +125,7 @@ def serve(host: str, port: int) -> None:
 @click.command()
 @click.option("--processes", type=int, default=None, help="Worker processes [INTAKE_WORKER_PROCESSES, 2].")
 @click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
-@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "outbound", "maintenance"]),
+@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "outbound", "maintenance", "deliver"]),
               help="Queues to consume (repeatable; default: all).")
 @click.option("--nice", type=click.IntRange(0, 19), default=None,
               help="Run below normal CPU priority, database sessions on this machine included [INTAKE_WORKER_NICE, 0].")
@@ -217,6 +217,9 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
             # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
             Child("ai", ["worker", "--processes", str(processes), "--threads", str(threads), "--queues", "ai",
                          "--nice", str(AI_NICE), "--metrics-port", str(ai_metrics_port(settings))], fleet_env),
+            # Webhook deliveries: a slow receiver holds only these threads.
+            Child("deliver", ["worker", "--processes", "1", "--threads", str(threads), "--queues", "deliver",
+                              "--metrics-port", "0"], fleet_env),
             Child("clock", ["clock"], clock_env),
         ])
     finally:

@@ -13,8 +13,8 @@ The applications that read the tables (an agent inbox, a CRM) now write back thr
 - `ai_examples`: labelled texts a tenant's AI learns from: corrections (one per message), imports and the like.
   An example made from a message goes with the message (retention) and with its sender (erasure).
 
-Revision ID: 0017c
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-07
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0017c"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -30,6 +30,7 @@ from pipelines.control.models import (
 from pipelines.desk.models import ConversationQuery
 from workers.admin import conversations as conversation_api
 from workers.admin import lifecycle as api
+from workers.admin import webhooks
 from workers.admin.console.web import Console, Visit, checked, nested, offset_of, page, parse_uuid, redirect
 
 PAGE_SIZE = 50
@@ -118,9 +119,10 @@ def tenant_page(visit: Visit, code: int = 200, errors: dict[str, str] | None = N
     tenant = api.show_tenant(call)
     call.query = Page(limit=100)
     inboxes = api.list_tenant_inboxes(call)
+    endpoints = webhooks.list_endpoints(call)
     call.query = ConversationQuery(limit=CONVERSATIONS_SHOWN)
     conversations = conversation_api.list_conversations(call)
-    return visit.render("tenant.html", code, title=tenant.name, tenant=tenant, inboxes=inboxes,
+    return visit.render("tenant.html", code, title=tenant.name, tenant=tenant, inboxes=inboxes, endpoints=endpoints,
                         conversations=conversations,
                         errors=errors or {}, inbox_errors=inbox_errors or {}, values=values if values is not None else
                         {"name": tenant.name, **flatten(tenant.settings)},

@@ -1,0 +1,59 @@
+"""The feed's bench phases at a tiny size on the test stack: a backlog delivered with its rate and CPU, and
+the receipt-to-receiver latency of `message.received` (recorded here as the ingest records it, in the
+transaction that stores the message)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from db.tenancy import TenantId, bind_tenant
+from pipelines import changes
+from tests.factories import new_inbox
+from workers.bench import feed
+from workers.bench.stack import Stack
+
+
+def bench_stack(stack: dict[str, str]) -> Stack:
+    return Stack(stack["DATABASE_URL"], stack["INTAKE_ADMIN_DATABASE_URL"], stack["REDIS_URL"],
+                 stack["INTAKE_SECRET_KEY"], Path(stack["INTAKE_HOME"]),
+                 {**os.environ, "INTAKE_WORKER_METRICS_PORT": "0", "INTAKE_WEBHOOK_SWEEP_SECONDS": "0.5"})
+
+
+def test_the_feed_bench_measures_rate_cpu_and_latency(stack: dict[str, str], app_engine: Engine) -> None:
+    bench = bench_stack(stack)
+    inboxes = [new_inbox(app_engine, "api", tenant_name=f"Feed bench {n}") for n in range(2)]
+    tenants = [TenantId(i.tenant_id) for i in inboxes]
+    with bench.admin() as conn:
+        done = feed.throughput(bench, conn, tenants, 400, processes=1, threads=8, progress=lambda *a: None)
+    assert done["delivered"] == 400 and done["events_per_s"] > 0
+    assert done["cpu_ms_per_event"]["deliver"] > 0
+
+    def send() -> int:
+        """Messages stored with their message.received, as the ingest stores them."""
+        for inbox in inboxes:
+            with app_engine.begin() as conn:
+                bind_tenant(conn, inbox.tenant_id)
+                contact = conn.execute(text("INSERT INTO contacts (tenant_id) VALUES (:t) RETURNING id"),
+                                       {"t": inbox.tenant_id}).scalar_one()
+                conversation = conn.execute(text(
+                    "INSERT INTO conversations (tenant_id, inbox_id, contact_id) VALUES (:t, :i, :c) RETURNING id"),
+                    {"t": inbox.tenant_id, "i": inbox.id, "c": contact}).scalar_one()
+                stored = [conn.execute(text(
+                    "INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, direction, external_id, "
+                    "content, sent_at) VALUES (:t, :i, :v, :c, 'inbound', :x, 'hi', :now) RETURNING id"),
+                    {"t": inbox.tenant_id, "i": inbox.id, "v": conversation, "c": contact, "x": uuid.uuid4().hex,
+                     "now": datetime.now(UTC)}).scalar_one() for _ in range(10)]
+                changes.record(conn, inbox.tenant_id, [changes.Change(
+                    "message.received", {"message": {"id": str(m), "conversation_id": str(conversation)}},
+                    conversation_id=conversation, subject_id=m) for m in stored])
+        return 20
+
+    with bench.admin() as conn:
+        measured = feed.latency(bench, conn, tenants, send, processes=1, threads=8, progress=lambda *a: None)
+    assert measured["messages"] == measured["delivered"] == 20
+    assert 0 < measured["p50_ms"] <= measured["p99_ms"] < 30_000
