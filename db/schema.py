@@ -301,6 +301,8 @@ def _messages(md: MetaData) -> None:
         _at("received_at"),
         # When the worker stored the message (received_at is when the ingress got it).
         Column("stored_at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+        # Set by the one worker about to call the provider for a queued reply (migration 0018).
+        _at("send_claimed_at", default=False),
         UniqueConstraint("tenant_id", "inbox_id", "external_id"),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
@@ -527,6 +529,22 @@ def _changes(md: MetaData) -> None:
     Index("change_events_subject_idx", e.tenant_id, e.subject_id, postgresql_where=text("subject_id IS NOT NULL"))
 
 
+def _outbound(md: MetaData) -> None:
+    """Delivery statuses that arrived before their message's provider id was recorded (migration 0018)."""
+    Table(
+        "early_statuses", md,
+        _id(), _tenant_id(),
+        Column("inbox_id", UUID, nullable=False),
+        _text("external_id"), _text("status"), Column("error", Text),
+        Column("at", DateTime(timezone=True), nullable=False),
+        _at("created_at"),
+        UniqueConstraint("tenant_id", "inbox_id", "external_id", "status"),
+        _references_tenants(),
+        _tenant_fk("inbox_id", "inboxes"),
+        _one_of("status", "queued", "sent", "delivered", "read", "failed"),
+    )
+
+
 def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     """Every table of the data contract, with embeddings `dim` wide (the database's INTAKE_EMBEDDING_DIM)."""
     md = MetaData(naming_convention=NAMING_CONVENTION)
@@ -540,6 +558,7 @@ def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     _operations(md)
     _lifecycle(md)
     _changes(md)
+    _outbound(md)
     return md
 
 
@@ -570,3 +589,4 @@ ai_usage_monthly = metadata.tables["ai_usage_monthly"]
 sla_policies = metadata.tables["sla_policies"]
 change_feed_heads = metadata.tables["change_feed_heads"]
 change_events = metadata.tables["change_events"]
+early_statuses = metadata.tables["early_statuses"]

@@ -86,6 +86,8 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
                                                  subject_id=ids["contacts"])])
     ids["change_events"] = uuid.UUID(str(conn.execute(text("SELECT id FROM change_events")).scalar_one()))
     ids["change_feed_heads"] = tenant
+    ids["early_statuses"] = _insert(conn, "early_statuses", {
+        **t, "inbox_id": inbox.id, "external_id": uuid.uuid4().hex, "status": "delivered", "at": now})
     ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
     conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
                       "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),

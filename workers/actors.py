@@ -15,14 +15,18 @@ import dramatiq
 
 from config import get_settings
 from db.tenancy import bind_tenant
+from pipelines import changes
 from pipelines.ai.assistant import assist_messages as run_assist
+from pipelines.errors import RetryableError
 from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
+from pipelines.outbound import ProviderUnavailable
+from pipelines.outbound import send as run_send
 from workers.broker import current
 from workers.middleware.jobs import job_tenant, report
 from workers.middleware.ledger import record_in, resolve_in
-from workers.queues import AI_ACTOR, AI_QUEUE, INGEST_ACTOR, INGEST_QUEUE
-from workers.resources import engine, ingest_policy
+from workers.queues import AI_ACTOR, AI_QUEUE, INGEST_ACTOR, INGEST_QUEUE, OUTBOUND_ACTOR, OUTBOUND_QUEUE
+from workers.resources import engine, ingest_policy, outbound_client, secret_box
 
 broker = current()  # actors bind to the broker installed when they are declared
 
@@ -46,6 +50,7 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
                 record_in(conn, retry_message(tenant_id, event_id), error, tenant)
             if retry_failed and result.processed:
                 resolve_in(conn, [retry_message(tenant_id, e).message_id for e in result.processed])
+            changes.record(conn, tenant, result.changes)  # last: it holds the tenant's feed head until commit
     except TenantBusy as busy:
         # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
         # once the running batch has had time to finish (or to take them).
@@ -74,6 +79,52 @@ def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
     counts = run_assist(engine(), get_settings(), job_tenant(), [uuid.UUID(m) for m in message_ids],
                         limiter=provider_limit)
     report(messages=len(message_ids), **counts)
+
+
+@dramatiq.actor(queue_name=OUTBOUND_QUEUE, actor_name=OUTBOUND_ACTOR)
+def send_message(tenant_id: str, message_id: str, retry_failed: bool = False) -> None:
+    """Send one queued reply through its inbox's channel: claimed, sent outside any transaction, recorded.
+
+    A refusal marks the reply failed with a ledger row in the same transaction (the job itself succeeds); an
+    unavailable provider retries with backoff, after its `Retry-After` when it gave one, and the last attempt's
+    failure is a refusal too. `retry_failed` (a replay of that ledger row) sends a failed reply again.
+    """
+    tenant = job_tenant()
+    replay = send_replay(tenant_id, message_id)
+    try:
+        result = run_send(engine(), get_settings(), secret_box(), tenant, uuid.UUID(message_id), outbound_client(),
+                          ledger=lambda conn, exc: record_in(conn, replay, exc, tenant),
+                          retry_failed=retry_failed, final_attempt=_last_attempt())
+    except ProviderUnavailable as exc:
+        delay = None if exc.retry_after is None else int(exc.retry_after * 1000)
+        raise RetryLater(str(exc), delay) from exc
+    if retry_failed and result.outcome == "sent":
+        with engine().begin() as conn:
+            bind_tenant(conn, tenant)
+            resolve_in(conn, [replay.message_id])
+    report(outcome=result.outcome, early_statuses=result.early_applied)
+
+
+def send_replay(tenant_id: str, message_id: str) -> dramatiq.Message[Any]:
+    """The job that sends a failed reply again; its id is the reply's, so the reply has one ledger row."""
+    message = send_message.message(tenant_id, message_id, retry_failed=True)
+    return message.copy(message_id=str(uuid.uuid5(uuid.UUID(message_id), "send_message")))
+
+
+class RetryLater(RetryableError, dramatiq.Retry):
+    """A retryable failure with the provider's own delay (`Retry-After`): dramatiq's Retries waits `delay` ms
+    instead of its backoff; without one, the backoff applies."""
+
+    def __init__(self, message: str, delay: int | None) -> None:
+        RetryableError.__init__(self, message)
+        self.message, self.delay = message, delay
+
+
+def _last_attempt() -> bool:
+    from dramatiq.middleware import CurrentMessage
+
+    current = CurrentMessage.get_current_message()
+    return current is not None and int(current.options.get("retries", 0)) >= get_settings().job_max_retries
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The fleet's queues and the names jobs are sent under, shared by the broker, the actors and the web.
 
-Queues: `ingest` (provider events), `ai` (classification and drafts) and `maintenance` (sweeps, replays), so
-housekeeping and AI never starve ingestion. Each worker process picks its queues. The web enqueues ingest jobs
+Queues: `ingest` (provider events), `ai` (classification and drafts), `maintenance` (sweeps, replays) and
+`outbound` (replies sent through the channel's provider), so housekeeping, AI and slow providers never starve
+ingestion. Each worker process picks its queues. The web enqueues ingest jobs
 itself (`enqueue_async`), so it needs these names but neither a broker nor the actors.
 """
 
@@ -13,10 +14,11 @@ from typing import Any
 
 import dramatiq
 
-QUEUES = ("ingest", "ai", "maintenance")
+QUEUES = ("ingest", "ai", "maintenance", "outbound")
 NAMESPACE = "dramatiq"  # RedisBroker's key prefix, the same for every process of the fleet
 INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"
+OUTBOUND_QUEUE, OUTBOUND_ACTOR = "outbound", "send_message"
 
 
 # For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any

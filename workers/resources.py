@@ -7,11 +7,14 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, event
 
 from config import get_settings
 from db.engine import make_engine
+from pipelines.crypto import SecretBox
 from pipelines.ingest import IngestPolicy
+from pipelines.outbound import http as outbound_http
 from workers import priority
 
 _lock = threading.Lock()
@@ -48,6 +51,29 @@ def engine(*, admin: bool = False) -> Engine:
 def _renice_backend(dbapi_connection: Any, record: Any) -> None:
     info = dbapi_connection.info
     priority.renice_backend(info.backend_pid, info.host)
+
+
+def secret_box() -> SecretBox:
+    """The box that opens inbox secrets (INTAKE_SECRET_KEY, handed to every worker process)."""
+    key = get_settings().secret_key
+    if not key:
+        from workers.embedded.runtime import ServicesUnavailable
+
+        raise ServicesUnavailable("INTAKE_SECRET_KEY is not set: replies cannot open their inbox's secrets")
+    return SecretBox(key)
+
+
+def outbound_client() -> httpx.Client:
+    """This process's HTTP client for the providers' send APIs (pipelines.outbound.http), shared by its threads."""
+    key = os.getpid()
+    with _lock:
+        found = _clients.get(key)
+        if found is None:
+            found = _clients[key] = outbound_http.client(get_settings())
+        return found
+
+
+_clients: dict[int, httpx.Client] = {}
 
 
 def ingest_policy() -> IngestPolicy:
