@@ -113,7 +113,8 @@ def new_inbox(engine: object, channel: str, *, secrets: dict[str, str] | None = 
 
 def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str, *,
             headers: dict[str, str] | None = None, policy: object = None) -> object:
-    """Store an event as the ingress would and run the ingest pipeline on it, in one transaction."""
+    """Store an event as the ingress would and run the ingest pipeline on it, in one transaction (with the
+    changes it made recorded in the feed, as the ingest actor does)."""
     from datetime import timedelta
 
     from sqlalchemy import Engine
@@ -134,5 +135,7 @@ def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str,
             "RETURNING id"),
             {"t": inbox.tenant_id, "i": inbox.id, "c": inbox.channel, "k": key, "ct": content_type,
              "h": orjson.dumps(all_headers).decode(), "b": body}).scalar_one()
-        return ingest_events(conn, inbox.tenant_id, [event_id],
-                             policy or IngestPolicy(reopen_window=timedelta(hours=72)))
+        result = ingest_events(conn, inbox.tenant_id, [event_id],
+                               policy or IngestPolicy(reopen_window=timedelta(hours=72)))
+        changes.record(conn, inbox.tenant_id, result.changes)  # last, as the ingest actor does
+        return result
