@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 
 from config import Settings
-from pipelines.errors import PermanentError
+from pipelines.errors import PermanentError, escaped
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ class Refused:
 
     @property
     def error(self) -> str:
-        """`messages.status_error`: the provider's code and its own words."""
-        return f"{self.code}: {self.text}"[:2000]
+        """`messages.status_error`: the provider's code and its own words, as PostgreSQL text can hold them."""
+        return escaped(f"{self.code}: {self.text}")[:2000]
 
 
 Outcome = Sent | Retryable | Refused
