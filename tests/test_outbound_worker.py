@@ -1,0 +1,53 @@
+"""A real `intake worker --queues outbound` sends queued replies: Retry-After honoured, refusals to the ledger."""
+
+from __future__ import annotations
+
+import uuid
+
+import dramatiq
+from sqlalchemy import Engine
+
+from config import get_settings
+from tests.outbound_helpers import customer_thread, ledger_rows, message, queue_reply
+from tests.processes import wait_for, worker
+from tests.provider_server import provider_server
+from workers.broker import build_broker
+
+
+def enqueue(tenant: uuid.UUID, message_id: uuid.UUID) -> None:
+    """What the conversation API does after its commit: one `send_message` job on the `outbound` queue."""
+    broker = build_broker(get_settings())
+    try:
+        broker.enqueue(dramatiq.Message(queue_name="outbound", actor_name="send_message",
+                                        args=(str(tenant), str(message_id)), kwargs={}, options={}))
+    finally:
+        broker.close()
+
+
+def test_a_worker_sends_retries_after_429_and_fails_a_refusal_once(stack: dict[str, str], app_engine: Engine) -> None:
+    with provider_server("twilio") as (twilio_base, twilio), provider_server("telegram") as (telegram_base, telegram):
+        env = {"INTAKE_TWILIO_API_BASE": twilio_base, "INTAKE_TELEGRAM_API_BASE": telegram_base,
+               "INTAKE_OUTBOUND_ALLOW_PRIVATE_NETWORKS": "true", "INTAKE_JOB_MIN_BACKOFF_MS": "100"}
+        sms = customer_thread(app_engine, "twilio")
+        chat = customer_thread(app_engine, "telegram")
+        throttled, blocked = queue_reply(app_engine, sms), queue_reply(app_engine, chat)
+        twilio.script.append(("answer", 429, {"code": 20429, "message": "Too Many Requests", "status": 429},
+                              {"Retry-After": "2"}))
+        telegram.script.append(("answer", 403, {"ok": False, "error_code": 403,
+                                                "description": "Forbidden: bot was blocked by the user"}))
+        with worker(processes=1, threads=2, queues=("outbound",), env=env):
+            enqueue(sms.tenant, throttled)
+            enqueue(chat.tenant, blocked)
+            enqueue(chat.tenant, blocked)  # a duplicate job: the refusal is recorded once
+            wait_for(lambda: message(app_engine, sms, throttled).status == "sent", timeout=60)
+            wait_for(lambda: message(app_engine, chat, blocked).status == "failed", timeout=60)
+            wait_for(lambda: len(telegram.requests) >= 1, timeout=30)
+    assert len(twilio.requests) == 2
+    # The provider said two seconds; dramatiq's own backoff would have come back after 0.1-0.2 s.
+    assert twilio.requests[1].at - twilio.requests[0].at >= 1.9
+    assert message(app_engine, sms, throttled).external_id == twilio.answers[1][1]["sid"]
+    assert len(telegram.requests) == 1
+    row = message(app_engine, chat, blocked)
+    assert row.status_error == "403: Forbidden: bot was blocked by the user"
+    [ledger] = ledger_rows(app_engine, chat)
+    assert ledger.queue == "outbound" and ledger.message["kwargs"] == {"retry_failed": True}
