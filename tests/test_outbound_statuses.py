@@ -43,7 +43,7 @@ def test_a_status_before_its_message_is_kept_and_applied_when_the_id_is_recorded
 
 
 def test_statuses_never_go_backward(app_engine: Engine) -> None:
-    with provider_server("twilio") as (base, stub):
+    with provider_server("twilio") as (base, _stub):
         thread = customer_thread(app_engine, "twilio")
         reply = queue_reply(app_engine, thread)
         send_now(app_engine, settings_for(base), thread, reply)
@@ -57,7 +57,7 @@ def test_statuses_never_go_backward(app_engine: Engine) -> None:
 
 
 def test_undelivered_after_sent_fails_the_reply_with_twilios_code(app_engine: Engine) -> None:
-    with provider_server("twilio") as (base, stub):
+    with provider_server("twilio") as (base, _stub):
         thread = customer_thread(app_engine, "twilio")
         reply = queue_reply(app_engine, thread)
         send_now(app_engine, settings_for(base), thread, reply)
@@ -86,7 +86,7 @@ def test_whatsapp_statuses_and_several_early_ones_apply_in_order(app_engine: Eng
 
 
 def test_the_api_channels_status_items_name_the_reply_by_its_own_id(app_engine: Engine) -> None:
-    with provider_server("api") as (base, stub):
+    with provider_server("api") as (base, _stub):
         thread = customer_thread(app_engine, "api", reply_url=f"{base}/replies")
         reply = queue_reply(app_engine, thread)
         send_now(app_engine, settings_for(base), thread, reply)
