@@ -319,6 +319,7 @@ def _messages(md: MetaData) -> None:
           postgresql_where=text("rfc_message_id IS NOT NULL"))
     # Rows arrive in stored_at order: the BRIN index stays tiny (the clock's scan for lost AI jobs).
     Index("messages_stored_at_brin", m.stored_at, postgresql_using="brin")
+    Index("messages_in_flight_idx", m.tenant_id, m.inbox_id, postgresql_where=text("send_claimed_at IS NOT NULL"))
 
 
 def _ai(md: MetaData) -> None:

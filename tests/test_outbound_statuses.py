@@ -29,17 +29,31 @@ def test_a_status_before_its_message_is_kept_and_applied_when_the_id_is_recorded
     with provider_server("twilio") as (base, stub):
         thread = customer_thread(app_engine, "twilio")
         reply = queue_reply(app_engine, thread)
-        # Twilio's callback overtakes our commit of the sid it is about to give us.
-        body, content_type = fixture("twilio/status_delivered.form")
-        deliver(app_engine, thread.inbox, body, content_type)
-        assert [tuple(r) for r in early(app_engine, thread)] == [(DELIVERED_SID, "delivered")]
-        assert message(app_engine, thread, reply).status == "queued"
-        stub.default = lambda r: (201, {"sid": DELIVERED_SID, "status": "queued"}, {})
+        seen: list[list[tuple[str, str]]] = []
+
+        def answer(request: object) -> tuple[int, object, dict[str, str]]:
+            # Twilio's callback overtakes its own answer, and so our commit of the sid it gives us.
+            body, content_type = fixture("twilio/status_delivered.form")
+            deliver(app_engine, thread.inbox, body, content_type)
+            seen.append([tuple(r) for r in early(app_engine, thread)])
+            assert message(app_engine, thread, reply).status == "queued"
+            return 201, {"sid": DELIVERED_SID, "status": "queued"}, {}
+
+        stub.default = answer
         result = send_now(app_engine, settings_for(base), thread, reply)
+    assert seen == [[(DELIVERED_SID, "delivered")]]
     assert result.early_applied == 1
     assert message(app_engine, thread, reply).status == "delivered"
     assert early(app_engine, thread) == []
     assert feed(app_engine, thread, reply) == ["sent", "delivered"]
+
+
+def test_a_status_of_a_message_that_is_not_ours_is_not_kept(app_engine: Engine) -> None:
+    thread = customer_thread(app_engine, "whatsapp")
+    queue_reply(app_engine, thread)  # queued, not in flight: no status can be about it yet
+    body, content_type = fixture("whatsapp/statuses.json")  # messages the number sent from elsewhere
+    deliver(app_engine, thread.inbox, body, content_type)
+    assert early(app_engine, thread) == []
 
 
 def test_statuses_never_go_backward(app_engine: Engine) -> None:
@@ -72,14 +86,18 @@ def test_whatsapp_statuses_and_several_early_ones_apply_in_order(app_engine: Eng
     with provider_server("whatsapp") as (base, stub):
         thread = customer_thread(app_engine, "whatsapp")
         reply = queue_reply(app_engine, thread)
-        for status, at in (("read", 1750263790), ("delivered", 1750263773)):  # read overtook delivered
-            payload = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
-                "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {
-                    "display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-                    "statuses": [{"id": wamid, "status": status, "timestamp": str(at),
-                                  "recipient_id": "16505551234"}]}}]}]}
-            deliver(app_engine, thread.inbox, json.dumps(payload).encode(), "application/json")
-        stub.default = lambda r: (200, {"messaging_product": "whatsapp", "messages": [{"id": wamid}]}, {})
+
+        def answer(request: object) -> tuple[int, object, dict[str, str]]:
+            for status, at in (("read", 1750263790), ("delivered", 1750263773)):  # read overtook delivered
+                payload = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+                    "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {
+                        "display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                        "statuses": [{"id": wamid, "status": status, "timestamp": str(at),
+                                      "recipient_id": "16505551234"}]}}]}]}
+                deliver(app_engine, thread.inbox, json.dumps(payload).encode(), "application/json")
+            return 200, {"messaging_product": "whatsapp", "messages": [{"id": wamid}]}, {}
+
+        stub.default = answer
         send_now(app_engine, settings_for(base), thread, reply)
     assert message(app_engine, thread, reply).status == "read"
     assert feed(app_engine, thread, reply) == ["sent", "delivered", "read"]
@@ -110,19 +128,20 @@ def test_a_status_racing_the_commit_of_its_id_is_never_lost(app_engine: Engine) 
     with provider_server("twilio") as (base, stub):
         thread = customer_thread(app_engine, "twilio")
         replies = [queue_reply(app_engine, thread, f"reply {i}") for i in range(12)]
-        sids = {r: "SM" + uuid.uuid4().hex for r in replies}
-        answers = iter(sids.values())
-        lock = threading.Lock()
+        callbacks: list[threading.Thread] = []
 
         def answer(request: object) -> tuple[int, object, dict[str, str]]:
-            with lock:
-                return 201, {"sid": next(answers), "status": "queued"}, {}
+            sid = "SM" + uuid.uuid4().hex
+            # The callback is posted as the answer leaves: it races our commit of the sid.
+            callback = threading.Thread(target=twilio_status, args=(app_engine, thread, sid, "delivered"))
+            callbacks.append(callback)
+            callback.start()
+            return 201, {"sid": sid, "status": "queued"}, {}
 
         stub.default = answer
         for reply in replies:
-            callback = threading.Thread(target=twilio_status, args=(app_engine, thread, sids[reply], "delivered"))
-            callback.start()
             send_now(app_engine, settings_for(base), thread, reply)
+        for callback in callbacks:
             callback.join(30)
     assert [message(app_engine, thread, r).status for r in replies] == ["delivered"] * len(replies)
     assert early(app_engine, thread) == []

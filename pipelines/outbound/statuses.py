@@ -1,10 +1,10 @@
-"""Delivery statuses of outbound messages: forward only, never dropped, each one in the change feed.
+"""Delivery statuses of outbound messages: forward only, never lost to a race, each one in the change feed.
 
 A status moves a message forward along queued -> sent -> delivered -> read; `failed` ranks with `delivered`,
 so a late "failed" after "delivered" (or the reverse) changes nothing, and neither does a status that is not
 ahead of the message's own. A status whose message has no row with that provider id yet (the provider's
-callback overtook our commit of the id it gave us) is kept in `early_statuses` and applied by
-`apply_early` when the id is recorded.
+callback overtook our commit of the id it gave us, while the reply is claimed) is kept in `early_statuses`
+and applied by `apply_early` when the id is recorded.
 
 Both sides take one transaction-level advisory lock per (inbox, provider id) before they look at the other's
 rows, so a callback and the commit of its id cannot miss each other: whichever comes second sees the first.
@@ -36,10 +36,20 @@ WHERE tenant_id = :t AND inbox_id = :inbox AND external_id = :external_id AND di
 RETURNING {MESSAGE_COLUMNS}
 """)
 LOCK_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+# Kept only while a reply of the inbox is in flight (claimed, its id not recorded yet): a status can overtake
+# only such a reply. Statuses of messages that are not ours (WhatsApp reports every message its number sends,
+# whatever sent it) are not kept; the inbox's kept statuses older than a day go on the way (a reply's id is
+# recorded within its job's time limit, or never).
 KEEP_EARLY = text("""
+WITH stale AS (
+    DELETE FROM early_statuses WHERE id IN (
+        SELECT id FROM early_statuses
+        WHERE tenant_id = :t AND inbox_id = :inbox AND created_at < now() - interval '1 day' LIMIT 100)
+)
 INSERT INTO early_statuses (tenant_id, inbox_id, external_id, status, error, at)
 SELECT :t, :inbox, :external_id, :status, :error, :at
 WHERE NOT EXISTS (SELECT 1 FROM messages WHERE tenant_id = :t AND inbox_id = :inbox AND external_id = :external_id)
+  AND EXISTS (SELECT 1 FROM messages WHERE tenant_id = :t AND inbox_id = :inbox AND send_claimed_at IS NOT NULL)
 ON CONFLICT (tenant_id, inbox_id, external_id, status) DO NOTHING
 """)
 TAKE_EARLY = text(f"""

@@ -7,8 +7,9 @@ in another. A second job for the same reply (a duplicate, a redelivery after a c
 not send while it is fresh. See pipelines.outbound.
 
 `early_statuses` keeps a provider's delivery status whose message has no row with that provider id yet: a
-Twilio or WhatsApp callback can overtake the worker's commit of the id the provider just gave it. The status
-is applied, and its row deleted, when the id is recorded; it is never dropped.
+Twilio or WhatsApp callback can overtake the worker's commit of the id the provider just gave it, while the
+reply is claimed. The status is applied, and its row deleted, when the id is recorded; a status of a message
+that is not ours (none of the inbox's replies in flight) is not kept, and kept ones go after a day.
 
 Revision ID: 0018o
 Revises: 0015
@@ -28,6 +29,8 @@ CURRENT_TENANT = "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
 
 UPGRADE = f"""
 ALTER TABLE messages ADD COLUMN send_claimed_at timestamptz;
+-- Replies in flight, per inbox: a status is kept for later only while one is (pipelines.outbound.statuses).
+CREATE INDEX messages_in_flight_idx ON messages (tenant_id, inbox_id) WHERE send_claimed_at IS NOT NULL;
 
 CREATE TABLE early_statuses (
     id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
