@@ -163,6 +163,7 @@ def test_a_reply_url_on_a_private_network_is_refused_without_a_request(app_engin
     ((201, b"<html>not json</html>", {}), "bad_answer"),
     ((201, b"{" + b'"x": "' + b"y" * 3_000_000 + b'"}', {}), "bad_answer"),  # read up to the limit, no further
     ((201, [1, 2, 3], {}), "bad_answer"),
+    ((201, b"[" * 5000 + b"]" * 5000, {}), "bad_answer"),  # nested deeper than any JSON reader goes
     ((400, {"code": "\x00x", "message": "NUL \x00 in the text"}, {}), "\\x00x: NUL \\x00 in the text"),
     ((400, b'{"code": "\\ud800", "message": "a lone surrogate"}', {}), "400: HTTP 400"),
 ])

@@ -18,11 +18,11 @@ half a request.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -128,10 +128,13 @@ class NotConfigured(PermanentError):
         return Refused("not_configured", str(self))
 
 
-class Provider(Protocol):
-    def request(self, reply: Reply, settings: Settings) -> ProviderRequest: ...
+@dataclass(frozen=True)
+class Provider:
+    """A provider module's two functions, registered by channel in `pipelines.outbound.send.PROVIDERS`:
+    mypy checks every module against this shape there."""
 
-    def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> Outcome: ...
+    request: Callable[[Reply, Settings], ProviderRequest]
+    answer: Callable[[int, Mapping[str, str], bytes], Outcome]
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

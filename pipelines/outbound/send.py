@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -39,13 +38,16 @@ from pipelines.crypto import SecretBox
 from pipelines.errors import PermanentError, RetryableError
 from pipelines.inboxes import webhook_url
 from pipelines.outbound import api, http, mailgun, postmark, sendgrid, statuses, telegram, twilio, whatsapp
-from pipelines.outbound.base import Inbound, NotConfigured, Outcome, Refused, Reply, Retryable, Sent
+from pipelines.outbound.base import Inbound, NotConfigured, Outcome, Provider, Refused, Reply, Retryable, Sent
 
 log = structlog.get_logger("intake.outbound")
 
-PROVIDERS: dict[str, ModuleType] = {
-    "twilio": twilio, "whatsapp": whatsapp, "telegram": telegram, "postmark": postmark, "mailgun": mailgun,
-    "sendgrid": sendgrid, "api": api,
+# Spelled out, so mypy checks each module's functions against `Provider`.
+PROVIDERS: dict[str, Provider] = {
+    "twilio": Provider(twilio.request, twilio.answer), "whatsapp": Provider(whatsapp.request, whatsapp.answer),
+    "telegram": Provider(telegram.request, telegram.answer), "postmark": Provider(postmark.request, postmark.answer),
+    "mailgun": Provider(mailgun.request, mailgun.answer), "sendgrid": Provider(sendgrid.request, sendgrid.answer),
+    "api": Provider(api.request, api.answer),
 }
 
 CLAIM = text("""
