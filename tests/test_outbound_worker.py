@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 
 import dramatiq
@@ -10,7 +12,7 @@ from sqlalchemy import Engine
 
 from config import get_settings
 from tests.outbound_helpers import customer_thread, ledger_rows, message, queue_reply
-from tests.processes import wait_for, worker
+from tests.processes import INTAKE, wait_for, worker
 from tests.provider_server import provider_server
 from workers.broker import build_broker
 
@@ -25,7 +27,7 @@ def enqueue(tenant: uuid.UUID, message_id: uuid.UUID) -> None:
         broker.close()
 
 
-def test_a_worker_sends_retries_after_429_and_fails_a_refusal_once(stack: dict[str, str], app_engine: Engine,
+def test_a_worker_sends_waits_out_429_fails_a_refusal_once_and_sends_it_on_replay(stack: dict[str, str], app_engine: Engine,
                                                                    redis_client: redis.Redis) -> None:
     with provider_server("twilio") as (twilio_base, twilio), provider_server("telegram") as (telegram_base, telegram):
         env = {"INTAKE_TWILIO_API_BASE": twilio_base, "INTAKE_TELEGRAM_API_BASE": telegram_base,
@@ -46,12 +48,20 @@ def test_a_worker_sends_retries_after_429_and_fails_a_refusal_once(stack: dict[s
             # Every job done, the duplicate included: nothing waiting, delayed or unacknowledged.
             wait_for(lambda: sum(redis_client.hlen(f"dramatiq:{q}.msgs") for q in ("outbound", "outbound.DQ")) == 0,
                      timeout=30)
+            refused = len(telegram.requests)
+            # The customer unblocks the bot; the operator replays the ledger row and the reply goes out.
+            replay = subprocess.run([INTAKE, "dlq", "replay", "--tenant", str(chat.tenant), "--json"],
+                                    capture_output=True, text=True, timeout=60, check=True)
+            assert json.loads(replay.stdout)["replayed"] == 1
+            wait_for(lambda: message(app_engine, chat, blocked).status == "sent", timeout=60)
     assert len(twilio.requests) == 2
     # The provider said two seconds; dramatiq's own backoff would have come back after 0.1-0.2 s.
     assert twilio.requests[1].at - twilio.requests[0].at >= 1.9
     assert message(app_engine, sms, throttled).external_id == twilio.answers[1][1]["sid"]
-    assert len(telegram.requests) == 1
+    assert refused == 1 and len(telegram.requests) == 2
+    assert telegram.answers[0][0] == 403
     row = message(app_engine, chat, blocked)
-    assert row.status_error == "403: Forbidden: bot was blocked by the user"
+    assert row.status_error is None and row.external_id == f"1111111:{telegram.answers[1][1]['result']['message_id']}"
     [ledger] = ledger_rows(app_engine, chat)
     assert ledger.queue == "outbound" and ledger.message["kwargs"] == {"retry_failed": True}
+    assert ledger.status == "replayed"
