@@ -27,8 +27,8 @@ def enqueue(tenant: uuid.UUID, message_id: uuid.UUID) -> None:
         broker.close()
 
 
-def test_a_worker_sends_waits_out_429_fails_a_refusal_once_and_sends_it_on_replay(stack: dict[str, str], app_engine: Engine,
-                                                                   redis_client: redis.Redis) -> None:
+def test_a_worker_sends_waits_out_429_fails_a_refusal_once_and_sends_it_on_replay(
+        stack: dict[str, str], app_engine: Engine, redis_client: redis.Redis) -> None:
     with provider_server("twilio") as (twilio_base, twilio), provider_server("telegram") as (telegram_base, telegram):
         env = {"INTAKE_TWILIO_API_BASE": twilio_base, "INTAKE_TELEGRAM_API_BASE": telegram_base,
                "INTAKE_OUTBOUND_ALLOW_PRIVATE_NETWORKS": "true", "INTAKE_JOB_MIN_BACKOFF_MS": "100"}
