@@ -104,6 +104,22 @@ class Settings(BaseSettings):
     retention_batch: int = Field(default=1000, ge=10, le=50_000)
     retention_interval_seconds: float = Field(default=600.0, gt=0)
 
+    # Replies sent through the channel (the `outbound` queue): each provider's API base, so tests and staging
+    # can point them at local servers; how long a call may take and how much of an answer is read.
+    twilio_api_base: str = "https://api.twilio.com"
+    meta_api_base: str = "https://graph.facebook.com"
+    meta_api_version: str = Field(default="v21.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,3}$")
+    telegram_api_base: str = "https://api.telegram.org"
+    postmark_api_base: str = "https://api.postmarkapp.com"
+    mailgun_api_base: str = "https://api.mailgun.net"
+    sendgrid_api_base: str = "https://api.sendgrid.com"
+    outbound_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    outbound_max_response_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
+    # A claimed reply whose worker died is sent again after this long (see pipelines.outbound).
+    outbound_claim_seconds: float = Field(default=300.0, ge=1, le=86_400)
+    # An inbox's `reply_url` that resolves to a loopback, private or link-local address is refused unless set.
+    outbound_allow_private_networks: bool = False
+
     # AI.
     ai_provider: Literal["local", "openai"] = "local"
     ai_base_url: str = "https://api.openai.com/v1"

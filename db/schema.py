@@ -308,6 +308,8 @@ def _messages(md: MetaData) -> None:
         Column("stored_at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
         # A reply's Idempotency-Key, unique per tenant (migration 0017).
         Column("idempotency_key", Text),
+        # Set by the one worker about to call the provider for a queued reply (migration 0018).
+        _at("send_claimed_at", default=False),
         UniqueConstraint("tenant_id", "inbox_id", "external_id"),
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("inbox_id", "inboxes"),
@@ -326,6 +328,7 @@ def _messages(md: MetaData) -> None:
           postgresql_where=text("rfc_message_id IS NOT NULL"))
     # Rows arrive in stored_at order: the BRIN index stays tiny (the clock's scan for lost AI jobs).
     Index("messages_stored_at_brin", m.stored_at, postgresql_using="brin")
+    Index("messages_in_flight_idx", m.tenant_id, m.inbox_id, postgresql_where=text("send_claimed_at IS NOT NULL"))
 
 
 def _ai(md: MetaData) -> None:
@@ -615,6 +618,22 @@ def _webhooks(md: MetaData) -> None:
     Index("webhook_attempts_endpoint_idx", a.tenant_id, a.endpoint_id, a.event_seq.desc())
 
 
+def _outbound(md: MetaData) -> None:
+    """Delivery statuses that arrived before their message's provider id was recorded (migration 0018)."""
+    Table(
+        "early_statuses", md,
+        _id(), _tenant_id(),
+        Column("inbox_id", UUID, nullable=False),
+        _text("external_id"), _text("status"), Column("error", Text),
+        Column("at", DateTime(timezone=True), nullable=False),
+        _at("created_at"),
+        UniqueConstraint("tenant_id", "inbox_id", "external_id", "status"),
+        _references_tenants(),
+        _tenant_fk("inbox_id", "inboxes"),
+        _one_of("status", "queued", "sent", "delivered", "read", "failed"),
+    )
+
+
 def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     """Every table of the data contract, with embeddings `dim` wide (the database's INTAKE_EMBEDDING_DIM)."""
     md = MetaData(naming_convention=NAMING_CONVENTION)
@@ -629,6 +648,7 @@ def metadata_for(dim: int = DEFAULT_EMBEDDING_DIM) -> MetaData:
     _lifecycle(md)
     _changes(md)
     _webhooks(md)
+    _outbound(md)
     return md
 
 
@@ -663,3 +683,4 @@ change_feed_heads = metadata.tables["change_feed_heads"]
 change_events = metadata.tables["change_events"]
 webhook_endpoints = metadata.tables["webhook_endpoints"]
 webhook_attempts = metadata.tables["webhook_attempts"]
+early_statuses = metadata.tables["early_statuses"]

@@ -36,6 +36,7 @@ class SecretSpec:
     generate: Callable[[], str] | None = None  # None: the provider issues it, so the operator must give it
     pattern: str | None = None
     hint: str = ""
+    optional: bool = False  # needed only to send replies through the channel: an inbox may receive without it
 
 
 @dataclass(frozen=True)
@@ -46,24 +47,38 @@ class ChannelSpec:
     basic_auth: bool = False
 
 
+# A credential for a provider's send API: printable ASCII without spaces, as the providers issue them.
+_CREDENTIAL = r"[\x21-\x7e]{8,4096}"
+
 CHANNELS: dict[str, ChannelSpec] = {
     spec.name: spec
     for spec in (
         ChannelSpec("twilio", "Twilio SMS and WhatsApp", (
-            SecretSpec("auth_token", hint="the Auth Token from the Twilio console"),)),
+            SecretSpec("auth_token", hint="the Auth Token from the Twilio console"),
+            SecretSpec("account_sid", pattern=r"AC[0-9a-fA-F]{32}", optional=True,
+                       hint="the Account SID, to send replies"),)),
         ChannelSpec("whatsapp", "Meta WhatsApp Cloud API", (
             SecretSpec("app_secret", hint="the App Secret of the Meta app"),
-            SecretSpec("verify_token", _token, r"[\x21-\x7e]{8,256}"),)),
+            SecretSpec("verify_token", _token, r"[\x21-\x7e]{8,256}"),
+            SecretSpec("access_token", pattern=_CREDENTIAL, optional=True,
+                       hint="a system user's access token, to send replies"),)),
         ChannelSpec("postmark", "Postmark inbound email", (
             SecretSpec("basic_user", lambda: "postmark", r"[A-Za-z0-9._~-]{1,64}"),
-            SecretSpec("basic_password", _token, r"[A-Za-z0-9._~-]{16,256}"),), basic_auth=True),
+            SecretSpec("basic_password", _token, r"[A-Za-z0-9._~-]{16,256}"),
+            SecretSpec("server_token", pattern=_CREDENTIAL, optional=True,
+                       hint="the Server API token, to send replies"),), basic_auth=True),
         ChannelSpec("mailgun", "Mailgun inbound routes", (
-            SecretSpec("signing_key", hint="the HTTP webhook signing key from Mailgun"),)),
+            SecretSpec("signing_key", hint="the HTTP webhook signing key from Mailgun"),
+            SecretSpec("api_key", pattern=_CREDENTIAL, optional=True, hint="a sending API key, to send replies"),)),
         ChannelSpec("sendgrid", "SendGrid Inbound Parse", (
             SecretSpec("basic_user", lambda: "sendgrid", r"[A-Za-z0-9._~-]{1,64}"),
-            SecretSpec("basic_password", _token, r"[A-Za-z0-9._~-]{16,256}"),), basic_auth=True),
+            SecretSpec("basic_password", _token, r"[A-Za-z0-9._~-]{16,256}"),
+            SecretSpec("api_key", pattern=_CREDENTIAL, optional=True,
+                       hint="an API key with Mail Send access, to send replies"),), basic_auth=True),
         ChannelSpec("telegram", "Telegram Bot API", (
-            SecretSpec("secret_token", _token, r"[A-Za-z0-9_-]{1,256}"),)),
+            SecretSpec("secret_token", _token, r"[A-Za-z0-9_-]{1,256}"),
+            SecretSpec("bot_token", pattern=r"[0-9]{1,20}:[A-Za-z0-9_-]{20,200}", optional=True,
+                       hint="the bot's token from BotFather, to send replies"),)),
         ChannelSpec("api", "Signed JSON API (Standard Webhooks)", (
             SecretSpec("signing_secret", _whsec, r"whsec_[A-Za-z0-9+/]{16,}={0,2}"),)),
     )
@@ -90,6 +105,8 @@ def complete_secrets(channel: str, given: Mapping[str, str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for secret in spec.secrets:
         value = given.get(secret.name)
+        if value is None and secret.optional:
+            continue
         if value is None:
             if secret.generate is None:
                 raise InboxConfigError(

@@ -2,7 +2,9 @@
 
 `ingest_events` runs inside the caller's transaction and never commits. It parses each stored event
 again (the raw event is the source of truth), resolves the sender to a contact, threads the message,
-stores it exactly once, applies delivery-status updates, and marks the events processed.
+stores it exactly once, applies delivery-status updates (`pipelines.outbound.statuses`: forward only, kept
+when they arrive before their message), and marks the events processed. The changes it makes for the feed
+are returned in `IngestResult.changes` for the caller to record last, just before its commit.
 
 One bad event has a blast radius of one. The batch is stored set-wise inside a savepoint; if that fails
 for a reason that is not retryable (see `pipelines.errors`), the savepoint is rolled back and the batch is
@@ -46,11 +48,13 @@ from sqlalchemy import Connection, text
 from db import batch, direct
 from db.tenancy import TenantId
 from pipelines import normalize
+from pipelines.changes import Change
 from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
 from pipelines.contacts import resolve_contacts
 from pipelines.conversations import ThreadRequest, find_or_open_many
 from pipelines.errors import RetryableError, describe, is_retryable
 from pipelines.lifecycle import sla
+from pipelines.outbound import statuses
 
 log = structlog.get_logger("intake.ingest")
 
@@ -138,16 +142,6 @@ WITH target AS (
 )
 SELECT id FROM target
 """)
-# Status only moves forward: queued < sent < delivered < read; failed ranks with delivered, so a late
-# "failed" after "delivered" (or the reverse) does not overwrite the other.
-RANK = "CASE {col} WHEN 'queued' THEN 1 WHEN 'sent' THEN 2 WHEN 'failed' THEN 3 WHEN 'delivered' THEN 3 " \
-       "WHEN 'read' THEN 4 ELSE 0 END"
-APPLY_STATUS = text(f"""
-UPDATE messages SET status = :status, status_error = COALESCE(:error, status_error), status_updated_at = :at
-WHERE tenant_id = :t AND inbox_id = :inbox AND external_id = :external_id AND direction = 'outbound'
-  AND {RANK.format(col='CAST(:status AS text)')} > {RANK.format(col='status')}
-RETURNING id
-""")
 MARK_PROCESSED = text("""
 UPDATE inbound_events SET status = 'processed', processed_at = now(), attempts = attempts + 1, error = NULL
 WHERE tenant_id = :t AND id = ANY(CAST(:ids AS uuid[]))
@@ -187,6 +181,7 @@ class IngestResult:
     waiting_taken: int = 0  # events of other jobs this batch took
     processed: list[uuid.UUID] = field(default_factory=list)
     failed: dict[uuid.UUID, Exception] = field(default_factory=dict)  # events set aside, and why
+    changes: list[Change] = field(default_factory=list)  # for the feed, recorded last by the caller
 
 
 def request_from_event(row: Any) -> WebhookRequest:
@@ -325,6 +320,7 @@ def _add(result: IngestResult, stored: IngestResult) -> None:
     result.messages_created += stored.messages_created
     result.duplicates += stored.duplicates
     result.statuses_applied += stored.statuses_applied
+    result.changes += stored.changes
 
 
 def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]],
@@ -347,7 +343,9 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
             first_of.setdefault(key, len(pending))
             pending.append(item)
         for status in delivery.statuses:
-            stored.statuses_applied += apply_status(conn, tenant, row.inbox_id, status)
+            applied = apply_status(conn, tenant, row.inbox_id, status)
+            stored.statuses_applied += len(applied)
+            stored.changes += applied
         stored.processed.append(row.id)
     if pending:
         created = store_inbound_many(conn, tenant, pending)
@@ -443,7 +441,6 @@ def _content(message: InboundMessage) -> tuple[str, str | None, str | None]:
     return reply, message.html, quoted
 
 
-def apply_status(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, status: StatusUpdate) -> int:
-    row = direct.first(conn, APPLY_STATUS, {"t": tenant, "inbox": inbox_id, "external_id": status.external_id,
-                                            "status": status.status, "error": status.error, "at": status.at})
-    return 0 if row is None else 1
+def apply_status(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, status: StatusUpdate) -> list[Change]:
+    """A provider's delivery status, forward only; kept when its message is not known yet (pipelines.outbound)."""
+    return statuses.apply_status(conn, tenant, inbox_id, status.external_id, status.status, status.at, status.error)

@@ -94,6 +94,8 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
         **t, "url": "https://hooks.example.com/intake", "secret": box.seal({"secret": "whsec_dGVzdA=="})})
     ids["webhook_attempts"] = _insert(conn, "webhook_attempts", {
         **t, "endpoint_id": ids["webhook_endpoints"], "event_seq": 1, "event_id": ids["change_events"]})
+    ids["early_statuses"] = _insert(conn, "early_statuses", {
+        **t, "inbox_id": inbox.id, "external_id": uuid.uuid4().hex, "status": "delivered", "at": now})
     ids["replay_tokens"] = uuid.uuid4()  # keyed by its token, which has no `id` column to return
     conn.execute(text("INSERT INTO replay_tokens (tenant_id, inbox_id, token, dedupe_key, body_digest) "
                       "VALUES (:tenant_id, :inbox_id, :token, 'x', sha256('x'))"),
@@ -119,7 +121,8 @@ def new_inbox(engine: object, channel: str, *, secrets: dict[str, str] | None = 
 
 def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str, *,
             headers: dict[str, str] | None = None, policy: object = None) -> object:
-    """Store an event as the ingress would and run the ingest pipeline on it, in one transaction."""
+    """Store an event as the ingress would and run the ingest pipeline on it, in one transaction (with the
+    changes it made recorded in the feed, as the ingest actor does)."""
     from datetime import timedelta
 
     from sqlalchemy import Engine
@@ -140,5 +143,7 @@ def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str,
             "RETURNING id"),
             {"t": inbox.tenant_id, "i": inbox.id, "c": inbox.channel, "k": key, "ct": content_type,
              "h": orjson.dumps(all_headers).decode(), "b": body}).scalar_one()
-        return ingest_events(conn, inbox.tenant_id, [event_id],
-                             policy or IngestPolicy(reopen_window=timedelta(hours=72)))
+        result = ingest_events(conn, inbox.tenant_id, [event_id],
+                               policy or IngestPolicy(reopen_window=timedelta(hours=72)))
+        changes.record(conn, inbox.tenant_id, result.changes)  # last, as the ingest actor does
+        return result

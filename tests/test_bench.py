@@ -82,6 +82,21 @@ def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> 
     assert "Invalid value" in result.output
 
 
+def test_outbound_bench_sends_every_reply_once_and_times_them(tmp_path: Path) -> None:
+    r = bench(tmp_path, "--outbound", "--outbound-replies", "30", "--tenants", "2")
+    assert (r["sent"], r["provider_requests"], r["duplicates"], r["lost"]) == (40, 40, 0, 0)
+    assert r["replies_per_s"] > 0 and r["paced_replies"] == 10
+    assert r["enqueue_to_provider_p99_ms"] >= r["enqueue_to_provider_p50_ms"] > 0
+
+
+@pytest.mark.parametrize("args", [["--outbound-replies", "0"], ["--outbound-replies", "1\x00"],
+                                  ["--outbound-replies", "x" * 5000], ["--outbound-replies", "-5"]])
+def test_outbound_bench_refuses_bad_options(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["bench", "--outbound", *args])
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output
+
+
 def ingress_cpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m workers.bench.ingress_cpu ...` on its own embedded stack."""
     return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=own_stack(tmp_path),

@@ -66,6 +66,8 @@ def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, st
         ai = [p for p in workers if p.cmdline()[p.cmdline().index("--queues") + 1] == "ai"]
         assert ai and {p.nice() for p in ai} == {10}
         assert {p.nice() for p in workers if p not in ai} == {0}
+        # Replies go out through a worker of their own, on the outbound queue.
+        assert [p for p in workers if p.cmdline()[p.cmdline().index("--queues") + 1] == "outbound"]
 
         # The printed operator key signs in to the admin API and the console.
         (key,) = {word for line in printed for word in line.split() if word.startswith("ik_")}

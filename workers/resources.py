@@ -14,6 +14,7 @@ from config import get_settings
 from db.engine import make_engine
 from pipelines.crypto import SecretBox
 from pipelines.ingest import IngestPolicy
+from pipelines.outbound import http as outbound_http
 from pipelines.webhooks.delivery import Policy
 from workers import priority
 
@@ -53,6 +54,18 @@ def _renice_backend(dbapi_connection: Any, record: Any) -> None:
     priority.renice_backend(info.backend_pid, info.host)
 
 
+def outbound_client() -> httpx.Client:
+    """This process's HTTP client for the providers' send APIs (pipelines.outbound.http), shared by its threads."""
+    key = os.getpid()
+    with _lock:
+        found = _outbound_clients.get(key)
+        if found is None:
+            found = _outbound_clients[key] = outbound_http.client(get_settings())
+        return found
+
+
+# One client of each kind per process (keyed by pid: a forked child builds its own).
+_outbound_clients: dict[int, httpx.Client] = {}
 def ingest_policy() -> IngestPolicy:
     settings = get_settings()
     return IngestPolicy(default_region=settings.default_region,
@@ -75,6 +88,7 @@ def webhook_client() -> httpx.Client:
 
 
 def secret_box() -> SecretBox:
+    """The box that opens sealed secrets (inboxes', webhook endpoints'): INTAKE_SECRET_KEY, or the embedded one."""
     key = get_settings().secret_key
     if key is None:
         from workers.embedded.runtime import resolve

@@ -28,6 +28,28 @@ Region = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=Tru
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_][a-z0-9_-]{0,63}$")]
 Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$", to_lower=True)]
 
+PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
+Domain = Annotated[str, StringConstraints(
+    max_length=253, to_lower=True,
+    pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")]
+EmailAddress = Annotated[str, StringConstraints(
+    max_length=254, pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$")]
+
+
+def _reply_url(value: str) -> str:
+    """An absolute http(s) URL with a host and no credentials: replies are POSTed to it, signed."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http or https URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials (replies are signed instead)")
+    return value
+
+
+ReplyUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^[\x21-\x7e]+$"), AfterValidator(_reply_url)]
+
 
 class Model(BaseModel):
     """Strict about unknown fields and non-finite numbers."""

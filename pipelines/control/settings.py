@@ -20,7 +20,19 @@ from pydantic import Field, ValidationError
 
 from pipelines import audit
 from pipelines.control.errors import Forbidden, Invalid
-from pipelines.control.fields import Language, Model, Region, Short, Slug, Text, field_errors
+from pipelines.control.fields import (
+    Domain,
+    EmailAddress,
+    Language,
+    Model,
+    PhoneNumberId,
+    Region,
+    ReplyUrl,
+    Short,
+    Slug,
+    Text,
+    field_errors,
+)
 
 # Audit rows record operators' actions too: no setting keeps them for less than this.
 AUDIT_FLOOR_DAYS = 30
@@ -66,11 +78,17 @@ class TenantSettings(Model):
 
 
 class InboxSettings(Model):
+    """An inbox's settings; the last four are what sending a reply through its channel needs besides secrets."""
+
     default_region: Region | None = None
     reopen_window_hours: float | None = Field(default=None, strict=True, ge=0, le=8760)
     rate_limit_per_second: float | None = Field(default=None, strict=True, gt=0, le=1_000_000)
     rate_limit_burst: int | None = Field(default=None, ge=1, le=10_000_000)
     ai_drafts: bool | None = None
+    phone_number_id: PhoneNumberId | None = Field(default=None, description="WhatsApp: the business number's id")
+    domain: Domain | None = Field(default=None, description="Mailgun: the sending domain")
+    from_address: EmailAddress | None = Field(default=None, description="Email: the address replies come from")
+    reply_url: ReplyUrl | None = Field(default=None, description="api channel: where replies are POSTed")
 
 
 def _validated(model: type[Model], document: dict[str, Any], prefix: str) -> dict[str, Any]:

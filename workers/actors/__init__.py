@@ -18,6 +18,7 @@ import dramatiq
 
 from config import get_settings
 from db.tenancy import bind_tenant
+from pipelines import changes
 from pipelines.ai.assistant import assist_messages as run_assist
 from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
@@ -51,6 +52,7 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
                 record_in(conn, retry_message(tenant_id, event_id), error, tenant)
             if retry_failed and result.processed:
                 resolve_in(conn, [retry_message(tenant_id, e).message_id for e in result.processed])
+            changes.record(conn, tenant, result.changes)  # last: it holds the tenant's feed head until commit
     except TenantBusy as busy:
         # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
         # once the running batch has had time to finish (or to take them).

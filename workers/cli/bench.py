@@ -53,19 +53,32 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
               help="--scale: attempts at each point (post and drain); the cheapest per message is reported.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=Path("intake-bench-scale.png"),
               show_default=True, help="--scale: where the PNG chart goes.")
+@click.option("--outbound", is_flag=True,
+              help="Measure replies sent through the outbound queue to a local fake provider instead.")
+@click.option("--outbound-replies", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
+              help="--outbound: replies in the burst (a tenth as many more are paced for latency).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def bench(events: int, tenants: int, processes: int, threads: int, concurrency: int, web_processes: int,
           worker_processes: int, ai_seconds: float, lone_messages: int, scale: bool, scale_tenants: tuple[int, ...],
-          scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, as_json: bool) -> None:
+          scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, outbound: bool, outbound_replies: int,
+          as_json: bool) -> None:
     """Run the fleet on a fresh embedded stack (or DATABASE_URL/REDIS_URL) and compare it with its ceilings.
 
     With --scale, measure the pipeline and end-to-end latency with more tenants and larger tables instead
-    (--events defaults to 10,000 per point then; about seven minutes on two cores) and draw a chart.
+    (--events defaults to 10,000 per point then; about seven minutes on two cores) and draw a chart. With
+    --outbound, measure replies per second through the outbound queue and enqueue-to-provider latency.
     """
     settings = get_settings()
     urls: dict[str, Any] = {"database_url": settings.database_url,
                             "admin_database_url": settings.admin_database_url, "redis_url": settings.redis_url}
+    if outbound:
+        from workers.bench.outbound import OutboundOptions, run_outbound
+
+        outbound_options = OutboundOptions(replies=outbound_replies, paced=max(10, outbound_replies // 10),
+                                           tenants=tenants, processes=processes, threads=threads, **urls)
+        _show(_with_progress(lambda progress: run_outbound(outbound_options, progress)), as_json, outbound_report)
+        return
     if scale:
         from workers.bench.scale import ScaleOptions, run_scale
 
@@ -111,6 +124,18 @@ def _with_progress(job: Callable[[Callable[[str, float | None], None]], dict[str
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def outbound_report(r: dict[str, Any]) -> Table:
+    table = Table(title="intake bench --outbound (local fake provider)")
+    table.add_column("measure", justify="left")
+    table.add_column("value", justify="right")
+    table.add_row(f"replies/s ({r['processes']} processes x {r['threads']} threads)", f"{r['replies_per_s']:,.1f}")
+    table.add_row(f"enqueue to provider p50 / p99 ms at {r['paced_rate_per_s']:,.1f}/s",
+                  f"{r['enqueue_to_provider_p50_ms']} / {r['enqueue_to_provider_p99_ms']}")
+    table.add_row("sent, provider requests, duplicates, lost",
+                  f"{r['sent']}, {r['provider_requests']}, {r['duplicates']}, {r['lost']}")
+    return table
 
 
 def report(r: dict[str, Any]) -> Table:

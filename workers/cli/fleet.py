@@ -38,6 +38,7 @@ from workers.embedded.runtime import (
 )
 from workers.embedded.services import EmbeddedServices
 from workers.priority import lower
+from workers.queues import QUEUES
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def serve(host: str, port: int) -> None:
 @click.command()
 @click.option("--processes", type=int, default=None, help="Worker processes [INTAKE_WORKER_PROCESSES, 2].")
 @click.option("--threads", type=int, default=None, help="Threads per process [INTAKE_WORKER_THREADS, 8].")
-@click.option("--queues", multiple=True, type=click.Choice(["ingest", "ai", "outbound", "maintenance", "deliver"]),
+@click.option("--queues", multiple=True, type=click.Choice(QUEUES),
               help="Queues to consume (repeatable; default: all).")
 @click.option("--nice", type=click.IntRange(0, 19), default=None,
               help="Run below normal CPU priority, database sessions on this machine included [INTAKE_WORKER_NICE, 0].")
@@ -173,7 +174,13 @@ AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
 def ai_metrics_port(settings: Settings) -> int:
     """The AI worker's Prometheus port on the machine it shares with the ingest worker and the clock (their
     defaults are 9191 and 9192): two above the ingest worker's, none if that has none."""
-    return settings.worker_metrics_port + 2 if settings.worker_metrics_port else 0
+    return extra_metrics_port(settings, 2)
+
+
+def extra_metrics_port(settings: Settings, offset: int) -> int:
+    """The Prometheus port of `intake run`'s worker that is `offset` above the ingest worker's (the AI worker
+    2, the deliver worker 3, the outbound worker 4, as in the Procfile), none if that has none."""
+    return settings.worker_metrics_port + offset if settings.worker_metrics_port else 0
 
 
 @click.command()
@@ -219,7 +226,11 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
                          "--nice", str(AI_NICE), "--metrics-port", str(ai_metrics_port(settings))], fleet_env),
             # Webhook deliveries: a slow receiver holds only these threads.
             Child("deliver", ["worker", "--processes", "1", "--threads", str(threads), "--queues", "deliver",
-                              "--metrics-port", "0"], fleet_env),
+                              "--metrics-port", str(extra_metrics_port(settings, 3))], fleet_env),
+            # Replies to the providers' send APIs: their own process, so a slow provider holds no ingest thread.
+            Child("outbound", ["worker", "--processes", str(processes), "--threads", str(threads),
+                               "--queues", "outbound", "--metrics-port", str(extra_metrics_port(settings, 4))],
+                  fleet_env),
             Child("clock", ["clock"], clock_env),
         ])
     finally:
