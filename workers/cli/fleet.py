@@ -178,10 +178,11 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
 AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
 
 
-def ai_metrics_port(settings: Settings) -> int:
-    """The AI worker's Prometheus port on the machine it shares with the ingest worker and the clock (their
-    defaults are 9191 and 9192): two above the ingest worker's, none if that has none."""
-    return settings.worker_metrics_port + 2 if settings.worker_metrics_port else 0
+def worker_metrics_port(settings: Settings, offset: int) -> int:
+    """The Prometheus port of one of `intake run`'s worker processes, which share a machine with the clock:
+    INTAKE_WORKER_METRICS_PORT plus the worker's offset (the ingest worker 0, the clock's default port sits at
+    1, the AI worker 2, a worker added later the next free one); none for any when that setting is 0."""
+    return settings.worker_metrics_port + offset if settings.worker_metrics_port else 0
 
 
 @dataclass(frozen=True)
@@ -210,24 +211,24 @@ def fleet(settings: Settings, *, host: str, port: int, admin_port: int, processe
     def metrics(number: int, what: str, change: str) -> tuple[Port, ...]:
         return (Port(number, on_metrics, what, change, "INTAKE_METRICS_HOST or --host"),) if number else ()
 
-    def worker(name: str, queues: list[str], metrics_port: int, change: str, *extra: str) -> FleetProcess:
-        args = ["worker", "--processes", str(processes), "--threads", str(threads),
-                "--metrics-port", str(metrics_port), *extra]
+    def worker(name: str, queues: list[str], offset: int, *extra: str) -> FleetProcess:
+        number = worker_metrics_port(settings, offset)
+        args = ["worker", "--processes", str(processes), "--threads", str(threads), "--metrics-port", str(number),
+                *extra]
         for queue in queues:
             args += ["--queues", queue]
-        return FleetProcess(name, args, metrics(metrics_port, f"the {name} process's metrics", change))
+        above = f"the {name} process's is {offset} above it; " if offset else ""
+        return FleetProcess(name, args, metrics(number, f"the {name} process's metrics",
+                                                f"INTAKE_WORKER_METRICS_PORT ({above}0 turns it off)"))
 
     return [
         FleetProcess("web", ["serve", "--host", host, "--port", str(port)],
                      (Port(port, host, "the web ingress", "--port"),)),
         FleetProcess("admin", ["admin", "--host", host, "--port", str(admin_port)],
                      (Port(admin_port, host, "the admin API and console", "--admin-port"),), maintenance=True),
-        worker("worker", ["ingest", "maintenance"], settings.worker_metrics_port,
-               "INTAKE_WORKER_METRICS_PORT (0 turns it off)"),
+        worker("worker", ["ingest", "maintenance"], 0),
         # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
-        worker("ai", ["ai"], ai_metrics_port(settings),
-               "INTAKE_WORKER_METRICS_PORT (the ai process's is two above it; 0 turns both off)",
-               "--nice", str(AI_NICE)),
+        worker("ai", ["ai"], 2, "--nice", str(AI_NICE)),
         FleetProcess("clock", ["clock"], metrics(settings.clock_metrics_port, "the clock's metrics",
                                                  "INTAKE_CLOCK_METRICS_PORT (0 turns it off)"), maintenance=True),
     ]
