@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,6 +162,18 @@ class Fleet:
         self.reader.join(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def test_the_procfile_opens_only_the_ingress() -> None:
+    """Only `web`, the providers' door, listens on every interface; `admin` stays on the machine (published
+    behind a TLS proxy, see the README), and no line opens the metrics (INTAKE_METRICS_HOST is unset)."""
+    procfile = Path(__file__).resolve().parents[1] / "Procfile"
+    lines = dict(line.split(": ", 1) for line in procfile.read_text().splitlines() if line.strip())
+    hosts = {name: re.findall(r"--host (\S+)", command) for name, command in lines.items()}
+    assert hosts.pop("web") == ["0.0.0.0"]  # noqa: S104
+    assert hosts.pop("admin") == ["127.0.0.1"]
+    assert {"worker", "ai", "clock"} <= set(hosts) and not any(hosts.values()), hosts  # the rest serve no HTTP
+    assert not any("METRICS_HOST" in command for command in lines.values())
 
 
 def status_with(base: str, key: str) -> int:
