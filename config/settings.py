@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# An IPv4 or IPv6 address or a host name: what a listening socket can be bound to.
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 
 class SettingsError(Exception):
@@ -74,12 +78,16 @@ class Settings(BaseSettings):
     heartbeat_timeout_ms: int = Field(default=15_000, ge=1000)
     worker_poll_ms: int = Field(default=50, ge=5, le=10_000)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
-    worker_metrics_host: str = "0.0.0.0"  # noqa: S104  (scraped from other machines)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_grace_seconds: float = Field(default=60.0, ge=0)
     ai_sweep_grace_seconds: float = Field(default=600.0, ge=0)
     ai_sweep_horizon_seconds: float = Field(default=3600.0, ge=0)
     clock_metrics_port: int = Field(default=9192, ge=0, le=65535)
+    # Where the workers' and the clock's Prometheus endpoints listen: this machine only unless an operator
+    # opens them (to be scraped from other machines). `intake run` uses its --host unless this is set.
+    # INTAKE_WORKER_METRICS_HOST is its former name, still read.
+    metrics_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices(
+        "INTAKE_METRICS_HOST", "INTAKE_WORKER_METRICS_HOST", "metrics_host"))
     default_region: str = "US"
     reopen_window_hours: float = Field(default=72.0, ge=0)
 
@@ -178,6 +186,13 @@ class Settings(BaseSettings):
     def webhook_disable_after_seconds(self) -> float:
         return duration_seconds(self.webhook_disable_after)
 
+    @field_validator("metrics_host")
+    @classmethod
+    def _check_metrics_host(cls, value: str) -> str:
+        if not HOST.fullmatch(value):
+            raise ValueError("must be an IP address or a host name such as 127.0.0.1, 10.0.0.5 or 0.0.0.0")
+        return value
+
     @field_validator("default_region")
     @classmethod
     def _check_region(cls, value: str) -> str:
@@ -215,7 +230,7 @@ def load_settings() -> Settings:
         problems = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
-            env = name if name in ("DATABASE_URL", "REDIS_URL") else f"INTAKE_{name.upper()}"
+            env = name if name.isupper() else f"INTAKE_{name.upper()}"  # an alias (DATABASE_URL) is the name
             problems.append(f"{env}: {error['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,12 @@ def test_services_up_status_down_in_a_fresh_home(tmp_path: Path, stack: dict[str
         up = json.loads(first.stdout)
         assert up["postgres_running"] and up["redis_running"]
         assert up["database_url"].startswith("postgresql://intake_app@")
-        assert up["redis_url"].startswith("redis://127.0.0.1:")
+        # Redis asks for the home's password, which the URL scripts read carries (the table shows it masked).
+        password = (tmp_path / "home" / "redis_password").read_text().strip()
+        assert up["redis_url"].startswith(f"redis://:{password}@127.0.0.1:")
+        assert stat.S_IMODE((tmp_path / "home" / "services.json").stat().st_mode) == 0o600
+        table = intake("services", "status", env=env).stdout
+        assert "redis://:***@127.0.0.1:" in table and password not in table
 
         again = json.loads(intake("services", "up", "--json", env=env).stdout)
         assert again == up  # reused, not restarted

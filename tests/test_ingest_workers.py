@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import psutil
 import pytest
 import redis
 from sqlalchemy import Engine, text
@@ -102,7 +103,7 @@ def test_worker_processes_expose_prometheus_metrics(stack: dict[str, str], app_e
 
     port = free_port()
     inbox = new_inbox(app_engine, "api")
-    with worker(processes=1, threads=2, env={**WORKER_ENV, "INTAKE_WORKER_METRICS_PORT": str(port)}):
+    with worker(processes=1, threads=2, env={**WORKER_ENV, "INTAKE_WORKER_METRICS_PORT": str(port)}) as proc:
         from workers.actors import ingest_events
 
         ingest_events.send(str(inbox.tenant_id), [str(uuid.uuid4())])
@@ -113,6 +114,11 @@ def test_worker_processes_expose_prometheus_metrics(stack: dict[str, str], app_e
                 return False
             return "dramatiq_messages_total" in body and 'actor_name="ingest_events"' in body
         wait_for(scraped, timeout=30, interval=0.5)
+        # As the Procfile runs it (no INTAKE_METRICS_HOST): on this machine only, not on every interface.
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        hosts = {c.laddr.ip for p in family for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert hosts == {"127.0.0.1"}
 
 
 # What dramatiq's command line does in each worker process: `for_workers`, the actors, a worker started.

