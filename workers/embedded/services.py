@@ -136,6 +136,18 @@ class EmbeddedServices:
                        timeout=seconds + 5)
             if self._postmaster() is None:
                 return
+        # pg_ctl runs as `pgserver` when we are root, and cannot stop a server whose data directory lies under a
+        # directory only root may enter (a home under a private temporary directory): signal the postmaster
+        # itself, as pg_ctl would (SIGINT: a fast shutdown; SIGQUIT: at once).
+        for signum, seconds in ((signal.SIGINT, 60), (signal.SIGQUIT, 30)):
+            info = self._postmaster()
+            if info is None:
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(info.pid, signum)  # type: ignore[attr-defined]
+            deadline = time.monotonic() + seconds
+            while self._postmaster() is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
 
     # -- Redis ------------------------------------------------------------------------------------
     def _redis_pid(self) -> int | None:
