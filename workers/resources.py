@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
-from config import get_settings
+from config import Settings, get_settings
 from db.engine import make_engine
 from pipelines.ingest import IngestPolicy
 from workers import priority
@@ -50,7 +50,8 @@ def _renice_backend(dbapi_connection: Any, record: Any) -> None:
     priority.renice_backend(info.backend_pid, info.host)
 
 
-def ingest_policy() -> IngestPolicy:
-    settings = get_settings()
+def ingest_policy(settings: Settings | None = None) -> IngestPolicy:
+    """The ingest policy of the fleet's settings (this process's, unless given)."""
+    settings = settings or get_settings()
     return IngestPolicy(default_region=settings.default_region,
                         reopen_window=timedelta(hours=settings.reopen_window_hours))
