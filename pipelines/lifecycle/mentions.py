@@ -12,6 +12,9 @@ is left alone when changing it would break what the fleet relies on, and said so
 - the `contacts` table: the erased person's row is a tombstone already, and another contact who shares their
   name is another person.
 
+A value is redacted where it names the person, except an email's quoted history (`messages.quoted_text`):
+one that names them (its "Dave wrote:" line) is most likely their own words, and goes whole.
+
 Each table is read once, for the rows in which some searchable column may name the person (a LIKE over the
 lower-cased text, and over its digits for phones; bytea read through `encode(..., 'escape')`); the redactor
 then decides, and a row is written only when a value changed.
@@ -46,12 +49,15 @@ from sqlalchemy.dialects.postgresql import JSONB, array
 
 from db.schema import metadata
 from db.tenancy import TenantId
-from pipelines.lifecycle.redaction import Redactor
+from pipelines.lifecycle.redaction import REDACTED, Redactor
 
 SKIP_TABLES = frozenset({"contacts"})
 SKIP_COLUMNS = frozenset({("inboxes", "secrets"), ("inboxes", "previous_secrets"), ("api_keys", "key_hash"),
                           ("replay_tokens", "body_digest"), ("replay_tokens", "dedupe_key")})
 NOT_DIGITS = "[^0-9]+"
+# Columns that go whole when they name the person: an email's quoted history that names them (its "Dave
+# wrote:" line) is most likely their own words.
+WHOLE = frozenset({("messages", "quoted_text")})
 
 
 @dataclass
@@ -78,7 +84,8 @@ def redact_mentions(conn: Connection, tenant: TenantId, redactor: Redactor) -> R
         changed = 0
         for row in found:
             values = {c.name: _redacted(redactor, c, getattr(row, c.name)) for c in columns}
-            values = {name: value for name, value in values.items() if value != getattr(row, name)}
+            values = {name: REDACTED if (table.name, name) in WHOLE else value
+                      for name, value in values.items() if value != getattr(row, name)}
             if not values:
                 continue
             conn.execute(update(table).where(*(k == getattr(row, k.name) for k in keys)).values(values))
