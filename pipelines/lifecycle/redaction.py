@@ -34,6 +34,7 @@ MIN_NEEDLE = 6
 MAX_NEEDLE = 256
 MAX_NEEDLES = 64
 _DIGIT_GROUPS = re.compile(r"[0-9]+")
+_NOT_DIGITS = re.compile(r"[^0-9]+")
 _SEPARATORS = frozenset(" \t\u00a0.-/()")
 MAX_GAP = 3  # characters between two digit groups of one number: "-", " ", ") ", " - "
 
@@ -70,6 +71,8 @@ class Redactor:
         self._raw = _compile([_as_bytes(v) for v in ordered], [[_as_bytes(w) for w in n] for n in words],
                              r"(?:\s|\+|%20)+")
         self._phones = sorted(phones, key=len, reverse=True)[:MAX_NEEDLES]
+        # Every written form of a phone holds its national number: a text whose digits do not is skipped.
+        self._cores = {_national(v) or v.lstrip("+") for k, v in person.identities if k == "phone"}
         # The SQL filter: lower-case LIKE patterns, and the national digits every written form contains.
         self.likes = tuple(sorted({_like(v.lower()) for v in ordered}
                                   | {"%" + "%".join(_like(w.lower())[1:-1] for w in n) + "%" for n in words}))
@@ -84,7 +87,7 @@ class Redactor:
         """`value` with every mention of the person written over."""
         if self._pattern is not None:
             value = self._pattern.sub(REDACTED, value)
-        if self._phones and any(c.isdigit() for c in value):
+        if self._phones:
             value = self._without_phones(value)
         return value
 
@@ -123,6 +126,9 @@ class Redactor:
         return text.encode("latin-1")
 
     def _without_phones(self, value: str) -> str:
+        digits = _NOT_DIGITS.sub("", value)  # in C: most texts do not hold the number, and cost no more
+        if not any(core in digits for core in self._cores):
+            return value
         spans = sorted(_phone_spans(value, self._phones))
         if not spans:
             return value
