@@ -257,10 +257,18 @@ def test_no_column_of_any_table_keeps_the_person_and_others_keep_their_messages(
             "INSERT INTO audit_logs (tenant_id, actor, action, subject_type, subject_id, details) "
             "VALUES (:t, 'key:ops', 'note.added', 'conversation', :c, CAST(:d AS jsonb))"),
             {"t": tenant, "c": str(conversation), "d": json.dumps({"note": f"{dave.name} called, {dave.national}"})})
+    # A dead letter keeps its last failure's traceback in its options: text that may quote anyone.
+    dead = str(uuid.uuid4())
+    redis_client.hset(f"{NAMESPACE}:ingest.XQ.msgs", dead, orjson.dumps({
+        "queue_name": "ingest", "actor_name": "ingest_events", "args": [str(tenant), [str(uuid.uuid4())]],
+        "kwargs": {}, "options": {"traceback": f"ValueError: no contact {dave.email}"}, "message_id": dead,
+        "message_timestamp": 0}))
+    redis_client.zadd(f"{NAMESPACE}:ingest.XQ", {dead: 0})
     before = found_anywhere(admin_engine, redis_client, dave)
     assert {"messages.content", "messages.metadata", "messages.subject", "messages.content_html",
             "messages.quoted_text", "inbound_events.body", "ai_classifications.reasoning", "ai_drafts.content",
-            "job_failures.exception_message", "audit_logs.details", "contact_identities.value"} <= set(before)
+            "job_failures.exception_message", "audit_logs.details", "contact_identities.value",
+            f"redis:{NAMESPACE}:ingest.XQ.msgs"} <= set(before)
 
     erased = intake("contact", "erase", "--tenant", str(tenant), "--identity", f"phone:{dave.phone}")
     assert erased["already_erased"] is False
@@ -276,6 +284,23 @@ def test_no_column_of_any_table_keeps_the_person_and_others_keep_their_messages(
     ledger = one(app_engine, tenant, "SELECT exception_message, status FROM job_failures WHERE message_id = :m", m=job)
     assert (ledger.exception_message, ledger.status) == ("no contact in [erased]", "dead")
     assert one(app_engine, tenant, "SELECT count(*) AS n FROM messages").n == 3  # nobody's message is gone
+    letter = orjson.loads(redis_client.hget(f"{NAMESPACE}:ingest.XQ.msgs", dead) or b"{}")
+    assert letter["options"]["traceback"] == "ValueError: no contact [erased]"
     again = intake("contact", "erase", "--tenant", str(tenant), "--contact", erased["contact_id"])
     assert again["already_erased"] is True
     jobs.forget_jobs(redis_client, NAMESPACE, str(tenant))
+
+
+def test_another_tenant_that_mentions_the_same_address_is_not_touched(
+    stack: dict[str, str], app_engine: Engine, admin_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """An erasure is one tenant's: another tenant's customer who writes the same address keeps their words."""
+    dave, alice = Someone.new("Dave"), Someone.new("Alice")
+    ours, theirs = new_inbox(app_engine, "api"), new_inbox(app_engine, "api")
+    deliver(app_engine, ours, api_body("d1", "hello", dave.contact()), "application/json", headers={"webhook-id": "w1"})
+    words = f"forwarding to {dave.email} and {dave.national}"
+    deliver(app_engine, theirs, api_body("a1", words, {"email": alice.email}), "application/json",
+            headers={"webhook-id": "w2"})
+    erased = intake("contact", "erase", "--tenant", str(ours.tenant_id), "--identity", f"email:{dave.email}")
+    assert erased["already_erased"] is False
+    assert one(app_engine, theirs.tenant_id, "SELECT content FROM messages").content == words

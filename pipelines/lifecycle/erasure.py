@@ -91,6 +91,8 @@ class Erasure:
     job_ids: list[uuid.UUID] = field(default_factory=list)
     # Messages of other people the backlog stored: their AI job is the caller's to send, after the commit.
     stored: list[uuid.UUID] = field(default_factory=list)
+    # What finds the person: the caller runs it over the jobs waiting in Redis, after the commit.
+    redactor: Redactor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"contact_id": str(self.contact_id) if self.contact_id else None,
@@ -169,7 +171,8 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | No
     counts["events_emptied"] = conn.execute(PURGE_REDACTED_EVENTS, {
         "t": tenant, "ids": batch.uuids(redacted.events)}).rowcount
     erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts={**counts, **backlog},
-                      job_ids=[*messages, *own_events], stored=[m for m in created if m not in set(messages)])
+                      job_ids=[*messages, *own_events], stored=[m for m in created if m not in set(messages)],
+                      redactor=redactor)
     if not erasure.already_erased:
         subject = (("contact", str(contact_id)) if contact_id is not None
                    else ("identity", identity[0] if identity is not None else "unknown"))

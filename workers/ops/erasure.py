@@ -35,9 +35,11 @@ def erase(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | None, *, a
 
 
 def finish(client: redis.Redis, tenant: TenantId, result: erasure.Erasure) -> int:
-    """After the commit: jobs rewritten without the erased ids (how many changed), AI jobs for stored messages."""
+    """After the commit: jobs rewritten without the erased ids and redacted of the person (how many changed),
+    AI jobs for the messages the backlog stored."""
     erased = {str(i) for i in result.job_ids}
-    changed = jobs.forget_jobs(client, NAMESPACE, str(tenant), erased) if erased else 0
+    redact = result.redactor.json if result.redactor is not None and not result.redactor.empty else None
+    changed = jobs.forget_jobs(client, NAMESPACE, str(tenant), erased, redact) if erased or redact else 0
     if result.stored:
         from workers.actors import assist_messages
 
