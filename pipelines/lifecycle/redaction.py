@@ -14,9 +14,11 @@ redacted in place by a `Redactor`. What it looks for:
 
 Needles shorter than MIN_NEEDLE characters are not searched (a Telegram id of four digits would match
 every order number), nor more than MAX_NEEDLES of at most MAX_NEEDLE characters each. Matching is linear
-in the text: one compiled alternation of escaped literals (nothing in it can backtrack over a quantifier),
-and one pass over the text's digit groups for the phones. `likes` and `digits` give the SQL side a cheap
-filter that finds every row the redactor could change, and some it then leaves alone.
+in the text: one compiled alternation of escaped literals (its only quantifier, the white space between a
+name's words, is followed by a literal word, so nothing backtracks further than one run of spaces), and one
+pass over the text's digit groups for the phones, made only when the text's digits hold the national number.
+`likes` and `digits` give the SQL side a cheap filter for the rows the redactor could change (and some it
+then leaves alone).
 """
 
 from __future__ import annotations
