@@ -253,8 +253,11 @@ RECLASSIFIED = ("category", "priority", "sentiment", "sentiment_score", "languag
 
 # The message as `store` writes about it, still holding what `load` read. FOR SHARE waits for an erasure in
 # progress (it updates the row) and holds a later one back until these results are in, where it finds them.
+# Text that changed since (another person erased from it, or an edit) is not judged by results about the old
+# one: nothing is stored, and the AI sweep sends the message again.
 NOT_ERASED = text("""
 SELECT 1 FROM messages WHERE tenant_id = :t AND id = :id AND (content <> '' OR metadata <> CAST(:erased AS jsonb))
+AND content = :content AND subject IS NOT DISTINCT FROM CAST(:subject AS text)
 FOR SHARE
 """)
 
@@ -286,8 +289,9 @@ CONVERSATION_ROUTED = update(conversations).where(
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
           *, force: bool = False) -> dict[str, bool]:
     stored = {"classification": False, "draft": False}
-    if direct.first(conn, NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA}) is None:
-        return stored  # erased while the provider thought: its reasoning and draft would quote the person
+    if direct.first(conn, NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA,
+                                       "content": ctx.text, "subject": ctx.subject}) is None:
+        return stored  # erased or redacted while the provider thought: its reasoning and draft would quote the person
     classification = results.classification
     if classification is not None and ctx.want_classification:
         usage = next(u for f, u in results.usage if f == "classify")

@@ -87,7 +87,8 @@ def test_a_tenant_key_erases_a_person_of_its_own_tenant_and_jobs_in_redis(
 
         # Idempotent: by identity nobody is left; by id nothing changes.
         again = tk.post(path, json={"identity": {"kind": "phone", "value": "+46 70 123 45 67"}}).json()
-        assert again == {"contact_id": None, "already_erased": True, "counts": {}, "jobs": 0}
+        assert (again["contact_id"], again["already_erased"], again["jobs"]) == (None, True, 0)
+        assert not any(again["counts"].values())
         by_id = tk.post(path, json={"contact_id": summary["contact_id"]}).json()
         assert by_id["already_erased"] is True and not any(by_id["counts"].values())
         assert len(actions(admin_engine, summary["contact_id"])) == 1

@@ -7,15 +7,21 @@ Every charset shape goes through SendGrid's parsed posts, SendGrid's raw-MIME po
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
 from email.header import Header
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import compat32, default
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
@@ -23,8 +29,9 @@ from pipelines.channels import ADAPTERS, PayloadError, WebhookRequest, email
 from pipelines.channels.base import stable_key
 from pipelines.inboxes import CreatedInbox
 from tests.factories import deliver, new_inbox
+from tests.fuzz.strategies import fuzz_settings
 from tests.processes import wait_for, web_server, worker
-from tests.webhooks import basic, fixture
+from tests.webhooks import FIXTURES, basic, fixture
 
 BOUNDARY = "xYzZY"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -480,3 +487,100 @@ def test_a_mime_message_of_thousands_of_tiny_parts_is_refused_before_parsing() -
     raw = b'From: a@example.com\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
     with pytest.raises(PayloadError, match="parts"):
         email.parse_mime(raw)
+
+
+# -- the body, as Python's email package chooses it ------------------------------------------------------
+MIME = FIXTURES / "mime"
+# Per fixture: the stored text, a piece of the stored HTML (None: no HTML), the attachments described.
+BODIES = {
+    "inline_filename.eml": ("Hej! Fakturan 3381 är betald två gånger.", "<p>Hej! Fakturan 3381",
+                            [("kvitto.pdf", "application/pdf", 13)]),
+    "attachment_text.eml": ("The export failed again, log attached.", None, [("notes.txt", "text/plain", 34)]),
+    "only_attachment.eml": ("", None, [("scan.txt", "text/plain", 36)]),
+    "nested_related.eml": ("A encomenda chegou partida.", "<p>A encomenda chegou partida.",
+                           [("logo.png", "image/png", 8), ("pedido.txt", "text/plain", 24)]),
+}
+POSTED_AS = {
+    "sendgrid": lambda raw: multipart([("email", raw), ("to", b"support@help.example.com")]),
+    "mailgun": lambda raw: multipart([("recipient", b"support@help.example.com"), ("body-mime", raw)]),
+}
+
+
+@pytest.mark.parametrize("provider", list(POSTED_AS))
+@pytest.mark.parametrize("name", list(BODIES))
+def test_the_body_is_the_part_get_body_chooses_whatever_its_file_name(
+    app_engine: Engine, provider: str, name: str,
+) -> None:
+    """Text parts sent `inline` with a file name (as several mailers send every part) are the body; a text
+    part sent as `attachment` never is, whether or not another body exists."""
+    raw = (MIME / name).read_bytes()
+    content, html, attached = BODIES[name]
+    inbox = new_inbox(app_engine, provider)
+    result: Any = deliver(app_engine, inbox, POSTED_AS[provider](raw), MULTIPART)
+    (message_id,) = result.messages_created
+    (stored,) = rows(app_engine, inbox, "SELECT content, content_html, attachments FROM messages WHERE id = :m",
+                     m=message_id)
+    assert stored.content.strip() == content
+    assert "NOT THE BODY" not in stored.content + (stored.content_html or "")
+    assert (stored.content_html is None) if html is None else html in stored.content_html
+    assert [(a.get("filename"), a["content_type"], a.get("size")) for a in stored.attachments] == attached
+
+
+def _tree(draw: Any, depth: int, ids: Iterator[int]) -> bytes:
+    """One MIME part: a leaf of some type and disposition, or a multipart of a few such parts."""
+    n = next(ids)
+    if depth < 3 and draw(st.booleans()):
+        subtype = draw(st.sampled_from(["mixed", "alternative", "related"]))
+        children = [_tree(draw, depth + 1, ids) for _ in range(draw(st.integers(0, 4)))]
+        start = f'; start="<c{draw(st.integers(0, n + 8))}@x>"' if subtype == "related" and draw(st.booleans()) else ""
+        head = f'Content-Type: multipart/{subtype}; boundary="b{n}"{start}\r\n\r\n'.encode()
+        return head + b"".join(b"--b%d\r\n" % n + child + b"\r\n" for child in children) + b"--b%d--\r\n" % n
+    ctype = draw(st.sampled_from(["text/plain", "text/html", "image/png", "message/rfc822", "text/calendar"]))
+    disposition = draw(st.sampled_from(["", "inline", 'inline; filename="p.txt"', "attachment",
+                                        'attachment; filename="p.txt"', "ATTACHMENT", "form-data"]))
+    head = f"Content-Type: {ctype}\r\nContent-ID: <c{n}@x>\r\n"
+    head += f"Content-Disposition: {disposition}\r\n" if disposition else ""
+    payload = f"From: f{n}@x\r\n\r\npart {n}" if ctype == "message/rfc822" else f"part {n}"
+    return (head + "\r\n" + payload).encode()
+
+
+@fuzz_settings(150)
+@given(data=st.data())
+def test_body_parts_choose_what_get_body_chooses(data: st.DataObject) -> None:
+    """`email.body_parts` walks the compat32 tree without recursion; `EmailMessage.get_body` under
+    `policy.default` is the reference, on trees of mixed, alternative and related parts of every disposition."""
+    raw = b"From: a@example.com\r\nMIME-Version: 1.0\r\n" + _tree(data.draw, 0, itertools.count())
+    plain, html = email.body_parts(BytesParser(policy=compat32).parsebytes(raw))
+    reference = BytesParser(policy=default).parsebytes(raw)
+    assert isinstance(reference, EmailMessage)
+
+    def seen(part: Any) -> Any:
+        return None if part is None else (part.get_content_type(), part.get_payload(decode=True))
+
+    assert seen(plain or html) == seen(reference.get_body(preferencelist=("plain", "html")))
+    assert seen(html) == seen(reference.get_body(preferencelist=("html",)))
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_the_fixtures_agree_with_get_body(name: str) -> None:
+    raw = (MIME / name).read_bytes()
+    reference = BytesParser(policy=default).parsebytes(raw)
+    assert isinstance(reference, EmailMessage)
+    body = reference.get_body(preferencelist=("plain", "html"))
+    expected = body.get_content() if body is not None and body.get_content_type() == "text/plain" else ""
+    assert email.parse_mime(raw).text.strip() == expected.strip() == BODIES[name][0]
+
+
+def test_a_body_inside_deeply_nested_multiparts_is_found_or_refused() -> None:
+    """Nesting is walked without recursion; nesting deeper than the stdlib parser manages is one clear refusal."""
+    for depth in (50, 5000):
+        opening = b"".join(b'Content-Type: multipart/mixed; boundary="n%d"\r\n\r\n--n%d\r\n' % (i, i)
+                           for i in range(depth))
+        closing = b"".join(b"\r\n--n%d--" % i for i in reversed(range(depth)))
+        raw = b"From: a@example.com\r\n" + opening + b'Content-Disposition: inline; filename="m.txt"\r\n\r\ndeep' + closing
+        try:
+            parsed = email.parse_mime(raw)
+        except PayloadError as exc:
+            assert depth > 50 and "MIME" in str(exc)
+        else:
+            assert parsed.text.strip() == "deep"

@@ -31,6 +31,7 @@ from workers.queues import NAMESPACE
 ERIK = {"name": "Erik Svensson", "email": "erik.svensson@example.se", "phone": "+46701234567"}
 ERIK_TEXTS = ("Min beställning 5512 har inte kommit", "Leveransadressen är Storgatan 12")
 ANNA_TEXT = "Tilaukseni 7781 on myöhässä"
+POLICY = IngestPolicy(reopen_window=timedelta(hours=72))
 
 
 def send(app_engine: Engine, inbox: Any, external_id: str, body_text: str, **contact: str) -> Any:
@@ -151,12 +152,14 @@ def test_erasure_leaves_no_trace_of_the_person_and_nothing_else_changes(
     assert len(traces(admin_engine, tenant, redis_client)) >= 5
 
     erased = intake_json("contact", "erase", "--tenant", str(tenant), "--identity", f"email:{ERIK['email'].upper()}")
-    assert erased["already_erased"] is False and erased["counts"]["messages"] == 2 and erased["jobs"] == 2
+    assert erased["already_erased"] is False and erased["counts"]["messages"] == 2 and erased["jobs"] == 1
     assert traces(admin_engine, tenant, redis_client) == []
-    assert redis_client.hget(f"{NAMESPACE}:ingest.msgs", erik_job) is None
+    # The failed event was tried again and still fails: it stays, with its ledger row and job, without Erik.
+    assert redis_client.hget(f"{NAMESPACE}:ingest.msgs", erik_job) is not None
+    assert erased["counts"]["backlog_failed"] == 1
     rewritten = redis_client.hget(f"{NAMESPACE}:ai.msgs", anna_job)
     assert rewritten is not None and orjson.loads(rewritten)["args"][1] == [str(uuid.UUID(int=7))]
-    assert jobs.forget_jobs(redis_client, NAMESPACE, str(tenant)) == 1  # no worker of a later test should run it
+    assert jobs.forget_jobs(redis_client, NAMESPACE, str(tenant)) == 2  # no worker of a later test should run them
 
     after = counts(admin_engine, tenant)
     assert after == {**before, "audit_rows": before["audit_rows"] + 1}
@@ -165,8 +168,12 @@ def test_erasure_leaves_no_trace_of_the_person_and_nothing_else_changes(
         anna = conn.execute(text("SELECT content FROM messages WHERE tenant_id = :t AND external_id = 'a1'"),
                             {"t": tenant}).scalar_one()
         audit = conn.execute(text("SELECT action, after FROM audit_logs WHERE tenant_id = :t"), {"t": tenant}).one()
-        status = conn.execute(text("SELECT status FROM inbound_events WHERE id = :id"), {"id": failed}).scalar_one()
-    assert anna == ANNA_TEXT and status == "processed"
+        event = conn.execute(text("SELECT status, body FROM inbound_events WHERE id = :id"), {"id": failed}).one()
+        ledger = conn.execute(text("SELECT exception_message, status FROM job_failures WHERE tenant_id = :t "
+                                   "AND message_id = :m"), {"t": tenant, "m": job}).one()
+    assert anna == ANNA_TEXT
+    assert (event.status, orjson.loads(bytes(event.body))) == ("failed", {"contact": {"phone": "[erased]"}})
+    assert (ledger.exception_message, ledger.status) == ("no route for [erased]", "dead")
     assert audit.action == "contact.erase" and ERIK["email"] not in json.dumps(audit.after)
 
     again = intake_json("contact", "erase", "--tenant", str(tenant), "--contact", erased["contact_id"])
@@ -186,7 +193,7 @@ def erase(app_engine: Engine, tenant: TenantId, email: str) -> erasure.Erasure:
         bind_tenant(conn, tenant)
         found = erasure.find_contact(conn, tenant, identity=("email", email))
         assert found is not None
-        return erasure.erase_contact(conn, tenant, found, actor="cli:test")
+        return erasure.erase_contact(conn, tenant, found, actor="cli:test", policy=POLICY)
 
 
 def test_a_message_stored_while_the_person_is_erased_is_erased_too(
@@ -280,10 +287,11 @@ def test_erasure_reaches_form_bodies_and_the_audit_rows_of_the_persons_merges(
             {"t": tenant, "c": str(contact), "d": json.dumps({"moved_identities": [["telegram", "4242"]]})})
     erase(app_engine, tenant, ERIK["email"])
     with admin_engine.connect() as conn:
-        body = conn.execute(text("SELECT body FROM inbound_events WHERE id = :id"), {"id": form}).scalar_one()
+        body, status = conn.execute(text("SELECT body, status FROM inbound_events WHERE id = :id"), {"id": form}).one()
         merges = conn.execute(text("SELECT details FROM audit_logs WHERE tenant_id = :t AND action = 'contact.merged'"),
                               {"t": tenant}).scalars().all()
-    assert bytes(body) == b""
+    # Tried again, it still fails: it stays for its ledger, redacted of the person, `%40` and all.
+    assert (bytes(body), status) == (b"sender=[erased]&stripped-text=Storgatan+12", "failed")
     assert merges == [{}]
     again = erase_by_contact(app_engine, tenant, contact)
     assert again.already_erased and not any(again.counts.values())
@@ -292,7 +300,7 @@ def test_erasure_reaches_form_bodies_and_the_audit_rows_of_the_persons_merges(
 def erase_by_contact(app_engine: Engine, tenant: TenantId, contact: uuid.UUID) -> erasure.Erasure:
     with app_engine.begin() as conn:
         bind_tenant(conn, tenant)
-        return erasure.erase_contact(conn, tenant, contact, actor="cli:test")
+        return erasure.erase_contact(conn, tenant, contact, actor="cli:test", policy=POLICY)
 
 
 def test_forgetting_a_deleted_tenants_jobs_keeps_other_tenants_jobs(redis_client: redis.Redis) -> None:
@@ -352,7 +360,7 @@ def test_an_edit_that_arrives_after_the_erasure_brings_no_words_back(
         bind_tenant(conn, tenant)
         found = erasure.find_contact(conn, tenant, identity=("telegram", "4242"))
         assert found is not None
-        erasure.erase_contact(conn, tenant, found, actor="cli:test")
+        erasure.erase_contact(conn, tenant, found, actor="cli:test", policy=POLICY)
     before = counts(admin_engine, tenant)
     deliver(app_engine, inbox, update("edited_message", 2, ERIK_TEXTS[1]), "application/json")
     assert counts(admin_engine, tenant) == before

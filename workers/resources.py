@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, event
 
-from config import get_settings
+from config import Settings, get_settings
 from db.engine import make_engine
 from pipelines.crypto import SecretBox
 from pipelines.ingest import IngestPolicy
@@ -66,8 +66,11 @@ def outbound_client() -> httpx.Client:
 
 # One client of each kind per process (keyed by pid: a forked child builds its own).
 _outbound_clients: dict[int, httpx.Client] = {}
-def ingest_policy() -> IngestPolicy:
-    settings = get_settings()
+
+
+def ingest_policy(settings: Settings | None = None) -> IngestPolicy:
+    """The ingest policy of the fleet's settings (this process's, unless given)."""
+    settings = settings or get_settings()
     return IngestPolicy(default_region=settings.default_region,
                         reopen_window=timedelta(hours=settings.reopen_window_hours))
 

@@ -229,7 +229,7 @@ def header(pairs: Iterable[tuple[str, str]], name: str) -> str | None:
 
 @dataclass(frozen=True)
 class MimeEmail:
-    """A whole MIME message as its parts: headers, the first plain and HTML bodies, the attachments."""
+    """A whole MIME message as its parts: headers, the plain and HTML bodies, the attachments."""
 
     headers: list[tuple[str, str]]
     text: str
@@ -238,33 +238,71 @@ class MimeEmail:
 
 
 def parse_mime(raw: bytes) -> MimeEmail:
-    """Mailgun's `body-mime` and SendGrid's raw mode: each text part decoded in its own charset."""
+    """Mailgun's `body-mime` and SendGrid's raw mode: each text part decoded in its own charset.
+
+    The body is the part Python's `email` package chooses (`EmailMessage.get_body(('plain', 'html'))`), so a
+    text part that carries a file name but is not `Content-Disposition: attachment` is the body, as mailers
+    that name every part mean it; the HTML body is the one `get_body(('html',))` chooses. Every other leaf
+    part is an attachment.
+    """
     # Every part opens with a line starting "--": count those first (one scan in C), so a message of many
     # tiny parts is refused before the stdlib parser spends half a millisecond on each.
     if raw.count(b"\n--") > 2 * MAX_FORM_PARTS:
         raise PayloadError(f"MIME message with more than {MAX_FORM_PARTS} parts")
     try:
         message = BytesParser(policy=compat32).parsebytes(raw)
-        text: str | None = None
-        html: str | None = None
+        plain, html = body_parts(message)
         attachments: list[Attachment] = []
         for part in _leaves(message):
-            disposition = (part.get("content-disposition") or "").split(";", 1)[0].strip().lower()
-            ctype = part.get_content_type()
-            if part.get_filename() is not None or disposition == "attachment" or ctype == "message/rfc822":
-                payload = part.get_payload(decode=True)
-                attachments.append(Attachment(
-                    filename=decode_words(part.get_filename() or "") or None, content_type=ctype,
-                    size=len(payload) if isinstance(payload, bytes) else None))
-            elif ctype == "text/plain" and text is None:
-                text = _part_text(part)
-            elif ctype == "text/html" and html is None:
-                html = _part_text(part)
-        return MimeEmail(_decoded_items(message), text or "", html, tuple(attachments))
+            if part is plain or part is html or part.get_content_maintype() == "multipart":
+                continue  # a body, or a container whose parts the parser could not find (no boundary)
+            payload = part.get_payload(decode=True)
+            attachments.append(Attachment(
+                filename=decode_words(part.get_filename() or "") or None, content_type=part.get_content_type(),
+                size=len(payload) if isinstance(payload, bytes) else None))
+        return MimeEmail(_decoded_items(message), _part_text(plain) if plain is not None else "",
+                         _part_text(html) if html is not None else None, tuple(attachments))
     except PayloadError:
         raise
     except Exception:  # the stdlib parser raises many types on hostile MIME
         raise PayloadError("malformed MIME message") from None
+
+
+def body_parts(message: Message) -> tuple[Message | None, Message | None]:
+    """The parts `get_body` chooses: (the first text/plain body, the first text/html body), either None.
+
+    `EmailMessage.get_body` walks the tree depth first: it skips parts whose disposition is `attachment`,
+    takes text parts of the wanted subtypes, enters multiparts (of a multipart/related only its root: the
+    part named by `start`, else the first) and nothing else (a forwarded message/rfc822 is not the body).
+    Asked for ('plain', 'html') it returns the first plain candidate, else the first HTML one; asked for
+    ('html',), the first HTML one. The same walk here is a loop over a stack, not recursion, so a deeply
+    nested message costs no stack, and it works on the compat32 tree the rest of this module reads (whose
+    headers are parsed lazily and boundedly); a test compares it with `get_body` under `policy.default`.
+    """
+    plain: Message | None = None
+    html: Message | None = None
+    stack = [message]
+    while stack and (plain is None or html is None):
+        part = stack.pop()
+        if part.get_content_disposition() == "attachment":
+            continue
+        maintype, subtype = part.get_content_type().split("/")
+        if maintype == "text":
+            if subtype == "plain" and plain is None:
+                plain = part
+            elif subtype == "html" and html is None:
+                html = part
+            continue
+        payload = part.get_payload()
+        if maintype != "multipart" or not isinstance(payload, list) or not message.is_multipart():
+            continue
+        children = [p for p in payload if isinstance(p, Message)]
+        if subtype == "related":
+            start = part.get_param("start")
+            root = next((p for p in children if start and p["content-id"] == start), None)
+            children = [root] if root is not None else children[:1]
+        stack.extend(reversed(children))
+    return plain, html
 
 
 def capped_attachments(attachments: Sequence[Attachment]) -> tuple[tuple[Attachment, ...], dict[str, int]]:

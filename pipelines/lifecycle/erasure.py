@@ -1,15 +1,23 @@
 """Erasure of one person: every trace of them in one tenant removed or made anonymous, in one transaction.
 
-The person is a contact, with the contacts merged into it or it into (one person, several rows). What goes:
+The person is a contact, with the contacts merged into it or it into (one person, several rows). In order:
 
-- their identities, duplicate candidates and merge records;
-- in their conversations (theirs and the replies to them): message text, HTML, quoted text, subject,
-  attachment metadata, headers and other metadata, RFC Message-IDs, conversation subjects, AI reasoning,
-  drafted replies and the examples for the AI made from their messages;
-- the raw events those messages came from, and any other stored event whose body names one of their
-  identities (a status callback to their number, a delivery that failed): body and headers emptied, the
-  event marked processed so no job runs it again;
-- failure-ledger texts about those events and messages, and audit details that name them.
+1. The tenant's backlog is stored first: every event still waiting (`received`), and every failed event
+   that may name the person, runs through the ingest pipeline in this transaction (`pipelines.ingest`, as a
+   worker runs it). Another contact's message that mentions the person is then stored (and redacted below,
+   never lost), and the person's own waiting messages are stored (and erased below). An event that still
+   fails stays `failed` with its ledger row, for a replay, redacted of the person like everything else.
+2. Their own rows go: their identities, duplicate candidates and merge records; in their conversations
+   (theirs and the replies to them) message text, HTML, quoted text, subject, attachment metadata, headers
+   and other metadata, RFC Message-IDs, conversation subjects, AI reasoning, drafted replies and the AI's
+   examples made from their messages; the raw events their messages came from and any processed event
+   whose body names them (body and headers emptied, as retention does); ledger rows about those events and
+   messages; audit details naming them.
+3. Everyone else's rows that mention them are redacted in place (`pipelines.lifecycle.mentions`): their
+   identities (phones in any common format), Telegram handles and name become `[erased]` in every text,
+   JSON and bytea column of every tenant table (other people's messages, metadata such as a cc, AI output,
+   the ledger, audit rows, failed events), and a processed event whose message was redacted has its raw
+   body emptied, so the words do not survive in the delivery they came from.
 
 The erasure holds the tenant's ingest lock (the one each ingest batch takes) from its first read to its commit:
 a message from the same person that a batch is storing meanwhile is either committed before the erasure
@@ -24,15 +32,22 @@ becomes a new contact. Running it again changes nothing. An audit row records th
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, or_, select, text
 
+from db import batch
+from db.schema import inbound_events
 from db.tenancy import TenantId
-from pipelines import audit, normalize
+from pipelines import audit, changes, normalize
+from pipelines.changes import Change
+from pipelines.ingest import IngestPolicy, IngestResult, ingest_events
 from pipelines.lifecycle.errors import LifecycleError
+from pipelines.lifecycle.mentions import may_name, redact_mentions
+from pipelines.lifecycle.redaction import Person, Redactor
 
 KINDS = ("phone", "email", "telegram", "external")
 MAX_VALUE = 1024
@@ -41,6 +56,28 @@ MIN_NEEDLE = 6
 ERASED_METADATA = '{"erased": true}'
 # The advisory lock `pipelines.ingest` takes for each batch of a tenant (TAKE_TENANT there): same key, same hash.
 HOLD_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+# The backlog, stored before anything is erased, in batches the size a worker takes.
+WAITING = text("SELECT id FROM inbound_events WHERE tenant_id = :t AND status = 'received' ORDER BY received_at, id")
+BACKLOG_BATCH = 500
+# An ingest batch bounds its lock waits (`lock_timeout`) for the rest of its transaction: put the erasure's back.
+LOCK_TIMEOUT = text("SELECT current_setting('lock_timeout')")
+SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :value, true)")
+# What the erasure knows a person by, besides their identities: every name of theirs, their Telegram handles.
+NAMES = text("""
+SELECT display_name FROM contacts WHERE tenant_id = :t AND id = ANY(:people) AND display_name IS NOT NULL
+""")
+HANDLES = text("""
+SELECT DISTINCT metadata ->> 'username' FROM messages
+WHERE tenant_id = :t AND contact_id = ANY(:people) AND metadata ->> 'username' IS NOT NULL
+""")
+# Processed events whose message another person's erasure redacted: the raw delivery still holds the words.
+PURGE_REDACTED_EVENTS = text("""
+UPDATE inbound_events SET body = ''::bytea, headers = '{}'::jsonb, error = NULL,
+       body_purged_at = coalesce(body_purged_at, now())
+WHERE tenant_id = :t AND id = ANY(:ids) AND status = 'processed'
+AND (octet_length(body) > 0 OR headers <> '{}'::jsonb OR error IS NOT NULL)
+""")
+Settle = Callable[[Connection, IngestResult, bool], None]
 
 
 class ErasureError(LifecycleError):
@@ -54,6 +91,10 @@ class Erasure:
     counts: dict[str, int] = field(default_factory=dict)
     # The erased messages and events: the ids waiting jobs may still name (`pipelines.lifecycle.jobs`).
     job_ids: list[uuid.UUID] = field(default_factory=list)
+    # Messages of other people the backlog stored: their AI job is the caller's to send, after the commit.
+    stored: list[uuid.UUID] = field(default_factory=list)
+    # What finds the person: the caller runs it over the jobs waiting in Redis, after the commit.
+    redactor: Redactor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"contact_id": str(self.contact_id) if self.contact_id else None,
@@ -97,27 +138,100 @@ def find_contact(conn: Connection, tenant: TenantId, *, contact_id: uuid.UUID | 
     return None if found is None else uuid.UUID(str(found))
 
 
-def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, actor: audit.Actor | str) -> Erasure:
-    """Erase the person behind `contact_id` (see the module's docstring); idempotent."""
+def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | None, *, actor: audit.Actor | str,
+                  policy: IngestPolicy, settle: Settle | None = None,
+                  identity: tuple[str, str] | None = None) -> Erasure:
+    """Erase the person behind `contact_id`, or behind `identity` (see the module's docstring); idempotent.
+
+    With an `identity` nobody has (the person was never stored, or is erased already), the backlog is still
+    stored first and every mention of the identity redacted. `policy` is the ingest policy the workers use;
+    `settle(conn, result, retried)` records the ledger's part of each backlog batch in this transaction, as the
+    ingest actor does after its own batches.
+    """
     hold_tenant(conn, tenant)
-    people = _person(conn, tenant, contact_id)
+    named = (identity,) if identity is not None else ()
+    backlog, created = _store_backlog(conn, tenant, contact_id, named, policy, settle)
+    if contact_id is None and identity is not None:  # the backlog may have stored the person's first message
+        contact_id = find_contact(conn, tenant, identity=identity)
+    people = _person(conn, tenant, contact_id) if contact_id is not None else []
     ids: dict[str, Any] = {"t": tenant, "people": people, "people_text": [str(p) for p in people]}
-    needles = _needles(conn, ids)
+    person = _identify(conn, ids, named)
+    needles = _needles(person)
+    redactor = Redactor(person)
     ids["conversations"] = _ids(conn, "SELECT id FROM conversations WHERE tenant_id = :t AND contact_id = ANY(:people)",
                                 ids)
     rows = conn.execute(text(
         "SELECT id, event_id FROM messages WHERE tenant_id = :t "
         "AND (contact_id = ANY(:people) OR conversation_id = ANY(:conversations))"), ids).all()
     messages = [row.id for row in rows]
-    events = sorted({row.event_id for row in rows if row.event_id} | set(_events_naming(conn, tenant, needles)))
-    ids.update(messages=messages, events=events, needles=needles, refs=[str(i) for i in (*messages, *events)])
+    own_events = {row.event_id for row in rows if row.event_id}
+    events = sorted(own_events | set(_events_naming(conn, tenant, needles)))
+    ids.update(messages=messages, events=events, needles=needles, refs=[str(i) for i in (*messages, *own_events)])
     counts = {name: conn.execute(text(statement), ids).rowcount for name, statement in STEPS}
-    erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts=counts,
-                      job_ids=[*messages, *events])
+    redacted = redact_mentions(conn, tenant, redactor)
+    counts["redacted"] = sum(redacted.rows.values())
+    counts["events_emptied"] = conn.execute(PURGE_REDACTED_EVENTS, {
+        "t": tenant, "ids": batch.uuids(redacted.events)}).rowcount
+    erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts={**counts, **backlog},
+                      job_ids=[*messages, *own_events], stored=[m for m in created if m not in set(messages)],
+                      redactor=redactor)
     if not erasure.already_erased:
-        audit.record(conn, actor=actor, action="contact.erase", tenant_id=tenant, subject_type="contact",
-                     subject_id=contact_id, after={"erased": counts, "contacts": [str(p) for p in people]})
+        subject = (("contact", str(contact_id)) if contact_id is not None
+                   else ("identity", identity[0] if identity is not None else "unknown"))
+        audit.record(conn, actor=actor, action="contact.erase", tenant_id=tenant, subject_type=subject[0],
+                     subject_id=subject[1], after={"erased": counts, "redacted": redacted.rows, "backlog": backlog,
+                                                   "contacts": [str(p) for p in people]})
     return erasure
+
+
+def _store_backlog(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | None,
+                   named: tuple[tuple[str, str], ...], policy: IngestPolicy,
+                   settle: Settle | None) -> tuple[dict[str, int], list[uuid.UUID]]:
+    """Run the tenant's waiting events, and its failed ones that may name the person, through the ingest
+    pipeline, so that no message of the backlog is erased unstored or stored unerased; (counts, messages)."""
+    people = _person(conn, tenant, contact_id) if contact_id is not None else []
+    redactor = Redactor(_identify(conn, {"t": tenant, "people": people}, named))
+    failed = _failed_naming(conn, tenant, redactor)
+    waiting = _ids(conn, WAITING.text, {"t": tenant})
+    saved = conn.execute(LOCK_TIMEOUT).scalar_one()
+    counts = {"backlog_stored": 0, "backlog_failed": 0}
+    created: list[uuid.UUID] = []
+    feed: list[Change] = []
+    batches = [(failed, True)] if failed else []
+    batches += [(waiting[i:i + BACKLOG_BATCH], False) for i in range(0, len(waiting), BACKLOG_BATCH)]
+    for event_ids, retried in batches:
+        result = ingest_events(conn, tenant, event_ids, policy, retry_failed=retried)
+        if settle is not None:
+            settle(conn, result, retried)
+        counts["backlog_stored"] += len(result.processed)
+        counts["backlog_failed"] += len(result.failed)
+        created += result.messages_created
+        feed += result.changes
+    conn.execute(SET_LOCK_TIMEOUT, {"value": saved})
+    # The backlog's changes enter the feed here, so that the redaction below reaches them too.
+    changes.record(conn, tenant, feed)
+    return counts, created
+
+
+def _identify(conn: Connection, ids: dict[str, Any], named: tuple[tuple[str, str], ...] = ()) -> Person:
+    """Who the person is: the identities of their contacts (and `named`), their names, their Telegram handles."""
+    identities = conn.execute(text(
+        "SELECT kind, value FROM contact_identities WHERE tenant_id = :t AND contact_id = ANY(:people)"), ids).all()
+    names = conn.execute(NAMES, ids).scalars().all()
+    handles = conn.execute(HANDLES, ids).scalars().all()
+    return Person(identities=tuple(dict.fromkeys([*((row.kind, row.value) for row in identities), *named])),
+                  names=tuple(names), handles=tuple(h for h in handles if h))
+
+
+def _failed_naming(conn: Connection, tenant: TenantId, redactor: Redactor) -> list[uuid.UUID]:
+    """Failed events whose body, headers or error may name the person (the redactor's SQL filter)."""
+    if redactor.empty:
+        return []
+    statement = select(inbound_events.c.id).where(
+        inbound_events.c.tenant_id == tenant, inbound_events.c.status == "failed",
+        or_(*(may_name(c, redactor) for c in (inbound_events.c.body, inbound_events.c.headers,
+                                              inbound_events.c.error))))
+    return [uuid.UUID(str(i)) for i in conn.execute(statement).scalars()]
 
 
 def hold_tenant(conn: Connection, tenant: TenantId) -> None:
@@ -147,19 +261,18 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("drafts", """
         UPDATE ai_drafts SET content = '' WHERE tenant_id = :t
         AND (message_id = ANY(:messages) OR conversation_id = ANY(:conversations)) AND content <> ''"""),
+    # Processed events only (their messages are stored): one still failed stays, for its ledger, redacted.
     ("events", """
         UPDATE inbound_events SET body = ''::bytea, headers = '{}'::jsonb, error = NULL,
-               body_purged_at = coalesce(body_purged_at, now()), status = 'processed',
-               processed_at = coalesce(processed_at, now())
-        WHERE tenant_id = :t AND id = ANY(:events)
-        AND (octet_length(body) > 0 OR headers <> '{}'::jsonb OR error IS NOT NULL OR status <> 'processed')"""),
+               body_purged_at = coalesce(body_purged_at, now())
+        WHERE tenant_id = :t AND id = ANY(:events) AND status = 'processed'
+        AND (octet_length(body) > 0 OR headers <> '{}'::jsonb OR error IS NOT NULL)"""),
+    # Ledger rows about their own messages and events: nothing is left to replay. Others are redacted in place.
     ("failures", """
         UPDATE job_failures SET exception_message = 'erased', traceback = '',
                status = CASE status WHEN 'dead' THEN 'discarded' ELSE status END
         WHERE tenant_id = :t AND exception_message <> 'erased'
-        AND (EXISTS (SELECT 1 FROM unnest(CAST(:refs AS text[])) r WHERE strpos(coalesce(ref_id, ''), r) > 0)
-             OR EXISTS (SELECT 1 FROM unnest(CAST(:needles AS text[])) n
-                        WHERE strpos(lower(exception_message || traceback || message::text), n) > 0))"""),
+        AND EXISTS (SELECT 1 FROM unnest(CAST(:refs AS text[])) r WHERE strpos(coalesce(ref_id, ''), r) > 0)"""),
     # Rows naming one of their identities, and rows about their contacts (a merge lists every identity moved,
     # however short); not the erasure's own records, which hold counts only.
     ("audit_rows", """
@@ -196,11 +309,10 @@ def _person(conn: Connection, tenant: TenantId, contact_id: uuid.UUID) -> list[u
         people |= found
 
 
-def _needles(conn: Connection, ids: dict[str, Any]) -> list[str]:
+def _needles(person: Person) -> list[str]:
     """Lower-cased spellings of the person's identities to look for in raw bodies and free texts."""
     needles: set[str] = set()
-    for kind, value in conn.execute(text(
-            "SELECT kind, value FROM contact_identities WHERE tenant_id = :t AND contact_id = ANY(:people)"), ids):
+    for kind, value in person.identities:
         for spelling in (value, value.removeprefix("+") if kind == "phone" else value,
                          value.split(":", 1)[-1] if kind == "external" else value):
             # A form-encoded body (Mailgun, Twilio) holds `erik%40example.se`.
@@ -211,11 +323,11 @@ def _needles(conn: Connection, ids: dict[str, Any]) -> list[str]:
 
 
 def _events_naming(conn: Connection, tenant: TenantId, needles: list[str]) -> list[uuid.UUID]:
-    """Stored events whose body or headers contain one of `needles` (bytes read as escaped text)."""
+    """Processed events whose body or headers contain one of `needles` (bytes read as escaped text)."""
     if not needles:
         return []
     return _ids(conn, """
-        SELECT id FROM inbound_events WHERE tenant_id = :t AND body_purged_at IS NULL
+        SELECT id FROM inbound_events WHERE tenant_id = :t AND body_purged_at IS NULL AND status = 'processed'
         AND EXISTS (SELECT 1 FROM unnest(CAST(:needles AS text[])) n
                     WHERE strpos(lower(encode(body, 'escape')), n) > 0 OR strpos(lower(headers::text), n) > 0)""",
         {"t": tenant, "needles": needles})

@@ -3,8 +3,10 @@
 dramatiq keeps each queue's job bodies in a hash (`<ns>:<queue>.msgs`, also for the delay queue `.DQ` and
 the dead letters `.XQ`) and their ids in a list (or, for dead letters, a sorted set) of the same name without
 `.msgs`. The fleet's jobs name their tenant first and carry a list of ids second (events for `ingest`,
-messages for `ai`): ids only, never content. After an erasure the erased ids are taken out of every waiting
-job (a job left with none is removed); a deleted tenant's jobs are all removed, with any key naming it.
+messages for `ai`): ids only, never content; a dead letter's options may carry the traceback of its last
+failure, whose text may quote anything. After an erasure the erased ids are taken out of every waiting job
+(a job left with none is removed), and every job of the tenant is redacted of the person; a deleted tenant's
+jobs are all removed, with any key naming it.
 
 A worker that already took a job runs it; the database is what makes such a job harmless (erased events are
 marked processed, erased messages have nothing left to read, and AI results about a message erased while
@@ -13,7 +15,7 @@ they were computed are not stored).
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any, Protocol
 
 import orjson
@@ -30,15 +32,17 @@ class Redis(Protocol):
     def delete(self, *names: str) -> Any: ...
 
 
-def forget_jobs(client: Redis, namespace: str, tenant: str, ids: Set[str] | None = None) -> int:
-    """Take `ids` out of the tenant's waiting jobs (every job of the tenant when `ids` is None); how many
-    jobs changed or went."""
+def forget_jobs(client: Redis, namespace: str, tenant: str, ids: Set[str] | None = None,
+                redact: Callable[[Any], Any] | None = None) -> int:
+    """Take `ids` out of the tenant's waiting jobs (every job of the tenant when `ids` is None), and pass
+    each of its jobs through `redact` (a dead letter's options may hold a traceback's text); how many jobs
+    changed or went."""
     changed = 0
     for raw_key in client.scan_iter(match=f"{namespace}:*.msgs", count=500):
         key = _text(raw_key)
         for raw_id, body in client.hscan_iter(key, count=500):
             job_id = _text(raw_id)
-            rewritten = _without(body, tenant, ids)
+            rewritten = _without(body, tenant, ids, redact)
             if rewritten is None:
                 continue
             if rewritten == b"":
@@ -57,8 +61,9 @@ def forget_tenant_keys(client: Redis, tenant: str) -> int:
     return len(keys)
 
 
-def _without(body: bytes, tenant: str, ids: Set[str] | None) -> bytes | None:
-    """The job without `ids`; b"" when nothing is left of it; None when it does not concern them."""
+def _without(body: bytes, tenant: str, ids: Set[str] | None,
+             redact: Callable[[Any], Any] | None = None) -> bytes | None:
+    """The job without `ids`, redacted; b"" when nothing is left of it; None when it does not change."""
     try:
         job = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -70,15 +75,17 @@ def _without(body: bytes, tenant: str, ids: Set[str] | None) -> bytes | None:
         return None
     if ids is None:
         return b""
-    if not isinstance(args, list) or len(args) < 2 or not isinstance(args[1], list):
-        return None
-    kept = [item for item in args[1] if str(item) not in ids]
-    if len(kept) == len(args[1]):
-        return None
-    if not kept:
-        return b""
-    job["args"] = [args[0], kept, *args[2:]]
-    return orjson.dumps(job)
+    changed = False
+    if isinstance(args, list) and len(args) >= 2 and isinstance(args[1], list):
+        kept = [item for item in args[1] if str(item) not in ids]
+        if not kept and args[1]:
+            return b""
+        if len(kept) != len(args[1]):
+            job["args"], changed = [args[0], kept, *args[2:]], True
+    if redact is not None:
+        cleaned = redact(job)
+        job, changed = cleaned, changed or cleaned != job
+    return orjson.dumps(job) if changed else None
 
 
 def _remove(client: Redis, hash_key: str, job_id: str) -> None:

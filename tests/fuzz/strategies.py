@@ -188,11 +188,18 @@ def raw_emails(draw: st.DrawFn) -> bytes:
         body = draw(st.binary(max_size=64))
     if draw(st.booleans()):
         return shapes.raw_email(headers, body, charset=charset, subtype=draw(st.sampled_from(["plain", "html"])))
-    part = shapes.raw_email([], body, charset=charset)
+    # Body parts as mailers send them: plain, `inline` with a file name, or (never the body) `attachment`.
+    disposition = draw(st.sampled_from(["", 'inline; filename="msg.txt"', 'attachment; filename="notes.txt"']))
+    part = shapes.raw_email([("Content-Disposition", disposition)] if disposition else [], body, charset=charset)
     lines = [f"{name}: {value}" for name, value in headers]
-    head = "\r\n".join([*lines, "MIME-Version: 1.0", 'Content-Type: multipart/alternative; boundary="b"', ""])
-    return b"\r\n".join([head.encode("utf-8", errors="surrogatepass"), b"--b", part, b"--b",
-                          part.replace(b"text/plain", b"text/html"), b"--b--", b""])
+    alternative = b"\r\n".join([b'Content-Type: multipart/alternative; boundary="b"', b"", b"--b", part, b"--b",
+                                 part.replace(b"text/plain", b"text/html"), b"--b--", b""])
+    if draw(st.booleans()):  # inside a multipart/mixed, beside a text file that is an attachment
+        attached = shapes.raw_email([("Content-Disposition", 'attachment; filename="log.txt"')], body, charset=charset)
+        alternative = b"\r\n".join([b'Content-Type: multipart/mixed; boundary="m"', b"", b"--m", alternative,
+                                     b"--m", attached, b"--m--", b""])
+    head = "\r\n".join([*lines, "MIME-Version: 1.0", ""])
+    return head.encode("utf-8", errors="surrogatepass") + alternative
 
 
 @st.composite

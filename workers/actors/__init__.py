@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
+from sqlalchemy import Connection
 
 from config import get_settings
-from db.tenancy import bind_tenant
+from db.tenancy import TenantId, bind_tenant
 from pipelines import changes
 from pipelines.ai.assistant import assist_messages as run_assist
-from pipelines.ingest import TenantBusy
+from pipelines.ingest import IngestResult, TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from pipelines.webhooks.delivery import deliver
 from workers.broker import current
@@ -48,10 +49,7 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
             bind_tenant(conn, tenant)
             result = run_ingest(conn, tenant, [uuid.UUID(i) for i in event_ids], ingest_policy(),
                                 batch_max=get_settings().ingest_batch_max, retry_failed=retry_failed)
-            for event_id, error in result.failed.items():
-                record_in(conn, retry_message(tenant_id, event_id), error, tenant)
-            if retry_failed and result.processed:
-                resolve_in(conn, [retry_message(tenant_id, e).message_id for e in result.processed])
+            settle_batch(conn, result, retry_failed, tenant=tenant)
             changes.record(conn, tenant, result.changes)  # last: it holds the tenant's feed head until commit
     except TenantBusy as busy:
         # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
@@ -67,6 +65,15 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
     report(events=result.events, waiting_taken=result.waiting_taken, messages=len(result.messages_created),
            duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
+
+
+def settle_batch(conn: Connection, result: IngestResult, retry_failed: bool, *, tenant: TenantId) -> None:
+    """The ledger's part of an ingest batch, in its transaction: each event it set aside recorded (replayable
+    alone), and with `retry_failed` the failures of the events it stored resolved."""
+    for event_id, error in result.failed.items():
+        record_in(conn, retry_message(str(tenant), event_id), error, tenant)
+    if retry_failed and result.processed:
+        resolve_in(conn, [retry_message(str(tenant), e).message_id for e in result.processed])
 
 
 def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:

@@ -34,6 +34,7 @@ from pipelines.lifecycle import deletion, erasure, export, jobs, stats
 from pipelines.lifecycle.retention import RetentionPolicy
 from workers.admin.http import Call, Endpoint, TenantBound
 from workers.admin.jobs import Job, JobView
+from workers.ops import erasure as erasing
 from workers.queues import NAMESPACE
 
 PREFIX = "/v1/admin"
@@ -94,10 +95,8 @@ def erase_contact(call: Call) -> ErasureView:
             found = erasure.find_contact(conn, tenant, contact_id=body.contact_id, identity=named)
         except erasure.ErasureError as exc:
             raise NotFound(str(exc)) from None
-        result = (erasure.erase_contact(conn, tenant, found, actor=call.actor) if found is not None
-                  else erasure.Erasure(None, already_erased=True))
-    erased = {str(i) for i in result.job_ids}
-    changed = jobs.forget_jobs(_redis(call), NAMESPACE, str(tenant), erased) if erased else 0
+        result = erasing.erase(conn, tenant, found, actor=call.actor, settings=call.admin.settings, identity=named)
+    changed = erasing.finish(_redis(call), tenant, result)
     return ErasureView.model_validate({**result.as_dict(), "jobs": changed})
 
 

@@ -30,6 +30,7 @@ from pipelines.lifecycle.retention import RetentionPolicy
 from workers.cli.common import BadInput, admin_engine, emit, friendly_errors, out, progress, runtime
 from workers.cli.control import actor
 from workers.embedded.runtime import Runtime
+from workers.ops import erasure as erasing
 from workers.queues import NAMESPACE
 
 P = ParamSpec("P")
@@ -90,23 +91,24 @@ def contact_erase(tenant_id: str, contact_id: str | None, identity: str | None, 
     person = uuid_argument(contact_id, "--contact") if contact_id is not None else None
     named = erasure.parse_identity(_plain(identity, "--identity")) if identity is not None else None
     rt = runtime()
+    tenant = TenantId(tenant_uuid)
     with tenant_transaction(rt, tenant_uuid) as conn:
-        tenant = TenantId(tenant_uuid)
         found = erasure.find_contact(conn, tenant, contact_id=person, identity=named)
-        result = (erasure.erase_contact(conn, tenant, found, actor=actor()) if found is not None
-                  else erasure.Erasure(None, already_erased=True))
-    erased_ids = {str(i) for i in result.job_ids}
-    jobs_changed = jobs.forget_jobs(redis_client(rt), NAMESPACE, str(tenant_uuid), erased_ids) if erased_ids else 0
+        result = erasing.erase(conn, tenant, found, actor=actor(), settings=rt.resolved(admin=False), identity=named)
+    jobs_changed = erasing.finish(redis_client(rt), tenant, result)
     data = {**result.as_dict(), "jobs": jobs_changed}
     if as_json:
         emit(data)
-    elif found is None:
-        out.print("no contact has this identity (erased already, or never seen): nothing to do")
+    elif result.contact_id is None and result.already_erased:
+        out.print("no contact has this identity (erased already, or never seen), and nothing mentions it")
+    elif result.contact_id is None:
+        changed = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
+        out.print(f"no contact has this identity; mentions of it redacted: {changed}")
     elif result.already_erased:
-        out.print(f"contact {found} was erased already: nothing changed")
+        out.print(f"contact {result.contact_id} was erased already: nothing changed")
     else:
         changed = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
-        out.print(f"erased contact {found}: {changed}; {jobs_changed} waiting jobs rewritten")
+        out.print(f"erased contact {result.contact_id}: {changed}; {jobs_changed} waiting jobs rewritten")
 
 
 # -- tenant export, delete, stats -----------------------------------------------------------------
