@@ -95,7 +95,8 @@ def migrate() -> None:
     from db import migrate as migrations
 
     rt = runtime()
-    migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
+    migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim,
+                       prepared_statements=rt.settings.db_prepared_statements)
     console.print("[green]database is up to date[/]")
 
 
@@ -199,7 +200,8 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
         if rt.admin_database_url == rt.database_url:
             raise ServicesUnavailable("intake run migrates and runs the clock as the schema owner, and the web "
                                       "and workers as the fleet's role: set INTAKE_ADMIN_DATABASE_URL too")
-        migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
+        migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim,
+                       prepared_statements=rt.settings.db_prepared_statements)
         # Checked here, not in each child: a child refused at start would be restarted again and again.
         check_maintenance(rt.admin_database_url, command="intake run (its clock)", what=admin_source(rt))
         check_unprivileged(rt.database_url)
