@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser pgbouncer fuzz lint bench clean
+.PHONY: run test browser pgbouncer fuzz cluster-test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Intake needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -38,6 +38,11 @@ pgbouncer:
 # The fuzz targets with many more examples than `make test` runs (see the README's Development section).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/test_fuzz.py tests/test_ingress_fuzz.py
+
+# Machines that die (tests/cluster_machines.py; a few minutes, root): two fleet machines in network namespaces
+# over real TCP, one killed mid-flow. On demand only: not part of `make test`.
+cluster-test: $(STAMP) pgbouncer
+	$(BIN)/python -m pytest -p no:cacheprovider -s --timeout=900 tests/cluster_machines.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check config db pipelines workers tests

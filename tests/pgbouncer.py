@@ -58,8 +58,9 @@ def _socket(database_url: str) -> tuple[str, int]:
 
 
 @contextmanager
-def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...]) -> Iterator[Bouncer]:
-    """PgBouncer in transaction mode on a free TCP port, in front of the server behind `database_url`."""
+def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...], *,
+              listen: str = "127.0.0.1") -> Iterator[Bouncer]:
+    """PgBouncer in transaction mode on a free TCP port of `listen`, in front of the server behind `database_url`."""
     command = binary()
     directory, pg_port = _socket(database_url)
     port = free_port()
@@ -74,7 +75,7 @@ intake_one = host={directory} port={pg_port} dbname=intake pool_size=1
 
 [pgbouncer]
 pool_mode = transaction
-listen_addr = 127.0.0.1
+listen_addr = {listen}
 listen_port = {port}
 unix_socket_dir =
 auth_type = trust
