@@ -148,7 +148,7 @@ def test_the_fleet_ingests_classifies_and_answers_through_pgbouncer(
         stack: dict[str, str], app_engine: Engine, admin_engine: Engine, pooled_env: dict[str, str],
         tmp_path: Path) -> None:
     """Web (group commit), ingest and AI workers and the admin API, every one through PgBouncer."""
-    tenants = [CorpusTenant(app_engine, "US", 12, seed=301), CorpusTenant(app_engine, "FI", 12, seed=302)]
+    tenants = [CorpusTenant(app_engine, "US", 8, seed=301), CorpusTenant(app_engine, "FI", 8, seed=302)]
     web_env = {**pooled_env, "INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}
     with web_server(web_env, log_path=tmp_path / "web.log") as base, \
             worker(processes=1, threads=4, env={**pooled_env, **WORKER_ENV}, queues=("ingest", "ai")):
@@ -165,11 +165,6 @@ def test_the_fleet_ingests_classifies_and_answers_through_pgbouncer(
                                          "(SELECT count(DISTINCT message_id) FROM ai_classifications)")).one()
 
         wait_for(lambda: all(classified(t)[0] == classified(t)[1] for t in tenants), timeout=120, interval=0.5)
-        # The providers send everything again: nothing new is stored.
-        assert set(asyncio.run(post_all(base, tenants, concurrency=16)).codes) == {200}
-        settle(tenants, app_engine, timeout=60)
-        for tenant in tenants:
-            assert tenant.counts(app_engine) == tenant.expected()
     assert "DuplicatePreparedStatement" not in (tmp_path / "web.log").read_text()
 
     operator = make_key(admin_engine)

@@ -59,9 +59,9 @@ def test_deliveries_before_during_and_after_a_failover_are_stored_exactly_once(
         posting.start()
         wait_for(lambda: during.counts(app_engine)["messages"] > 0 or not posting.is_alive(), timeout=60,
                  interval=0.02)
-        old = topology.primary
+        assert posting.is_alive(), "the posting ended before the kill: nothing was in flight"
         killed_at = time.monotonic()
-        topology.kill(old)
+        topology.kill(topology.primary)
         wait_for(lambda: topology.primary_port() == topology.replica, timeout=30, interval=0.1)
         failed_over = time.monotonic() - killed_at
         posting.join(120)
