@@ -15,6 +15,7 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from pipelines.crypto import SecretBox
+from workers import redis_clients
 from workers.broker import ensure
 from workers.cli.common import (
     admin_engine,
@@ -255,7 +256,8 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
     database_url = redacted(rt.database_url)
     out.print(f"[bold green]Intake is running[/] on {base} with a demo tenant {demo['tenant_id']}")
     out.print(f"  inboxes and their secrets: {path}")
-    out.print(f"  database: {database_url}\n  redis:    {redacted(rt.redis_url)}")
+    redis_at = redacted(redis_clients.describe(rt.settings, rt.redis_url))
+    out.print(f"  database: {database_url}\n  redis:    {redis_at}")
     out.print("Send a message as Telegram would:")
     out.print(f"  curl -s {url} -H 'content-type: application/json' \\\n"
               f"    -H 'X-Telegram-Bot-Api-Secret-Token: {telegram['secrets']['secret_token']}' \\\n"
