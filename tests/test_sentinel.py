@@ -74,17 +74,19 @@ def test_deliveries_before_during_and_after_a_failover_are_stored_exactly_once(
         # What the old primary took with it comes back from PostgreSQL, through the sweeper.
         sweep_env = {**env, "INTAKE_SWEEP_GRACE_SECONDS": "0", "INTAKE_CLOCK_METRICS_PORT": "0"}
 
+        swept = []
+
         def recovered() -> bool:
             if during.counts(app_engine)["unprocessed"] == 0:
                 return True
-            sweep(sweep_env)
+            swept.append(int(str(sweep(sweep_env)["enqueued"])))
             return False
 
         wait_for(recovered, timeout=120, interval=1)
     for tenant in (before, during, after):
         assert tenant.counts(app_engine) == tenant.expected()
     print(f"\nfailover seen by the Sentinel {failed_over:.1f} s after the primary was killed; "
-          f"{result.retries} retried deliveries")
+          f"{result.retries} retried deliveries; {sum(swept)} events re-sent by the sweeper")
 
 
 def test_sentinel_settings_are_checked_and_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
