@@ -33,12 +33,6 @@ EXCEPTIONS = {
     # migration here: it rewrites the primary key of every table the fleet writes, and the foreign keys that
     # point at it, which is a maintenance window on a large database, not a routine upgrade.
     ("*", "primary key", ("id",)): "swapped for (tenant_id, id) when distributing",
-    # One chunk per (document, ordinal); documents belong to one tenant, so the key is equivalent to one led
-    # by tenant_id, and a (tenant_id, document_id) foreign key already ties each chunk to its tenant.
-    ("knowledge_chunks", "unique", ("document_id", "ordinal")): "becomes (tenant_id, document_id, ordinal)",
-    # A merged contact points at the contact it merged into, in the same tenant (the merge runs under that
-    # tenant's row-level security); the reference is checked by id alone.
-    ("contacts", "foreign key", ("merged_into_id",)): "becomes (tenant_id, merged_into_id)",
 }
 
 
