@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser fuzz lint bench clean
+.PHONY: run test browser pgbouncer fuzz cluster-test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Intake needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/intake run
 
-test: $(STAMP) browser
+test: $(STAMP) browser pgbouncer
 	$(BIN)/python -m pytest
 
 # The console's browser tests drive Debian's Chromium: installed here when missing and the machine allows
@@ -27,9 +27,22 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is missing and cannot be installed here: the console's browser tests will be skipped"
 
+# The PgBouncer test (tests/test_pgbouncer.py) starts Debian's pgbouncer in front of the embedded PostgreSQL:
+# installed here when missing and the machine allows; otherwise that test skips with the reason (fails under CI=true).
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } || \
+	  echo "pgbouncer is missing and cannot be installed here: the PgBouncer tests will be skipped"
+
 # The fuzz targets with many more examples than `make test` runs (see the README's Development section).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/test_fuzz.py tests/test_ingress_fuzz.py
+
+# Machines that die (tests/cluster_machines.py; a few minutes, root): two fleet machines in network namespaces
+# over real TCP, one killed mid-flow. On demand only: not part of `make test`.
+cluster-test: $(STAMP) pgbouncer
+	$(BIN)/python -m pytest -p no:cacheprovider -s --timeout=900 tests/cluster_machines.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check config db pipelines workers tests

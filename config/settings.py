@@ -26,7 +26,22 @@ class Settings(BaseSettings):
     # Connection URLs carry passwords: none of these is ever in a repr (a traceback, a debug line).
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL", repr=False)
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL", repr=False)
+    # Redis with automatic failover: the Sentinels to ask where the primary named REDIS_SENTINEL_MASTER is
+    # (`host:port,host:port`). Set, they take the place of REDIS_URL; every client asks again after a failover.
+    redis_sentinels: str | None = Field(default=None, validation_alias="REDIS_SENTINELS")
+    redis_sentinel_master: str = Field(default="mymaster", validation_alias="REDIS_SENTINEL_MASTER",
+                                       min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    # With Sentinels: the password of the primary and its replicas (`requirepass`), and the Sentinels' own.
+    redis_password: str | None = Field(default=None, validation_alias="REDIS_PASSWORD", repr=False)
+    redis_sentinel_password: str | None = Field(default=None, validation_alias="REDIS_SENTINEL_PASSWORD", repr=False)
     admin_database_url: str | None = Field(default=None, repr=False)
+    # A direct (session) connection for LISTEN when DATABASE_URL goes through PgBouncer in transaction mode,
+    # where LISTEN cannot work (the next transaction may run on another server connection). Unset: DATABASE_URL.
+    listen_database_url: str | None = Field(default=None, repr=False)
+    # psycopg prepares a statement after its fifth run on a connection. PgBouncer in transaction mode before
+    # 1.21 hands the next transaction another server connection, where that name is unknown or names another
+    # statement (DuplicatePreparedStatement, or one statement's rows read as another's): false turns it off.
+    db_prepared_statements: bool = True
     home: Path = Path(".intake")
     secret_key: str | None = Field(default=None, repr=False)
     log_format: Literal["json", "console"] | None = None
@@ -144,7 +159,7 @@ class Settings(BaseSettings):
     embedding_model: str = "local-ngram-v1"
     embedding_dim: int = Field(default=384, ge=8, le=4000)
 
-    @field_validator("database_url", "admin_database_url")
+    @field_validator("database_url", "admin_database_url", "listen_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -193,6 +208,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an IP address or a host name such as 127.0.0.1, 10.0.0.5 or 0.0.0.0")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if len(value) > 4096:
+            raise ValueError("is longer than 4096 characters")
+        for address in value.split(","):
+            _sentinel_address(address)
+        return value
+
     @field_validator("default_region")
     @classmethod
     def _check_region(cls, value: str) -> str:
@@ -201,8 +228,33 @@ class Settings(BaseSettings):
         return value.upper()
 
     @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty without Sentinels."""
+        return [_sentinel_address(a) for a in self.redis_sentinels.split(",")] if self.redis_sentinels else []
+
+    @property
+    def redis_configured(self) -> bool:
+        """Whether Redis is given (a URL or Sentinels) rather than embedded."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
+    def listen_url(self) -> str | None:
+        """Where LISTEN connects: INTAKE_LISTEN_DATABASE_URL, else DATABASE_URL (None: embedded)."""
+        return self.listen_database_url or self.database_url
+
+    @property
     def embedded(self) -> bool:
-        return self.database_url is None or self.redis_url is None
+        return self.database_url is None or not self.redis_configured
+
+
+def _sentinel_address(address: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for an IPv6 address) of one Sentinel."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536 \
+            or not host.isprintable() or any(c in host for c in " /@[]"):
+        raise ValueError(f"must be Sentinel addresses as host:port,host:port (not {address[:100]!r})")
+    return host, int(port)
 
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -230,7 +282,7 @@ def load_settings() -> Settings:
         problems = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
-            env = name if name.isupper() else f"INTAKE_{name.upper()}"  # an alias (DATABASE_URL) is the name
+            env = name if name.isupper() else f"INTAKE_{name.upper()}"  # an alias is the variable itself
             problems.append(f"{env}: {error['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 

@@ -158,8 +158,9 @@ def _contacts(md: MetaData) -> None:
         # security, which lower(display_name) cannot (migration 0013).
         Column("display_name_key", Text, Computed("lower(display_name)", persisted=True)),
         _references_tenants(),
-        ForeignKeyConstraint(["merged_into_id"], ["contacts.id"], ondelete="SET NULL"),
         UniqueConstraint("tenant_id", "id"),
+        # Led by the tenant, as every key here is (Citus distributes by it; migration 0019).
+        _tenant_fk("merged_into_id", "contacts", ondelete="SET NULL (merged_into_id)"),
     )
     Index("contacts_tenant_created_idx", contacts.c.tenant_id, contacts.c.created_at)
     Index("contacts_tenant_name_key_idx", contacts.c.tenant_id, contacts.c.display_name_key)
@@ -448,7 +449,7 @@ def _knowledge(md: MetaData, dim: int) -> None:
         Column("embedding", Vector(dim), nullable=False),
         _text("embedding_model"),
         _at("created_at"),
-        UniqueConstraint("document_id", "ordinal"),
+        UniqueConstraint("tenant_id", "document_id", "ordinal"),  # led by the tenant (migration 0019)
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("document_id", "knowledge_documents"),
     )

@@ -55,14 +55,15 @@ def stack() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def admin_engine(stack: dict[str, str]) -> Iterator[Engine]:
-    engine = make_engine(stack["INTAKE_ADMIN_DATABASE_URL"], application_name="intake-tests-admin")
+    engine = make_engine(stack["INTAKE_ADMIN_DATABASE_URL"], prepared_statements=True,
+                         application_name="intake-tests-admin")
     yield engine
     engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def app_engine(stack: dict[str, str]) -> Iterator[Engine]:
-    engine = make_engine(stack["DATABASE_URL"], application_name="intake-tests")
+    engine = make_engine(stack["DATABASE_URL"], prepared_statements=True, application_name="intake-tests")
     yield engine
     engine.dispose()
 

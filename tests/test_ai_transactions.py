@@ -36,7 +36,7 @@ APP = "intake-tests-ai-transactions"
 @pytest.fixture
 def engine(stack: dict[str, str]) -> Iterator[Engine]:
     """An engine of this test's own, so that what it counts is this job's alone."""
-    engine = make_engine(stack["DATABASE_URL"], application_name=APP)
+    engine = make_engine(stack["DATABASE_URL"], prepared_statements=True, application_name=APP)
     yield engine
     engine.dispose()
 

@@ -87,7 +87,7 @@ def fresh_database(stack: dict[str, str]) -> Iterator[str]:
 
 def import_archive(url: str, archive: Path, batch: int = 2000) -> None:
     """The test's re-import: each table's lines through json_populate_recordset, references checked later."""
-    engine = make_engine(url)
+    engine = make_engine(url, prepared_statements=True)
     try:
         with zipfile.ZipFile(archive) as zf, engine.begin() as conn:
             manifest = json.loads(zf.read("manifest.json"))
@@ -137,7 +137,7 @@ def test_an_export_reimports_to_the_same_counts_and_checksums_in_flat_memory(
         "knowledge_chunks", "inbound_events", "replay_tokens", "teams", "ai_drafts", "ai_usage", "sla_policies"))
 
     import_archive(fresh_database, tmp_path / "large.zip")
-    imported_engine = make_engine(fresh_database)
+    imported_engine = make_engine(fresh_database, prepared_statements=True)
     try:
         again, _, _ = export_measured(imported_engine, tenant, tmp_path / "again.zip")
     finally:

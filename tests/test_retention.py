@@ -35,7 +35,7 @@ def clock_engine(stack: dict[str, str]) -> Iterator[Engine]:
                 CREATE ROLE {CLOCK_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
             END IF; END $$""")
         conn.execute(f"GRANT intake_maintenance TO {CLOCK_ROLE}")
-    engine = make_engine(stack["DATABASE_URL"].replace("intake_app@", f"{CLOCK_ROLE}@", 1))
+    engine = make_engine(stack["DATABASE_URL"].replace("intake_app@", f"{CLOCK_ROLE}@", 1), prepared_statements=True)
     yield engine
     engine.dispose()
 

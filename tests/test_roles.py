@@ -257,7 +257,7 @@ from pipelines.demo import ensure_demo
 from workers.embedded.services import EmbeddedServices
 
 key = EmbeddedServices(HOME).secret_key()
-engine = make_engine(os.environ["DATABASE_URL"], pool_size=1)
+engine = make_engine(os.environ["DATABASE_URL"], prepared_statements=True, pool_size=1)
 with engine.begin() as conn:
     ensure_demo(conn, SecretBox(key), HOME / "demo.json")
 os.stat(HOME)  # one more audited look at every file

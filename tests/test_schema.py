@@ -167,7 +167,7 @@ def test_the_declared_schema_creates_the_tables_the_migrations_create(
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {scratch}")
     declared_url = migrated.replace("/intake?", f"/{scratch}?")
-    engine = make_engine(declared_url, application_name="intake-tests-declared")
+    engine = make_engine(declared_url, prepared_statements=True, application_name="intake-tests-declared")
     try:
         with engine.begin() as connection:
             connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))

@@ -20,6 +20,7 @@ from dramatiq.middleware import (
 
 from config import Settings, configure_logging, get_settings
 from pipelines.errors import is_retryable
+from workers import redis_clients
 from workers.embedded.runtime import ServicesUnavailable
 from workers.middleware.dispatch import WebhookDispatch
 from workers.middleware.heap import FreezeBootHeap
@@ -32,11 +33,12 @@ from workers.resources import engine
 
 
 def build_broker(settings: Settings, *, metrics: bool = False) -> RedisBroker:
-    """The fleet's broker for these settings; `settings.redis_url` must be set (a Runtime resolves it).
+    """The fleet's broker for these settings; `settings.redis_url` or REDIS_SENTINELS must be set (a Runtime
+    resolves the embedded Redis's URL).
 
     `metrics` adds dramatiq's Prometheus exposition (only `intake worker` wants it: it forks its server).
     """
-    if not settings.redis_url:
+    if not settings.redis_configured:
         raise ServicesUnavailable("REDIS_URL is unset: start workers with `intake worker` (it finds the embedded "
                                   "Redis) or set REDIS_URL")
 
@@ -69,17 +71,16 @@ def build_broker(settings: Settings, *, metrics: bool = False) -> RedisBroker:
         from dramatiq.middleware.prometheus import Prometheus
 
         middleware.append(Prometheus())
+    client = redis_clients.client(settings, settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
+                                  health_check_interval=30)
     broker = RedisBroker(
-        url=settings.redis_url,
+        client=client,
         namespace=NAMESPACE,
         middleware=middleware,
         # A SIGKILLed worker's unacknowledged messages come back after this long, not after a minute.
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         # Requeue crashed workers' messages often enough that recovery takes seconds.
         maintenance_chance=100_000,  # 10% of broker commands (dramatiq scales by 1,000,000)
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
     )
     for queue in QUEUES:
         broker.declare_queue(queue)

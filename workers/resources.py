@@ -40,8 +40,8 @@ def engine(*, admin: bool = False) -> Engine:
         found = _engines.get(key)
         if found is None:
             settings = get_settings()
-            found = make_engine(_database_url(admin), pool_size=max(2, settings.worker_threads),
-                                application_name="intake-worker")
+            found = make_engine(_database_url(admin), prepared_statements=settings.db_prepared_statements,
+                                pool_size=max(2, settings.worker_threads), application_name="intake-worker")
             if priority.current() > 0:
                 # A worker below normal priority (`intake worker --nice`) has its backends follow it.
                 event.listen(found, "connect", _renice_backend)

@@ -14,7 +14,8 @@ target_metadata = metadata_for(int(context.config.attributes.get("embedding_dim"
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(url, poolclass=pool.NullPool,
+                           connect_args=dict(context.config.attributes.get("driver_options", {})))
     with engine.connect() as connection:
         context.configure(
             connection=connection,

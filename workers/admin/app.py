@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +25,7 @@ from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
 from pipelines.webhooks.endpoints import Endpoints
+from workers import redis_clients
 from workers.admin import conversations, data, lifecycle, operations, sla, webhooks
 from workers.admin.cache import TenantCache
 from workers.admin.console import console_routes
@@ -44,15 +44,19 @@ class Admin:
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
-        self.app_engine: Engine = make_engine(database_url, pool_size=4, application_name="intake-admin")
-        self.owner_engine: Engine = make_engine(admin_database_url, pool_size=4, application_name="intake-admin-owner")
+        prepared = settings.db_prepared_statements
+        self.app_engine: Engine = make_engine(database_url, prepared_statements=prepared, pool_size=4,
+                                              application_name="intake-admin")
+        self.owner_engine: Engine = make_engine(admin_database_url, prepared_statements=prepared, pool_size=4,
+                                                application_name="intake-admin-owner")
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
         self.webhooks = Endpoints(SecretBox(secret_key), allow_private=settings.webhook_allow_private_networks)
         self.jobs = Jobs()
         self.key_buckets = TokenBuckets()  # requests per API key (read and charged on the event loop only)
         self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5) if settings.redis_url else None
+        self.redis = (redis_clients.client(settings, settings.redis_url, socket_connect_timeout=5)
+                      if settings.redis_configured else None)
 
     def authenticate(self, key: str | None) -> Principal | None:
         """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""

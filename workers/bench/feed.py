@@ -97,7 +97,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def endpoints_for(stack: Stack, tenants: list[TenantId], url: str, *, enabled: bool) -> list[uuid.UUID]:
-    engine = make_engine(stack.app_url, pool_size=1, application_name="intake-bench")
+    engine = make_engine(stack.app_url, prepared_statements=True, pool_size=1, application_name="intake-bench")
     tools = Endpoints(SecretBox(stack.secret_key), allow_private=True)
     made = []
     try:
@@ -118,7 +118,7 @@ def record_events(stack: Stack, tenants: list[TenantId], count: int, *, chunk: i
     """`count` events spread over the tenants and their conversations, `chunk` per transaction."""
     rng = random.Random(seed)
     conversations = {t: [uuid.UUID(int=rng.getrandbits(128)) for _ in range(CONVERSATIONS)] for t in tenants}
-    engine = make_engine(stack.app_url, pool_size=1, application_name="intake-bench")
+    engine = make_engine(stack.app_url, prepared_statements=True, pool_size=1, application_name="intake-bench")
     try:
         for start in range(0, count, chunk):
             tenant = tenants[(start // chunk) % len(tenants)]

@@ -58,7 +58,7 @@ ISSUED = {"twilio": {"auth_token": "bench-twilio"}, "whatsapp": {"app_secret": "
 
 
 def create_inboxes(stack: Stack, tenants: int) -> list[dict[str, CreatedInbox]]:
-    engine = make_engine(stack.app_url, pool_size=1, application_name="intake-bench")
+    engine = make_engine(stack.app_url, prepared_statements=True, pool_size=1, application_name="intake-bench")
     box = SecretBox(stack.secret_key)
     try:
         result = []

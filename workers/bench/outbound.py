@@ -102,7 +102,7 @@ def run_outbound(options: OutboundOptions, progress: Progress) -> dict[str, Any]
     with fake_twilio() as (base, fake), open_stack(options.database_url, options.admin_database_url,
                                                   options.redis_url) as stack:
         stack.env["INTAKE_TWILIO_API_BASE"] = base
-        engine = make_engine(stack.app_url, pool_size=2, application_name="intake-bench")
+        engine = make_engine(stack.app_url, prepared_statements=True, pool_size=2, application_name="intake-bench")
         try:
             progress("outbound: queueing replies", None)
             threads = _threads(engine, stack, options.tenants)

@@ -129,7 +129,7 @@ def open_stack(database_url: str | None, admin_database_url: str | None, redis_u
 
 def create_tenants(stack: Stack, count: int, *, first: int = 0) -> list[dict[str, CreatedInbox]]:
     """`count` tenants with one inbox of each bench channel, known secrets for the channels that need them."""
-    engine = make_engine(stack.app_url, pool_size=1, application_name="intake-bench")
+    engine = make_engine(stack.app_url, prepared_statements=True, pool_size=1, application_name="intake-bench")
     box = SecretBox(stack.secret_key)
     issued = {"twilio": {"auth_token": "bench-twilio"}, "whatsapp": {"app_secret": "bench-meta"}}
     tenants = []

@@ -33,7 +33,8 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
 
     rt = runtime()
     settings = get_settings()
-    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-kb")
+    engine = make_engine(rt.database_url, prepared_statements=rt.settings.db_prepared_statements,
+                         pool_size=1, application_name="intake-kb")
     with engine.begin() as conn:
         tenant = resolve_tenant(conn, tenant_id)
         from pipelines.assist import ai_settings
@@ -82,7 +83,8 @@ def ai_reclassify(tenant_id: str, since: datetime | None, batch: int, as_json: b
 
     rt = runtime()
     settings = get_settings()
-    engine = make_engine(rt.database_url, pool_size=2, application_name="intake-ai")
+    engine = make_engine(rt.database_url, prepared_statements=rt.settings.db_prepared_statements,
+                         pool_size=2, application_name="intake-ai")
     with engine.begin() as conn:
         tenant = resolve_tenant(conn, tenant_id)
         ids = [r[0] for r in conn.execute(text(

@@ -91,7 +91,8 @@ def maintenance_runtime(command: str) -> Runtime:
 
 @contextmanager
 def app_transaction(rt: Runtime) -> Iterator[Any]:
-    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-cli")
+    engine = make_engine(rt.database_url, prepared_statements=rt.settings.db_prepared_statements,
+                         pool_size=1, application_name="intake-cli")
     try:
         with engine.begin() as conn:
             yield conn
@@ -129,7 +130,8 @@ def admin_engine(rt: Runtime | None = None) -> Engine:
     rights, since under row-level security a cross-tenant command would see nothing and say so."""
     if rt is None:
         rt = maintenance_runtime(_command_name(click.get_current_context()))
-    return make_engine(rt.admin_database_url, pool_size=2, application_name="intake-ops")
+    return make_engine(rt.admin_database_url, prepared_statements=rt.settings.db_prepared_statements,
+                       pool_size=2, application_name="intake-ops")
 
 
 def _command_name(ctx: click.Context) -> str:

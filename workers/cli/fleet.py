@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config import Settings, get_settings
 from pipelines.crypto import SecretBox
 from pipelines.demo import write_private
+from workers import redis_clients
 from workers.broker import ensure
 from workers.cli.common import (
     admin_engine,
@@ -104,7 +105,8 @@ def migrate() -> None:
     from db import migrate as migrations
 
     rt = runtime()
-    migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
+    migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim,
+                       prepared_statements=rt.settings.db_prepared_statements)
     console.print("[green]database is up to date[/]")
 
 
@@ -273,7 +275,8 @@ def run(host: str, port: int, processes: int, threads: int, admin_port: int) -> 
         if rt.admin_database_url == rt.database_url:
             raise ServicesUnavailable("intake run migrates and runs the clock as the schema owner, and the web "
                                       "and workers as the fleet's role: set INTAKE_ADMIN_DATABASE_URL too")
-        migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim)
+        migrations.upgrade(rt.admin_database_url, embedding_dim=rt.settings.embedding_dim,
+                       prepared_statements=rt.settings.db_prepared_statements)
         # Checked here, not in each child: a child refused at start would be restarted again and again.
         check_maintenance(rt.admin_database_url, command="intake run (its clock)", what=admin_source(rt))
         check_unprivileged(rt.database_url)
@@ -364,7 +367,8 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
     database_url = redacted(rt.database_url)
     out.print(f"[bold green]Intake is running[/] on {base} with a demo tenant {demo['tenant_id']}")
     out.print(f"  inboxes and their secrets: {path}")
-    out.print(f"  database: {database_url}\n  redis:    {redacted(rt.redis_url)}")
+    redis_at = redacted(redis_clients.describe(rt.settings, rt.redis_url))
+    out.print(f"  database: {database_url}\n  redis:    {redis_at}")
     out.print("Send a message as Telegram would:")
     out.print(f"  curl -s {url} -H 'content-type: application/json' \\\n"
               f"    -H 'X-Telegram-Bot-Api-Secret-Token: {telegram['secrets']['secret_token']}' \\\n"

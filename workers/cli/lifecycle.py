@@ -27,6 +27,7 @@ from pipelines.lifecycle import deletion, erasure, jobs, sla, stats
 from pipelines.lifecycle.business_hours import DAYS
 from pipelines.lifecycle.export import count_rows, export_tenant
 from pipelines.lifecycle.retention import RetentionPolicy
+from workers import redis_clients
 from workers.cli.common import BadInput, admin_engine, emit, friendly_errors, out, progress, runtime
 from workers.cli.control import actor
 from workers.embedded.runtime import Runtime
@@ -56,7 +57,8 @@ def _plain(value: str, what: str, limit: int = MAX_ARGUMENT) -> str:
 @contextmanager
 def tenant_transaction(rt: Runtime, tenant_id: uuid.UUID, *, repeatable: bool = False) -> Iterator[Connection]:
     """A transaction as the fleet's role, bound to the tenant (refused when there is no such tenant)."""
-    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-cli")
+    engine = make_engine(rt.database_url, prepared_statements=rt.settings.db_prepared_statements,
+                         pool_size=1, application_name="intake-cli")
     try:
         options = {"isolation_level": "REPEATABLE READ"} if repeatable else {}
         with engine.connect().execution_options(**options) as conn, conn.begin():
@@ -67,7 +69,7 @@ def tenant_transaction(rt: Runtime, tenant_id: uuid.UUID, *, repeatable: bool = 
 
 
 def redis_client(rt: Runtime) -> redis.Redis:
-    return redis.Redis.from_url(rt.redis_url, socket_connect_timeout=5)
+    return redis_clients.client(rt.settings, rt.redis_url, socket_connect_timeout=5)
 
 
 # -- contact erase --------------------------------------------------------------------------------
@@ -153,7 +155,8 @@ def tenant_delete(tenant_id: str, confirm: str, as_json: bool) -> None:
     with tenant_transaction(rt, tenant_uuid):
         pass  # refused here when there is no such tenant
     tenant = TenantId(tenant_uuid)
-    engine = make_engine(rt.database_url, pool_size=1, application_name="intake-cli")
+    engine = make_engine(rt.database_url, prepared_statements=rt.settings.db_prepared_statements,
+                         pool_size=1, application_name="intake-cli")
     client = redis_client(rt)
     try:
         deletion.disable(engine, tenant)

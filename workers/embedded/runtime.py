@@ -42,7 +42,8 @@ class Runtime:
             env["INTAKE_ADMIN_DATABASE_URL"] = self.admin_database_url
         else:
             env.pop("INTAKE_ADMIN_DATABASE_URL", None)
-        env["REDIS_URL"] = self.redis_url
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
         env["INTAKE_HOME"] = str(self.settings.home)
         if self.secret_key:
             env["INTAKE_SECRET_KEY"] = self.secret_key
@@ -52,9 +53,15 @@ class Runtime:
         """The settings with this runtime's URLs and key filled in, to hand to the code this process runs;
         without `admin`, for the web and workers, which are not handed the maintenance connection."""
         return self.settings.model_copy(update={
-            "database_url": self.database_url, "redis_url": self.redis_url, "secret_key": self.secret_key,
+            "database_url": self.database_url, "redis_url": self.redis_url or None, "secret_key": self.secret_key,
             "admin_database_url": self.admin_database_url if admin else None,
         })
+
+    @property
+    def listen_database_url(self) -> str:
+        """A direct (session) connection for LISTEN: INTAKE_LISTEN_DATABASE_URL when DATABASE_URL goes through
+        PgBouncer in transaction mode (where LISTEN cannot work), else DATABASE_URL."""
+        return self.settings.listen_database_url or self.database_url
 
     def require_secret_key(self) -> str:
         if not self.secret_key:
@@ -68,7 +75,7 @@ def resolve(settings: Settings, *, start: bool = False) -> Runtime:
     database_url, redis_url = settings.database_url, settings.redis_url
     admin_url = settings.admin_database_url
     secret_key = settings.secret_key
-    if database_url is None or redis_url is None:
+    if database_url is None or not settings.redis_configured:
         embedded = EmbeddedServices(settings.home)
         status = embedded.up() if start else embedded.status()
         if database_url is None:
@@ -78,7 +85,7 @@ def resolve(settings: Settings, *, start: bool = False) -> Runtime:
                     "run `intake services up`, or set DATABASE_URL"
                 )
             database_url, admin_url = status.database_url, admin_url or status.admin_database_url
-        if redis_url is None:
+        if not settings.redis_configured:
             if status.redis_url is None:
                 raise ServicesUnavailable(
                     f"REDIS_URL is unset and the embedded Redis in {status.home} is not running: "
@@ -86,7 +93,8 @@ def resolve(settings: Settings, *, start: bool = False) -> Runtime:
                 )
             redis_url = status.redis_url
         secret_key = secret_key or embedded.secret_key()
-    return Runtime(settings, database_url, admin_url or database_url, redis_url, secret_key, embedded)
+    # With REDIS_SENTINELS and no REDIS_URL the URL is empty: every client asks the Sentinels (workers.redis_clients).
+    return Runtime(settings, database_url, admin_url or database_url, redis_url or "", secret_key, embedded)
 
 
 def check_database(url: str, *, what: str = "DATABASE_URL") -> None:

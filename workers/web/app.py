@@ -46,9 +46,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Settings
+from db.engine import driver_options
 from pipelines.channels import ADAPTERS, Delivery, PayloadError, SignatureError, VerifyContext, WebhookRequest
 from pipelines.channels.whatsapp import handshake
 from pipelines.crypto import SecretBox
+from workers import redis_clients
 from workers.queues import INGEST_ACTOR, INGEST_QUEUE, enqueue_async
 from workers.web.answers import Answer, accepted, client_slowed, error, failure
 from workers.web.bodies import DRAIN_LIMIT_BYTES, BodyTooLarge, ParseTimeout, drain, read_body
@@ -83,9 +85,11 @@ class Ingress:
         self.settings = settings
         self.pool = AsyncConnectionPool(
             database_url, min_size=1, max_size=settings.db_pool_size, open=False, timeout=5,
-            kwargs={"application_name": "intake-web", "autocommit": True},
+            kwargs={"application_name": "intake-web", "autocommit": True,
+                    **driver_options(prepared_statements=settings.db_prepared_statements)},
         )
-        self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self.redis: aioredis.Redis = redis_clients.async_client(settings, redis_url, socket_connect_timeout=1,
+                                                                socket_timeout=2)
         self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key), ttl=settings.inbox_cache_seconds,
                                       max_entries=settings.inbox_cache_size)
         self.buckets = TokenBuckets(max_keys=max(settings.inbox_cache_size, 10_000))  # per inbox
