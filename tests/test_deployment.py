@@ -19,7 +19,7 @@ from check_jsonschema.builtin_schemas import get_builtin_schema
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent
-FLEET = ("web", "worker", "ai", "clock", "admin")
+FLEET = ("web", "worker", "ai", "deliver", "outbound", "clock", "admin")
 
 
 def procfile() -> dict[str, list[str]]:
@@ -40,6 +40,18 @@ def image_problems(image: str) -> list[str]:
     return [f"{image}: :latest is not a version"] if tag == "latest" else []
 
 
+def in_container(args: list[str], service: dict[str, Any]) -> list[str]:
+    """The Procfile's command as a container runs it: a process the Procfile keeps on 127.0.0.1 listens on
+    the container's own interfaces (its loopback is its own), which is the same promise only when every port
+    it publishes is bound to the host's loopback."""
+    ports = [str(p) for p in service.get("ports", [])]
+    if "--host" in args and args[args.index("--host") + 1] == "127.0.0.1" and all(
+            p.startswith("127.0.0.1:") for p in ports):
+        at = args.index("--host") + 1
+        return [*args[:at], "0.0.0.0", *args[at + 1:]]
+    return args
+
+
 def compose_problems(doc: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(get_builtin_schema("vendor.compose-spec"))
     problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in validator.iter_errors(doc)]
@@ -54,7 +66,7 @@ def compose_problems(doc: Any) -> list[str]:
         if service is None:
             problems.append(f"the Procfile's {name} is not a service")
             continue
-        if service.get("command") != args:
+        if service.get("command") != in_container(args, service):
             problems.append(f"{name}: command {service.get('command')} is not the Procfile's {args}")
         env = service.get("environment", {})
         if "@pgbouncer:" not in env.get("DATABASE_URL", ""):
