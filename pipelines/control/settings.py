@@ -39,6 +39,7 @@ class RetentionSettings(Model):
     audit_days: int | None = Field(default=None, ge=1, le=36_500, description="Audit rows")
     ai_usage_days: int | None = Field(default=None, ge=32, le=36_500,
                                       description="AI usage rows (rolled up into monthly totals first)")
+    change_days: int | None = Field(default=None, ge=1, le=36_500, description="Change feed events")
 
 
 class TenantSettings(Model):

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
-from pipelines import audit, normalize
+from pipelines import audit, changes, normalize
 from pipelines.lifecycle.errors import LifecycleError
 
 KINDS = ("phone", "email", "telegram", "external")
@@ -111,12 +111,18 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID, *, 
     messages = [row.id for row in rows]
     events = sorted({row.event_id for row in rows if row.event_id} | set(_events_naming(conn, tenant, needles)))
     ids.update(messages=messages, events=events, needles=needles, refs=[str(i) for i in (*messages, *events)])
+    # The change feed first, while the contacts still have their names to look for.
+    feed = changes.redact(conn, tenant, people, messages, needles, conversation_ids=ids["conversations"])
     counts = {name: conn.execute(text(statement), ids).rowcount for name, statement in STEPS}
+    counts["change_events"] = feed
     erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts=counts,
                       job_ids=[*messages, *events])
     if not erasure.already_erased:
         audit.record(conn, actor=actor, action="contact.erase", tenant_id=tenant, subject_type="contact",
                      subject_id=contact_id, after={"erased": counts, "contacts": [str(p) for p in people]})
+        changes.record(conn, tenant, [changes.Change("contact.erased", {
+            "contact": {"id": contact_id}, "merged_ids": [p for p in people if p != contact_id]},
+            subject_id=contact_id)])
     return erasure
 
 

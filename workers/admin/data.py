@@ -120,7 +120,7 @@ class TenantStats(BaseModel):
     bytes: int
     tables: dict[str, TableStats]
     retention: dict[str, RetentionDue] = Field(description="Per kind: event_bodies, failures, audit_rows, "
-                                                           "ai_usage_rows")
+                                                           "ai_usage_rows, change_events")
 
 
 def _stats(call: Call, tenant: TenantId) -> TenantStats:
