@@ -130,6 +130,18 @@ def read(conn: Connection, tenant: TenantId, *, after: int = 0, limit: int = 100
     return [Item(int(r.seq), uuid.UUID(str(r.id)), r.type, r.created_at, r.data) for r in rows]
 
 
+def parse_types(value: str | None) -> list[str] | None:
+    """`a,b` as a list of known types (None: every type); an unknown one is a ValueError naming it."""
+    if value is None or not value.strip():
+        return None
+    wanted = [t.strip() for t in value.split(",") if t.strip()]
+    for name in wanted:
+        if name not in TYPES:
+            shown = name if name.isprintable() and len(name) <= 40 else repr(name[:40])
+            raise ValueError(f"unknown event type {shown}: use some of {', '.join(TYPES)}")
+    return sorted(set(wanted))
+
+
 def picked(row: Any, prefix: str, names: Sequence[str]) -> dict[str, Any]:
     """The fields `names` of a row that a RETURNING clause gave as `<prefix><name>` (MESSAGE_COLUMNS' m_)."""
     return {name: getattr(row, prefix + name) for name in names}

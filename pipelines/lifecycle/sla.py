@@ -53,7 +53,7 @@ WHERE tenant_id = :t AND id = :id
   AND (first_response_due_at IS DISTINCT FROM :first_due OR resolution_due_at IS DISTINCT FROM :resolution_due)
 """)
 # Breaches, a bounded batch at a time; `resolution` tells which due time passed (the resolution wins).
-BREACH = text(f"""
+BREACH = text("""
 UPDATE conversations c SET sla_breached_at = :now
 WHERE c.tenant_id = :t AND c.id IN (
     SELECT o.id FROM conversations o
@@ -65,8 +65,8 @@ WHERE c.tenant_id = :t AND c.id IN (
                                  AND m.direction = 'outbound'
                                  AND m.sent_at >= o.sla_started_at AND m.sent_at <= o.first_response_due_at)))
     ORDER BY o.id LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING c.id, coalesce(c.resolution_due_at <= :now, false) AS resolution,
-          c.first_response_due_at, c.resolution_due_at, {changes.columns(changes.CONVERSATION_COLUMNS, "c")}
+RETURNING c.id, coalesce(c.resolution_due_at <= :now, false) AS resolution, c.status, c.priority,
+          c.first_response_due_at, c.resolution_due_at
 """)
 UPSERT = text("""
 INSERT INTO sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes, time_zone,
@@ -164,10 +164,12 @@ def mark_breaches(conn: Connection, tenant: TenantId, now: datetime, *, limit: i
             breaches.resolution += 1
         else:
             breaches.first_response += 1
+        # The conversation's columns the clock's role may read (migration 0012): the clock knows no texts.
         events.append(changes.Change("sla.breached", {
-            "conversation": changes.conversation(row), "breach": "resolution" if row.resolution else "first_response",
-            "breached_at": now, "first_response_due_at": row.first_response_due_at,
-            "resolution_due_at": row.resolution_due_at}, conversation_id=row.id, subject_id=row.id))
+            "conversation": {"id": row.id, "status": row.status, "priority": row.priority},
+            "breach": "resolution" if row.resolution else "first_response", "breached_at": now,
+            "first_response_due_at": row.first_response_due_at, "resolution_due_at": row.resolution_due_at},
+            conversation_id=row.id, subject_id=row.id))
     changes.record(conn, tenant, events)
     return breaches
 
