@@ -1,7 +1,7 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data` and `sla`; `GET /v1/admin/openapi.json`
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `changes`; `GET /v1/admin/openapi.json`
 is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
@@ -25,8 +25,9 @@ from db.engine import make_engine
 from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
-from workers.admin import data, lifecycle, operations, sla
+from workers.admin import changes, data, lifecycle, operations, sla
 from workers.admin.console import console_routes
+from workers.admin.feed import ChangeListener
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
 from workers.admin.openapi import document
@@ -36,7 +37,7 @@ OPENAPI_PATH = "/v1/admin/openapi.json"
 
 class Admin:
     """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox tools, the jobs."""
+    records wait), the inbox tools, the jobs, and the one LISTEN connection of every change stream."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -45,6 +46,7 @@ class Admin:
         base = settings.public_base_url or "http://127.0.0.1:8000"
         self.inboxes = Inboxes(SecretBox(secret_key), base)
         self.jobs = Jobs()
+        self.feed = ChangeListener(database_url)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5) if settings.redis_url else None
 
     def authenticate(self, key: str | None) -> Principal | None:
@@ -55,6 +57,7 @@ class Admin:
             return authenticate(conn, key)
 
     def close(self) -> None:
+        self.feed.close()
         self.jobs.shutdown()
         self.app_engine.dispose()
         self.owner_engine.dispose()
@@ -63,7 +66,8 @@ class Admin:
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints()]
+    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
+            *changes.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:

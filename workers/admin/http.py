@@ -100,6 +100,7 @@ class Call:
     query: Any = None
     tenant: uuid.UUID | None = None
     params: dict[str, str] = field(default_factory=dict)  # the path's words (`Endpoint.path_choices`)
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's (a stream's Last-Event-ID)
     _bound: list[Connection] = field(default_factory=list)
 
     @property
@@ -234,7 +235,7 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
                     ids[name] = uuid.UUID(value)
                 except ValueError:
                     raise NotFound(f"no such {name.removesuffix('_id')}") from None
-            call = Call(admin, principal, rid, ids, params=params)
+            call = Call(admin, principal, rid, ids, params=params, headers=request.headers)
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
             if endpoint.body is not None:
