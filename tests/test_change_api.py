@@ -165,7 +165,8 @@ def test_another_tenants_key_finds_no_feed(served: tuple[str, Any], admin_engine
         assert c.get(f"{A}/tenants/{uuid.uuid4()}/changes").status_code == 404
     with client(base, make_key(admin_engine, name="feed op")) as op:
         assert op.get(f"{A}/tenants/{uuid.uuid4()}/changes/stream").status_code == 404
-    assert client(base).get(f"{A}/tenants/{theirs}/changes/stream").status_code == 401
+    with client(base) as anonymous:
+        assert anonymous.get(f"{A}/tenants/{theirs}/changes/stream").status_code == 401
 
 
 def test_a_stream_sends_new_events_promptly_and_resumes_without_gap_or_repeat(
@@ -234,15 +235,17 @@ def test_the_cli_lists_and_tails_the_feed(admin_engine: Engine, app_engine: Engi
     assert intake("list", "--tenant", "not-a-uuid").returncode == 1
     assert intake("list", "--tenant", str(uuid.uuid4())).returncode == 1  # no such tenant
 
-    tail = subprocess.Popen([INTAKE, "changes", "tail", "--tenant", str(tenant), "--after", "2"],
-                            stdout=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()], daemon=True).start()
-    try:
-        assert json.loads(lines.get(timeout=60))["seq"] == 3
-        add(app_engine, tenant, "contact.merged")
-        followed = json.loads(lines.get(timeout=30))
-        assert (followed["seq"], followed["type"]) == (4, "contact.merged")
-    finally:
-        tail.terminate()
-        tail.wait(timeout=20)
+    with subprocess.Popen([INTAKE, "changes", "tail", "--tenant", str(tenant), "--after", "2"],
+                          stdout=subprocess.PIPE, text=True) as tail:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()], daemon=True)
+        reader.start()
+        try:
+            assert json.loads(lines.get(timeout=60))["seq"] == 3
+            add(app_engine, tenant, "contact.merged")  # committed while it follows: it arrives by itself
+            followed = json.loads(lines.get(timeout=30))
+            assert (followed["seq"], followed["type"]) == (4, "contact.merged")
+        finally:
+            tail.terminate()
+            tail.wait(timeout=20)
+            reader.join(timeout=10)
