@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     retention_audit_days: int = Field(default=365, ge=30, le=36_500)  # the audit trail's floor: 30 days
     # At least 32: a month's usage rows stay whole while its AI budget is being counted.
     retention_ai_usage_days: int = Field(default=90, ge=32, le=36_500)
+    retention_change_days: int = Field(default=30, ge=1, le=36_500)
+    # A change stream's comment when nothing happened for this long (keeps proxies from closing it).
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600)
     retention_batch: int = Field(default=1000, ge=10, le=50_000)
     retention_interval_seconds: float = Field(default=600.0, gt=0)
 

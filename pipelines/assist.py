@@ -4,6 +4,10 @@ The work is split so that the caller decides which transactions a provider call 
 what a message needs, `think` calls the provider and reads through the function it is given, `store`
 writes the results with ON CONFLICT on (message, prompt version), so a retried or replayed job changes
 nothing. A hosted provider runs with no transaction open; the in-process one inside the message's own.
+
+`store` and `check_budget` append the change events of what they wrote (`message.classified`,
+`draft.created`, `budget.alert`) to the caller's `feed`, which the caller records as its transaction's last
+statement (`pipelines.changes`). The message's part of an event is the row `store` already locks.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pipelines.ai.base import (
     Provider,
     Usage,
 )
+from pipelines.changes import MESSAGE_COLUMNS, Change, columns, message
 from pipelines.lifecycle import erasure, sla
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
@@ -254,9 +259,10 @@ RECLASSIFIED = ("category", "priority", "sentiment", "sentiment_score", "languag
 # The message as `store` writes about it, still holding what `load` read. FOR SHARE waits for an erasure in
 # progress (it updates the row) and holds a later one back until these results are in, where it finds them.
 # Text that changed since (another person erased from it, or an edit) is not judged by results about the old
-# one: nothing is stored, and the AI sweep sends the message again.
-NOT_ERASED = text("""
-SELECT 1 FROM messages WHERE tenant_id = :t AND id = :id AND (content <> '' OR metadata <> CAST(:erased AS jsonb))
+# one: nothing is stored, and the AI sweep sends the message again. The row comes back for the feed's events.
+NOT_ERASED = text(f"""
+SELECT {columns(MESSAGE_COLUMNS, "messages")} FROM messages
+WHERE tenant_id = :t AND id = :id AND (content <> '' OR metadata <> CAST(:erased AS jsonb))
 AND content = :content AND subject IS NOT DISTINCT FROM CAST(:subject AS text)
 FOR SHARE
 """)
@@ -287,11 +293,14 @@ CONVERSATION_ROUTED = update(conversations).where(
 
 
 def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, prices: dict[str, tuple[float, float]],
-          *, force: bool = False) -> dict[str, bool]:
+          *, force: bool = False, feed: list[Change] | None = None) -> dict[str, bool]:
     stored = {"classification": False, "draft": False}
-    if direct.first(conn, NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA,
-                                       "content": ctx.text, "subject": ctx.subject}) is None:
+    row = direct.first(conn, NOT_ERASED, {"t": tenant, "id": ctx.message_id, "erased": erasure.ERASED_METADATA,
+                                          "content": ctx.text, "subject": ctx.subject})
+    if row is None:
         return stored  # erased or redacted while the provider thought: its reasoning and draft would quote the person
+    events: list[Change] = []
+    the_message = message(row)
     classification = results.classification
     if classification is not None and ctx.want_classification:
         usage = next(u for f, u in results.usage if f == "classify")
@@ -305,6 +314,12 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
             "is_auto_reply": ctx.auto_reply or classification.category == "auto_reply",
             "provider": usage.provider, "model": usage.model}).first()
         stored["classification"] = row is not None
+        if row is not None:
+            events.append(Change("message.classified", {"message": the_message, "classification": {
+                "id": row.id, **classification.model_dump(include={
+                    "category", "priority", "sentiment", "sentiment_score", "language", "confidence", "reasoning"}),
+                "suggested_team_id": team, "provider": usage.provider, "model": usage.model}},
+                conversation_id=ctx.conversation_id, subject_id=ctx.message_id))
         if row is not None and ctx.is_latest:
             conn.execute(CONVERSATION_ROUTED, {"t": tenant, "c": ctx.conversation_id, "team": team,
                                                "category": classification.category,
@@ -318,6 +333,14 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
             "cited_chunk_ids": results.draft.cited_chunk_ids, "confidence": results.draft.confidence,
             "language": results.draft.language, "provider": usage.provider, "model": usage.model}).first()
         stored["draft"] = row is not None
+        if row is not None:
+            events.append(Change("draft.created", {"message": the_message, "draft": {
+                "id": row.id, "message_id": ctx.message_id, "conversation_id": ctx.conversation_id,
+                "status": "pending", "content": results.draft.text, "confidence": results.draft.confidence,
+                "language": results.draft.language, "cited_chunk_ids": results.draft.cited_chunk_ids}},
+                conversation_id=ctx.conversation_id, subject_id=ctx.message_id))
+    if feed is not None:
+        feed.extend(events)
     if stored["classification"] or stored["draft"]:
         # Usage is recorded once, with the results it paid for (a replayed job that stores nothing, costs nothing).
         record_usage(conn, tenant, ctx.message_id, results.usage, prices)
@@ -338,8 +361,10 @@ def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | Non
         "cost_usd": cost(usage, prices), "latency_ms": usage.latency_ms} for feature, usage in usages])
 
 
-def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None) -> bool:
-    """Raise the 80% and 100% alerts for this month; True while the tenant may still spend."""
+def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None, *,
+                 feed: list[Change] | None = None) -> bool:
+    """Raise the 80% and 100% alerts for this month (each once, told to `feed`); True while the tenant may
+    still spend."""
     if not budget_usd:
         return True
     now = now or datetime.now(UTC)
@@ -350,7 +375,11 @@ def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, n
     budget = Decimal(str(budget_usd))
     for threshold in (80, 100):
         if spent >= budget * threshold / 100:
-            conn.execute(pg_insert(budget_alerts).values(
+            alert = conn.execute(pg_insert(budget_alerts).values(
                 tenant_id=tenant, month=month, threshold=threshold, spent_usd=spent, budget_usd=budget)
-                .on_conflict_do_nothing())
+                .on_conflict_do_nothing().returning(budget_alerts.c.id)).scalar()
+            if alert is not None and feed is not None:
+                feed.append(Change("budget.alert", {"budget_alert": {
+                    "id": alert, "month": month.isoformat(), "threshold": threshold, "spent_usd": float(spent),
+                    "budget_usd": float(budget)}}, subject_id=alert))
     return spent < budget

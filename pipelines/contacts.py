@@ -6,6 +6,10 @@ and when another worker claimed one first, deletes the contact it just made (its
 with it) and looks again (the conflicting insert waited for that worker's commit, so the next look sees
 it). When one message's identities belong to two contacts, they are merged into the oldest,
 deterministically.
+
+The functions that create or merge contacts take an optional `feed`, a list they append the change events
+of what they did to (`contact.created`, `contact.merged`), for the caller to record with the rest of its
+transaction's changes (`pipelines.changes`): the events are built from values at hand, never read again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy import Connection, func, insert, or_, select, text, update
 from db import batch, direct
 from db.schema import audit_logs, contact_identities, contact_merges, contacts, conversations, messages
 from db.tenancy import TenantId
+from pipelines.changes import Change
 from pipelines.errors import PermanentError
 
 MAX_ATTEMPTS = 5
@@ -97,6 +102,13 @@ def _pairs(identities: Identities) -> str:
     return batch.rows({"kind": k, "value": v} for k, v in identities)
 
 
+def created(contact: uuid.UUID, name: str | None, identities: Identities) -> Change:
+    """`contact.created`: the new contact with the identities it claimed."""
+    return Change("contact.created", {"contact": {
+        "id": contact, "display_name": name,
+        "identities": [{"kind": k, "value": v} for k, v in sorted(identities)]}}, subject_id=contact)
+
+
 class ResolutionConflict(PermanentError):
     """One message's identities kept changing hands through every attempt. Ingest runs one transaction per
     tenant, so this is not a race another try would win: the event is set aside (replayable), not the job."""
@@ -104,7 +116,7 @@ class ResolutionConflict(PermanentError):
 
 def resolve_contact(
     conn: Connection, tenant: TenantId, identities: Sequence[tuple[str, str]], name: str | None, *,
-    known: dict[tuple[str, str], uuid.UUID] | None = None,
+    known: dict[tuple[str, str], uuid.UUID] | None = None, feed: list[Change] | None = None,
 ) -> uuid.UUID:
     """The contact these identities belong to, created or merged as needed.
 
@@ -125,12 +137,14 @@ def resolve_contact(
             if row.claimed == len(wanted):
                 if name:
                     record_duplicate_candidates(conn, tenant, [(row.id, name, wanted)])
+                if feed is not None:
+                    feed.append(created(row.id, name, wanted))
                 return uuid.UUID(str(row.id))
             # Another worker claimed one of these first: drop ours (its identities go with it) and look again.
             conn.execute(text("DELETE FROM contacts WHERE id = :id"), {"id": row.id})
             continue
         if len(owners) > 1:
-            contact = merge_contacts(conn, tenant, owners, reason="shared identity", identities=wanted)
+            contact = merge_contacts(conn, tenant, owners, reason="shared identity", identities=wanted, feed=feed)
             current_name = None
         else:
             contact = owners[0]
@@ -159,7 +173,8 @@ LOCK_MANY = text("SELECT id, merged_into_id FROM contacts "
 
 
 def resolve_contacts(
-    conn: Connection, tenant: TenantId, people: Sequence[tuple[Sequence[tuple[str, str]], str | None]]
+    conn: Connection, tenant: TenantId, people: Sequence[tuple[Sequence[tuple[str, str]], str | None]], *,
+    feed: list[Change] | None = None,
 ) -> list[uuid.UUID]:
     """`resolve_contact` for a batch: one look-up and one lock for every sender already known.
 
@@ -184,7 +199,7 @@ def resolve_contacts(
     # identity) keeps two workers that meet the same new senders from deadlocking on each other.
     slow = sorted((i for i in range(len(people)) if i not in resolved), key=lambda i: sorted(people[i][0]))
     unknown = [i for i in slow if not any(pair in owner for pair in people[i][0])]
-    for index, contact in create_contacts(conn, tenant, [people[i] for i in unknown]).items():
+    for index, contact in create_contacts(conn, tenant, [people[i] for i in unknown], feed=feed).items():
         for pair in people[unknown[index]][0]:
             owner[pair] = contact
         live.add(contact)
@@ -195,7 +210,7 @@ def resolve_contacts(
         if all(owner.get(pair) in live for pair in identities) and len({owner[p] for p in identities}) == 1:
             resolved[index] = owner[identities[0]]  # resolved a moment ago for an earlier sender
             continue
-        contact = resolve_contact(conn, tenant, identities, name, known=owner)
+        contact = resolve_contact(conn, tenant, identities, name, known=owner, feed=feed)
         for pair in identities:
             owner[pair] = contact
         live.add(contact)
@@ -215,8 +230,8 @@ def resolve_contacts(
     return [resolved[i] for i in range(len(people))]
 
 
-def create_contacts(conn: Connection, tenant: TenantId,
-                    senders: Sequence[tuple[Identities, str | None]]) -> dict[int, uuid.UUID]:
+def create_contacts(conn: Connection, tenant: TenantId, senders: Sequence[tuple[Identities, str | None]], *,
+                    feed: list[Change] | None = None) -> dict[int, uuid.UUID]:
     """New contacts for senders none of whose identities is known yet, in one statement.
 
     Senders of the batch that share an identity are one person and get one contact (the first name
@@ -258,12 +273,14 @@ def create_contacts(conn: Connection, tenant: TenantId,
         conn.execute(text("DELETE FROM contacts WHERE tenant_id = :t AND id = ANY(:ids)"), {"t": tenant, "ids": lost})
     kept = set(ids) - set(lost)
     record_duplicate_candidates(conn, tenant, [(c, names[c], sorted(wanted[c])) for c in sorted(kept) if names[c]])
+    if feed is not None:
+        feed.extend(created(c, names[c], sorted(wanted[c])) for c in ids if c in kept)
     return {index: contacts[index] for index in range(len(senders)) if contacts[index] in kept}
 
 
 def merge_contacts(
     conn: Connection, tenant: TenantId, contact_ids: Sequence[uuid.UUID], *, reason: str,
-    identities: Sequence[tuple[str, str]] = (),
+    identities: Sequence[tuple[str, str]] = (), feed: list[Change] | None = None,
 ) -> uuid.UUID:
     """Merge contacts into the oldest (then lowest id): identities, conversations and messages move."""
     c = contacts.c
@@ -274,12 +291,16 @@ def merge_contacts(
     ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
     survivor: uuid.UUID = ordered[0].id
     for loser in (r.id for r in ordered[1:]):
-        _absorb(conn, tenant, survivor, loser, reason, identities)
+        name = _absorb(conn, tenant, survivor, loser, reason, identities)
+        if feed is not None:
+            feed.append(Change("contact.merged", {"contact": {"id": survivor, "display_name": name},
+                                                  "merged_id": loser, "reason": reason}, subject_id=survivor))
     return survivor
 
 
 def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid.UUID, reason: str,
-            identities: Sequence[tuple[str, str]]) -> None:
+            identities: Sequence[tuple[str, str]]) -> str | None:
+    """Move the loser's rows to the survivor; the survivor's display name afterwards."""
     ids, conv, msg, con = contact_identities.c, conversations.c, messages.c, contacts.c
     moved = conn.execute(
         update(contact_identities).where(ids.tenant_id == tenant, ids.contact_id == loser)
@@ -304,8 +325,9 @@ def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid
     conn.execute(update(contacts).where(con.tenant_id == tenant, or_(con.id == loser, con.merged_into_id == loser))
                  .values(merged_into_id=survivor, updated_at=func.now()))
     loser_name = select(con.display_name).where(con.id == loser).scalar_subquery()
-    conn.execute(update(contacts).where(con.id == survivor)
-                 .values(display_name=func.coalesce(con.display_name, loser_name), updated_at=func.now()))
+    name = conn.execute(update(contacts).where(con.id == survivor)
+                        .values(display_name=func.coalesce(con.display_name, loser_name), updated_at=func.now())
+                        .returning(con.display_name)).scalar()
     details = {
         "moved_identities": [list(r) for r in moved],
         "trigger_identities": [list(i) for i in identities],
@@ -316,6 +338,7 @@ def _absorb(conn: Connection, tenant: TenantId, survivor: uuid.UUID, loser: uuid
     conn.execute(insert(audit_logs).values(tenant_id=tenant, actor="intake.ingest", action="contact.merged",
                                            subject_type="contact", subject_id=str(survivor),
                                            details={"merged_id": str(loser), "reason": reason, **details}))
+    return None if name is None else str(name)
 
 
 def refresh_conversation_counters(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID) -> None:

@@ -8,6 +8,9 @@ thread or a mailing list sees it), so a stranger who quotes one starts a convers
 Otherwise a contact has at most one open conversation per inbox (a partial unique index): a message joins
 it, or reopens the latest resolved one within the inbox's reopen window, or starts a new one. Creation is
 an upsert on that index, so concurrent workers agree.
+
+The batch path reports the conversations it opened or reopened (`opened`) with the row each statement
+returned, for the caller's `conversation.opened` / `conversation.reopened` events.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from db import batch, direct
 from db.tenancy import TenantId
+from pipelines.changes import CONVERSATION_COLUMNS, Change, columns, conversation
 
 BY_REFERENCE = text("""
 SELECT m.conversation_id FROM messages m
@@ -50,16 +55,16 @@ SELECT (SELECT id FROM conversations
         ORDER BY resolved_at DESC LIMIT 1) AS reopen_id
 """)
 # A reopened conversation starts a new SLA period: its clock starts again with the message that reopens it.
-REOPEN = text("""
+REOPEN = text(f"""
 UPDATE conversations SET status = 'open', resolved_at = NULL, updated_at = now(), sla_started_at = NULL,
        first_response_due_at = NULL, resolution_due_at = NULL, sla_breached_at = NULL
 WHERE id = :id AND status = 'resolved'
-RETURNING id
+RETURNING id, {columns(CONVERSATION_COLUMNS, "conversations")}
 """)
-CREATE = text("""
+CREATE = text(f"""
 INSERT INTO conversations (tenant_id, inbox_id, contact_id, subject) VALUES (:t, :inbox, :contact, :subject)
 ON CONFLICT (tenant_id, inbox_id, contact_id) WHERE status = 'open' DO NOTHING
-RETURNING id
+RETURNING id, {columns(CONVERSATION_COLUMNS, "conversations")}
 """)
 
 
@@ -83,12 +88,12 @@ CROSS JOIN LATERAL (SELECT 1 FROM conversations c
 """)
 # New conversations for a batch, claimed in the caller's (global) order; a pair another worker opened
 # meanwhile returns nothing and takes the careful path.
-CREATE_MANY = text("""
-INSERT INTO conversations (tenant_id, inbox_id, contact_id, subject)
+CREATE_MANY = text(f"""
+INSERT INTO conversations AS c (tenant_id, inbox_id, contact_id, subject)
 SELECT :t, inbox_id, contact_id, subject
 FROM json_to_recordset(CAST(:pairs AS json)) AS u(inbox_id uuid, contact_id uuid, subject text)
 ON CONFLICT (tenant_id, inbox_id, contact_id) WHERE status = 'open' DO NOTHING
-RETURNING id, inbox_id, contact_id
+RETURNING c.id, c.inbox_id, c.contact_id, {columns(CONVERSATION_COLUMNS, "c")}
 """)
 
 
@@ -102,16 +107,18 @@ class ThreadRequest:
     subject: str | None = None
 
 
-def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest]) -> list[uuid.UUID]:
+def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest], *,
+                      opened: dict[uuid.UUID, Change] | None = None) -> list[uuid.UUID]:
     """`find_or_open` for a batch: one look-up of the open conversations, one insert of the new ones, and
-    the careful path for the rest (email references, reopens, races)."""
+    the careful path for the rest (email references, reopens, races). Each conversation opened or reopened
+    goes into `opened` with its event."""
     plain = sorted({(r.inbox_id, r.contact_id) for r in requests if not r.references})
     open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
     if plain:
         rows = direct.rows(conn, OPEN_MANY, {"t": tenant, "pairs": batch.rows(
             {"inbox_id": i, "contact_id": c} for i, c in plain)})
         open_now = {(row.inbox_id, row.contact_id): row.id for row in rows}
-        open_now.update(_open_new(conn, tenant, requests, open_now))
+        open_now.update(_open_new(conn, tenant, requests, open_now, opened))
     result: dict[int, uuid.UUID] = {}
     # New conversations are claimed in one global order, so concurrent batches cannot deadlock.
     for index in sorted(range(len(requests)), key=lambda i: _claim_order(requests[i].inbox_id, requests[i].contact_id)):
@@ -120,7 +127,8 @@ def find_or_open_many(conn: Connection, tenant: TenantId, requests: Sequence[Thr
         found = None if r.references else open_now.get(key)
         if found is None:
             found = find_or_open(conn, tenant, r.inbox_id, r.contact_id, sent_at=r.sent_at,
-                                 reopen_window=r.reopen_window, references=r.references, subject=r.subject)
+                                 reopen_window=r.reopen_window, references=r.references, subject=r.subject,
+                                 opened=opened)
             if not r.references:
                 open_now[key] = found
         result[index] = found
@@ -132,7 +140,8 @@ def _claim_order(inbox_id: uuid.UUID, contact_id: uuid.UUID) -> tuple[str, str]:
 
 
 def _open_new(conn: Connection, tenant: TenantId, requests: Sequence[ThreadRequest],
-              open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
+              open_now: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID], opened: dict[uuid.UUID, Change] | None,
+              ) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
     """Open, in one statement, a conversation for every plain pair that has none and nothing to reopen."""
     first: dict[tuple[uuid.UUID, uuid.UUID], ThreadRequest] = {}
     for r in requests:
@@ -151,12 +160,15 @@ def _open_new(conn: Connection, tenant: TenantId, requests: Sequence[ThreadReque
         return {}
     rows = direct.rows(conn, CREATE_MANY, {"t": tenant, "pairs": batch.rows(
         {"inbox_id": i, "contact_id": c, "subject": first[i, c].subject} for i, c in pairs)})
+    if opened is not None:
+        opened.update((row.id, _event("conversation.opened", row)) for row in rows)
     return {(row.inbox_id, row.contact_id): row.id for row in rows}
 
 
 def find_or_open(
     conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, contact_id: uuid.UUID, *,
     sent_at: datetime, reopen_window: timedelta, references: Sequence[str] = (), subject: str | None = None,
+    opened: dict[uuid.UUID, Change] | None = None,
 ) -> uuid.UUID:
     if references:
         found = conn.execute(BY_REFERENCE, {"t": tenant, "inbox": inbox_id, "contact": contact_id,
@@ -172,16 +184,27 @@ def find_or_open(
         if current.reopen_id is not None:
             savepoint = conn.begin_nested()
             try:
-                reopened = conn.execute(REOPEN, {"id": current.reopen_id}).scalar()
+                reopened = conn.execute(REOPEN, {"id": current.reopen_id}).first()
                 savepoint.commit()
             except IntegrityError:  # another worker opened one meanwhile
                 savepoint.rollback()
                 continue
             if reopened is not None:
-                return uuid.UUID(str(reopened))
+                return _opened(reopened, "conversation.reopened", opened)
             continue
-        created = conn.execute(CREATE, {**params, "subject": subject}).scalar()
+        created = conn.execute(CREATE, {**params, "subject": subject}).first()
         if created is not None:
-            return uuid.UUID(str(created))
+            return _opened(created, "conversation.opened", opened)
     current = conn.execute(CANDIDATES, {**params, "since": None}).one()
     return uuid.UUID(str(current.open_id))
+
+
+def _event(kind: str, row: Any) -> Change:
+    return Change(kind, {"conversation": conversation(row)}, conversation_id=row.id, subject_id=row.id)
+
+
+def _opened(row: Any, kind: str, opened: dict[uuid.UUID, Change] | None) -> uuid.UUID:
+    conversation_id = uuid.UUID(str(row.id))
+    if opened is not None:
+        opened[conversation_id] = _event(kind, row)
+    return conversation_id

@@ -3,8 +3,7 @@
 `ingest_events` runs inside the caller's transaction and never commits. It parses each stored event
 again (the raw event is the source of truth), resolves the sender to a contact, threads the message,
 stores it exactly once, applies delivery-status updates (`pipelines.outbound.statuses`: forward only, kept
-when they arrive before their message), and marks the events processed. The changes it makes for the feed
-are returned in `IngestResult.changes` for the caller to record last, just before its commit.
+when they arrive before their message), and marks the events processed.
 
 One bad event has a blast radius of one. The batch is stored set-wise inside a savepoint; if that fails
 for a reason that is not retryable (see `pipelines.errors`), the savepoint is rolled back and the batch is
@@ -28,6 +27,15 @@ when the fleet falls behind, and the per-job cost is paid once for many events. 
 events already stored (or set aside) by another batch returns at once. Waiting events are taken only when
 no one holds them (SKIP LOCKED); a top-up that fails is set aside like the job's own events, so it is
 recorded once, by the batch that found it at fault.
+
+Every row the batch creates or moves is told to the change feed (`pipelines.changes`): `contact.created`,
+`contact.merged`, `conversation.opened`, `conversation.reopened`, `message.received` and
+`message.status_updated`, built from the rows
+the batch's statements return (no read is added for them). Each attempt that stores keeps its events in its
+result; one that fails leaves none, with its savepoint. They are recorded in one call when the batch is
+done, the transaction's last statement: the feed's head is then locked only from there to the commit, and
+never while a later attempt of the same batch waits for a conversation that an AI job, itself waiting
+for the head, holds.
 """
 
 from __future__ import annotations
@@ -47,8 +55,8 @@ from sqlalchemy import Connection, text
 
 from db import batch, direct
 from db.tenancy import TenantId
-from pipelines import normalize
-from pipelines.changes import Change
+from pipelines import changes, normalize
+from pipelines.changes import MESSAGE_COLUMNS, Change, columns
 from pipelines.channels import ADAPTERS, Delivery, InboundMessage, StatusUpdate, WebhookRequest
 from pipelines.contacts import resolve_contacts
 from pipelines.conversations import ThreadRequest, find_or_open_many
@@ -95,7 +103,7 @@ ORDER BY e.received_at
 LIMIT :n
 FOR UPDATE OF e SKIP LOCKED
 """)
-INSERT_MESSAGES = text("""
+INSERT_MESSAGES = text(f"""
 INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, event_id, direction, kind, external_id,
                       rfc_message_id, subject, content, content_html, quoted_text, attachments, metadata,
                       status, sent_at, received_at)
@@ -106,12 +114,12 @@ FROM json_to_recordset(CAST(:rows AS json))
           subject text, content text, html text, quoted text, attachments jsonb, metadata jsonb,
           sent_at timestamptz, received_at timestamptz)
 ON CONFLICT (tenant_id, inbox_id, external_id) DO NOTHING
-RETURNING id, conversation_id, sent_at, subject
+RETURNING id, conversation_id, sent_at, subject, {columns(MESSAGE_COLUMNS, "messages")}
 """)
 # Counters move only for rows this batch inserted, all conversations in one statement. The conversations are
 # found by their ids as an array, whose length the planner knows (json_to_recordset it guesses at 100 rows,
 # and a join with that many would read the tenant's conversations whole while the table is small).
-COUNT_MESSAGES = text("""
+COUNT_MESSAGES = text(f"""
 UPDATE conversations c SET
     message_count = c.message_count + n.total,
     inbound_count = c.inbound_count + n.total,
@@ -125,7 +133,8 @@ UPDATE conversations c SET
 FROM json_to_recordset(CAST(:rows AS json))
      AS n(id uuid, total int, first_at timestamptz, last_at timestamptz, subject text)
 WHERE c.tenant_id = :t AND c.id = ANY(CAST(:ids AS uuid[])) AND c.id = n.id
-RETURNING c.id, c.priority, c.status = 'open' AND c.sla_started_at IS NULL AS unstarted
+RETURNING c.id, c.priority, c.status = 'open' AND c.sla_started_at IS NULL AS unstarted,
+          {columns(changes.CONVERSATION_COLUMNS, "c")}
 """)
 # The edited message's id when it is stored; its text changes unless its sender was erased (an erased
 # person's words must not come back through a late edit).
@@ -181,7 +190,7 @@ class IngestResult:
     waiting_taken: int = 0  # events of other jobs this batch took
     processed: list[uuid.UUID] = field(default_factory=list)
     failed: dict[uuid.UUID, Exception] = field(default_factory=dict)  # events set aside, and why
-    changes: list[Change] = field(default_factory=list)  # for the feed, recorded last by the caller
+    changes: list[Change] = field(default_factory=list)  # the change feed's events of what was stored
 
 
 def request_from_event(row: Any) -> WebhookRequest:
@@ -257,6 +266,7 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
             _set_aside(conn, tenant, row.id, exc, result)
     if parsed:
         _store_isolated(conn, tenant, parsed, policy, result)
+    changes.record(conn, tenant, result.changes)
     return result
 
 
@@ -348,7 +358,7 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
             stored.changes += applied
         stored.processed.append(row.id)
     if pending:
-        created = store_inbound_many(conn, tenant, pending)
+        created = store_inbound_many(conn, tenant, pending, feed=stored.changes)
         stored.messages_created.extend(created)
         stored.duplicates += len(pending) - len(created)
     direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
@@ -356,19 +366,20 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
 
 
 def _senders_and_threads(
-    conn: Connection, tenant: TenantId, pending: list[_Pending]
+    conn: Connection, tenant: TenantId, pending: list[_Pending], feed: list[Change] | None,
+    opened: dict[uuid.UUID, Change] | None,
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     people = []
     for p in pending:
         identities = [normalize.identity(i, p.region) for i in p.message.identities]
         people.append((identities, normalize.display_name(p.message.sender_name, *(v for _, v in identities))))
-    contacts = resolve_contacts(conn, tenant, people)
+    contacts = resolve_contacts(conn, tenant, people, feed=feed)
     threads = find_or_open_many(conn, tenant, [
         ThreadRequest(p.inbox_id, contact, p.message.sent_at, p.reopen_window,
                       (*(r for r in [p.message.in_reply_to] if r), *p.message.references)
                       if p.message.kind == "email" else (), p.message.subject)
         for p, contact in zip(pending, contacts, strict=True)
-    ])
+    ], opened=opened)
     return contacts, threads
 
 
@@ -385,9 +396,15 @@ def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message
     return edited is not None
 
 
-def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pending]) -> list[uuid.UUID]:
-    """Store a batch of inbound messages; returns the ids of those not stored before."""
-    contacts, threads = _senders_and_threads(conn, tenant, pending)
+def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pending], *,
+                       feed: list[Change] | None = None) -> list[uuid.UUID]:
+    """Store a batch of inbound messages; returns the ids of those not stored before.
+
+    With `feed`, the change events of what it created are appended to it: contacts, then conversations (as
+    the batch left them), then messages.
+    """
+    opened: dict[uuid.UUID, Change] | None = None if feed is None else {}
+    contacts, threads = _senders_and_threads(conn, tenant, pending, feed, opened)
     records: list[dict[str, Any]] = []
     for p, contact, conversation in zip(pending, contacts, threads, strict=True):
         message = p.message
@@ -407,6 +424,7 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
             "metadata": metadata, "sent_at": message.sent_at, "received_at": p.received_at,
         })
     inserted = direct.rows(conn, INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records)})
+    counted: list[Any] = []
     if inserted:
         counters = _counters(inserted)
         counted = direct.rows(conn, COUNT_MESSAGES, {"t": tenant, "ids": batch.uuids(c["id"] for c in counters),
@@ -417,7 +435,21 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
         firsts = {c["id"]: c["first_at"] for c in counters}
         sla.start_clocks(conn, tenant, [(row.id, min(firsts[row.id], now), row.priority)
                                         for row in counted if row.unstarted])
+    if feed is not None and opened is not None:
+        _tell(feed, opened, counted, inserted)
     return [uuid.UUID(str(row.id)) for row in inserted]
+
+
+def _tell(feed: list[Change], opened: dict[uuid.UUID, Change], counted: Sequence[Any],
+          inserted: Sequence[Any]) -> None:
+    """The events of a stored batch: each conversation it opened or reopened as the batch left it (the
+    counters' statement returns the row), then each message it inserted."""
+    after = {row.id: row for row in counted}
+    for conversation_id, change in opened.items():
+        row = after.get(conversation_id)
+        feed.append(change if row is None else replace(change, data={"conversation": changes.conversation(row)}))
+    feed.extend(Change("message.received", {"message": changes.message(row)}, conversation_id=row.conversation_id,
+                       subject_id=row.id) for row in inserted)
 
 
 def _counters(inserted: Sequence[Any]) -> list[dict[str, Any]]:

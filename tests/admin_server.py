@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 from sqlalchemy import Engine
+from starlette.applications import Starlette
 
-from config import get_settings
+from config import Settings, get_settings
 from pipelines import audit
 from pipelines.control import keys
 from pipelines.control.models import TenantCreate
@@ -26,12 +27,18 @@ from workers.admin import create_app
 @contextmanager
 def admin_server(stack: dict[str, str], **changes: object) -> Iterator[str]:
     """The admin API on a free port; `changes` replace settings (admin_rate_limit_burst=3)."""
-    settings = get_settings().model_copy(update=changes)
-    app = create_app(settings, database_url=stack["DATABASE_URL"],
+    with admin_app(stack, get_settings().model_copy(update=changes)) as (base, _):
+        yield base
+
+
+@contextmanager
+def admin_app(stack: dict[str, str], settings: Settings | None = None) -> Iterator[tuple[str, Starlette]]:
+    """The server's base URL and its app (whose `state.admin` is the process's shared state)."""
+    app = create_app(settings or get_settings(), database_url=stack["DATABASE_URL"],
                      admin_database_url=stack["INTAKE_ADMIN_DATABASE_URL"], secret_key=stack["INTAKE_SECRET_KEY"])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -40,7 +47,7 @@ def admin_server(stack: dict[str, str], **changes: object) -> Iterator[str]:
             raise RuntimeError("the admin server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(20)

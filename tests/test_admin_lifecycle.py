@@ -171,7 +171,7 @@ def test_stats_of_one_tenant_and_of_every_tenant_page_by_page(base: str, op: htt
     body = figures.json()
     assert body["tenant_id"] == str(tenant) and body["tables"]["messages"]["rows"] == 1 and body["bytes"] > 0
     assert body["rows"] == sum(rows_of(admin_engine, tenant).values())
-    assert set(body["retention"]) == {"event_bodies", "failures", "audit_rows", "ai_usage_rows"}
+    assert set(body["retention"]) == {"event_bodies", "failures", "audit_rows", "ai_usage_rows", "change_events"}
     assert body["retention"]["audit_rows"]["days"] == 365
 
     first = op.get(f"{A}/stats", params={"limit": 2}).json()

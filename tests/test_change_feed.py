@@ -67,10 +67,16 @@ def test_numbers_follow_commit_order(app_engine: Engine) -> None:
 
     thread = threading.Thread(target=second)
     thread.start()
-    with app_engine.connect() as watcher:
-        wait_for(lambda: watcher.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE '%intake_record_changes%'")).scalar_one() == 1, timeout=30)
+
+    def waiting() -> int:
+        # A transaction of its own each time: pg_stat_activity is a snapshot kept until the transaction ends, so
+        # polling inside one would see the first answer forever.
+        with app_engine.begin() as watcher:
+            return int(watcher.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%intake_record_changes%'")).scalar_one())
+
+    wait_for(lambda: waiting() == 1, timeout=30)
     assert seqs == []  # still waiting for the first writer's commit
     first.commit()
     first.close()

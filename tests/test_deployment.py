@@ -48,7 +48,7 @@ def in_container(args: list[str], service: dict[str, Any]) -> list[str]:
     if "--host" in args and args[args.index("--host") + 1] == "127.0.0.1" and all(
             p.startswith("127.0.0.1:") for p in ports):
         at = args.index("--host") + 1
-        return [*args[:at], "0.0.0.0", *args[at + 1:]]
+        return [*args[:at], "0.0.0.0", *args[at + 1:]]  # noqa: S104 (inside the container only)
     return args
 
 

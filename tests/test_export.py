@@ -170,7 +170,7 @@ def test_delete_leaves_nothing_of_the_tenant_and_others_unchanged(
 
     stats = json.loads(intake("tenant", "stats", str(gone), "--json").stdout)
     assert stats["tables"]["messages"]["rows"] == 12_001 and stats["bytes"] > 0
-    assert set(stats["retention"]) == {"event_bodies", "failures", "audit_rows", "ai_usage_rows"}
+    assert set(stats["retention"]) == {"event_bodies", "failures", "audit_rows", "ai_usage_rows", "change_events"}
 
     result = intake("tenant", "delete", str(gone), "--confirm", str(gone), "--json")
     assert result.returncode == 0, result.stderr

@@ -164,6 +164,7 @@ def test_a_batch_of_known_senders_takes_a_fixed_number_of_statements(app_engine:
         "INSERT INTO", "UPDATE conversations",  # the messages, the conversations' counters
         "UPDATE inbound_events",  # the events, processed
         "RELEASE SAVEPOINT",
+        "SELECT intake_record_changes(%(t)s,",  # the change feed: every event of the batch, the last statement
     ]
 
 

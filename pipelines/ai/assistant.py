@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 
 from config import Settings
 from db.tenancy import TenantId, bind_tenant
-from pipelines import assist
+from pipelines import assist, changes
 from pipelines.ai.base import Provider
 from pipelines.ai.local import LocalProvider
 
@@ -55,11 +55,13 @@ def assist_messages(engine: Engine, settings: Settings, tenant: TenantId, messag
             conn.commit()
             return {"classified": 0, "drafted": 0}
         tenant_ai = contexts[0].ai
-        within = assist.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"))
+        alerts: list[changes.Change] = []
+        within = assist.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"), feed=alerts)
         provider = provider_for(settings, tenant_ai, within_budget=within)
         job = Job(settings, tenant, tenant_ai.get("monthly_budget_usd"), force)
-        if provider.name == "local":
-            return _assist_in_process(conn, job, contexts, provider)
+        if provider.name == "local":  # the alerts are recorded with the first message's results
+            return _assist_in_process(conn, job, contexts, provider, alerts)
+        changes.record(conn, tenant, alerts)
         conn.commit()
     return _assist_hosted(engine, job, contexts, provider, limiter)
 
@@ -74,8 +76,8 @@ class Job:
     force: bool
 
 
-def _assist_in_process(conn: Connection, job: Job, contexts: list[assist.Context], provider: Provider
-                       ) -> dict[str, int]:
+def _assist_in_process(conn: Connection, job: Job, contexts: list[assist.Context], provider: Provider,
+                       feed: list[changes.Change]) -> dict[str, int]:
     """The local provider answers in-process in milliseconds: a message's reads and its store share one
     transaction, the first message's being the one that read the job's messages, and the job keeps one
     connection. A transaction costs a BEGIN, the tenant's binding and a COMMIT, as much as its reads."""
@@ -85,8 +87,9 @@ def _assist_in_process(conn: Connection, job: Job, contexts: list[assist.Context
             conn.begin()
             bind_tenant(conn, job.tenant)
         results = assist.think(lambda fn: fn(conn), job.tenant, ctx, provider)
-        _store(conn, job, ctx, results, counts)
+        _store(conn, job, ctx, results, counts, feed)
         conn.commit()
+        feed = []
     return counts
 
 
@@ -106,12 +109,15 @@ def _assist_hosted(engine: Engine, job: Job, contexts: list[assist.Context], pro
             results = assist.think(read, job.tenant, ctx, provider)
         with engine.begin() as conn:
             bind_tenant(conn, job.tenant)
-            _store(conn, job, ctx, results, counts)
+            _store(conn, job, ctx, results, counts, [])
     return counts
 
 
-def _store(conn: Connection, job: Job, ctx: assist.Context, results: assist.Results, counts: dict[str, int]) -> None:
-    stored = assist.store(conn, job.tenant, ctx, results, job.settings.ai_prices, force=job.force)
-    assist.check_budget(conn, job.tenant, job.budget_usd)
+def _store(conn: Connection, job: Job, ctx: assist.Context, results: assist.Results, counts: dict[str, int],
+           feed: list[changes.Change]) -> None:
+    """Store one message's results and check the budget; their events are the transaction's last statement."""
+    stored = assist.store(conn, job.tenant, ctx, results, job.settings.ai_prices, force=job.force, feed=feed)
+    assist.check_budget(conn, job.tenant, job.budget_usd, feed=feed)
     counts["classified"] += stored["classification"]
     counts["drafted"] += stored["draft"]
+    changes.record(conn, job.tenant, feed)

@@ -66,6 +66,7 @@ class RetentionSettings(Model):
                                    description=f"Audit rows (at least {AUDIT_FLOOR_DAYS} days)")
     ai_usage_days: int | None = Field(default=None, ge=32, le=36_500,
                                       description="AI usage rows (rolled up into monthly totals first)")
+    change_days: int | None = Field(default=None, ge=1, le=36_500, description="Change feed events")
 
 
 class TenantSettings(Model):

@@ -43,7 +43,6 @@ from db import batch
 from db.schema import inbound_events
 from db.tenancy import TenantId
 from pipelines import audit, changes, normalize
-from pipelines.changes import Change
 from pipelines.ingest import IngestPolicy, IngestResult, ingest_events
 from pipelines.lifecycle.errors import LifecycleError
 from pipelines.lifecycle.mentions import may_name, redact_mentions
@@ -167,7 +166,10 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | No
     own_events = {row.event_id for row in rows if row.event_id}
     events = sorted(own_events | set(_events_naming(conn, tenant, needles)))
     ids.update(messages=messages, events=events, needles=needles, refs=[str(i) for i in (*messages, *own_events)])
+    # The change feed first, while the contacts still have their names to look for.
+    feed = changes.redact(conn, tenant, people, messages, needles, conversation_ids=ids["conversations"])
     counts = {name: conn.execute(text(statement), ids).rowcount for name, statement in STEPS}
+    counts["change_events"] = feed
     redacted = redact_mentions(conn, tenant, redactor)
     counts["redacted"] = sum(redacted.rows.values())
     counts["events_emptied"] = conn.execute(PURGE_REDACTED_EVENTS, {
@@ -181,6 +183,10 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | No
         audit.record(conn, actor=actor, action="contact.erase", tenant_id=tenant, subject_type=subject[0],
                      subject_id=subject[1], after={"erased": counts, "redacted": redacted.rows, "backlog": backlog,
                                                    "contacts": [str(p) for p in people]})
+        if contact_id is not None:  # last: the feed's head stays locked from here to the commit
+            changes.record(conn, tenant, [changes.Change("contact.erased", {
+                "contact": {"id": contact_id}, "merged_ids": [p for p in people if p != contact_id]},
+                subject_id=contact_id)])
     return erasure
 
 
@@ -196,7 +202,6 @@ def _store_backlog(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | N
     saved = conn.execute(LOCK_TIMEOUT).scalar_one()
     counts = {"backlog_stored": 0, "backlog_failed": 0}
     created: list[uuid.UUID] = []
-    feed: list[Change] = []
     batches = [(failed, True)] if failed else []
     batches += [(waiting[i:i + BACKLOG_BATCH], False) for i in range(0, len(waiting), BACKLOG_BATCH)]
     for event_ids, retried in batches:
@@ -206,10 +211,7 @@ def _store_backlog(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | N
         counts["backlog_stored"] += len(result.processed)
         counts["backlog_failed"] += len(result.failed)
         created += result.messages_created
-        feed += result.changes
     conn.execute(SET_LOCK_TIMEOUT, {"value": saved})
-    # The backlog's changes enter the feed here, so that the redaction below reaches them too.
-    changes.record(conn, tenant, feed)
     return counts, created
 
 

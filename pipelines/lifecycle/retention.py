@@ -5,8 +5,11 @@
 - Failure-ledger rows go M days after they were settled (resolved, discarded or replayed); dead ones stay.
 - Audit rows go after K days.
 - AI usage rows are added into `ai_usage_monthly` and removed after L days, in the same statement.
+- Change feed events (`change_events`) go after C days: a reader or subscriber further behind than that
+  resumes at the oldest event kept.
 
-A tenant's `settings.retention` (`event_body_days`, `failure_days`, `audit_days`, `ai_usage_days`) overrides
+A tenant's `settings.retention` (`event_body_days`, `failure_days`, `audit_days`, `ai_usage_days`,
+`change_days`) overrides
 the fleet's INTAKE_RETENTION_* defaults; a value that is not a whole number of days in range is ignored.
 Audit rows are kept at least 30 days whatever is set: they record what operators did too.
 
@@ -30,10 +33,12 @@ from sqlalchemy import Engine, text
 
 from config import Settings
 from db.tenancy import TenantId, bind_tenant
+from pipelines import changes
 from pipelines.control.settings import AUDIT_FLOOR_DAYS
 
 # The least each setting may be; a stored value below it (written before the floor) is ignored.
-LIMITS = {"event_body_days": 1, "failure_days": 1, "audit_days": AUDIT_FLOOR_DAYS, "ai_usage_days": 32}
+LIMITS = {"event_body_days": 1, "failure_days": 1, "audit_days": AUDIT_FLOOR_DAYS, "ai_usage_days": 32,
+          "change_days": 1}
 MAX_DAYS = 36_500
 
 PURGE_BODIES = text("""
@@ -83,11 +88,12 @@ class RetentionPolicy:
     failure_days: int
     audit_days: int
     ai_usage_days: int
+    change_days: int = 30
 
     @classmethod
     def defaults(cls, settings: Settings) -> RetentionPolicy:
         return cls(settings.retention_event_body_days, settings.retention_failure_days,
-                   settings.retention_audit_days, settings.retention_ai_usage_days)
+                   settings.retention_audit_days, settings.retention_ai_usage_days, settings.retention_change_days)
 
     def for_tenant(self, tenant_settings: Mapping[str, Any] | None) -> RetentionPolicy:
         """These defaults, overridden by the valid values of a tenant's `settings.retention`."""
@@ -110,6 +116,7 @@ class Removed:
     failures: int = 0
     audit_rows: int = 0
     ai_usage_rows: int = 0
+    change_events: int = 0
     batches: int = 0
 
     def add(self, other: Removed) -> None:
@@ -146,6 +153,8 @@ def apply_tenant(engine: Engine, tenant: TenantId, policy: RetentionPolicy, *, n
                                 now - policy.audit_days * days, batch, removed)
     removed.ai_usage_rows = _drain(engine, tenant, ROLL_UP_USAGE, now - policy.ai_usage_days * days, batch, removed,
                                    counted=True)
+    removed.change_events = _drain(engine, tenant, text(changes.RETIRE), now - policy.change_days * days, batch,
+                                   removed)
     return removed
 
 

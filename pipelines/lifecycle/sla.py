@@ -8,7 +8,8 @@ priority, the due times are computed again from the same start with the new prio
 
 The clock marks a breach once per open period (`sla_breached_at`): when the resolution is overdue, or the
 first response is, that is no outbound message was sent between the start and the first-response due time.
-A reopen starts a new period with fresh due times and no breach.
+A reopen starts a new period with fresh due times and no breach. Each breach is told to the change feed
+(`sla.breached`) in the transaction that marks it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy import Connection, text
 
 from db import batch, direct
 from db.tenancy import TenantId
+from pipelines import changes
 from pipelines.lifecycle.business_hours import SEARCH_DAYS, Calendar, CalendarError, parse_calendar, zone_named
 from pipelines.lifecycle.errors import LifecycleError
 
@@ -64,7 +66,8 @@ WHERE c.tenant_id = :t AND c.id IN (
                                  AND m.direction = 'outbound'
                                  AND m.sent_at >= o.sla_started_at AND m.sent_at <= o.first_response_due_at)))
     ORDER BY o.id LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING c.id, coalesce(c.resolution_due_at <= :now, false) AS resolution
+RETURNING c.id, coalesce(c.resolution_due_at <= :now, false) AS resolution, c.status, c.priority,
+          c.first_response_due_at, c.resolution_due_at
 """)
 UPSERT = text("""
 INSERT INTO sla_policies (tenant_id, priority, first_response_minutes, resolution_minutes, time_zone,
@@ -157,13 +160,23 @@ def reprioritize(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID,
 
 
 def mark_breaches(conn: Connection, tenant: TenantId, now: datetime, *, limit: int = 1000) -> Breaches:
-    """Mark the open conversations whose due time passed by `now` (each once); how many of each kind."""
+    """Mark the open conversations whose due time passed by `now` (each once); how many of each kind.
+
+    Their `sla.breached` events are recorded last: the caller commits right after."""
     breaches = Breaches()
-    for row in conn.execute(BREACH, {"t": tenant, "now": now, "limit": limit}):
+    events = []
+    for row in direct.rows(conn, BREACH, {"t": tenant, "now": now, "limit": limit}):
         if row.resolution:
             breaches.resolution += 1
         else:
             breaches.first_response += 1
+        # The conversation's columns the clock's role may read (migration 0012): the clock knows no texts.
+        events.append(changes.Change("sla.breached", {
+            "conversation": {"id": row.id, "status": row.status, "priority": row.priority},
+            "breach": "resolution" if row.resolution else "first_response", "breached_at": now,
+            "first_response_due_at": row.first_response_due_at, "resolution_due_at": row.resolution_due_at},
+            conversation_id=row.id, subject_id=row.id))
+    changes.record(conn, tenant, events)
     return breaches
 
 

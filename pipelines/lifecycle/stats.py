@@ -28,6 +28,9 @@ DUE = {
         SELECT count(*) FILTER (WHERE created_at < :cutoff), min(created_at) FROM audit_logs WHERE tenant_id = :t"""),
     "ai_usage_rows": ("ai_usage_days", """
         SELECT count(*) FILTER (WHERE created_at < :cutoff), min(created_at) FROM ai_usage WHERE tenant_id = :t"""),
+    "change_events": ("change_days", """
+        SELECT count(*) FILTER (WHERE created_at < :cutoff), min(created_at) FROM change_events
+        WHERE tenant_id = :t"""),
 }
 
 

@@ -19,7 +19,6 @@ from sqlalchemy import Connection
 
 from config import get_settings
 from db.tenancy import TenantId, bind_tenant
-from pipelines import changes
 from pipelines.ai.assistant import assist_messages as run_assist
 from pipelines.ingest import IngestResult, TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
@@ -50,7 +49,6 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
             result = run_ingest(conn, tenant, [uuid.UUID(i) for i in event_ids], ingest_policy(),
                                 batch_max=get_settings().ingest_batch_max, retry_failed=retry_failed)
             settle_batch(conn, result, retry_failed, tenant=tenant)
-            changes.record(conn, tenant, result.changes)  # last: it holds the tenant's feed head until commit
     except TenantBusy as busy:
         # Not a failure and not a retry: the thread goes to other tenants' jobs, these events come back
         # once the running batch has had time to finish (or to take them).

@@ -1,8 +1,9 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations` and `webhooks`;
-`GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers without a key.
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations`, `webhooks` and
+`changes`; `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers
+without a key.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
 from pipelines.webhooks.endpoints import Endpoints
 from workers import redis_clients
-from workers.admin import conversations, data, lifecycle, operations, sla, webhooks
+from workers.admin import changes, conversations, data, lifecycle, operations, sla, webhooks
 from workers.admin.cache import TenantCache
 from workers.admin.console import console_routes
+from workers.admin.feed import ChangeListener
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
 from workers.admin.openapi import document
@@ -39,8 +41,8 @@ OPENAPI_PATH = "/v1/admin/openapi.json"
 
 class Admin:
     """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox and webhook endpoint tools, the jobs, each key's request bucket and the tenants'
-    storage figures."""
+    records wait), the inbox and webhook endpoint tools, the jobs, each key's request bucket, the tenants'
+    storage figures, and the one LISTEN connection of every change stream."""
 
     def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
         self.settings = settings
@@ -57,6 +59,7 @@ class Admin:
         self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
         self.redis = (redis_clients.client(settings, settings.redis_url, socket_connect_timeout=5)
                       if settings.redis_configured else None)
+        self.feed = ChangeListener(database_url)
 
     def authenticate(self, key: str | None) -> Principal | None:
         """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""
@@ -66,6 +69,7 @@ class Admin:
             return authenticate(conn, key)
 
     def close(self) -> None:
+        self.feed.close()
         self.jobs.shutdown()
         self.app_engine.dispose()
         self.owner_engine.dispose()
@@ -75,7 +79,7 @@ class Admin:
 
 def all_endpoints() -> list[Endpoint]:
     return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
-            *conversations.endpoints(), *webhooks.endpoints()]
+            *conversations.endpoints(), *webhooks.endpoints(), *changes.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:

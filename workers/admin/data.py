@@ -120,7 +120,7 @@ class TenantStats(BaseModel):
     bytes: int
     tables: dict[str, TableStats]
     retention: dict[str, RetentionDue] = Field(description="Per kind: event_bodies, failures, audit_rows, "
-                                                           "ai_usage_rows")
+                                                           "ai_usage_rows, change_events")
     cached_at: datetime = Field(description="When these figures were read: they are reused for "
                                             "INTAKE_ADMIN_STATS_CACHE_SECONDS (default 60) before being read again")
 

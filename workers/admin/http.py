@@ -120,7 +120,8 @@ class Call:
     params: dict[str, str] = field(default_factory=dict)  # the path's words (`Endpoint.path_choices`)
     # Set for reads: each statement of this call's transactions is cancelled after this many milliseconds.
     statement_timeout_ms: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # the declared headers (`Endpoint.headers`)
+    # The request's headers (a stream's Last-Event-ID); for an endpoint that declares headers, those, checked.
+    headers: Mapping[str, str] = field(default_factory=dict)
     _bound: list[Connection] = field(default_factory=list)
 
     @property
@@ -290,11 +291,12 @@ def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
                     ids[name] = uuid.UUID(value)
                 except ValueError:
                     raise NotFound(f"no such {name.removesuffix('_id')}") from None
-            call = Call(admin, principal, rid, ids, params=params,
+            call = Call(admin, principal, rid, ids, params=params, headers=request.headers,
                         statement_timeout_ms=settings.admin_statement_timeout_ms if endpoint.method == "GET" else None)
             if endpoint.query is not None:
                 call.query = validate(endpoint.query, dict(request.query_params), "query")
-            call.headers = declared_headers(endpoint, request)
+            if endpoint.headers:
+                call.headers = declared_headers(endpoint, request)
             if endpoint.body is not None:
                 call.body = validate(endpoint.body, await read_body(request, endpoint.max_body), "body")
             call.tenant = await run_in_threadpool(resolve_owner, admin, endpoint, principal, ids)

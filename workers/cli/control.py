@@ -106,8 +106,10 @@ def admin(host: str, port: int) -> None:
     check_unprivileged(rt.database_url)
     app = create_app(rt.resolved(), database_url=rt.database_url, admin_database_url=rt.admin_database_url,
                      secret_key=rt.require_secret_key())
+    # An open change stream never ends by itself: a shutdown gives them a few seconds, then closes them (their
+    # clients resume elsewhere with Last-Event-ID).
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, lifespan="on", server_header=False,
-                proxy_headers=False)
+                proxy_headers=False, timeout_graceful_shutdown=5)
 
 
 # -- keys ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from config import SettingsError, configure_logging, get_settings
-from workers.cli import ai, bench, control, conversations, fleet, lifecycle, ops, tenants, webhooks
+from workers.cli import ai, bench, changes, control, conversations, fleet, lifecycle, ops, tenants, webhooks
 from workers.cli.common import console
 
 
@@ -27,7 +27,7 @@ def main() -> None:
 
 for command in (fleet.services, fleet.migrate, fleet.serve, fleet.worker, fleet.clock, fleet.run,
                 tenants.tenant, tenants.inbox, ai.kb, ai.ai, ops.dlq, ops.events, bench.bench, *control.COMMANDS,
-                *lifecycle.COMMANDS, *conversations.COMMANDS, *webhooks.COMMANDS):
+                *lifecycle.COMMANDS, *conversations.COMMANDS, *webhooks.COMMANDS, *changes.COMMANDS):
     main.add_command(command)
 for command in lifecycle.TENANT_COMMANDS:
     tenants.tenant.add_command(command)
