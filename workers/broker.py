@@ -123,4 +123,4 @@ def for_workers() -> None:
     broker = install(settings, metrics=bool(settings.worker_metrics_port))
     broker.add_middleware(FreezeBootHeap())
     # A process that consumes `deliver` wakes it on each change (workers.middleware.dispatch).
-    broker.add_middleware(WebhookDispatch(engine, settings.webhook_sweep_seconds))
+    broker.add_middleware(WebhookDispatch(engine, settings.webhook_sweep_seconds, settings.listen_database_url))

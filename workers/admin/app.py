@@ -59,7 +59,8 @@ class Admin:
         self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
         self.redis = (redis_clients.client(settings, settings.redis_url, socket_connect_timeout=5)
                       if settings.redis_configured else None)
-        self.feed = ChangeListener(database_url)
+        # LISTEN needs a session of its own: INTAKE_LISTEN_DATABASE_URL where DATABASE_URL goes through PgBouncer.
+        self.feed = ChangeListener(settings.listen_database_url or database_url)
 
     def authenticate(self, key: str | None) -> Principal | None:
         """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""

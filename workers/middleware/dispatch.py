@@ -24,6 +24,7 @@ import dramatiq
 import psycopg
 import structlog
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from db.tenancy import TenantId, bind_tenant
 from pipelines.webhooks.delivery import due, endpoints_of
@@ -39,8 +40,11 @@ Wake = Callable[[TenantId, uuid.UUID], None]
 
 
 class Dispatcher:
-    def __init__(self, engine: Engine, wake: Wake, *, sweep_seconds: float) -> None:
+    def __init__(self, engine: Engine, wake: Wake, *, sweep_seconds: float, listen_url: str | None = None) -> None:
         self.engine = engine
+        # LISTEN and the session lock need a session of their own: INTAKE_LISTEN_DATABASE_URL where DATABASE_URL
+        # goes through PgBouncer in transaction mode.
+        self.listen_url = listen_url
         self.wake = wake
         self.sweep_seconds = sweep_seconds
         self.stop = threading.Event()
@@ -56,7 +60,8 @@ class Dispatcher:
             self.stop.wait(min(self.sweep_seconds, 1.0))
 
     def _lead(self) -> None:
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        source = make_url(self.listen_url) if self.listen_url else self.engine.url
+        url = source.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(url, autocommit=True, application_name="intake-webhook-dispatcher") as conn:
             while not self.stop.is_set():
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
@@ -103,9 +108,10 @@ class Dispatcher:
 class WebhookDispatch(dramatiq.Middleware):
     """Runs the dispatcher in a worker process that consumes `deliver`."""
 
-    def __init__(self, engine: Callable[[], Engine], sweep_seconds: float) -> None:
+    def __init__(self, engine: Callable[[], Engine], sweep_seconds: float, listen_url: str | None = None) -> None:
         self.engine = engine
         self.sweep_seconds = sweep_seconds
+        self.listen_url = listen_url
         self.dispatcher: Dispatcher | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
@@ -120,7 +126,7 @@ class WebhookDispatch(dramatiq.Middleware):
             if client.set(wake_key(str(endpoint)), b"1", nx=True, px=WAKE_TTL_MS):
                 deliver_webhooks.send(str(tenant), str(endpoint))
 
-        self.dispatcher = Dispatcher(self.engine(), wake, sweep_seconds=self.sweep_seconds)
+        self.dispatcher = Dispatcher(self.engine(), wake, sweep_seconds=self.sweep_seconds, listen_url=self.listen_url)
         threading.Thread(target=self.dispatcher.run, name="webhook-dispatcher", daemon=True).start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
