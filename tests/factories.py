@@ -143,7 +143,5 @@ def deliver(engine: object, inbox: CreatedInbox, body: bytes, content_type: str,
             "RETURNING id"),
             {"t": inbox.tenant_id, "i": inbox.id, "c": inbox.channel, "k": key, "ct": content_type,
              "h": orjson.dumps(all_headers).decode(), "b": body}).scalar_one()
-        result = ingest_events(conn, inbox.tenant_id, [event_id],
-                               policy or IngestPolicy(reopen_window=timedelta(hours=72)))
-        changes.record(conn, inbox.tenant_id, result.changes)  # last, as the ingest actor does
-        return result
+        return ingest_events(conn, inbox.tenant_id, [event_id],
+                             policy or IngestPolicy(reopen_window=timedelta(hours=72)))

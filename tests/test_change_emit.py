@@ -169,7 +169,7 @@ def test_erasure_removes_the_person_from_the_feed_and_announces_ids_only(app_eng
         bind_tenant(conn, tenant)
         contact = erasure.find_contact(conn, tenant, identity=("email", "erik.svensson@example.se"))
         assert contact is not None
-        done = erasure.erase_contact(conn, tenant, contact, actor="tests")
+        done = erasure.erase_contact(conn, tenant, contact, actor="tests", policy=IngestPolicy())
     assert done.counts["change_events"] == 3  # his contact.created and message.received, the message naming him
     items = feed(app_engine, tenant)
     blob = orjson.dumps([i.data for i in items]).decode().lower()
@@ -184,7 +184,7 @@ def test_erasure_removes_the_person_from_the_feed_and_announces_ids_only(app_eng
     assert [i.seq for i in items] == list(range(1, len(items) + 1))
     with app_engine.begin() as conn:
         bind_tenant(conn, tenant)
-        again = erasure.erase_contact(conn, tenant, contact, actor="tests")
+        again = erasure.erase_contact(conn, tenant, contact, actor="tests", policy=IngestPolicy())
     assert again.already_erased and feed(app_engine, tenant, items[-1].seq) == []
 
 

@@ -70,7 +70,8 @@ def test_a_conversation_at_the_command_line(app_engine: Engine, stack: dict[str,
         types = [r.type for r in conn.execute(text("SELECT type FROM change_events ORDER BY seq"))]
         actions = [r.action for r in conn.execute(text(
             "SELECT action FROM audit_logs WHERE action LIKE 'conversation.%' ORDER BY created_at"))]
-    assert types == ["message.sent", "conversation.assigned", "conversation.assigned", "conversation.resolved",
+    # The ingest's events of the customer's message, then the command line's.
+    assert types == ["contact.created", "conversation.opened", "message.received", "message.sent", "conversation.assigned", "conversation.assigned", "conversation.resolved",
                      "conversation.reopened"]
     assert actions == ["conversation.reply", "conversation.assign", "conversation.assign", "conversation.resolve",
                        "conversation.reopen"]
