@@ -13,11 +13,14 @@
     │   ├── ResolutionConflict      pipelines.contacts: one message's identities kept changing hands
     │   ├── UnstorableEvent         workers.web: the database refuses this delivery's row (400)
     │   ├── UnsafeTarget            pipelines.webhooks: a webhook URL the fleet may not deliver to
+    │   ├── NotConfigured           pipelines.outbound: the inbox lacks what its channel needs to send
+    │   ├── SendRefused             pipelines.outbound: the provider refused the reply for good (its code and text)
     │   ├── BodyTooLarge            workers.web, workers.admin: the body is over the size limit (413)
     │   ├── MalformedJson           workers.admin: the body is not JSON (400)
     │   ├── Stopped                 workers.admin: an export job asked to stop ends between two batches
     │   ├── FormTooLarge, BadForm   workers.admin.console: a form over its limit, or not URL-encoded UTF-8
     │   ├── BadInput                workers.cli: a value given on the command line cannot be used (exit 1)
+    │   ├── HostUnusable            workers.embedded: a --host that names no address of this machine
     │   ├── ControlError            pipelines.control: a control-plane request refused as asked
     │   │   ├── NotFound                no such object, or not one this key may see (404)
     │   │   ├── Forbidden               the key may not act on this tenant, or needs operator scope (403)
@@ -30,6 +33,9 @@
     │       └── CalendarError           business hours, a time zone or a holiday that does not parse
     └── RetryableError              a later attempt may succeed: back off and retry
         ├── AIUnavailable           pipelines.ai: timeouts, 408, 429, 5xx, unreachable
+        ├── ProviderUnavailable     pipelines.outbound: a send API could not take a reply now (429, 5xx, timeout)
+        ├── SendInProgress          pipelines.outbound: another worker's fresh claim on the reply (come back later)
+        ├── RetryLater              workers.actors: a provider's refusal for now, carrying its Retry-After
         ├── TenantBusy              pipelines.ingest: another batch holds the tenant (the job comes back)
         ├── WriterBusy              workers.web: the write queue is full (503)
         ├── ParseTimeout            workers.web: the body was not parsed in time (503)

@@ -180,8 +180,9 @@ def test_resolve_reopen_and_assign_move_the_state_and_the_clock(tk: httpx.Client
     assert unknown.status_code == 422 and "team_id" in unknown.json()["fields"]
 
     types = [e["type"] for e in feed(app_engine, inbox.tenant_id) if e["conversation_id"] == conversation]
-    assert types == ["conversation.resolved", "conversation.reopened", "conversation.assigned",
-                     "conversation.assigned"]
+    # The ingest's events of the customer's message, then the state changes.
+    assert types == ["conversation.opened", "message.received", "conversation.resolved", "conversation.reopened",
+                     "conversation.assigned", "conversation.assigned"]
     event = next(e for e in feed(app_engine, inbox.tenant_id) if e["type"] == "conversation.assigned")
     assert event["data"]["conversation"]["assignee"] == "agent-7"
     actions = [r.action for r in rows(app_engine, inbox.tenant_id,

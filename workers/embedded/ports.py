@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pipelines.errors import PermanentError
 from workers.embedded.runtime import ServicesUnavailable
 
 
@@ -51,7 +52,7 @@ def check_ports(ports: Iterable[Port]) -> None:
                                   f"stop what listens there, or choose another port with {port.change}")
 
 
-class HostUnusable(Exception):
+class HostUnusable(PermanentError):
     """The host names no address of this machine (or no address at all)."""
 
 
