@@ -1,7 +1,7 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla` and `conversations`;
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations` and `ai`;
 `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers without a key.
 """
 
@@ -25,7 +25,7 @@ from db.engine import make_engine
 from pipelines.control.inboxes import Inboxes
 from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
-from workers.admin import conversations, data, lifecycle, operations, sla
+from workers.admin import ai, conversations, data, lifecycle, operations, sla
 from workers.admin.console import console_routes
 from workers.admin.http import Endpoint, error, failure, handle
 from workers.admin.jobs import Jobs
@@ -64,7 +64,7 @@ class Admin:
 
 def all_endpoints() -> list[Endpoint]:
     return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
-            *conversations.endpoints()]
+            *conversations.endpoints(), *ai.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:
