@@ -37,6 +37,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "DraftAccept": {"text": "An intruder's edit"},
     "DraftReject": {"reason": "intruder"},
     "Correction": {"category": "billing", "priority": "urgent"},
+    "ExampleBatch": {"examples": [{"text": "An intruder's label", "category": "billing"}]},
+    "ExampleFilter": {"source": "correction"},
 }
 
 
@@ -60,6 +62,7 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "drafts": "SELECT id, status, reply_id FROM ai_drafts WHERE tenant_id = :t",
         "corrections": "SELECT id, category, priority FROM ai_corrections WHERE tenant_id = :t",
         "examples": "SELECT id, category FROM ai_examples WHERE tenant_id = :t",
+        "models": "SELECT version FROM ai_models WHERE tenant_id = :t",
         "feed": "SELECT seq, type FROM change_events WHERE tenant_id = :t",
     }
     with engine.begin() as conn:

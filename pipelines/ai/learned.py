@@ -129,7 +129,7 @@ def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None 
     n = len(texts)
     idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms], dtype=np.float32)
     categories = sorted(set(labels))
-    svm = LinearSVC(C=C)
+    svm = LinearSVC(C=C, random_state=0)
     svm.fit(_matrix(counted, vocabulary, idf), labels)
     weights = np.asarray(svm.coef_, dtype=np.float32)
     bias = np.asarray(svm.intercept_, dtype=np.float32)
