@@ -53,6 +53,11 @@ class TenantModel:
     weights: npt.NDArray[np.float32]  # features x categories: a text's few hundred features are rows to gather
     bias: npt.NDArray[np.float32]
 
+    @property
+    def nbytes(self) -> int:
+        """Roughly what the model takes in memory: its arrays and its vocabulary (about 100 bytes a term)."""
+        return int(self.weights.nbytes + self.idf.nbytes + self.bias.nbytes) + 100 * len(self.vocabulary)
+
     def scores(self, text: str) -> npt.NDArray[np.float32]:
         counted = features(text)
         index = [self.vocabulary[f] for f in counted if f in self.vocabulary]

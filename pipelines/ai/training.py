@@ -28,7 +28,9 @@ from pipelines.ai import examples, learned, taxonomy
 log = structlog.get_logger("intake.ai.training")
 
 KEEP = 3  # versions kept per tenant: the latest, and two to look back at
-CACHED_TENANTS = 256  # models one process holds (a few MB each), least recently used dropped first
+# What one process holds of tenants' models, least recently used dropped first: BANKING77's (77 categories,
+# 60,000 features) takes about 25 MB in memory, so an AI process stays well under 500 MB.
+CACHE_BYTES = 200 * 1024 * 1024
 
 SETTINGS = text("SELECT settings FROM tenants WHERE id = :t")
 # One training of a tenant at a time (the background job and `intake ai train` may meet): versions stay dense.
@@ -149,7 +151,7 @@ def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
     with _cache_lock:
         _cache[key] = loaded
         _cache.move_to_end(key)
-        while len(_cache) > CACHED_TENANTS:
+        while len(_cache) > 1 and sum(m.model.nbytes for m in _cache.values()) > CACHE_BYTES:
             _cache.popitem(last=False)
     log.info("ai.model.loaded", tenant_id=key, version=version)
     return loaded
