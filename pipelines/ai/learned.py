@@ -1,8 +1,10 @@
-"""A classifier learned from one tenant's examples: lexical features and a linear model.
+"""A classifier learned from one tenant's examples: lexical and semantic features and a linear model.
 
 Features: the words and word pairs of a text and the character 2- to 5-grams of its words (so "refund",
 "refunds" and "refunded" share most of theirs, in any language), weighted by sublinear tf-idf and
-L2-normalised. The model: one linear SVM per category (scikit-learn's liblinear), which is fast to train on
+L2-normalised; beside them, when the `semantic` extra is installed, the text's sentence embedding
+(`pipelines.ai.semantic`, weighted by `SEMANTIC_WEIGHT`), which knows that "money back" is a refund.
+The model: one linear SVM per category (scikit-learn's liblinear), which is fast to train on
 a hundred thousand short texts and does better than a nearest-example rule as soon as a category has a few
 examples. Its accuracy is measured by cross-validation (stratified folds) before the final fit on all rows.
 
@@ -17,14 +19,18 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from pipelines.ai import semantic
 from pipelines.ai.embedding import normalise
 
-FORMAT = "lexical-svm-1"
+LEXICAL = "lexical-svm-1"
+SEMANTIC = f"lexical-{semantic.NAME}-svm-1"
+SEMANTIC_WEIGHT = 2.0  # of the embedding beside the tf-idf block, chosen on BANKING77's folds
 MAX_FEATURES = 60_000  # by document frequency: 77 categories x 60,000 weights x 2 bytes = 9 MB stored
 READ_CHARS = 2_000  # of a text the features read (examples are capped there too)
 MIN_CATEGORIES = 2
@@ -52,27 +58,37 @@ class TenantModel:
     idf: npt.NDArray[np.float32]
     weights: npt.NDArray[np.float32]  # features x categories: a text's few hundred features are rows to gather
     bias: npt.NDArray[np.float32]
+    semantic: npt.NDArray[np.float32] | None = None  # embedding dimensions x categories, weight folded in
+
+    @property
+    def format(self) -> str:
+        return LEXICAL if self.semantic is None else SEMANTIC
 
     @property
     def nbytes(self) -> int:
         """Roughly what the model takes in memory: its arrays and its vocabulary (about 100 bytes a term)."""
-        return int(self.weights.nbytes + self.idf.nbytes + self.bias.nbytes) + 100 * len(self.vocabulary)
+        extra = 0 if self.semantic is None else self.semantic.nbytes
+        return int(self.weights.nbytes + self.idf.nbytes + self.bias.nbytes + extra) + 100 * len(self.vocabulary)
 
-    def scores(self, text: str) -> npt.NDArray[np.float32]:
+    def scores(self, text: str, embedded: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+        base = self.bias.copy()
+        if self.semantic is not None:
+            vector = embedded if embedded is not None else semantic.encode([text])[0]
+            base += vector @ self.semantic
         counted = features(text)
         index = [self.vocabulary[f] for f in counted if f in self.vocabulary]
         if not index:
-            return self.bias.copy()
+            return base
         values = np.array([1.0 + math.log(counted[f]) for f in counted if f in self.vocabulary], dtype=np.float32)
         values *= self.idf[index]
         values /= float(np.linalg.norm(values)) or 1.0
-        result: npt.NDArray[np.float32] = values @ self.weights[index] + self.bias
+        result: npt.NDArray[np.float32] = values @ self.weights[index] + base
         return result
 
-    def predict(self, text: str) -> tuple[str, float]:
+    def predict(self, text: str, embedded: npt.NDArray[np.float32] | None = None) -> tuple[str, float]:
         """The category and a confidence in [0, 1]: a softmax of the margins, sharpened as liblinear's scores
         are small (a margin of 1 is a sure answer)."""
-        scores = self.scores(text)
+        scores = self.scores(text, embedded)
         exp = np.exp(4.0 * (scores - scores.max()))
         probabilities = exp / exp.sum()
         best = int(np.argmax(scores))
@@ -81,19 +97,25 @@ class TenantModel:
     def to_bytes(self) -> bytes:
         terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, idf=self.idf, weights=self.weights.astype(np.float16), bias=self.bias,
-                            meta=np.frombuffer(orjson.dumps({"format": FORMAT, "categories": self.categories,
-                                                             "terms": terms}), dtype=np.uint8))
+        arrays: dict[str, Any] = {"idf": self.idf, "weights": self.weights.astype(np.float16), "bias": self.bias,
+                                  "meta": np.frombuffer(orjson.dumps({"format": self.format,
+                                                                      "categories": self.categories,
+                                                                      "terms": terms}), dtype=np.uint8)}
+        if self.semantic is not None:
+            arrays["semantic"] = self.semantic
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TenantModel:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             meta = orjson.loads(arrays["meta"].tobytes())
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"a model of format {meta.get('format')!r}; this process reads {FORMAT}")
+            kind = meta.get("format")
+            if kind not in (LEXICAL, SEMANTIC) or (kind == SEMANTIC and not semantic.available()):
+                raise ValueError(f"a model of format {kind!r}, which this process cannot read")
             return cls(categories=list(meta["categories"]), vocabulary={t: i for i, t in enumerate(meta["terms"])},
-                       idf=arrays["idf"], weights=arrays["weights"].astype(np.float32), bias=arrays["bias"])
+                       idf=arrays["idf"], weights=arrays["weights"].astype(np.float32), bias=arrays["bias"],
+                       semantic=arrays["semantic"] if kind == SEMANTIC else None)
 
 
 @dataclass
@@ -122,7 +144,10 @@ def _matrix(rows: list[Counter[str]], vocabulary: dict[str, int], idf: npt.NDArr
                       shape=(len(rows), len(vocabulary)))
 
 
-def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None = None) -> TenantModel:
+def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None = None,
+        embedded: npt.NDArray[np.float32] | None = None) -> TenantModel:
+    """Fit on every row; `embedded` (one sentence embedding a text) adds the semantic block."""
+    from scipy.sparse import csr_matrix, hstack
     from sklearn.svm import LinearSVC
 
     counted = counted if counted is not None else [features(t) for t in texts]
@@ -135,16 +160,22 @@ def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None 
     idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms], dtype=np.float32)
     categories = sorted(set(labels))
     svm = LinearSVC(C=C, random_state=0)
-    svm.fit(_matrix(counted, vocabulary, idf), labels)
+    matrix = _matrix(counted, vocabulary, idf)
+    if embedded is not None:
+        matrix = hstack([matrix, csr_matrix(embedded * SEMANTIC_WEIGHT)]).tocsr()
+    svm.fit(matrix, labels)
     weights = np.asarray(svm.coef_, dtype=np.float32)
     bias = np.asarray(svm.intercept_, dtype=np.float32)
     if len(categories) == 2:  # liblinear keeps one row for two classes: the second's score
         weights, bias = np.vstack([-weights, weights]), np.concatenate([-bias, bias])
+    lexical, extra = weights[:, :len(vocabulary)], weights[:, len(vocabulary):]
     return TenantModel(categories=[str(c) for c in svm.classes_], vocabulary=vocabulary, idf=idf,
-                       weights=np.ascontiguousarray(weights.T), bias=bias)
+                       weights=np.ascontiguousarray(lexical.T), bias=bias,
+                       semantic=None if embedded is None else np.ascontiguousarray(extra.T * SEMANTIC_WEIGHT))
 
 
-def cross_validated(texts: list[str], labels: list[str], folds: int = 5, seed: int = 0) -> float | None:
+def cross_validated(texts: list[str], labels: list[str], folds: int = 5, seed: int = 0,
+                    embedded: npt.NDArray[np.float32] | None = None) -> float | None:
     """Accuracy on held-out folds, each fold's model trained on the others; None when a category has fewer
     examples than two folds need."""
     from sklearn.model_selection import StratifiedKFold
@@ -156,13 +187,16 @@ def cross_validated(texts: list[str], labels: list[str], folds: int = 5, seed: i
     counted = [features(t) for t in texts]
     right = 0
     for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(texts, labels):
-        model = fit([texts[i] for i in train], [labels[i] for i in train], [counted[i] for i in train])
-        right += sum(model.predict(texts[i])[0] == labels[i] for i in test)
+        model = fit([texts[i] for i in train], [labels[i] for i in train], [counted[i] for i in train],
+                    None if embedded is None else embedded[train])
+        right += sum(model.predict(texts[i], None if embedded is None else embedded[i])[0] == labels[i]
+                     for i in test)
     return right / len(texts)
 
 
-def train(rows: list[tuple[str, str]], *, folds: int = 5) -> Trained | None:
-    """A model from (text, category) rows, or None with fewer than two categories (nothing to choose)."""
+def train(rows: list[tuple[str, str]], *, folds: int = 5, use_semantic: bool | None = None) -> Trained | None:
+    """A model from (text, category) rows, or None with fewer than two categories (nothing to choose).
+    Semantic features join when the encoder is installed (or as `use_semantic` says)."""
     started = time.perf_counter()
     seen: dict[str, str] = {}
     for text, category in rows:  # newest first: a text's latest label wins
@@ -170,6 +204,7 @@ def train(rows: list[tuple[str, str]], *, folds: int = 5) -> Trained | None:
     texts, labels = list(seen), list(seen.values())
     if len(set(labels)) < MIN_CATEGORIES:
         return None
-    accuracy = cross_validated(texts, labels, folds=3 if len(texts) > 20_000 else folds)
-    model = fit(texts, labels)
+    embedded = semantic.encode(texts) if (semantic.available() if use_semantic is None else use_semantic) else None
+    accuracy = cross_validated(texts, labels, folds=3 if len(texts) > 20_000 else folds, embedded=embedded)
+    model = fit(texts, labels, embedded=embedded)
     return Trained(model, len(texts), len(set(labels)), accuracy, time.perf_counter() - started)

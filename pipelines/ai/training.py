@@ -64,8 +64,9 @@ class ModelView(BaseModel):
     model: str  # what `ai_classifications.model` names for classifications made with it
 
 
-def model_name(version: int) -> str:
-    return f"{learned.FORMAT}-v{version}"
+def model_name(kind: str, version: int) -> str:
+    """`lexical-svm-1-v3`: the model's format (lexical, or lexical and semantic) and the tenant's version."""
+    return f"{kind}-v{version}"
 
 
 def training_rows(conn: Connection, tenant: TenantId) -> tuple[list[tuple[str, str]], int]:
@@ -89,12 +90,13 @@ def train_tenant(conn: Connection, tenant: TenantId, *, actor: audit.Actor | Non
         return ModelView(version=None, examples=own, categories=len({c for _, c in rows}) if own else 0,
                          accuracy=None, train_seconds=0.0, model="local-lexical-v1")
     accuracy = None if trained.accuracy is None else round(trained.accuracy, 4)
-    stored = conn.execute(STORE, {"t": tenant, "format": learned.FORMAT, "examples": trained.examples,
+    stored = conn.execute(STORE, {"t": tenant, "format": trained.model.format, "examples": trained.examples,
                                   "categories": trained.categories, "accuracy": accuracy,
                                   "seconds": round(trained.seconds, 3), "model": trained.model.to_bytes()}).one()
     conn.execute(PRUNE, {"t": tenant, "keep": KEEP})
     view = ModelView(version=stored.version, examples=trained.examples, categories=trained.categories,
-                     accuracy=accuracy, train_seconds=round(trained.seconds, 3), model=model_name(stored.version))
+                     accuracy=accuracy, train_seconds=round(trained.seconds, 3),
+                     model=model_name(trained.model.format, stored.version))
     if actor is not None:
         audit.record(conn, actor=actor, action="ai.train", tenant_id=tenant, subject_type="tenant",
                      subject_id=tenant, after=orjson.loads(view.model_dump_json()))
@@ -108,7 +110,7 @@ def describe(conn: Connection, tenant: TenantId) -> ModelView | None:
     if row is None:
         return None
     return ModelView(version=row.version, examples=row.examples, categories=row.categories, accuracy=row.accuracy,
-                     train_seconds=row.train_seconds, model=model_name(row.version))
+                     train_seconds=row.train_seconds, model=model_name(row.format, row.version))
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Loaded:
 
     @property
     def name(self) -> str:
-        return model_name(self.version)
+        return model_name(self.model.format, self.version)
 
     def predict(self, text: str) -> tuple[str, float]:
         return self.model.predict(text)
