@@ -3,6 +3,9 @@ schedules it, debounced)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import dramatiq
 
 from db.tenancy import bind_tenant
@@ -27,3 +30,14 @@ def train_tenant_model(tenant_id: str) -> None:
         bind_tenant(conn, tenant)
         view = training.train_tenant(conn, tenant)
     report(version=view.version, examples=view.examples, categories=view.categories, accuracy=view.accuracy)
+    release_memory()
+
+
+def release_memory() -> None:
+    """Give training's heap back to the system: its features and matrices are freed, but glibc keeps the pages
+    (BANKING77's training peaks at about 750 MB; trimmed, the process drops to what classifying needs)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        pass
