@@ -90,6 +90,12 @@ def test_a_model_round_trips_as_plain_arrays() -> None:
     for words in ("they charged me twice", "the parcel is lost", "I cannot sign in"):
         assert again.predict(words)[0] == trained.model.predict(words)[0]
     assert again.predict("they charged me twice")[0] == "billing"
+    if semantic.available():  # Finnish and Swedish are decided by the lexical model trained beside the joint one
+        assert trained.model.lexical is not None and again.lexical is not None
+        for words in ("veloititte kahdesti", "paketti ei tullut", "en pääse kirjautumaan"):
+            for language in ("fi", "sv"):
+                assert again.predict(words, language=language) == again.lexical.predict(words)
+            assert again.predict(words, language="en") != again.lexical.predict(words)  # the joint model's
     assert learned.train([("only one", "billing"), ("category here", "billing")]) is None
     lexical = learned.train(rows, use_semantic=False)
     assert lexical is not None and lexical.model.format == learned.LEXICAL

@@ -138,7 +138,7 @@ class LocalProvider:
         best_score, best, hits, similarity = scored[0] if scored else (0.0, None, [], 0.0)
         second = scored[1][0] if len(scored) > 1 else 0.0
         if request.learned is not None:
-            category_id, confidence = request.learned.predict(text)
+            category_id, confidence = request.learned.predict(text, language)
             team = next((c.team for c in request.categories if c.id == category_id), None)
             because = f"the tenant's trained model {request.learned.name}"
         elif best is None or best_score < 0.6:

@@ -122,8 +122,8 @@ class Loaded:
     def name(self) -> str:
         return model_name(self.model.format, self.version)
 
-    def predict(self, text: str) -> tuple[str, float]:
-        return self.model.predict(text)
+    def predict(self, text: str, language: str | None = None) -> tuple[str, float]:
+        return self.model.predict(text, language=language)
 
 
 _cache: OrderedDict[str, Loaded] = OrderedDict()
