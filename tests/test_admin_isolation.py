@@ -63,6 +63,7 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "corrections": "SELECT id, category, priority FROM ai_corrections WHERE tenant_id = :t",
         "examples": "SELECT id, category FROM ai_examples WHERE tenant_id = :t",
         "models": "SELECT version FROM ai_models WHERE tenant_id = :t",
+        "documents": "SELECT id, source FROM knowledge_documents WHERE tenant_id = :t",
         "feed": "SELECT seq, type FROM change_events WHERE tenant_id = :t",
     }
     with engine.begin() as conn:
@@ -103,6 +104,10 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                     "INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, "
                     "confidence, provider, model) VALUES (:t, :m, :v, 'v1', 'Their draft', 0.5, 'local', 'm') "
                     "RETURNING id"), {"t": theirs, "m": message, "v": conversation}).scalar_one()
+                document = conn.execute(text(
+                    "INSERT INTO knowledge_documents (tenant_id, source, title, content_hash, embedding_model, "
+                    "embedding_dim) VALUES (:t, 'theirs.md', 'Theirs', 'x', 'm', 384) RETURNING id"),
+                    {"t": theirs}).scalar_one()
             assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
                           json={"first_response_minutes": 60}).status_code == 200
             their_key = make_key(admin_engine, tenant_id=uuid.UUID(theirs), name="theirs")
@@ -112,7 +117,7 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
                "conversation_id": str(conversation), "message_id": str(message), "draft_id": str(draft),
-               "priority": "normal"}
+               "document_id": str(document), "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         before = snapshot(admin_engine, uuid.UUID(theirs))
         key = make_key(admin_engine, tenant_id=uuid.UUID(mine))

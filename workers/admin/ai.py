@@ -5,6 +5,8 @@
     DELETE /v1/admin/tenants/{id}/ai/examples   examples by ids, category and/or source
     GET    /v1/admin/tenants/{id}/ai/model      the latest model (404 while there is none)
     POST   /v1/admin/tenants/{id}/ai/train      train now and answer with the new model
+    GET    /v1/admin/tenants/{id}/kb/documents  the knowledge base's documents, by source
+    DELETE /v1/admin/tenants/{id}/kb/documents/{document_id}   a document and its chunks
 
 Each handler calls the function `intake ai examples ...` and `intake ai train` call (`pipelines.ai.examples`,
 `pipelines.ai.training`) in a transaction bound to the tenant; a change to the examples schedules a
@@ -14,9 +16,9 @@ background training after its commit (`workers.training`).
 from __future__ import annotations
 
 from db.tenancy import TenantId
-from pipelines.ai import examples, training
+from pipelines.ai import documents, examples, training
 from pipelines.control.errors import NotFound
-from pipelines.control.models import Listing
+from pipelines.control.models import Listing, Page
 from workers.admin.data import as_fleet
 from workers.admin.http import Call, Endpoint
 from workers.training import schedule
@@ -80,8 +82,21 @@ def train(call: Call) -> training.ModelView:
         return training.train_tenant(conn, tenant, actor=call.actor)
 
 
+def list_documents(call: Call) -> Listing[documents.DocumentView]:
+    tenant, page = _tenant(call), call.query
+    with as_fleet(call, tenant).begin() as conn:
+        items, more = documents.list_documents(conn, tenant, limit=page.limit, offset=page.offset)
+    return Listing[documents.DocumentView](items=items, next_offset=page.offset + page.limit if more else None)
+
+
+def delete_document(call: Call) -> documents.DeletedDocument:
+    tenant = _tenant(call)
+    with as_fleet(call, tenant).begin() as conn:
+        return documents.delete_document(conn, tenant, call.ids["document_id"], actor=call.actor)
+
+
 def endpoints() -> list[Endpoint]:
-    e = f"{PREFIX}/examples"
+    e, kb = f"{PREFIX}/examples", "/v1/admin/tenants/{tenant_id}/kb/documents"
     return [
         Endpoint("GET", e, "A tenant's labelled examples, newest first", list_examples,
                  Listing[examples.ExampleView], query=examples.ExampleQuery, owner=TENANT),
@@ -94,4 +109,8 @@ def endpoints() -> list[Endpoint]:
                  training.ModelView, owner=TENANT),
         Endpoint("POST", f"{PREFIX}/train", "Train the tenant's classifier now (waits) and answer with it", train,
                  training.ModelView, owner=TENANT),
+        Endpoint("GET", kb, "The tenant's knowledge documents, by source", list_documents,
+                 Listing[documents.DocumentView], query=Page, owner=TENANT),
+        Endpoint("DELETE", kb + "/{document_id}", "Delete a knowledge document and its chunks", delete_document,
+                 documents.DeletedDocument, owner=TENANT),
     ]

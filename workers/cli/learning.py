@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 
 from db.tenancy import TenantId
-from pipelines.ai import examples, training
+from pipelines.ai import documents, examples, training
 from workers.cli.common import BadInput, console, emit, friendly_errors, out, progress, runtime
 from workers.cli.control import actor, build, show_list
 from workers.cli.lifecycle import JSON, redis_client, tenant_transaction, uuid_argument
@@ -133,4 +133,39 @@ def train(tenant_id: str, as_json: bool) -> None:
               f"cross-validated accuracy {accuracy}, trained in {view.train_seconds:.1f} s", highlight=False)
 
 
+@click.command("list")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0, 1_000_000), default=0, show_default=True)
+@JSON
+@friendly_errors
+def kb_list(tenant_id: str, limit: int, offset: int, as_json: bool) -> None:
+    """The tenant's knowledge documents, by source."""
+    from pipelines.control.models import Listing
+
+    tenant = uuid_argument(tenant_id, "--tenant")
+    with tenant_transaction(runtime(), tenant) as conn:
+        items, more = documents.list_documents(conn, TenantId(tenant), limit=limit, offset=offset)
+    listing = Listing[documents.DocumentView](items=items, next_offset=offset + limit if more else None)
+    show_list(listing, as_json, ("id", "source", "chunk_count", "title"))
+
+
+@click.command("delete")
+@click.argument("document_id")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
+@JSON
+@friendly_errors
+def kb_delete(document_id: str, tenant_id: str, as_json: bool) -> None:
+    """Delete a knowledge document and its chunks."""
+    tenant = uuid_argument(tenant_id, "--tenant")
+    document = uuid_argument(document_id, "DOCUMENT_ID")
+    with tenant_transaction(runtime(), tenant) as conn:
+        gone = documents.delete_document(conn, TenantId(tenant), document, actor=actor())
+    if as_json:
+        emit(gone.model_dump(mode="json"))
+    else:
+        out.print(f"deleted {escape(gone.source)} ({gone.chunks} chunks)", highlight=False)
+
+
 COMMANDS = (examples_group, train)
+KB_COMMANDS = (kb_list, kb_delete)

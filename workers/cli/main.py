@@ -33,3 +33,5 @@ for command in lifecycle.TENANT_COMMANDS:
     tenants.tenant.add_command(command)
 for command in learning.COMMANDS:
     ai.ai.add_command(command)
+for command in learning.KB_COMMANDS:
+    ai.kb.add_command(command)
