@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     ai_timeout_seconds: float = Field(default=30.0, gt=0)
     ai_max_retries: int = Field(default=3, ge=0, le=10)
     ai_rate_limit_per_second: int = Field(default=20, ge=1)
+    # A tenant's classifier is trained again this long after its examples change (changes meanwhile coalesce).
+    ai_train_delay_seconds: float = Field(default=30.0, ge=0, le=86_400)
     # USD per million tokens, in and out, by model.
     ai_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: {
         "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),

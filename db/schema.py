@@ -400,6 +400,23 @@ def _ai(md: MetaData) -> None:
         _one_of("source", "correction", "import", "taxonomy"),
     )
     Index("ai_examples_tenant_category_idx", examples.c.tenant_id, examples.c.category)
+    # Each tenant's trained classifiers by version, latest read by every AI process (migration 0020).
+    Table(
+        "ai_models", md,
+        _id(), _tenant_id(),
+        Column("version", Integer, nullable=False),
+        _text("format"), _count("examples", default=0), _count("categories", default=0),
+        Column("accuracy", REAL),
+        Column("train_seconds", REAL, nullable=False, server_default=text("0")),
+        Column("model", LargeBinary, nullable=False),
+        _at("created_at"),
+        _references_tenants(),
+        UniqueConstraint("tenant_id", "version"),
+        CheckConstraint("version > 0", name="version"),
+        CheckConstraint("examples >= 0", name="examples"),
+        CheckConstraint("categories >= 0", name="categories"),
+        CheckConstraint("accuracy BETWEEN 0 AND 1", name="accuracy"),
+    )
     usage = Table(
         "ai_usage", md,
         _id(), _tenant_id(),
@@ -670,6 +687,7 @@ ai_classifications = metadata.tables["ai_classifications"]
 ai_drafts = metadata.tables["ai_drafts"]
 ai_corrections = metadata.tables["ai_corrections"]
 ai_examples = metadata.tables["ai_examples"]
+ai_models = metadata.tables["ai_models"]
 ai_usage = metadata.tables["ai_usage"]
 budget_alerts = metadata.tables["budget_alerts"]
 knowledge_documents = metadata.tables["knowledge_documents"]

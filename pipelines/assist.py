@@ -25,7 +25,7 @@ from db import direct
 from db.schema import ai_classifications, ai_drafts, ai_usage, budget_alerts, conversations
 from db.tenancy import TenantId
 from pipelines import knowledge
-from pipelines.ai import language, taxonomy
+from pipelines.ai import language, taxonomy, training
 from pipelines.ai.base import (
     PROMPT_VERSION,
     Classification,
@@ -153,8 +153,11 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
     if decision.source != "text":  # short or unsure: read the evidence around it
         earlier, evidence = conn_for_retrieval(lambda conn: gather_evidence(conn, tenant, ctx))
         decision = language.decide(full_text, evidence)
+    # The local provider classifies with the tenant's trained model when it has one (read only when new).
+    learned = conn_for_retrieval(lambda conn: training.latest(conn, tenant)) if provider.name == "local" else None
     classification, usage = provider.classify(ClassifyRequest(ctx.text, ctx.subject, ctx.categories,
-                                                              tuple(sorted(ctx.teams)), language=decision))
+                                                              tuple(sorted(ctx.teams)), language=decision,
+                                                              learned=learned))
     classification = with_language(classification, decision)
     if ctx.auto_reply:
         classification = classification.model_copy(update={

@@ -65,6 +65,8 @@ def seed_tenant(conn: Connection, box: SecretBox, name: str, dim: int = 384) -> 
         **t, "message_id": ids["messages"], "category": "billing", "priority": "high", "actor": "test"})
     ids["ai_examples"] = _insert(conn, "ai_examples", {
         **t, "message_id": ids["messages"], "text": "hello", "category": "billing", "source": "correction"})
+    ids["ai_models"] = _insert(conn, "ai_models", {
+        **t, "version": 1, "format": "lexical-svm-1", "examples": 1, "categories": 2, "model": b"x"})
     ids["knowledge_documents"] = _insert(conn, "knowledge_documents", {
         **t, "source": "faq.md", "title": "FAQ", "content_hash": "x", "embedding_model": "m",
         "embedding_dim": dim})

@@ -43,6 +43,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "EndpointUpdate": {"url": "https://93.184.216.34/intruder", "enabled": False},
     "RotateEndpointSecret": {"overlap_seconds": 0},
     "Recover": {"since": "2026-01-01T00:00:00Z"},
+    "ExampleBatch": {"examples": [{"text": "An intruder's label", "category": "billing"}]},
+    "ExampleFilter": {"source": "correction"},
 }
 
 
@@ -66,6 +68,8 @@ def snapshot(engine: Engine, tenant: uuid.UUID) -> bytes:
         "drafts": "SELECT id, status, reply_id FROM ai_drafts WHERE tenant_id = :t",
         "corrections": "SELECT id, category, priority FROM ai_corrections WHERE tenant_id = :t",
         "examples": "SELECT id, category FROM ai_examples WHERE tenant_id = :t",
+        "models": "SELECT version FROM ai_models WHERE tenant_id = :t",
+        "documents": "SELECT id, source FROM knowledge_documents WHERE tenant_id = :t",
         "feed": "SELECT seq, type FROM change_events WHERE tenant_id = :t",
         "webhook_endpoints": "SELECT id, url, enabled, secret, previous_secret, updated_at FROM webhook_endpoints "
                              "WHERE tenant_id = :t",
@@ -109,6 +113,10 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
                     "INSERT INTO ai_drafts (tenant_id, message_id, conversation_id, prompt_version, content, "
                     "confidence, provider, model) VALUES (:t, :m, :v, 'v1', 'Their draft', 0.5, 'local', 'm') "
                     "RETURNING id"), {"t": theirs, "m": message, "v": conversation}).scalar_one()
+                document = conn.execute(text(
+                    "INSERT INTO knowledge_documents (tenant_id, source, title, content_hash, embedding_model, "
+                    "embedding_dim) VALUES (:t, 'theirs.md', 'Theirs', 'x', 'm', 384) RETURNING id"),
+                    {"t": theirs}).scalar_one()
             assert op.put(f"/v1/admin/tenants/{theirs}/sla-policies/normal",
                           json={"first_response_minutes": 60}).status_code == 200
             endpoint = op.post(f"/v1/admin/tenants/{theirs}/webhook-endpoints",
@@ -120,7 +128,7 @@ def test_a_tenant_key_reaches_nothing_of_another_tenant(stack: dict[str, str], a
         ids = {"tenant_id": theirs, "inbox_id": inbox, "team_id": team, "persona_id": persona,
                "failure_id": failure, "job_id": job, "key_id": str(their_key.key_id), "event_id": str(event),
                "conversation_id": str(conversation), "message_id": str(message), "draft_id": str(draft),
-               "endpoint_id": endpoint, "priority": "normal"}
+               "endpoint_id": endpoint, "document_id": str(document), "priority": "normal"}
         their_ids = [str(v) for k, v in ids.items() if k != "priority"]
         # The same kinds of ids, of nothing at all.
         nobodys = {k: (v if k == "priority" else str(uuid.uuid4())) for k, v in ids.items()}

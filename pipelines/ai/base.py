@@ -77,6 +77,16 @@ class ClassifyRequest:
     categories: tuple[Category, ...]
     teams: tuple[str, ...] = ()
     language: LanguageDecision | None = None  # decided from the text and its context; None: from the text
+    learned: LearnedModel | None = None  # the tenant's trained classifier (the local provider's), if any
+
+
+class LearnedModel(Protocol):
+    """A tenant's trained classifier as a provider uses it (`pipelines.ai.training.Loaded`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def predict(self, text: str, language: str | None = None) -> tuple[str, float]: ...
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 - language: decided by `language.decide` from the text and, when it is short or unsure, the evidence
   around it (channel hint, conversation, contact, tenant default);
 - sentiment: VADER for English, the lexicons in `lexicons` for the others;
-- category: keyword cues plus n-gram similarity to the category's examples and description;
+- category: the tenant's trained classifier when it has one (`pipelines.ai.training`, named in `model`),
+  else keyword cues plus n-gram similarity to the category's examples and description;
 - priority: urgency words, strong negative sentiment, complaints; spam and auto-replies are low;
 - drafts: a reply in the customer's language that quotes and cites the best knowledge passage, and says
   plainly when no passage scored above `RELEVANT`.
@@ -133,10 +134,14 @@ class LocalProvider:
         decision = request.language or language_of(text)
         language = decision.language
         label, score, sentiment_evidence = sentiment(text, language)
-        scored = score_categories(text, request.categories)
+        scored = [] if request.learned else score_categories(text, request.categories)
         best_score, best, hits, similarity = scored[0] if scored else (0.0, None, [], 0.0)
         second = scored[1][0] if len(scored) > 1 else 0.0
-        if best is None or best_score < 0.6:
+        if request.learned is not None:
+            category_id, confidence = request.learned.predict(text, language)
+            team = next((c.team for c in request.categories if c.id == category_id), None)
+            because = f"the tenant's trained model {request.learned.name}"
+        elif best is None or best_score < 0.6:
             category_id, team, confidence = "other", None, 0.3
             because = "no category's keywords or examples matched"
         else:
@@ -167,7 +172,8 @@ class LocalProvider:
             category=category_id, priority=priority, sentiment=label, sentiment_score=round(score, 4),  # type: ignore[arg-type]
             language=language, confidence=round(confidence, 3), team=team, reasoning=reasoning,
         )
-        return result, Usage(self.name, self.model, latency_ms=int((time.perf_counter() - started) * 1000))
+        model = request.learned.name if request.learned is not None else self.model
+        return result, Usage(self.name, model, latency_ms=int((time.perf_counter() - started) * 1000))
 
     def draft(self, request: DraftRequest) -> tuple[DraftReply, Usage]:
         started = time.perf_counter()

@@ -2,7 +2,8 @@
 a summary `report`ed. The middleware confirms the job's tenant before it runs (`job_tenant()`) and logs the
 summary with the job's timing after it.
 
-`outbound` (its own module) declares `send_message`, the `outbound` queue's actor; importing this package
+`outbound` (its own module) declares `send_message`, the `outbound` queue's actor, and `training` the `ai`
+queue's `train_tenant_model`; importing this package
 declares every actor, as a worker process needs."""
 
 from __future__ import annotations
@@ -136,6 +137,6 @@ def provider_limit(provider: str) -> Iterator[None]:
 _limiter_backend: Any = None
 
 
-from workers.actors import outbound  # noqa: E402  (declared after the broker above is installed)
+from workers.actors import outbound, training  # noqa: E402  (declared after the broker above is installed)
 
-__all__ = ["assist_messages", "ingest_events", "outbound", "provider_limit", "retry_message"]
+__all__ = ["assist_messages", "ingest_events", "outbound", "provider_limit", "retry_message", "training"]

@@ -1,9 +1,9 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations`, `webhooks` and
-`changes`; `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz` answers
-without a key.
+The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations`, `webhooks`,
+`changes` and `ai`; `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz`
+answers without a key.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipelines.control.keys import Principal, authenticate
 from pipelines.crypto import SecretBox
 from pipelines.webhooks.endpoints import Endpoints
 from workers import redis_clients
-from workers.admin import changes, conversations, data, lifecycle, operations, sla, webhooks
+from workers.admin import ai, changes, conversations, data, lifecycle, operations, sla, webhooks
 from workers.admin.cache import TenantCache
 from workers.admin.console import console_routes
 from workers.admin.feed import ChangeListener
@@ -80,7 +80,7 @@ class Admin:
 
 def all_endpoints() -> list[Endpoint]:
     return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
-            *conversations.endpoints(), *webhooks.endpoints(), *changes.endpoints()]
+            *conversations.endpoints(), *webhooks.endpoints(), *changes.endpoints(), *ai.endpoints()]
 
 
 def route_path(path: str, words: Collection[str]) -> str:

@@ -34,6 +34,7 @@ from pipelines.desk.models import (
     MessageView,
     ReplyCreate,
 )
+from workers.admin.ai import changed
 from workers.admin.data import as_fleet
 from workers.admin.http import Call, Endpoint
 from workers.queues import OUTBOUND_QUEUE, SEND_ACTOR, enqueue
@@ -143,7 +144,9 @@ def reject_draft(call: Call) -> DraftView:
 def correct_classification(call: Call) -> CorrectionView:
     tenant = _tenant(call)
     with as_fleet(call, tenant).begin() as conn:
-        return corrections.correct(conn, tenant, call.ids["message_id"], call.body, actor=call.actor)
+        correction = corrections.correct(conn, tenant, call.ids["message_id"], call.body, actor=call.actor)
+    changed(call, tenant)  # the correction is an example now: the tenant's classifier learns it
+    return correction
 
 
 def endpoints() -> list[Endpoint]:

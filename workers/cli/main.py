@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from config import SettingsError, configure_logging, get_settings
-from workers.cli import ai, bench, changes, control, conversations, fleet, lifecycle, ops, tenants, webhooks
+from workers.cli import ai, bench, changes, control, conversations, fleet, learning, lifecycle, ops, tenants, webhooks
 from workers.cli.common import console
 
 
@@ -31,3 +31,7 @@ for command in (fleet.services, fleet.migrate, fleet.serve, fleet.worker, fleet.
     main.add_command(command)
 for command in lifecycle.TENANT_COMMANDS:
     tenants.tenant.add_command(command)
+for command in learning.COMMANDS:
+    ai.ai.add_command(command)
+for command in learning.KB_COMMANDS:
+    ai.kb.add_command(command)
