@@ -192,8 +192,8 @@ def test_examples_over_the_api(tenant_key: tuple[uuid.UUID, httpx.Client], app_e
 
     # Another tenant's examples are out of reach.
     other = make_tenant(admin_engine, "Examples other")
-    assert http.get(f"/v1/admin/tenants/{other}/ai/examples").status_code == 403
-    assert http.post(f"/v1/admin/tenants/{other}/ai/examples", json=batch).status_code == 403
+    assert http.get(f"/v1/admin/tenants/{other}/ai/examples").status_code == 404  # another tenant: as an id of nothing
+    assert http.post(f"/v1/admin/tenants/{other}/ai/examples", json=batch).status_code == 404  # another tenant: as an id of nothing
     assert stored(app_engine, other) == []
 
 

@@ -77,7 +77,7 @@ def test_a_primary_key_on_id_alone_has_the_tenant_led_key_that_replaces_it() -> 
         and ("primary key", ("id",)) in keys(t) and ("unique", ("tenant_id", "id")) not in keys(t)
     )
     # Tables nothing refers to: their (id) primary key becomes (tenant_id, id) with no foreign key to follow.
-    assert without == ["ai_classifications", "ai_corrections", "ai_drafts", "ai_examples", "ai_usage",
+    assert without == ["ai_classifications", "ai_corrections", "ai_drafts", "ai_examples", "ai_models", "ai_usage",
                        "ai_usage_monthly", "budget_alerts", "contact_duplicate_candidates", "contact_identities",
                        "contact_merges", "early_statuses", "sla_policies", "webhook_attempts"]
     referenced = {e.column.table.name for t in metadata_for(384).tables.values() for fk in t.foreign_key_constraints
