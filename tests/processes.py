@@ -11,10 +11,33 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 
 INTAKE = str(Path(sys.executable).parent / "intake")
+
+
+def run_intake(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`intake ARGS` as a user runs it, in this run's environment (or `env`)."""
+    return subprocess.run([INTAKE, *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ) if env is None else env)
+
+
+def intake_ok(*args: str, env: dict[str, str] | None = None) -> Any:
+    """`intake ARGS --json`, which must succeed: its one JSON object."""
+    result = run_intake(*args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
+def intake_refused(*args: str, env: dict[str, str] | None = None) -> str:
+    """`intake ARGS`, which must refuse with a clear message (exit 1, or 2 for a usage error), never a traceback."""
+    result = run_intake(*args, env=env)
+    assert result.returncode in (1, 2), result.stdout
+    assert result.stderr.strip() and "Traceback" not in result.stderr
+    return result.stderr
 
 
 def free_port() -> int:

@@ -3,9 +3,6 @@ over the admin API, refused whole (nothing stored) for hostile files and bodies,
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,26 +16,16 @@ from db.tenancy import bind_tenant
 from pipelines.ai import examples
 from pipelines.control.errors import Invalid
 from tests.admin_server import Keyed, client, make_key, make_tenant
-from tests.processes import INTAKE
+from tests.processes import intake_ok as ok
+from tests.processes import intake_refused as refused
 
 CSV = 'text,category\r\n"I was charged twice, please refund",billing\r\nWhere is my parcel?,shipping\r\n'
 
 
-def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=dict(os.environ), timeout=120)
 
 
-def ok(*args: str) -> Any:
-    result = intake(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
-def refused(*args: str) -> str:
-    result = intake(*args)
-    assert result.returncode in (1, 2), result.stdout
-    assert result.stderr.strip() and "Traceback" not in result.stderr
-    return result.stderr
 
 
 def stored(engine: Engine, tenant: uuid.UUID) -> list[tuple[str, str, str]]:

@@ -3,36 +3,16 @@ feed events and audit rows, one JSON object with --json and one line on stderr f
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
 from tests.factories import deliver, new_inbox
-from tests.processes import INTAKE
-
-
-def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=dict(os.environ), timeout=120)
-
-
-def ok(*args: str) -> Any:
-    result = intake(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def refused(*args: str) -> str:
-    result = intake(*args)
-    assert result.returncode in (1, 2), result.stdout
-    assert result.stderr.strip() and "Traceback" not in result.stderr
-    return result.stderr
+from tests.processes import intake_ok as ok
+from tests.processes import intake_refused as refused
 
 
 def test_a_conversation_at_the_command_line(app_engine: Engine, stack: dict[str, str]) -> None:

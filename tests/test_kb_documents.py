@@ -3,11 +3,7 @@ and out of reach of another tenant's key."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import uuid
-from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -15,19 +11,14 @@ from db.tenancy import TenantId, bind_tenant
 from pipelines import knowledge
 from pipelines.ai.local import LocalProvider
 from tests.admin_server import client, make_key, make_tenant
-from tests.processes import INTAKE
+from tests.processes import intake_ok as ok
+from tests.processes import run_intake as intake
 
 ARTICLE = "# Refunds\n\nRefunds reach your card within five working days.\n\n## Partial refunds\n\nAsk us."
 
 
-def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=dict(os.environ), timeout=120)
 
 
-def ok(*args: str) -> Any:
-    result = intake(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def with_documents(app_engine: Engine, tenant: uuid.UUID, *sources: str) -> None:

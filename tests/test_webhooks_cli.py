@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from tests.processes import INTAKE
+from tests.processes import intake_ok, run_intake
 
 PUBLIC = "https://93.184.216.34/hooks"
 
 
-def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "INTAKE_WEBHOOK_ALLOW_PRIVATE_NETWORKS"}
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=env, timeout=120)
+def public_only() -> dict[str, str]:
+    """This run's environment without the tests' leave to deliver to private addresses: as in production."""
+    return {k: v for k, v in os.environ.items() if k != "INTAKE_WEBHOOK_ALLOW_PRIVATE_NETWORKS"}
 
 
 def ok(*args: str) -> Any:
-    result = intake(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return intake_ok(*args, env=public_only())
 
 
 def refused(*args: str) -> str:
-    result = intake(*args)
+    """Refused in one line (a usage error may take more)."""
+    result = run_intake(*args, env=public_only())
     assert result.returncode in (1, 2), result.stdout
     assert result.stderr.strip().count("\n") == 0 or result.returncode == 2, result.stderr
     return result.stderr
