@@ -40,6 +40,7 @@
         ├── WriterBusy              workers.web: the write queue is full (503)
         ├── ParseTimeout            workers.web: the body was not parsed in time (503)
         ├── ServicesUnavailable     workers: PostgreSQL or Redis cannot be reached or is not set up
+        │   └── PortUnavailable         workers.embedded: a port `intake run` needs is taken (exit 1, naming it)
         └── ServiceError            workers: an embedded PostgreSQL or Redis did not start or stop
 
 `AIBadOutput`, `AIRefused` and `AIUnavailable` also share `pipelines.ai.base.AIError`. Each class is
