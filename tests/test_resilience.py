@@ -64,6 +64,24 @@ def sweep(env: dict[str, str] | None = None) -> dict[str, object]:
     return data
 
 
+def drain(tenant: CorpusTenant, engine: Engine, timeout: float = 120) -> None:
+    """Sweep until every event of `tenant` is processed; if not in time, fail naming what is left and why."""
+
+    def drained() -> bool:
+        sweep()  # re-enqueue what Redis lost or never got
+        return tenant.counts(engine)["unprocessed"] == 0
+
+    try:
+        wait_for(drained, timeout=timeout, interval=2)
+    except AssertionError:
+        with engine.begin() as conn:
+            bind_tenant(conn, tenant.tenant_id)
+            left = conn.execute(text(
+                "SELECT status, attempts, error, count(*) AS n FROM inbound_events WHERE status <> 'processed' "
+                "GROUP BY 1, 2, 3 ORDER BY n DESC LIMIT 10")).all()
+        raise AssertionError(f"events left unprocessed: {[tuple(row) for row in left]}") from None
+
+
 def events_stored(tenant: CorpusTenant, engine: Engine) -> int:
     return tenant.report(engine, sent=0)["events_stored"]
 
@@ -116,12 +134,7 @@ def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
         assert services.status().redis_url == stack["REDIS_URL"]
         posted = posting.join()
         assert set(posted.codes) == {200}  # the ingress acknowledged every delivery throughout
-
-        def drained() -> bool:
-            sweep()  # re-enqueue what Redis lost or never got
-            return tenant.counts(app_engine)["unprocessed"] == 0
-
-        wait_for(drained, timeout=120, interval=2)
+        drain(tenant, app_engine)
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("redis stop+flush", tenant, app_engine, posted)
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
@@ -151,12 +164,7 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
         posted = posting.join()
         assert set(posted.codes) == {200}
         assert posted.retries > 0  # the outage was real: some deliveries were refused with 503 and retried
-
-        def drained() -> bool:
-            sweep()
-            return tenant.counts(app_engine)["unprocessed"] == 0
-
-        wait_for(drained, timeout=120, interval=2)
+        drain(tenant, app_engine)
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("postgres restart", tenant, app_engine, posted)
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
