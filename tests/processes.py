@@ -85,12 +85,14 @@ def web_server(env: dict[str, str] | None = None, log_path: Path | None = None) 
 
 @contextmanager
 def worker(processes: int = 1, threads: int = 4, env: dict[str, str] | None = None,
-           queues: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+           queues: tuple[str, ...] = (), log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`intake worker` as a process; its log lines go to `log` when given (to read when a test fails)."""
     args = [INTAKE, "worker", "--processes", str(processes), "--threads", str(threads)]
     for queue in queues:
         args += ["--queues", queue]
-    proc = subprocess.Popen(args, env={**os.environ, "INTAKE_WORKER_METRICS_PORT": "0", **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(log if log is not None else os.devnull, "ab") as out:
+        proc = subprocess.Popen(args, env={**os.environ, "INTAKE_WORKER_METRICS_PORT": "0", **(env or {})},
+                                stdout=out, stderr=out, start_new_session=True)
     try:
         yield proc
     finally:

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -64,8 +65,9 @@ def sweep(env: dict[str, str] | None = None) -> dict[str, object]:
     return data
 
 
-def drain(tenant: CorpusTenant, engine: Engine, timeout: float = 120) -> None:
-    """Sweep until every event of `tenant` is processed; if not in time, fail naming what is left and why."""
+def drain(tenant: CorpusTenant, engine: Engine, log: Path | None = None, timeout: float = 120) -> None:
+    """Sweep until every event of `tenant` is processed; if not in time, fail naming what is left and why
+    (and the worker's last warnings, from `log`)."""
 
     def drained() -> bool:
         sweep()  # re-enqueue what Redis lost or never got
@@ -79,7 +81,10 @@ def drain(tenant: CorpusTenant, engine: Engine, timeout: float = 120) -> None:
             left = conn.execute(text(
                 "SELECT status, attempts, error, count(*) AS n FROM inbound_events WHERE status <> 'processed' "
                 "GROUP BY 1, 2, 3 ORDER BY n DESC LIMIT 10")).all()
-        raise AssertionError(f"events left unprocessed: {[tuple(row) for row in left]}") from None
+        warnings = [line for line in (log.read_text(errors="replace").splitlines() if log else [])
+                    if '"warning"' in line or '"error"' in line or "Traceback" in line][-15:]
+        raise AssertionError(f"events left unprocessed: {[tuple(row) for row in left]}; the worker's last "
+                             f"warnings: {warnings}") from None
 
 
 def events_stored(tenant: CorpusTenant, engine: Engine) -> int:
@@ -116,11 +121,12 @@ def test_worker_killed_repeatedly_while_events_flow(server: str, app_engine: Eng
 
 
 def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
-    server: str, app_engine: Engine, stack: dict[str, str]
+    server: str, app_engine: Engine, stack: dict[str, str], tmp_path: Path
 ) -> None:
     services = EmbeddedServices(__import__("tests.conftest", fromlist=["TEST_HOME"]).TEST_HOME)
     tenant = CorpusTenant(app_engine, "FI", 80, seed=22)
-    with worker(processes=1, threads=4, env=WORKER_ENV):
+    log = tmp_path / "worker.log"
+    with worker(processes=1, threads=4, env=WORKER_ENV, log=log):
         posting = Background(server, [tenant], concurrency=4)
         wait_for(lambda: events_stored(tenant, app_engine) > len(tenant.corpus.deliveries) // 5, timeout=60,
                  interval=0.05)  # a fifth acknowledged: the outage meets the rest in flight
@@ -134,19 +140,20 @@ def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
         assert services.status().redis_url == stack["REDIS_URL"]
         posted = posting.join()
         assert set(posted.codes) == {200}  # the ingress acknowledged every delivery throughout
-        drain(tenant, app_engine)
+        drain(tenant, app_engine, log)
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("redis stop+flush", tenant, app_engine, posted)
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
 
 
-def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
+def test_postgres_restarted_mid_run(server: str, app_engine: Engine, tmp_path: Path) -> None:
     from pgserver._commands import pg_ctl
 
     from tests.conftest import TEST_HOME
 
     tenant = CorpusTenant(app_engine, "US", 200, seed=23)
-    with worker(processes=1, threads=4, env=WORKER_ENV):
+    log = tmp_path / "worker.log"
+    with worker(processes=1, threads=4, env=WORKER_ENV, log=log):
         posting = Background(server, [tenant], concurrency=4)
         # A fifth of the corpus acknowledged (the ingress's pace, whatever the workers' start-up costs):
         # the outage then meets deliveries in flight, and jobs too.
@@ -164,7 +171,7 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine) -> None:
         posted = posting.join()
         assert set(posted.codes) == {200}
         assert posted.retries > 0  # the outage was real: some deliveries were refused with 503 and retried
-        drain(tenant, app_engine)
+        drain(tenant, app_engine, log)
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("postgres restart", tenant, app_engine, posted)
     assert (figures["duplicates"], figures["lost"]) == (0, 0)
