@@ -22,7 +22,8 @@ from tests.admin_server import Keyed, admin_server, client, make_key
 from workers.embedded.services import EmbeddedServices
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_HOME = Path(os.environ.get("INTAKE_TEST_HOME", ROOT / ".intake-test"))
+# Under pytest-xdist each worker process runs its own embedded services, in a home of its own.
+TEST_HOME = Path(os.environ.get("INTAKE_TEST_HOME", ROOT / ".intake-test")) / os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 @pytest.fixture(scope="session")
