@@ -27,7 +27,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is missing and cannot be installed here: the console's browser tests will be skipped"
 
-# The PgBouncer test (tests/test_pgbouncer.py) starts Debian's pgbouncer in front of the embedded PostgreSQL:
+# The PgBouncer test (tests/deployment/test_pgbouncer.py) starts Debian's pgbouncer in front of the embedded PostgreSQL:
 # installed here when missing and the machine allows; otherwise that test skips with the reason (fails under CI=true).
 pgbouncer:
 	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { [ "$$(id -u)" = 0 ] && \
@@ -37,7 +37,7 @@ pgbouncer:
 
 # The fuzz targets with many more examples than `make test` runs (see the README's Development section).
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/test_fuzz.py tests/test_ingress_fuzz.py
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/channels/test_fuzz.py tests/ingress/test_ingress_fuzz.py
 
 # Machines that die (tests/cluster_machines.py; a few minutes, root): two fleet machines in network namespaces
 # over real TCP, one killed mid-flow. On demand only: not part of `make test`.

@@ -3,7 +3,7 @@
 Migrations 0001 onwards build the database with hand-written DDL; this module states the same tables as
 SQLAlchemy Core `Table`s, so a reader learns a table's columns in one place, another Python application can
 import them to read the tables (`from db.schema import messages`), and Alembic compares them with a migrated
-database (`tests/test_schema.py` fails on any drift). Row-level security, roles, grants and SQL functions are
+database (`tests/db/test_schema.py` fails on any drift). Row-level security, roles, grants and SQL functions are
 not tables and stay in the migrations.
 
 Constraint names follow PostgreSQL's own defaults (`<table>_pkey`, `<table>_<columns>_key`,

@@ -90,3 +90,11 @@ def operator(admin_engine: Engine) -> Keyed:
 def op(base: str, operator: Keyed) -> Iterator[httpx.Client]:
     with client(base, operator) as c:
         yield c
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `offline` every test that needs no embedded services (`make test-offline` runs just those, in seconds:
+    the channel adapters, normalization, the error policy, the layout)."""
+    for item in items:
+        if "stack" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.offline)
