@@ -2,8 +2,12 @@
 
 The embedded server listens on a unix socket only, so PgBouncer reaches it with `host=<socket dir>`; the fleet
 reaches PgBouncer over TCP on a free port, as it would a managed pooler. Two pooled databases point at the one
-`intake` database: `intake` (a few server connections, for the fleet) and `intake_one` (a single server
-connection, so that every client of it shares one backend).
+`intake` database: `intake` (a few server connections, for the fleet), `intake_one` (a single server
+connection, so that every client of it shares one backend) and `intake_session` (session mode, for the
+connections that LISTEN or hold a session lock: the webhook dispatcher's, as a deployment without a direct
+route to PostgreSQL would give it). In session mode a server connection outlives its client: `DISCARD ALL`
+(the reset query, which transaction mode never runs) drops the client's advisory locks and LISTENs with it,
+or a dispatcher killed while it led would leave its lock to whichever client the pool hands that connection.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def _socket(database_url: str) -> tuple[str, int]:
 
 @contextmanager
 def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...], *,
-              listen: str = "127.0.0.1") -> Iterator[Bouncer]:
+              listen: str = "127.0.0.1", pool_size: int = 4) -> Iterator[Bouncer]:
     """PgBouncer in transaction mode on a free TCP port of `listen`, in front of the server behind `database_url`."""
     command = binary()
     directory, pg_port = _socket(database_url)
@@ -70,8 +74,9 @@ def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...], *,
     config = workdir / "pgbouncer.ini"
     log = workdir / "pgbouncer.log"
     config.write_text(f"""[databases]
-intake = host={directory} port={pg_port} dbname=intake pool_size=4
+intake = host={directory} port={pg_port} dbname=intake pool_size={pool_size}
 intake_one = host={directory} port={pg_port} dbname=intake pool_size=1
+intake_session = host={directory} port={pg_port} dbname=intake pool_mode=session pool_size=8
 
 [pgbouncer]
 pool_mode = transaction
@@ -84,7 +89,7 @@ logfile = {log}
 max_client_conn = 500
 default_pool_size = 4
 reserve_pool_size = 0
-server_reset_query =
+server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits,options
 """)
     args = [command, str(config)]

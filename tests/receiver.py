@@ -66,7 +66,8 @@ def verify(secrets: list[str], body: bytes, headers: dict[str, str]) -> list[str
 
 
 @contextmanager
-def receiver() -> Iterator[Receiver]:
+def receiver(host: str = "127.0.0.1") -> Iterator[Receiver]:
+    """The receiver on a free port of `host` (another address than loopback for senders on other machines)."""
     state = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -102,9 +103,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    state.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
