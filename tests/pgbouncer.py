@@ -27,6 +27,13 @@ import pytest
 
 from tests.processes import free_port, stop
 
+# A client on a machine that died without a word (no FIN, no RST) is dropped after about 8 s, and with it the
+# transaction it held open and that transaction's locks, or the server connection it held in session mode:
+# TCP keepalives (idle seconds, seconds between probes, probes) find an idle one, and TCP_USER_TIMEOUT (ms)
+# one that PgBouncer was sending to (results, notifications), which keepalives never probe. The OS defaults
+# wait two hours and about fifteen minutes.
+KEEPALIVE = (5, 1, 3)
+USER_TIMEOUT_MS = 8000
 # The one system user PgBouncer may drop to when started as root (it refuses to run as root): the embedded
 # PostgreSQL's own, which owns the socket directory.
 EMBEDDED_OS_USER = "pgserver"
@@ -91,6 +98,11 @@ default_pool_size = 4
 reserve_pool_size = 0
 server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits,options
+tcp_keepalive = 1
+tcp_keepidle = {KEEPALIVE[0]}
+tcp_keepintvl = {KEEPALIVE[1]}
+tcp_keepcnt = {KEEPALIVE[2]}
+tcp_user_timeout = {USER_TIMEOUT_MS}
 """)
     args = [command, str(config)]
     if os.geteuid() == 0:
