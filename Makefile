@@ -39,7 +39,7 @@ pgbouncer:
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/test_fuzz.py tests/test_ingress_fuzz.py
 
-# Machines that die (tests/cluster_machines.py; about five minutes, root): two fleet machines running every role
+# Machines that die (tests/cluster_machines.py; about four minutes, root): two fleet machines running every role
 # in network namespaces over real TCP; in one run a machine dies, Redis fails over and PostgreSQL restarts, and
 # the books must balance. On demand only: not part of `make test`.
 cluster-test: $(STAMP) pgbouncer
