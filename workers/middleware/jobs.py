@@ -18,7 +18,8 @@ from db.tenancy import TenantId, UnknownTenant, resolve_tenant
 from pipelines.errors import UnknownTenantError
 
 log = structlog.get_logger("intake.worker")
-_tenant: ContextVar[TenantId | UnknownTenantError | None] = ContextVar("intake_job_tenant", default=None)
+# The confirmed tenant, or why it could not be confirmed (raised when the actor asks).
+_tenant: ContextVar[TenantId | Exception | None] = ContextVar("intake_job_tenant", default=None)
 _started: ContextVar[float] = ContextVar("intake_job_started", default=0.0)
 _summary: ContextVar[dict[str, Any] | None] = ContextVar("intake_job_summary", default=None)
 
@@ -26,11 +27,12 @@ _summary: ContextVar[dict[str, Any] | None] = ContextVar("intake_job_summary", d
 def job_tenant() -> TenantId:
     """The tenant of the running job, confirmed by `TenantScope` before the actor was called.
 
-    Raises `UnknownTenantError` for a job whose tenant does not exist: here, in the actor, because dramatiq
-    logs and ignores what a middleware raises before a job.
+    Raises `UnknownTenantError` for a job whose tenant does not exist, and the database's own error when the
+    tenant could not be looked up (PostgreSQL restarting: retryable, so the job is retried, not dead-lettered):
+    here, in the actor, because dramatiq logs and ignores what a middleware raises before a job.
     """
     tenant = _tenant.get()
-    if isinstance(tenant, UnknownTenantError):
+    if isinstance(tenant, Exception):
         raise tenant
     if tenant is None:
         raise RuntimeError("no tenant: the actor runs without the TenantScope middleware, or takes no tenant_id")
@@ -60,7 +62,7 @@ class TenantScope(dramatiq.Middleware):
         raw = (message.kwargs or {}).get("tenant_id") or (message.args[0] if message.args else None)
         try:
             _tenant.set(None if raw is None else self.confirm(raw))
-        except UnknownTenantError as exc:
+        except Exception as exc:  # an unknown tenant, or the database unreachable: the actor raises it
             _tenant.set(exc)
 
     def confirm(self, raw: object) -> TenantId:
