@@ -18,9 +18,9 @@ from sqlalchemy import Engine, text
 from config import get_settings
 from pipelines.lifecycle.business_hours import SEARCH_DAYS
 from pipelines.lifecycle.retention import RetentionPolicy
-from tests.admin_server import Keyed, client, make_key
 from tests.admin.test_admin_api import seed_failures
 from tests.admin.test_admin_cli import intake
+from tests.admin_server import Keyed, client, make_key
 
 A = "/v1/admin"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

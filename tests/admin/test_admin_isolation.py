@@ -14,8 +14,8 @@ import httpx
 import orjson
 from sqlalchemy import Engine, text
 
-from tests.admin_server import admin_server, client, make_key
 from tests.admin.test_admin_api import seed_failures
+from tests.admin_server import admin_server, client, make_key
 
 # A valid body for each request model, so that validation passes and tenancy is what is tested.
 BODIES: dict[str, dict[str, Any]] = {

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.admin.test_admin_api import seed_failures
 from tests.admin_server import Keyed, admin_server, client, make_key, make_tenant
 from tests.browser import admin_app, serve
-from tests.processes import INTAKE, wait_for
-from tests.admin.test_admin_api import seed_failures
 from tests.console.test_console import sign_in
+from tests.processes import INTAKE, wait_for
 from workers.admin.jobs import TENANT_THREADS
 
 A = "/v1/admin"

@@ -27,8 +27,8 @@ from pipelines.crypto import SecretBox
 from pipelines.lifecycle.tables import tenant_tables
 from tests.admin_server import admin_server, client, make_key
 from tests.factories import new_inbox, seed_tenant
-from tests.processes import wait_for
 from tests.lifecycle.test_erasure import ERIK, ERIK_TEXTS, enqueue, send
+from tests.processes import wait_for
 from workers.admin.jobs import KEEP_SECONDS, Jobs
 from workers.queues import NAMESPACE
 

@@ -235,8 +235,8 @@ def test_posts_without_the_csrf_token_are_refused(page: Any, admin_engine: Engin
 def test_a_slow_replay_is_found_on_the_jobs_page_and_cancelled(page: Any, console: str, admin_engine: Engine) -> None:
     from playwright.sync_api import expect
 
-    from tests.admin_server import make_tenant
     from tests.admin.test_admin_api import seed_failures
+    from tests.admin_server import make_tenant
 
     tenants = [make_tenant(admin_engine, name) for name in ("Slow Replays Oy", "Later Replays AB")]
     for tenant in tenants:

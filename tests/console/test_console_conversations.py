@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.browser import admin_app, make_key, serve
-from tests.factories import deliver, new_inbox
 from tests.console.test_console import sign_in
+from tests.factories import deliver, new_inbox
 
 
 @pytest.fixture(scope="module")

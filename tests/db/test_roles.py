@@ -76,9 +76,9 @@ CROSS_TENANT = [
     ["clock", "--once"],
     ["clock"],
     ["dlq", "list"],
-    ["dlq", "show", str(uuid.uuid4())],
+    ["dlq", "show", "5e76ede3-e2ca-4edd-998f-32145271c52d"],  # any id: the command is refused before it looks
     ["dlq", "replay", "--all", "--dry-run"],
-    ["dlq", "discard", str(uuid.uuid4())],
+    ["dlq", "discard", "8d1cba7c-d8fd-415a-8cd9-de8edd29caaa"],
     ["dlq", "stats"],
     ["events", "list"],
     ["events", "reprocess", "--status", "failed"],

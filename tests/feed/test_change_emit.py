@@ -22,7 +22,9 @@ from pipelines.lifecycle.retention import RetentionPolicy, apply_tenant
 from tests.factories import deliver, new_inbox
 from tests.ingest.test_ingest_isolation import poison
 from tests.ingest.test_ingest_pipeline import api_message, store_events
-from tests.lifecycle.test_retention import clock_engine as clock_engine  # the clock's role, as the retention tests make it
+from tests.lifecycle.test_retention import (
+    clock_engine as clock_engine,  # the clock's role, as the retention tests make it
+)
 
 NOW = datetime.now(UTC)
 

@@ -23,8 +23,8 @@ from db.tenancy import bind_tenant
 from pipelines.errors import is_retryable
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
-from tests.processes import INTAKE, wait_for, web_server, worker
 from tests.ingest.test_ingest_pipeline import api_message, query, store_events
+from tests.processes import INTAKE, wait_for, web_server, worker
 from tests.webhooks import sign
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "500"}
