@@ -19,6 +19,7 @@ from config import get_settings
 from db import migrate
 from db.engine import make_engine
 from tests.admin_server import Keyed, admin_server, client, make_key
+from tests.processes import web_server
 from workers.embedded.services import EmbeddedServices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +73,14 @@ def app_engine(stack: dict[str, str]) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def redis_client(stack: dict[str, str]) -> redis.Redis:
     return redis.Redis.from_url(stack["REDIS_URL"])
+
+
+# The ingress over real HTTP: one `intake serve` per test module that asks for one, with rate limits out of the
+# way (the tests that are about rate limits start their own).
+@pytest.fixture(scope="module")
+def server(stack: dict[str, str]) -> Iterator[str]:
+    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
+        yield base
 
 
 # The admin API over real HTTP: one server per test module that asks for one, and an operator's client.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,10 @@ from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
 from tests.openai_server import openai_stub
-from tests.processes import INTAKE, wait_for, web_server, worker
+from tests.processes import INTAKE, wait_for, worker
 from tests.webhooks import fixture, sign
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "300", "INTAKE_JOB_MAX_RETRIES": "2"}
-
-
-@pytest.fixture(scope="module")
-def server(stack: dict[str, str]) -> Iterator[str]:
-    with web_server() as base:
-        yield base
 
 
 def post_api(base: str, inbox: CreatedInbox, msg_id: str, text_: str, email: str) -> None:

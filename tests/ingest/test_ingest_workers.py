@@ -8,27 +8,19 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import psutil
-import pytest
 import redis
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
 from tests.factories import new_inbox
 from tests.fleet import CorpusTenant, post_all, settle
-from tests.processes import wait_for, web_server, worker
+from tests.processes import wait_for, worker
 
 WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "100",
               "INTAKE_JOB_MAX_BACKOFF_MS": "2000"}
-
-
-@pytest.fixture(scope="module")
-def server(stack: dict[str, str]) -> Iterator[str]:
-    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
-        yield base
 
 
 def jobs_left(client: redis.Redis) -> int:

@@ -21,13 +21,12 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
@@ -36,7 +35,7 @@ from pipelines.crypto import SecretBox
 from pipelines.inboxes import create_inbox
 from tests.fleet import CorpusTenant
 from tests.fuzz import shapes
-from tests.processes import wait_for, web_server, worker
+from tests.processes import wait_for, worker
 from tests.webhooks import sign
 
 WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "100",
@@ -267,12 +266,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- the test ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(stack: dict[str, str]) -> Iterator[str]:
-    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
-        yield base
-
-
 def check_poison(d: Delivery, run: Run, rows: list[Any]) -> None:
     expected = OUTCOME[d.kind]
     status = run.codes.get(id(d))

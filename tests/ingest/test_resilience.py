@@ -13,26 +13,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
 from tests.fleet import CorpusTenant, PostResult, post_all, settle
-from tests.processes import INTAKE, wait_for, web_server, worker
+from tests.processes import INTAKE, wait_for, worker
 from workers.embedded.services import EmbeddedServices
 
 WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "200",
               "INTAKE_JOB_MAX_BACKOFF_MS": "2000", "INTAKE_JOB_MAX_RETRIES": "20"}
-
-
-@pytest.fixture
-def server(stack: dict[str, str]) -> Iterator[str]:
-    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
-        yield base
 
 
 class Background:

@@ -7,7 +7,6 @@ check.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import httpx
@@ -19,7 +18,6 @@ from sqlalchemy import Engine
 from pipelines.inboxes import CHANNELS, CreatedInbox
 from tests.factories import new_inbox
 from tests.fuzz.strategies import fuzz_settings
-from tests.processes import web_server
 from tests.webhooks import sign
 
 pytestmark = pytest.mark.fuzz
@@ -61,12 +59,6 @@ headers = st.dictionaries(
                      "x-forwarded-proto", "x-forwarded-host"]),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip), max_size=4,
 )
-
-
-@pytest.fixture(scope="module")
-def server(stack: dict[str, str]) -> Iterator[str]:
-    with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "100000", "INTAKE_RATE_LIMIT_BURST": "100000"}) as base:
-        yield base
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ CREDENTIAL_HEADERS = ("authorization", "x-telegram-bot-api-secret-token")
 
 
 @pytest.fixture(scope="module")
-def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ingress(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`intake serve` with this module's limits (a small body cap, its own log to read)."""
     log = tmp_path_factory.mktemp("web") / "web.log"
     with web_server({"INTAKE_RATE_LIMIT_PER_SECOND": "10000", "INTAKE_RATE_LIMIT_BURST": "10000",
                      "INTAKE_MAX_BODY_BYTES": "65536"}, log) as base:
@@ -59,10 +60,10 @@ def post(base: str, inbox: CreatedInbox, name: str, **kwargs: object) -> httpx.R
 
 @pytest.mark.parametrize("channel", sorted(GENUINE))
 def test_a_genuine_delivery_is_stored_then_enqueued(
-    server: str, app_engine: Engine, redis_client: redis.Redis, channel: str
+    ingress: str, app_engine: Engine, redis_client: redis.Redis, channel: str
 ) -> None:
     inbox = new_inbox(app_engine, channel)
-    response = post(server, inbox, GENUINE[channel])
+    response = post(ingress, inbox, GENUINE[channel])
     assert response.status_code == 200, response.text
     (event,) = stored_events(app_engine, inbox)
     assert event["status"] == "received"
@@ -70,24 +71,24 @@ def test_a_genuine_delivery_is_stored_then_enqueued(
     headers = event["headers"]
     assert isinstance(headers, dict)
     assert not any(h in headers for h in CREDENTIAL_HEADERS)
-    assert headers["x-intake-url"] == url_for(server, inbox)
+    assert headers["x-intake-url"] == url_for(ingress, inbox)
     # The job is sent right after the commit, off the request path.
     wait_for(lambda: enqueued_with(redis_client, event["id"]) == 1, timeout=10)
 
 
-def test_twilio_gets_empty_twiml(server: str, app_engine: Engine) -> None:
+def test_twilio_gets_empty_twiml(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "twilio")
-    response = post(server, inbox, GENUINE["twilio"])
+    response = post(ingress, inbox, GENUINE["twilio"])
     assert response.headers["content-type"].startswith("text/xml")
     assert b"<Response></Response>" in response.content
 
 
 def test_five_concurrent_copies_store_and_enqueue_once(
-    server: str, app_engine: Engine, redis_client: redis.Redis
+    ingress: str, app_engine: Engine, redis_client: redis.Redis
 ) -> None:
     inbox = new_inbox(app_engine, "whatsapp")
     body, ctype = fixture("whatsapp/batch.json")
-    url = url_for(server, inbox)
+    url = url_for(ingress, inbox)
     headers, body = sign("whatsapp", inbox.secrets, url, body, ctype)
 
     async def burst() -> list[int]:
@@ -96,17 +97,17 @@ def test_five_concurrent_copies_store_and_enqueue_once(
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 5
-    assert post(server, inbox, "whatsapp/batch.json").status_code == 200  # and a later retry
+    assert post(ingress, inbox, "whatsapp/batch.json").status_code == 200  # and a later retry
     (event,) = stored_events(app_engine, inbox)
     wait_for(lambda: enqueued_with(redis_client, event["id"]) >= 1, timeout=10)
     assert enqueued_with(redis_client, event["id"]) == 1
 
 
-def test_api_retries_dedupe_on_webhook_id(server: str, app_engine: Engine) -> None:
+def test_api_retries_dedupe_on_webhook_id(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "api")
     for _ in range(3):
-        assert post(server, inbox, GENUINE["api"], webhook_id="msg_retry_1").status_code == 200
-    assert post(server, inbox, GENUINE["api"], webhook_id="msg_retry_2").status_code == 200
+        assert post(ingress, inbox, GENUINE["api"], webhook_id="msg_retry_1").status_code == 200
+    assert post(ingress, inbox, GENUINE["api"], webhook_id="msg_retry_2").status_code == 200
     assert sorted(e["dedupe_key"] for e in stored_events(app_engine, inbox)) == ["msg_retry_1", "msg_retry_2"]
 
 
@@ -118,10 +119,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 @pytest.mark.parametrize("channel", sorted(GENUINE))
-def test_forged_and_unsigned_deliveries_are_refused_alike(server: str, app_engine: Engine, channel: str) -> None:
+def test_forged_and_unsigned_deliveries_are_refused_alike(ingress: str, app_engine: Engine, channel: str) -> None:
     inbox = new_inbox(app_engine, channel)
     body, ctype = fixture(GENUINE[channel])
-    url = url_for(server, inbox)
+    url = url_for(ingress, inbox)
     wrong = {k: (v + "x" if k != "content-type" else v) for k, v in sign(channel, inbox.secrets, url, body, ctype)[0].items()}
     unsigned = {"content-type": ctype, "webhook-id": "m", "webhook-timestamp": "1"}
     forged = httpx.post(url, content=body, headers=wrong)
@@ -132,56 +133,56 @@ def test_forged_and_unsigned_deliveries_are_refused_alike(server: str, app_engin
     assert stored_events(app_engine, inbox) == []
 
 
-def test_unknown_disabled_and_mismatched_inboxes_are_404(server: str, app_engine: Engine) -> None:
+def test_unknown_disabled_and_mismatched_inboxes_are_404(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "api")
     body, ctype = fixture(GENUINE["api"])
-    assert_error(httpx.post(f"{server}/v1/webhooks/api/{uuid.uuid4()}", content=body), 404, "unknown_inbox")
-    assert_error(httpx.post(f"{server}/v1/webhooks/api/not-a-uuid", content=body), 404, "unknown_inbox")
-    assert_error(httpx.post(f"{server}/v1/webhooks/telegram/{inbox.id}", content=body), 404, "unknown_inbox")
-    assert_error(httpx.post(f"{server}/v1/webhooks/fax/{inbox.id}", content=body), 404, "unknown_inbox")
+    assert_error(httpx.post(f"{ingress}/v1/webhooks/api/{uuid.uuid4()}", content=body), 404, "unknown_inbox")
+    assert_error(httpx.post(f"{ingress}/v1/webhooks/api/not-a-uuid", content=body), 404, "unknown_inbox")
+    assert_error(httpx.post(f"{ingress}/v1/webhooks/telegram/{inbox.id}", content=body), 404, "unknown_inbox")
+    assert_error(httpx.post(f"{ingress}/v1/webhooks/fax/{inbox.id}", content=body), 404, "unknown_inbox")
     disabled = new_inbox(app_engine, "api")
     with app_engine.begin() as conn:
         conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(disabled.tenant_id)})
         conn.execute(text("UPDATE inboxes SET enabled = false WHERE id = :i"), {"i": disabled.id})
-    headers, body = sign("api", disabled.secrets, url_for(server, disabled), body, ctype)
-    assert_error(httpx.post(url_for(server, disabled), content=body, headers=headers), 404, "unknown_inbox")
+    headers, body = sign("api", disabled.secrets, url_for(ingress, disabled), body, ctype)
+    assert_error(httpx.post(url_for(ingress, disabled), content=body, headers=headers), 404, "unknown_inbox")
     assert stored_events(app_engine, disabled) == []
 
 
-def test_oversized_bodies_are_413_by_header_and_by_stream(server: str, app_engine: Engine) -> None:
+def test_oversized_bodies_are_413_by_header_and_by_stream(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "api")
     big = b'{"pad": "' + b"x" * 70_000 + b'"}'
-    headers, big = sign("api", inbox.secrets, url_for(server, inbox), big, "application/json")
-    assert_error(httpx.post(url_for(server, inbox), content=big, headers=headers), 413, "payload_too_large")
+    headers, big = sign("api", inbox.secrets, url_for(ingress, inbox), big, "application/json")
+    assert_error(httpx.post(url_for(ingress, inbox), content=big, headers=headers), 413, "payload_too_large")
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while streaming
         for start in range(0, len(big), 8192):
             yield big[start:start + 8192]
 
-    streamed = httpx.post(url_for(server, inbox), content=chunks(), headers=headers)
+    streamed = httpx.post(url_for(ingress, inbox), content=chunks(), headers=headers)
     assert_error(streamed, 413, "payload_too_large")
     assert stored_events(app_engine, inbox) == []
 
 
-def test_malformed_but_authentic_bodies_are_400(server: str, app_engine: Engine) -> None:
+def test_malformed_but_authentic_bodies_are_400(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "api")
     bad = b'{"id": "x", "type": "message", "sent_at": "yesterday", "text": "hi", "contact": {"email": "a@b.co"}}'
-    headers, bad = sign("api", inbox.secrets, url_for(server, inbox), bad, "application/json")
-    response = httpx.post(url_for(server, inbox), content=bad, headers=headers)
+    headers, bad = sign("api", inbox.secrets, url_for(ingress, inbox), bad, "application/json")
+    response = httpx.post(url_for(ingress, inbox), content=bad, headers=headers)
     assert_error(response, 400, "malformed_payload")
     assert "sent_at" in response.json()["detail"]
     assert stored_events(app_engine, inbox) == []
 
 
-def test_rate_limit_is_429_with_retry_after(server: str, app_engine: Engine) -> None:
+def test_rate_limit_is_429_with_retry_after(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "telegram", settings={"rate_limit_per_second": 0.5, "rate_limit_burst": 2})
     codes = []
     for update_id in range(3):
         body = orjson.dumps({"update_id": 500 + update_id, "message": {
             "message_id": update_id, "date": 1700000000, "chat": {"id": 7, "type": "private"},
             "from": {"id": 7, "first_name": "Rate"}, "text": "hi"}})
-        headers, body = sign("telegram", inbox.secrets, url_for(server, inbox), body, "application/json")
-        response = httpx.post(url_for(server, inbox), content=body, headers=headers)
+        headers, body = sign("telegram", inbox.secrets, url_for(ingress, inbox), body, "application/json")
+        response = httpx.post(url_for(ingress, inbox), content=body, headers=headers)
         codes.append(response.status_code)
     assert codes == [200, 200, 429]
     assert_error(response, 429, "rate_limited")
@@ -189,10 +190,10 @@ def test_rate_limit_is_429_with_retry_after(server: str, app_engine: Engine) -> 
     assert len(stored_events(app_engine, inbox)) == 2
 
 
-def test_mailgun_token_reuse_is_refused(server: str, app_engine: Engine) -> None:
+def test_mailgun_token_reuse_is_refused(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "mailgun")
     body, ctype = fixture(GENUINE["mailgun"])
-    url = url_for(server, inbox)
+    url = url_for(ingress, inbox)
     headers, signed = sign("mailgun", inbox.secrets, url, body, ctype)
     assert httpx.post(url, content=signed, headers=headers).status_code == 200
     # The same timestamp, token and signature around a different message: a replay.
@@ -201,9 +202,9 @@ def test_mailgun_token_reuse_is_refused(server: str, app_engine: Engine) -> None
     assert len(stored_events(app_engine, inbox)) == 1
 
 
-def test_whatsapp_subscription_handshake(server: str, app_engine: Engine) -> None:
+def test_whatsapp_subscription_handshake(ingress: str, app_engine: Engine) -> None:
     inbox = new_inbox(app_engine, "whatsapp")
-    url = url_for(server, inbox)
+    url = url_for(ingress, inbox)
     ok = httpx.get(url, params={"hub.mode": "subscribe", "hub.verify_token": inbox.secrets["verify_token"],
                                 "hub.challenge": "1158201444"})
     assert (ok.status_code, ok.text) == (200, "1158201444")
@@ -211,14 +212,14 @@ def test_whatsapp_subscription_handshake(server: str, app_engine: Engine) -> Non
     assert_error(bad, 403, "invalid_verify_token")
 
 
-def test_health_readiness_and_metrics(server: str) -> None:
-    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
-    ready = httpx.get(server + "/readyz")
+def test_health_readiness_and_metrics(ingress: str) -> None:
+    assert httpx.get(ingress + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(ingress + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
-    metrics = httpx.get(server + "/metrics").text
+    metrics = httpx.get(ingress + "/metrics").text
     assert 'intake_webhook_requests_total{channel="api",outcome="200"}' in metrics
     assert "intake_webhook_latency_seconds_bucket" in metrics
-    assert_error(httpx.put(server + "/healthz"), 405, "method_not_allowed")
+    assert_error(httpx.put(ingress + "/healthz"), 405, "method_not_allowed")
 
 
 def test_deliveries_are_acknowledged_and_kept_while_redis_is_down(
