@@ -64,18 +64,7 @@ def web_server(env: dict[str, str] | None = None, log_path: Path | None = None) 
                             stdout=out, stderr=out, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"intake serve exited with {proc.returncode}")
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("intake serve did not start")
-            time.sleep(0.1)
+        wait_until_serving(base, proc)
         yield base
     finally:
         stop(proc)
@@ -97,6 +86,20 @@ def worker(processes: int = 1, threads: int = 4, env: dict[str, str] | None = No
         yield proc
     finally:
         stop(proc, timeout=40)
+
+
+def wait_until_serving(base: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until `base`/healthz answers 200; fails at once, with its exit status, if `proc` dies first."""
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(serving, timeout=timeout, interval=0.1)
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2) -> None:  # type: ignore[no-untyped-def]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import httpx
 
-from tests.processes import INTAKE, free_port, stop
+from tests.processes import INTAKE, free_port, stop, wait_until_serving
 
 
 def intake(*args: str) -> subprocess.CompletedProcess[str]:
@@ -69,15 +68,7 @@ def test_intake_admin_serves_the_api(stack: dict[str, str]) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "intake admin did not start"
-            time.sleep(0.1)
+        wait_until_serving(base, proc)
         assert httpx.get(f"{base}/v1/admin/tenants").status_code == 401
         listed = httpx.get(f"{base}/v1/admin/tenants", headers={"Authorization": f"Bearer {secret}"})
         assert listed.status_code == 200 and "items" in listed.json()
