@@ -1,10 +1,10 @@
 """The fleet's queues and the names jobs are sent under, shared by the broker, the actors and the web.
 
 Queues: `ingest` (provider events), `ai` (classification and drafts), `outbound` (replies sent through their
-channel), `maintenance` (sweeps, replays) and `deliver` (webhook deliveries: wake-ups naming an endpoint), so
-housekeeping, AI, sending and slow receivers never starve ingestion. Each worker process picks its queues. The
-web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither a broker nor the actors;
-the admin process enqueues replies to send the same way (`enqueue`).
+channel) and `deliver` (webhook deliveries: wake-ups naming an endpoint), so AI, sending and slow receivers
+never starve ingestion (housekeeping is the clock's, in its own process, with no queue). Each worker process
+picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither
+a broker nor the actors; the admin process enqueues replies to send the same way (`enqueue`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import dramatiq
 
-QUEUES = ("ingest", "ai", "outbound", "maintenance", "deliver")
+QUEUES = ("ingest", "ai", "outbound", "deliver")
 NAMESPACE = "dramatiq"  # RedisBroker's key prefix, the same for every process of the fleet
 INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"

@@ -229,7 +229,7 @@ def fleet(settings: Settings, *, host: str, port: int, admin_port: int, processe
                      (Port(port, host, "the web ingress", "--port"),)),
         FleetProcess("admin", ["admin", "--host", host, "--port", str(admin_port)],
                      (Port(admin_port, host, "the admin API and console", "--admin-port"),), maintenance=True),
-        worker("worker", ["ingest", "maintenance"], 0),
+        worker("worker", ["ingest"], 0),
         # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
         worker("ai", ["ai"], 2, "--nice", str(AI_NICE)),
         # Webhook deliveries: a slow receiver holds only these threads (one process: its dispatcher leads alone).
