@@ -23,6 +23,29 @@ OUTBOUND_QUEUE, SEND_ACTOR = "outbound", "send_message"
 DELIVER_QUEUE, DELIVER_ACTOR = "deliver", "deliver_webhooks"
 
 
+# dramatiq's Redis layout (RedisBroker, 2.x), spelled out here only: a queue's job ids are a list under
+# `<namespace>:<queue>`, their bodies a hash under the same name with `.msgs`; `<queue>.DQ` is its delay queue
+# (retries and delayed jobs, moved back at their eta) and `<queue>.XQ` its dead letters (a sorted set).
+def queue_key(queue: str) -> str:
+    """The list of a queue's waiting job ids."""
+    return f"{NAMESPACE}:{queue}"
+
+
+def bodies_key(queue: str) -> str:
+    """The hash of a queue's job bodies, by id."""
+    return f"{queue_key(queue)}.msgs"
+
+
+def delayed(queue: str) -> str:
+    """The name of a queue's delay queue (a queue in its own right: `queue_key(delayed(q))`)."""
+    return f"{queue}.DQ"
+
+
+def dead(queue: str) -> str:
+    """The name of a queue's dead letters."""
+    return f"{queue}.XQ"
+
+
 # For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any
 # number of jobs in one atomic command (a script runs whole) and one round trip.
 ENQUEUE_SCRIPT = """
@@ -44,10 +67,9 @@ def enqueue(client: Any, queue_name: str, actor_name: str,
     """`enqueue_async` for a thread (the admin process, a command): a synchronous `redis.Redis` client."""
     messages = _messages(queue_name, actor_name, jobs)
     if messages:
-        queue = f"{NAMESPACE}:{queue_name}"
         client.register_script(ENQUEUE_SCRIPT)(
-            keys=[f"{queue}.msgs", queue], args=[part for m in messages for part in (m.options["redis_message_id"],
-                                                                                    m.encode())])
+            keys=[bodies_key(queue_name), queue_key(queue_name)],
+            args=[part for m in messages for part in (m.options["redis_message_id"], m.encode())])
     return messages
 
 
@@ -62,8 +84,7 @@ async def enqueue_async(client: Any, queue_name: str, actor_name: str,
     messages = _messages(queue_name, actor_name, jobs)
     if not messages:
         return messages
-    queue = f"{NAMESPACE}:{queue_name}"
     script = client.register_script(ENQUEUE_SCRIPT)  # sent by EVALSHA; by EVAL when Redis lacks it
-    await script(keys=[f"{queue}.msgs", queue],
+    await script(keys=[bodies_key(queue_name), queue_key(queue_name)],
                   args=[part for m in messages for part in (m.options["redis_message_id"], m.encode())])
     return messages

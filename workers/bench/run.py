@@ -38,6 +38,7 @@ from workers.bench.options import BenchOptions, Progress, Request, cores, per_it
 from workers.bench.procs import wait
 from workers.bench.stack import Stack, create_tenants, open_stack
 from workers.bench.traffic import Delivery, generate, signed
+from workers.queues import AI_QUEUE, bodies_key, queue_key
 
 
 def indexed(conn: psycopg.Connection[Any], sql: str, *args: Any) -> Any:
@@ -179,7 +180,7 @@ def lone(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], deliveri
     """One delivery at a time, each after `quiet_seconds` without traffic: the first message of a quiet
     conversation must not wait for a batch window or a sleeping consumer."""
     # The AI backlog left by the earlier phases is not the quiet fleet this phase is about.
-    stack.redis.delete("dramatiq:ai", "dramatiq:ai.msgs")
+    stack.redis.delete(queue_key(AI_QUEUE), bodies_key(AI_QUEUE))
     mark = now(conn)
     for n, (delivery, request) in enumerate(zip(deliveries, requests, strict=True)):
         progress("lone messages after a quiet period", n / len(requests))
