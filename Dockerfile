@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Intake's fleet in one image: every process of the Procfile is a command of it (ENTRYPOINT is `intake`):
 #   docker run IMAGE                                           # web: intake serve on :8000
-#   docker run IMAGE worker --queues ingest --queues maintenance
+#   docker run IMAGE worker --queues ingest
 #   docker run IMAGE worker --queues ai --nice 10 --metrics-port 9193
 #   docker run IMAGE clock
 #   docker run IMAGE admin --host 0.0.0.0 --port 8001

@@ -48,6 +48,7 @@ cluster-test: $(STAMP) pgbouncer
 lint: $(STAMP)
 	$(BIN)/ruff check config db pipelines workers tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/intake bench

@@ -182,12 +182,10 @@ def find_or_open(
         if current.open_id is not None:
             return uuid.UUID(str(current.open_id))
         if current.reopen_id is not None:
-            savepoint = conn.begin_nested()
             try:
-                reopened = conn.execute(REOPEN, {"id": current.reopen_id}).first()
-                savepoint.commit()
+                with direct.savepoint(conn):
+                    reopened = conn.execute(REOPEN, {"id": current.reopen_id}).first()
             except IntegrityError:  # another worker opened one meanwhile
-                savepoint.rollback()
                 continue
             if reopened is not None:
                 return _opened(reopened, "conversation.reopened", opened)

@@ -52,6 +52,7 @@ import orjson
 import structlog
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from db import batch, direct
 from db.tenancy import TenantId
@@ -156,9 +157,6 @@ UPDATE inbound_events SET status = 'processed', processed_at = now(), attempts =
 WHERE tenant_id = :t AND id = ANY(CAST(:ids AS uuid[]))
 """)
 # Each attempt at a batch is a savepoint: one that fails by some event's fault leaves nothing behind.
-SAVEPOINT = text("SAVEPOINT ingest_attempt")
-RELEASE_SAVEPOINT = text("RELEASE SAVEPOINT ingest_attempt")
-ROLLBACK_TO_SAVEPOINT = text("ROLLBACK TO SAVEPOINT ingest_attempt")
 MARK_FAILED = text("""
 UPDATE inbound_events SET status = 'failed', attempts = attempts + 1, error = :error
 WHERE tenant_id = :t AND id = :id
@@ -245,8 +243,10 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
             return result  # another job's batch took them all
     try:
         direct.run(conn, TAKE_TENANT, {"key": f"intake.ingest:{tenant}", "wait": str(TENANT_WAIT_MS)})
-    except LockNotAvailable:
-        raise TenantBusy(left) from None
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise TenantBusy(left) from None
+        raise
     rows = [(row, True) for row in direct.rows(conn, LOAD_EVENTS, {"t": tenant, "ids": ids, "statuses": statuses})]
     if batch_max > len(event_ids):
         waiting = direct.rows(conn, LOAD_WAITING, {"t": tenant, "ids": ids, "n": batch_max - len(event_ids)})
@@ -303,16 +303,13 @@ def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Deliver
 
     A retryable error is nobody's fault: it propagates, and the whole job retries.
     """
-    direct.run(conn, SAVEPOINT)
     try:
-        stored = _store(conn, tenant, parsed, policy)
+        with direct.savepoint(conn):
+            stored = _store(conn, tenant, parsed, policy)
     except Exception as exc:
         if is_retryable(exc):
             raise
-        direct.run(conn, ROLLBACK_TO_SAVEPOINT)
-        direct.run(conn, RELEASE_SAVEPOINT)
         return exc
-    direct.run(conn, RELEASE_SAVEPOINT)
     _add(result, stored)
     return None
 

@@ -1,10 +1,10 @@
 """The fleet's queues and the names jobs are sent under, shared by the broker, the actors and the web.
 
 Queues: `ingest` (provider events), `ai` (classification and drafts), `outbound` (replies sent through their
-channel), `maintenance` (sweeps, replays) and `deliver` (webhook deliveries: wake-ups naming an endpoint), so
-housekeeping, AI, sending and slow receivers never starve ingestion. Each worker process picks its queues. The
-web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither a broker nor the actors;
-the admin process enqueues replies to send the same way (`enqueue`).
+channel) and `deliver` (webhook deliveries: wake-ups naming an endpoint), so AI, sending and slow receivers
+never starve ingestion (housekeeping is the clock's, in its own process, with no queue). Each worker process
+picks its queues. The web enqueues ingest jobs itself (`enqueue_async`), so it needs these names but neither
+a broker nor the actors; the admin process enqueues replies to send the same way (`enqueue`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,35 @@ from typing import Any
 
 import dramatiq
 
-QUEUES = ("ingest", "ai", "outbound", "maintenance", "deliver")
+QUEUES = ("ingest", "ai", "outbound", "deliver")
 NAMESPACE = "dramatiq"  # RedisBroker's key prefix, the same for every process of the fleet
 INGEST_QUEUE, INGEST_ACTOR = "ingest", "ingest_events"
 AI_QUEUE, AI_ACTOR = "ai", "assist_messages"
 OUTBOUND_QUEUE, SEND_ACTOR = "outbound", "send_message"
 DELIVER_QUEUE, DELIVER_ACTOR = "deliver", "deliver_webhooks"
+
+
+# dramatiq's Redis layout (RedisBroker, 2.x), spelled out here only: a queue's job ids are a list under
+# `<namespace>:<queue>`, their bodies a hash under the same name with `.msgs`; `<queue>.DQ` is its delay queue
+# (retries and delayed jobs, moved back at their eta) and `<queue>.XQ` its dead letters (a sorted set).
+def queue_key(queue: str) -> str:
+    """The list of a queue's waiting job ids."""
+    return f"{NAMESPACE}:{queue}"
+
+
+def bodies_key(queue: str) -> str:
+    """The hash of a queue's job bodies, by id."""
+    return f"{queue_key(queue)}.msgs"
+
+
+def delayed(queue: str) -> str:
+    """The name of a queue's delay queue (a queue in its own right: `queue_key(delayed(q))`)."""
+    return f"{queue}.DQ"
+
+
+def dead(queue: str) -> str:
+    """The name of a queue's dead letters."""
+    return f"{queue}.XQ"
 
 
 # For each job, HSET of the encoded message, then RPUSH of its id: what `RedisBroker.enqueue` writes, for any
@@ -44,10 +67,9 @@ def enqueue(client: Any, queue_name: str, actor_name: str,
     """`enqueue_async` for a thread (the admin process, a command): a synchronous `redis.Redis` client."""
     messages = _messages(queue_name, actor_name, jobs)
     if messages:
-        queue = f"{NAMESPACE}:{queue_name}"
         client.register_script(ENQUEUE_SCRIPT)(
-            keys=[f"{queue}.msgs", queue], args=[part for m in messages for part in (m.options["redis_message_id"],
-                                                                                    m.encode())])
+            keys=[bodies_key(queue_name), queue_key(queue_name)],
+            args=[part for m in messages for part in (m.options["redis_message_id"], m.encode())])
     return messages
 
 
@@ -62,8 +84,7 @@ async def enqueue_async(client: Any, queue_name: str, actor_name: str,
     messages = _messages(queue_name, actor_name, jobs)
     if not messages:
         return messages
-    queue = f"{NAMESPACE}:{queue_name}"
     script = client.register_script(ENQUEUE_SCRIPT)  # sent by EVALSHA; by EVAL when Redis lacks it
-    await script(keys=[f"{queue}.msgs", queue],
+    await script(keys=[bodies_key(queue_name), queue_key(queue_name)],
                   args=[part for m in messages for part in (m.options["redis_message_id"], m.encode())])
     return messages

@@ -18,7 +18,7 @@ import dramatiq
 import redis
 import structlog
 
-from workers.queues import AI_QUEUE, ENQUEUE_SCRIPT, NAMESPACE
+from workers.queues import AI_QUEUE, ENQUEUE_SCRIPT, bodies_key, delayed, queue_key
 
 log = structlog.get_logger("intake.ai.training")
 
@@ -40,11 +40,11 @@ def schedule(client: Any, tenant: uuid.UUID | str, delay_seconds: float) -> bool
     try:
         if not client.set(pending_key(tenant), "1", nx=True, px=delay_ms + PENDING_SLACK_MS):
             return False
-        delayed = f"{AI_QUEUE}.DQ"  # dramatiq's delay queue: a worker moves the job to `ai` at its eta
+        later = delayed(AI_QUEUE)  # dramatiq's delay queue: a worker moves the job to `ai` at its eta
         options = {"redis_message_id": str(uuid.uuid4()), "eta": int(time.time() * 1000) + delay_ms}
-        message: dramatiq.Message[Any] = dramatiq.Message(queue_name=delayed, actor_name=TRAIN_ACTOR,
+        message: dramatiq.Message[Any] = dramatiq.Message(queue_name=later, actor_name=TRAIN_ACTOR,
                                                           args=(str(tenant),), kwargs={}, options=options)
-        client.register_script(ENQUEUE_SCRIPT)(keys=[f"{NAMESPACE}:{delayed}.msgs", f"{NAMESPACE}:{delayed}"],
+        client.register_script(ENQUEUE_SCRIPT)(keys=[bodies_key(later), queue_key(later)],
                                                args=[message.options["redis_message_id"], message.encode()])
     except redis.RedisError as exc:
         log.error("ai.train.schedule_failed", tenant_id=str(tenant), error=repr(exc))

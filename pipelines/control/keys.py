@@ -25,7 +25,6 @@ from pipelines.control.models import KeyView, Listing, Page
 
 KEY_PREFIX = "ik_"
 PREFIX_LENGTH = 12
-KEY_LENGTH = len(KEY_PREFIX) + 43
 _DUMMY_DIGEST = hashlib.sha256(b"no such key").digest()
 # last_used_at is written at most this often per key, so busy keys do not write on every request.
 LAST_USED_RESOLUTION: ColumnElement[Any] = literal_column("interval '1 minute'")

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
+from db import direct
 from db.tenancy import TenantId
 from pipelines import audit, changes
 from pipelines.control.common import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION
@@ -96,12 +97,10 @@ def reopen(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID, *, ac
     before = get_conversation(conn, tenant, conversation_id)
     if row.status == "open":
         return before
-    savepoint = conn.begin_nested()
     try:
-        at: datetime = conn.execute(REOPEN, {"t": tenant, "id": conversation_id}).scalar_one()
-        savepoint.commit()
+        with direct.savepoint(conn):
+            at: datetime = conn.execute(REOPEN, {"t": tenant, "id": conversation_id}).scalar_one()
     except IntegrityError as exc:
-        savepoint.rollback()
         if getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
             raise Conflict("this contact has another open conversation in this inbox; reply there") from None
         raise
@@ -119,12 +118,10 @@ def assign(conn: Connection, tenant: TenantId, conversation_id: uuid.UUID, reque
     team, assignee = given.get("team_id", before.team_id), given.get("assignee", before.assignee)
     if (team, assignee) == (before.team_id, before.assignee):
         return before
-    savepoint = conn.begin_nested()
     try:
-        conn.execute(ASSIGN, {"t": tenant, "id": conversation_id, "team": team, "assignee": assignee})
-        savepoint.commit()
+        with direct.savepoint(conn):
+            conn.execute(ASSIGN, {"t": tenant, "id": conversation_id, "team": team, "assignee": assignee})
     except IntegrityError as exc:
-        savepoint.rollback()
         if getattr(exc.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION:
             raise Invalid({"team_id": "no such team in this tenant"}) from None
         raise

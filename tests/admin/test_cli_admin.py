@@ -90,7 +90,7 @@ def test_inbox_secrets_are_encrypted_at_rest(stack: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--channel", "fax"], "unknown channel 'fax'"),
+        (["--channel", "fax"], "channel: Input should be 'twilio'"),  # refused as the API refuses it
         (["--channel", "twilio"], "needs --secret auth_token=VALUE"),
         (["--channel", "telegram", "--secret", "secret_token=has spaces"], "malformed"),
         (["--channel", "api", "--secret", "bogus=1"], "has no secret bogus"),

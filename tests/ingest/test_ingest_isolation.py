@@ -158,7 +158,7 @@ def test_a_batch_of_known_senders_takes_a_fixed_number_of_statements(app_engine:
     assert statements == [
         "SELECT e.id", "SELECT set_config('lock_timeout',",  # its events still waiting; the tenant's turn
         "SELECT e.id,", "SELECT e.id,",  # its own events, then the waiting ones that top the batch up
-        "SAVEPOINT ingest_attempt",
+        "SAVEPOINT intake_savepoint",
         "SELECT u.kind,", "SELECT id,",  # the known senders' identities; their contacts, locked
         "SELECT u.inbox_id,",  # their open conversations
         "INSERT INTO", "UPDATE conversations",  # the messages, the conversations' counters

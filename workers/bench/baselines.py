@@ -19,7 +19,7 @@ from workers.bench.procs import free_port, heartbeats, held, process, wait, wait
 from workers.bench.stack import Stack
 
 if TYPE_CHECKING:
-    from workers.bench.run import BenchOptions, Progress, Request
+    from workers.bench.options import BenchOptions, Progress, Request
 
 
 # The kernel counts CPU time in 10 ms ticks; the baselines run long enough for a tick to stay under 2%.

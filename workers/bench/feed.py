@@ -34,6 +34,7 @@ from pipelines import audit, changes
 from pipelines.crypto import SecretBox
 from pipelines.webhooks.endpoints import Endpoints
 from pipelines.webhooks.models import EndpointCreate
+from workers.bench.options import cores, per_item
 from workers.bench.procs import wait
 from workers.bench.stack import Stack
 
@@ -137,7 +138,6 @@ def record_events(stack: Stack, tenants: list[TenantId], count: int, *, chunk: i
 def throughput(stack: Stack, conn: psycopg.Connection[Any], tenants: list[TenantId], events: int, *,
                processes: int, threads: int, progress: Progress, timeout: float = 600) -> dict[str, Any]:
     """Events delivered per second to a local receiver, and their CPU, from a backlog in the feed."""
-    from workers.bench.run import cores, per_item
 
     stack.env["INTAKE_WEBHOOK_ALLOW_PRIVATE_NETWORKS"] = "true"  # the receiver is on this machine
     with receiver() as rx:

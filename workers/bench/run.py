@@ -26,7 +26,6 @@ import itertools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,48 +34,11 @@ import psycopg
 from db.tenancy import TenantId
 from workers.bench import baselines, feed
 from workers.bench.load import LoadResult, load
+from workers.bench.options import BenchOptions, Progress, Request, cores, per_item
 from workers.bench.procs import wait
 from workers.bench.stack import Stack, create_tenants, open_stack
 from workers.bench.traffic import Delivery, generate, signed
-
-Progress = Callable[[str, float | None], None]  # (phase description, fraction done or None)
-Request = tuple[str, dict[str, str], bytes]
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    events: int = 20_000
-    tenants: int = 4
-    processes: int = 2  # per worker command
-    threads: int = 8
-    concurrency: int = 64
-    web_processes: int = 1
-    worker_processes: int = 1  # separate `intake worker` commands, as separate machines would run
-    ai_seconds: float = 30.0
-    # The AI workers run as production should run them beside ingestion on shared cores: one process per
-    # command, at a lower CPU priority, so a backlog of classification never delays a message's storage.
-    ai_processes: int = 1
-    ai_nice: int = 10
-    lone_messages: int = 12
-    quiet_seconds: float = 1.0
-    database_url: str | None = None
-    admin_database_url: str | None = None
-    redis_url: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return asdict(self) | {"database_url": None, "admin_database_url": None, "redis_url": None}
-
-
-def per_item(spent: dict[str, float], count: int) -> dict[str, float | None]:
-    """CPU milliseconds per item for each process tree of a phase."""
-    return {name: round(seconds * 1000 / count, 4) if count else None
-            for name, seconds in spent.items() if name != "wall"}
-
-
-def cores(spent: dict[str, float]) -> float:
-    """The cores a phase kept busy, all watched processes together."""
-    busy = sum(seconds for name, seconds in spent.items() if name != "wall")
-    return round(busy / spent["wall"], 2) if spent.get("wall") else 0.0
+from workers.queues import AI_QUEUE, bodies_key, queue_key
 
 
 def indexed(conn: psycopg.Connection[Any], sql: str, *args: Any) -> Any:
@@ -218,7 +180,7 @@ def lone(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], deliveri
     """One delivery at a time, each after `quiet_seconds` without traffic: the first message of a quiet
     conversation must not wait for a batch window or a sleeping consumer."""
     # The AI backlog left by the earlier phases is not the quiet fleet this phase is about.
-    stack.redis.delete("dramatiq:ai", "dramatiq:ai.msgs")
+    stack.redis.delete(queue_key(AI_QUEUE), bodies_key(AI_QUEUE))
     mark = now(conn)
     for n, (delivery, request) in enumerate(zip(deliveries, requests, strict=True)):
         progress("lone messages after a quiet period", n / len(requests))

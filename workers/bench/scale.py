@@ -28,7 +28,8 @@ import psycopg
 
 from pipelines.inboxes import CreatedInbox
 from workers.bench import history
-from workers.bench.run import Progress, books, count, drain, end_to_end, ingress, now
+from workers.bench.options import Progress
+from workers.bench.run import books, count, drain, end_to_end, ingress, now
 from workers.bench.stack import Stack, create_tenants, open_stack
 from workers.bench.traffic import Delivery, generate, signed, zipf_weights
 

@@ -94,7 +94,8 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
         results = _with_progress(lambda progress: run_scale(scale_options, progress))
         _show(results, as_json, scale_report)
         return
-    from workers.bench.run import BenchOptions, run
+    from workers.bench.options import BenchOptions
+    from workers.bench.run import run
 
     options = BenchOptions(events=events, tenants=tenants, processes=processes, threads=threads,
                            concurrency=concurrency, web_processes=web_processes,

@@ -44,7 +44,7 @@ from workers.embedded.runtime import (
 )
 from workers.embedded.services import EmbeddedServices
 from workers.priority import lower
-from workers.queues import QUEUES
+from workers.queues import QUEUES, delayed, queue_key
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def fleet(settings: Settings, *, host: str, port: int, admin_port: int, processe
                      (Port(port, host, "the web ingress", "--port"),)),
         FleetProcess("admin", ["admin", "--host", host, "--port", str(admin_port)],
                      (Port(admin_port, host, "the admin API and console", "--admin-port"),), maintenance=True),
-        worker("worker", ["ingest", "maintenance"], 0),
+        worker("worker", ["ingest"], 0),
         # The AI's own process, below normal priority: classification uses the cores ingestion leaves.
         worker("ai", ["ai"], 2, "--nice", str(AI_NICE)),
         # Webhook deliveries: a slow receiver holds only these threads (one process: its dispatcher leads alone).
@@ -409,8 +409,8 @@ def clock(once: bool, as_json: bool) -> None:
         assist_messages.send(str(tenant), [str(m) for m in message_ids])
 
     def ai_backlog() -> int:  # jobs waiting on the `ai` queue, delayed ones (retries) included
-        queue = f"{broker.namespace}:{assist_messages.queue_name}"
-        return int(broker.client.llen(queue)) + int(broker.client.llen(f"{queue}.DQ"))
+        queue = assist_messages.queue_name
+        return int(broker.client.llen(queue_key(queue))) + int(broker.client.llen(queue_key(delayed(queue))))
 
     engine = admin_engine(rt)
     grace = timedelta(seconds=settings.sweep_grace_seconds)

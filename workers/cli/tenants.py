@@ -11,14 +11,12 @@ import orjson
 from rich.markup import escape
 
 from db.tenancy import TenantId, resolve_tenant
-from pipelines import audit
 from pipelines.control import tenants as tenant_ops
 from pipelines.control.fields import clean_text
 from pipelines.control.inboxes import Inboxes
-from pipelines.control.models import InboxUpdate, Page, RotateSecrets, TenantCreate, TenantUpdate
-from pipelines.control.settings import initial
+from pipelines.control.models import InboxCreate, InboxUpdate, Page, RotateSecrets, TenantCreate, TenantUpdate
 from pipelines.crypto import SecretBox
-from pipelines.inboxes import CHANNELS, create_inbox, create_tenant, webhook_url
+from pipelines.inboxes import CHANNELS
 from workers.cli.common import app_transaction, emit, friendly_errors, out, runtime
 from workers.cli.control import JSON, actor, build, owner_transaction, page_options, show, show_list
 
@@ -34,16 +32,13 @@ def tenant() -> None:
 @friendly_errors
 def tenant_create(name: str, as_json: bool) -> None:
     """Create a tenant and print its id."""
-    name = build(TenantCreate, {"name": name}).name  # text the database can store (no bytes undecodable as UTF-8)
-    rt = runtime()
-    with app_transaction(rt) as conn:
-        tenant_id = create_tenant(conn, name)
-        audit.record(conn, actor=actor(), action="tenant.create", tenant_id=tenant_id, subject_type="tenant",
-                     subject_id=tenant_id, after={"id": tenant_id, "name": name})
+    request = build(TenantCreate, {"name": name})  # text the database can store (no bytes undecodable as UTF-8)
+    with app_transaction(runtime()) as conn:  # the API's own function: one audit row, whichever the door
+        view = tenant_ops.create(conn, request, actor())
     if as_json:
-        emit({"id": str(tenant_id), "name": name})
+        emit(view.model_dump(mode="json"))
     else:
-        out.print(f"created tenant [bold]{escape(name)}[/] with id [bold]{tenant_id}[/]")
+        out.print(f"created tenant [bold]{escape(view.name)}[/] with id [bold]{view.id}[/]")
 
 
 def _parse_secrets(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -76,28 +71,22 @@ def inbox_create(
     tenant_id: str, channel: str, name: str | None, secrets_: tuple[str, ...], region: str | None, as_json: bool
 ) -> None:
     """Create an inbox; its secrets are printed once, then kept encrypted."""
-    given = _parse_secrets(secrets_)
     # The name and region as the admin API takes them: a region is two letters, a name storable text.
-    checked = build(InboxUpdate, {"name": name, "settings": {"default_region": region} if region else None})
-    name, settings = checked.name, initial(checked.settings)
-    rt = runtime()
-    box = SecretBox(rt.require_secret_key())
-    with app_transaction(rt) as conn:
+    request = build(InboxCreate, {"channel": channel, "name": name, "secrets": _parse_secrets(secrets_),
+                                  "settings": {"default_region": region} if region else None})
+    inboxes = inbox_tools()
+    with app_transaction(runtime()) as conn:  # the API's own function: one audit row, whichever the door
         tenant = resolve_tenant(conn, tenant_id)
-        created = create_inbox(conn, box, tenant, channel, name=name, given_secrets=given, settings=settings)
-        audit.record(conn, actor=actor(), action="inbox.create", tenant_id=tenant, subject_type="inbox",
-                     subject_id=created.id, after={"id": created.id, "channel": channel, "name": created.name,
-                                                   "settings": settings})
-    base = rt.settings.public_base_url or "http://127.0.0.1:8000"
+        created = inboxes.create(conn, tenant, request, actor())
+    view = created.inbox
     data = {
-        "id": str(created.id), "tenant_id": str(created.tenant_id), "channel": created.channel,
-        "name": created.name, "webhook_url": webhook_url(base, channel, created.id, created.secrets),
-        "secrets": created.secrets,
+        "id": str(view.id), "tenant_id": str(view.tenant_id), "channel": view.channel, "name": view.name,
+        "webhook_url": created.webhook_url, "secrets": created.secrets,
     }
     if as_json:
         emit(data)
         return
-    out.print(f"created {channel} inbox [bold]{created.id}[/] for tenant {created.tenant_id}")
+    out.print(f"created {channel} inbox [bold]{view.id}[/] for tenant {view.tenant_id}")
     out.print(f"webhook URL: {data['webhook_url']}", markup=False)
     for key, value in created.secrets.items():
         out.print(f"  {key} = {value}", markup=False)

@@ -12,6 +12,7 @@ same upsert as the middleware's rows, so `intake dlq` lists and replays both ali
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 import uuid
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy import Connection, Executable, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from db import direct
 from db.schema import job_failures, tenants
 from db.tenancy import TenantId, bind_tenant
 from pipelines.errors import escaped, is_retryable, scrub, underlying
@@ -102,11 +104,8 @@ class FailureLedger(dramatiq.Middleware):
                 if row["tenant_id"] is not None:
                     conn.execute(_record(row))
                 else:
-                    with conn.begin_nested() as savepoint:
-                        try:
-                            conn.execute(_record(row, upsert=False))
-                        except IntegrityError:
-                            savepoint.rollback()
+                    with contextlib.suppress(IntegrityError), direct.savepoint(conn):
+                        conn.execute(_record(row, upsert=False))
         except Exception as exc:  # the ledger must never take a worker down; dramatiq's XQ still has it
             log.error("ledger.record.failed", job_id=message.message_id, error=repr(exc))
         else:
@@ -137,7 +136,7 @@ def record_in(conn: Connection, message: dramatiq.Message[Any], exception: BaseE
     item stays marked; only a retryable error propagates (the whole job then retries).
     """
     try:
-        with conn.begin_nested():
+        with direct.savepoint(conn):
             conn.execute(_record(failure_row(message, exception, tenant, 1)))
     except DBAPIError as exc:
         if is_retryable(exc):
