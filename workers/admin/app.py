@@ -1,7 +1,7 @@
 """The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
 
 `create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations`, `webhooks`,
+The API's endpoints are declared in `tenants`, `operations`, `data`, `sla`, `conversations`, `webhooks`,
 `changes` and `ai`; `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz`
 answers without a key.
 """
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,65 +20,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config import Settings
-from db.engine import make_engine
-from pipelines.control.inboxes import Inboxes
-from pipelines.control.keys import Principal, authenticate
-from pipelines.crypto import SecretBox
-from pipelines.webhooks.endpoints import Endpoints
-from workers import redis_clients
-from workers.admin import ai, changes, conversations, data, lifecycle, operations, sla, webhooks
-from workers.admin.cache import TenantCache
+from workers.admin import ai, changes, conversations, data, operations, sla, tenants, webhooks
 from workers.admin.console import console_routes
-from workers.admin.feed import ChangeListener
 from workers.admin.http import Endpoint, error, failure, handle
-from workers.admin.jobs import Jobs
 from workers.admin.openapi import document
-from workers.web.ratelimit import TokenBuckets
+from workers.admin.state import Admin
 
 OPENAPI_PATH = "/v1/admin/openapi.json"
 
 
-class Admin:
-    """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox and webhook endpoint tools, the jobs, each key's request bucket, the tenants'
-    storage figures, and the one LISTEN connection of every change stream."""
-
-    def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
-        self.settings = settings
-        prepared = settings.db_prepared_statements
-        self.app_engine: Engine = make_engine(database_url, prepared_statements=prepared, pool_size=4,
-                                              application_name="intake-admin")
-        self.owner_engine: Engine = make_engine(admin_database_url, prepared_statements=prepared, pool_size=4,
-                                                application_name="intake-admin-owner")
-        base = settings.public_base_url or "http://127.0.0.1:8000"
-        self.inboxes = Inboxes(SecretBox(secret_key), base)
-        self.webhooks = Endpoints(SecretBox(secret_key), allow_private=settings.webhook_allow_private_networks)
-        self.jobs = Jobs()
-        self.key_buckets = TokenBuckets()  # requests per API key (read and charged on the event loop only)
-        self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
-        self.redis = (redis_clients.client(settings, settings.redis_url, socket_connect_timeout=5)
-                      if settings.redis_configured else None)
-        # LISTEN needs a session of its own: INTAKE_LISTEN_DATABASE_URL where DATABASE_URL goes through PgBouncer.
-        self.feed = ChangeListener(settings.listen_database_url or database_url)
-
-    def authenticate(self, key: str | None) -> Principal | None:
-        """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""
-        if key is None:
-            return None
-        with self.owner_engine.begin() as conn:
-            return authenticate(conn, key)
-
-    def close(self) -> None:
-        self.feed.close()
-        self.jobs.shutdown()
-        self.app_engine.dispose()
-        self.owner_engine.dispose()
-        if self.redis is not None:
-            self.redis.close()
-
-
 def all_endpoints() -> list[Endpoint]:
-    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
+    return [*tenants.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
             *conversations.endpoints(), *webhooks.endpoints(), *changes.endpoints(), *ai.endpoints()]
 
 

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import structlog
@@ -49,9 +49,7 @@ from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid,
 from pipelines.control.fields import field_errors
 from pipelines.control.keys import Principal
 from pipelines.errors import PermanentError, is_retryable, underlying
-
-if TYPE_CHECKING:
-    from workers.admin.app import Admin
+from workers.admin.state import Admin
 
 log = structlog.get_logger("intake.admin")
 

@@ -1,7 +1,7 @@
 """How one console request runs: who is signed in, the CSRF check, the form, the page, the error page.
 
 A page handler is a plain function of a `Visit` (run in a worker thread, since it talks to the database).
-It acts through the admin API's own handlers (`workers.admin.lifecycle`, `workers.admin.operations`) with a
+It acts through the admin API's own handlers (`workers.admin.tenants`, `workers.admin.operations`) with a
 `Call` built here, so a change made in the console passes the same checks, runs on the same tenant-bound
 connection (row-level security) and writes the same audit row as the same change made through the API.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import psycopg
@@ -32,9 +32,7 @@ from pipelines.control.keys import Principal
 from pipelines.errors import PermanentError, is_retryable, underlying
 from workers.admin.console.sessions import COOKIE, Session, Sessions
 from workers.admin.http import BodyTooLarge, Call, owned, read_body, request_id, validate
-
-if TYPE_CHECKING:
-    from workers.admin.app import Admin
+from workers.admin.state import Admin
 
 log = structlog.get_logger("intake.console")
 
