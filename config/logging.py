@@ -8,6 +8,8 @@ from typing import Literal
 
 import structlog
 
+from config.redaction import scrub_event
+
 
 def configure_logging(fmt: Literal["json", "console"] | None = None, level: str = "info") -> None:
     """Route structlog and the standard library through one renderer.
@@ -17,17 +19,21 @@ def configure_logging(fmt: Literal["json", "console"] | None = None, level: str 
     """
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
+    # Every event, ours and the standard library's (uvicorn's, a library's), is scrubbed of credentials once its
+    # exception is text: a traceback that quotes a DSN with its password never reaches the log.
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        scrub_event,
     ]
     renderer: structlog.types.Processor
     if fmt == "json":
-        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -14,6 +14,8 @@ from pipelines.errors import PermanentError
 class SecretKeyError(PermanentError):
     """Stored secrets cannot be decrypted with the configured INTAKE_SECRET_KEY."""
 
+    explained = True
+
 
 class SecretBox:
     """Seals and opens a small mapping of secrets with a key derived from any passphrase."""

@@ -15,11 +15,13 @@ from sqlalchemy import Connection, insert
 from db.schema import inboxes, tenants
 from db.tenancy import TenantId, bind_tenant, new_tenant_id
 from pipelines.crypto import SecretBox
-from pipelines.errors import PermanentError
+from pipelines.errors import Refusal
 
 
-class InboxConfigError(PermanentError):
+class InboxConfigError(Refusal):
     """An inbox cannot be created as asked: unknown channel, missing or malformed secret."""
+
+    code = "invalid_inbox"
 
 
 def _token(nbytes: int = 24) -> str:

@@ -21,7 +21,7 @@ from pipelines.control import keys
 from pipelines.control.models import TenantCreate
 from pipelines.control.tenants import create as create_tenant
 from tests.processes import free_port
-from workers.admin import create_app
+from workers.admin.app import create_app
 
 
 @contextmanager

@@ -31,19 +31,23 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from pipelines.errors import PermanentError
+from pipelines.errors import Refusal
 
 
-class ChannelError(PermanentError):
+class ChannelError(Refusal):
     """A delivery a channel adapter refuses: the same delivery is refused on every attempt."""
 
 
 class SignatureError(ChannelError):
     """The delivery's authenticity could not be established (missing, wrong or replayed credentials)."""
 
+    status, code = 401, "invalid_signature"
+
 
 class PayloadError(ChannelError):
     """The delivery is authentic but its body is not a payload this channel documents."""
+
+    status, code = 400, "malformed_payload"
 
 
 IdentityKind = Literal["phone", "email", "telegram", "external"]

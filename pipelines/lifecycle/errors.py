@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipelines.errors import PermanentError
+from pipelines.errors import Refusal
 
 
-class LifecycleError(PermanentError):
+class LifecycleError(Refusal):
     """An erasure, export, SLA policy or calendar refused as asked; the message says what would do."""

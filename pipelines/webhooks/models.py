@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, Strict, StrictBool, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StrictBool, StringConstraints
 
 from pipelines.changes import TYPES
 from pipelines.control.fields import Model, clean_text
@@ -56,8 +56,15 @@ class RotateEndpointSecret(Model):
                                  description="How long deliveries carry the old secret's signature too")
 
 
+def _time_text(value: object) -> object:
+    """A time written in RFC 3339, never a number taken for a timestamp (the API validates parsed JSON)."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be a time written in RFC 3339 with a zone")
+    return value
+
+
 class Recover(Model):
-    since: Annotated[AwareDatetime, Strict()] = Field(
+    since: Annotated[AwareDatetime, BeforeValidator(_time_text)] = Field(
         description="Deliver again every event of the endpoint's types recorded since then (RFC 3339 with a zone)")
 
 

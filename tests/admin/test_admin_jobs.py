@@ -22,7 +22,7 @@ from tests.admin_server import Keyed, admin_server, client, make_key, make_tenan
 from tests.browser import admin_app, serve
 from tests.console.test_console import sign_in
 from tests.processes import INTAKE, wait_for
-from workers.admin.jobs import TENANT_THREADS
+from workers.admin.background import TENANT_THREADS
 
 A = "/v1/admin"
 # Connections of the admin process (its two engines) that sit inside an open transaction doing nothing.

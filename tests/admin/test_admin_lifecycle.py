@@ -29,7 +29,7 @@ from tests.admin_server import admin_server, client, make_key
 from tests.factories import new_inbox, seed_tenant
 from tests.lifecycle.test_erasure import ERIK, ERIK_TEXTS, enqueue, send
 from tests.processes import wait_for
-from workers.admin.jobs import KEEP_SECONDS, Jobs
+from workers.admin.background import KEEP_SECONDS, Jobs
 from workers.queues import NAMESPACE
 
 A = "/v1/admin"
@@ -278,7 +278,7 @@ def test_jobs_about_one_subject_run_alone_and_their_files_go_when_forgotten() ->
 
 
 def test_a_jobs_files_go_on_time_with_no_request_to_forget_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("workers.admin.jobs.KEEP_SECONDS", 0.5)
+    monkeypatch.setattr("workers.admin.background.KEEP_SECONDS", 0.5)
     jobs, principal = Jobs(), Principal(uuid.uuid4(), "t", None)
     try:
         def write(job: Any) -> None:

@@ -31,10 +31,10 @@ from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
 from tests.processes import web_server
 from tests.webhooks import fixture, sign
+from workers.ratelimit import TokenBuckets, client_key
 from workers.web.answers import failure
 from workers.web.bodies import ParseTimeout
 from workers.web.inboxes import InboxDirectory
-from workers.web.ratelimit import TokenBuckets, client_key
 from workers.web.writer import WriterBusy
 
 OTHER_ADDRESS = "127.0.0.2"  # a second client on the same machine: Linux routes all of 127/8 to loopback

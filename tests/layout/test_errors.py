@@ -23,7 +23,7 @@ DEFINING = ("pipelines.ai.base", "pipelines.channels.base", "pipelines.contacts"
             "pipelines.inboxes", "pipelines.ingest", "pipelines.control.errors", "pipelines.lifecycle.business_hours",
             "pipelines.lifecycle.erasure", "pipelines.lifecycle.export", "pipelines.lifecycle.sla",
             "workers.embedded.runtime", "workers.embedded.services", "workers.web.app", "workers.web.writer",
-            "workers.admin.http", "workers.admin.console.web", "workers.cli.common", "workers.embedded.ports",
+            "workers.admin.http", "workers.admin.api", "workers.admin.console.web", "workers.cli.common", "workers.embedded.ports",
             "pipelines.outbound.base", "pipelines.outbound.send", "pipelines.webhooks.targets")
 BUILTIN_ROOTS = {"Exception", "BaseException", "ValueError", "RuntimeError", "LookupError", "KeyError",
                  "TypeError", "OSError"}

@@ -1,5 +1,5 @@
-"""The admin process: the control plane's API (and later its console), apart from the ingress."""
+"""The admin process: the control plane's API and console, apart from the ingress.
 
-from workers.admin.app import create_app
-
-__all__ = ["create_app"]
+The app is built by `workers.admin.app.create_app`; this package imports none of its submodules, so importing
+one piece (the background jobs, the process state) does not load the whole app.
+"""

@@ -1,152 +1,88 @@
-"""The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress.
+"""The admin process: the control plane's JSON API under /v1/admin/, never on the internet-facing ingress,
+and the operator console at `/`, in one app.
 
-`create_app` builds the Starlette app; more routes (a console at `/`) mount by passing them in `routes`.
-The API's endpoints are declared in `lifecycle`, `operations`, `data`, `sla`, `conversations`, `webhooks`,
-`changes` and `ai`; `GET /v1/admin/openapi.json` is the document generated from those declarations. `GET /healthz`
-answers without a key.
+`create_app` builds it: a FastAPI app whose routes are the API's (`workers.admin.api`, from the endpoints
+declared in `tenants`, `operations`, `data`, `sla`, `conversations`, `webhooks`, `changes` and `ai`) beside the
+console's Starlette routes; more routes mount by passing them in `routes`. `GET /v1/admin/openapi.json` is the
+document FastAPI writes from those declarations' models. `GET /healthz` answers without a key. A path or
+method that matches nothing is answered in the API's error shape (404 `not_found`, 405 `method_not_allowed`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
-from sqlalchemy import Engine
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from config import Settings
-from db.engine import make_engine
-from pipelines.control.inboxes import Inboxes
-from pipelines.control.keys import Principal, authenticate
-from pipelines.crypto import SecretBox
-from pipelines.webhooks.endpoints import Endpoints
-from workers import redis_clients
-from workers.admin import ai, changes, conversations, data, lifecycle, operations, sla, webhooks
-from workers.admin.cache import TenantCache
+from pipelines.errors import error_body
+from workers.admin import ai, changes, conversations, data, operations, sla, tenants, webhooks
+from workers.admin.api import answer, failure, router
 from workers.admin.console import console_routes
-from workers.admin.feed import ChangeListener
-from workers.admin.http import Endpoint, error, failure, handle
-from workers.admin.jobs import Jobs
-from workers.admin.openapi import document
-from workers.web.ratelimit import TokenBuckets
+from workers.admin.http import Endpoint, request_id
+from workers.admin.state import Admin
 
 OPENAPI_PATH = "/v1/admin/openapi.json"
 
 
-class Admin:
-    """What the admin process shares between requests: its two engines, Redis (where jobs that name a tenant's
-    records wait), the inbox and webhook endpoint tools, the jobs, each key's request bucket, the tenants'
-    storage figures, and the one LISTEN connection of every change stream."""
-
-    def __init__(self, settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str) -> None:
-        self.settings = settings
-        prepared = settings.db_prepared_statements
-        self.app_engine: Engine = make_engine(database_url, prepared_statements=prepared, pool_size=4,
-                                              application_name="intake-admin")
-        self.owner_engine: Engine = make_engine(admin_database_url, prepared_statements=prepared, pool_size=4,
-                                                application_name="intake-admin-owner")
-        base = settings.public_base_url or "http://127.0.0.1:8000"
-        self.inboxes = Inboxes(SecretBox(secret_key), base)
-        self.webhooks = Endpoints(SecretBox(secret_key), allow_private=settings.webhook_allow_private_networks)
-        self.jobs = Jobs()
-        self.key_buckets = TokenBuckets()  # requests per API key (read and charged on the event loop only)
-        self.stats_cache = TenantCache(settings.admin_stats_cache_seconds)
-        self.redis = (redis_clients.client(settings, settings.redis_url, socket_connect_timeout=5)
-                      if settings.redis_configured else None)
-        # LISTEN needs a session of its own: INTAKE_LISTEN_DATABASE_URL where DATABASE_URL goes through PgBouncer.
-        self.feed = ChangeListener(settings.listen_database_url or database_url)
-
-    def authenticate(self, key: str | None) -> Principal | None:
-        """Keys are looked up as the maintenance role: before a key is known there is no tenant to bind."""
-        if key is None:
-            return None
-        with self.owner_engine.begin() as conn:
-            return authenticate(conn, key)
-
-    def close(self) -> None:
-        self.feed.close()
-        self.jobs.shutdown()
-        self.app_engine.dispose()
-        self.owner_engine.dispose()
-        if self.redis is not None:
-            self.redis.close()
-
-
 def all_endpoints() -> list[Endpoint]:
-    return [*lifecycle.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
+    return [*tenants.endpoints(), *operations.endpoints(), *data.endpoints(), *sla.endpoints(),
             *conversations.endpoints(), *webhooks.endpoints(), *changes.endpoints(), *ai.endpoints()]
 
 
-def route_path(path: str, words: Collection[str]) -> str:
-    """Ids match only as UUIDs (/failures/discard is never a failure's id: GET on it is a 405); a parameter
-    that is one of a few words (an SLA priority) matches any segment, and its handler checks the word."""
-    return re.sub(r"{(\w+)}", lambda m: f"{{{m[1]}}}" if m[1] in words else f"{{{m[1]}:uuid}}", path)
-
-
-def grouped(admin: Admin, declared: list[Endpoint]) -> list[Route]:
-    """One route per path, dispatching on the method, so that a 405 lists every method the path has; fixed
-    paths first, so that /failures/replay is never taken for /failures/{failure_id}. Starlette lets HEAD
-    through wherever GET is: it runs GET's handler (the server sends no body)."""
-    by_path: dict[str, dict[str, Any]] = {}
-    words: dict[str, set[str]] = {}
-    for e in sorted(declared, key=lambda e: e.path.count("{")):
-        by_path.setdefault(e.path, {})[e.method] = handle(admin, e)
-        words.setdefault(e.path, set()).update(e.path_choices)
-    routes = []
-    for path, handlers in by_path.items():
-        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
-            method = "GET" if request.method == "HEAD" else request.method
-            response: Response = await handlers[method](request)
-            return response
-
-        routes.append(Route(route_path(path, words[path]), dispatch, methods=list(handlers)))
-    return routes
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    found: set[str] = set()
+    for route in routes:
+        methods = getattr(route, "methods", None)
+        if methods and route.matches(scope)[0] != Match.NONE:
+            found.update(methods)
+    if "GET" in found:
+        found.add("HEAD")
+    return found
 
 
 def create_app(settings: Settings, *, database_url: str, admin_database_url: str, secret_key: str,
-               routes: Sequence[BaseRoute] = ()) -> Starlette:
+               routes: Sequence[BaseRoute] = ()) -> FastAPI:
     admin = Admin(settings, database_url=database_url, admin_database_url=admin_database_url,
                   secret_key=secret_key)
-    declared = all_endpoints()
-    spec = document(declared)
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(spec)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    api = router(admin, all_endpoints())
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                     dict(exc.headers or {}))
+        headers = {**(exc.headers or {}), "Cache-Control": "no-store"}
+        if exc.status_code == 405:  # every method of the path, not only those of the first route that has it
+            headers["Allow"] = ", ".join(sorted(allowed_methods([*api.routes, *app.router.routes], request.scope)))
+        return answer(exc.status_code, error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
+                      headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        return failure(exc, request.headers.get("x-request-id", "-"))
+        return failure(exc, request_id(request))
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         admin.close()
 
-    handlers: dict[Any, Any] = {HTTPException: http_error, Exception: server_error}
-    app = Starlette(
-        routes=[
-            Route(OPENAPI_PATH, openapi, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            *grouped(admin, declared),
-            *routes,
-            *console_routes(admin),
-        ],
-        lifespan=lifespan,
-        exception_handlers=handlers,
+    app = FastAPI(
+        title="Intake admin API", version="1", openapi_url=OPENAPI_PATH, docs_url=None, redoc_url=None,
+        description="Every list takes `limit` (1-500, default 50) and `offset`, and answers "
+                    "`{\"items\": [...], \"next_offset\": n}` (null on the last page).",
+        lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    app.include_router(api)
+    app.router.routes.extend([*routes, *console_routes(admin)])
     app.state.admin = admin
     return app

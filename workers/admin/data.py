@@ -4,7 +4,7 @@ They call the functions behind `intake contact erase` and `intake tenant stats|e
 commands do: a tenant's rows are read and changed as the fleet's role bound to that tenant (row-level
 security holds, whoever the key is), waiting jobs in Redis are rewritten or removed after the database has
 committed, and the deletion's audit row, which belongs to no tenant, is written as the maintenance role.
-Export and deletion are jobs (`workers.admin.jobs`) with progress; an export's archive waits in a temporary
+Export and deletion are jobs (`workers.admin.background`) with progress; an export's archive waits in a temporary
 file for `GET /v1/admin/jobs/{id}/download` until the job is forgotten or the tenant is deleted. Storage
 figures are read at most once a short while per tenant (`workers.admin.cache`), and say when.
 """
@@ -32,8 +32,8 @@ from pipelines.control.models import Listing, Page
 from pipelines.errors import PermanentError
 from pipelines.lifecycle import deletion, erasure, export, jobs, stats
 from pipelines.lifecycle.retention import RetentionPolicy
+from workers.admin.background import Job, JobView
 from workers.admin.http import Call, Endpoint, TenantBound
-from workers.admin.jobs import Job, JobView
 from workers.ops import erasure as erasing
 from workers.queues import NAMESPACE
 

@@ -1,8 +1,9 @@
-"""How one admin API call runs: authenticate, authorise, validate, act in a tenant-bound transaction, answer.
+"""What one admin API call is: the declaration of an endpoint, and the call its handler receives.
 
 An endpoint is declared once (`Endpoint`: method, path, models, who may call it, which id names the tenant
-acted on); the same declaration builds the route and its part of the OpenAPI document, so the document
-cannot drift from what the API does.
+acted on); `workers.admin.api` turns each declaration into a FastAPI route, whose dependencies authenticate,
+authorise and find the tenant acted on, and whose OpenAPI document FastAPI writes from the same models. A
+handler is a plain function of a `Call`, so the console calls the very same handlers with a `Call` of its own.
 
 Tenancy is enforced twice. First by route: the tenant an id belongs to is looked up (as the maintenance
 role) and a tenant key reaching another tenant's id gets the 404 of an id that does not exist, word for
@@ -27,40 +28,27 @@ minutes.
 from __future__ import annotations
 
 import re
-import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psycopg
-import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, text
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
 from pipelines.control.common import owner_of
-from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
-from pipelines.control.fields import field_errors
+from pipelines.control.errors import NotFound
 from pipelines.control.keys import Principal
-from pipelines.errors import PermanentError, is_retryable, underlying
-
-if TYPE_CHECKING:
-    from workers.admin.app import Admin
-
-log = structlog.get_logger("intake.admin")
+from pipelines.errors import BodyTooLarge
+from workers.admin.state import Admin
 
 MAX_BODY_BYTES = 65_536
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer ik_..."}
-DISABLED = "this key's tenant is disabled: its keys are refused until an operator enables it again"
-STATUS = {NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), Conflict: (409, "conflict"),
-          Invalid: (422, "invalid")}
 # Transaction-local, like the tenant: a pooled connection never carries it over to a job's work.
 STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 
@@ -72,10 +60,6 @@ class ErrorBody(BaseModel):
 
 class InvalidBody(ErrorBody):
     fields: dict[str, str]
-
-
-def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -182,59 +166,14 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request's body, refused with BodyTooLarge as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(limit, unread=True)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class BodyTooLarge(PermanentError):
-    """The body is over MAX_BODY_BYTES."""
-
-
-def validate(model: type[BaseModel], raw: bytes | dict[str, Any], where: str) -> BaseModel:
-    try:
-        if isinstance(raw, bytes):
-            return model.model_validate_json(raw or b"{}")
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise MalformedJson from None
-        if where == "body" and any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
-            raise Invalid({"body": "must be a JSON object"}) from None
-        raise Invalid(field_errors(exc)) from None
-
-
-class MalformedJson(PermanentError):
-    """The body is not JSON."""
-
-
-def declared_headers(endpoint: Endpoint, request: Request) -> dict[str, str]:
-    """The endpoint's required headers, each checked against its pattern (a refusal names the header)."""
-    found, wrong = {}, {}
-    for name, (pattern, description) in endpoint.headers.items():
-        value = request.headers.get(name)
-        if value is None or not pattern.fullmatch(value):
-            wrong[name] = f"{'required' if value is None else 'invalid'}: {description}"
-        else:
-            found[name] = value
-    if wrong:
-        raise Invalid(wrong)
-    return found
-
-
-def resolve_owner(admin: Admin, endpoint: Endpoint, principal: Principal, ids: dict[str, uuid.UUID],
-                  ) -> uuid.UUID | None:
-    """The tenant acted on, looked up by the id in the path; a tenant key may only reach its own."""
-    if endpoint.owner is None:
-        return principal.tenant_id
-    kind, param = endpoint.owner
-    with admin.owner_engine.connect() as conn:
-        return owned(conn, principal, kind, ids[param])
 
 
 def owned(conn: Connection, principal: Principal, kind: str, object_id: uuid.UUID) -> uuid.UUID | None:
@@ -244,92 +183,3 @@ def owned(conn: Connection, principal: Principal, kind: str, object_id: uuid.UUI
     if not principal.operator and tenant != principal.tenant_id:
         raise NotFound(f"no {kind} {object_id}")
     return tenant
-
-
-def handle(admin: Admin, endpoint: Endpoint) -> Callable[[Request], Any]:
-    """The Starlette endpoint for one declared endpoint."""
-
-    async def run(request: Request) -> Response:
-        rid = request_id(request)
-        try:
-            response = await _run(request, rid)
-        except ClientDisconnect:
-            response = error(400, "client_disconnected", "the request body was not received in full")
-        except Exception as exc:
-            response = failure(exc, rid)
-        response.headers["x-request-id"] = rid
-        response.headers["cache-control"] = "no-store"
-        return response
-
-    async def _run(request: Request, rid: str) -> Response:
-        key = bearer(request)
-        principal = await run_in_threadpool(admin.authenticate, key)
-        if principal is None:
-            return JSONResponse(UNAUTHORIZED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        settings = admin.settings
-        wait = admin.key_buckets.take(principal.key_id, settings.admin_rate_limit_per_second,
-                                      settings.admin_rate_limit_burst)
-        if wait:
-            log.warning("admin.rate_limited", key_id=str(principal.key_id), request_id=rid)
-            return error(429, "rate_limited", f"this key made more than {settings.admin_rate_limit_burst} requests "
-                         f"at {settings.admin_rate_limit_per_second:g} a second; retry after Retry-After seconds",
-                         headers={"Retry-After": admin.key_buckets.retry_after(wait)})
-        try:
-            if principal.tenant_disabled:
-                raise Forbidden(DISABLED)
-            if endpoint.operator_only and not principal.operator:
-                raise Forbidden("this needs an operator key")
-            ids, params = {}, {}
-            for name in endpoint.path_params:
-                value = str(request.path_params[name])
-                if name in endpoint.path_choices:
-                    if value not in endpoint.path_choices[name]:
-                        raise NotFound(f"no such {name}: use one of {', '.join(endpoint.path_choices[name])}")
-                    params[name] = value
-                    continue
-                try:
-                    ids[name] = uuid.UUID(value)
-                except ValueError:
-                    raise NotFound(f"no such {name.removesuffix('_id')}") from None
-            call = Call(admin, principal, rid, ids, params=params, headers=request.headers,
-                        statement_timeout_ms=settings.admin_statement_timeout_ms if endpoint.method == "GET" else None)
-            if endpoint.query is not None:
-                call.query = validate(endpoint.query, dict(request.query_params), "query")
-            if endpoint.headers:
-                call.headers = declared_headers(endpoint, request)
-            if endpoint.body is not None:
-                call.body = validate(endpoint.body, await read_body(request, endpoint.max_body), "body")
-            call.tenant = await run_in_threadpool(resolve_owner, admin, endpoint, principal, ids)
-            result = await run_in_threadpool(endpoint.handler, call)
-        except BodyTooLarge:
-            return error(413, "payload_too_large", f"the body exceeds {endpoint.max_body} bytes")
-        except MalformedJson:
-            return error(400, "malformed_json", "the body is not valid JSON")
-        except Invalid as exc:
-            return error(422, "invalid", "some fields are invalid", fields=exc.fields)
-        except ControlError as exc:
-            status, code = next(v for k, v in STATUS.items() if isinstance(exc, k))
-            return error(status, code, str(exc))
-        if isinstance(result, Response):
-            return result
-        return JSONResponse(result.model_dump(mode="json"), status_code=endpoint.status)
-
-    return run
-
-
-def failure(exc: BaseException, rid: str) -> JSONResponse:
-    """503 when a read ran past its statement timeout or a dependency is unavailable, else 500 with an error
-    id logged with its traceback."""
-    if isinstance(underlying(exc), psycopg.errors.QueryCanceled):
-        log.warning("admin.statement_timeout", request_id=rid)
-        return error(503, "statement_timeout", "the database took longer than this read may take "
-                     "(INTAKE_ADMIN_STATEMENT_TIMEOUT_MS); narrow it (a filter, a smaller page) or retry later",
-                     headers={"Retry-After": "5"})
-    if is_retryable(exc):
-        log.error("admin.unavailable", error=repr(exc), request_id=rid)
-        return error(503, "unavailable", "the database is unavailable; retry later")
-    error_id = uuid.uuid4().hex[:16]
-    log.error("admin.internal_error", error_id=error_id, request_id=rid,
-              traceback="".join(traceback.format_exception(exc)))
-    return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
-

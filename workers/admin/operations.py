@@ -20,8 +20,8 @@ from pipelines.control.common import paged
 from pipelines.control.errors import Invalid, NotFound
 from pipelines.control.fields import Model, Short
 from pipelines.control.models import AuditEntry, Listing, Page
+from workers.admin.background import Job, JobStatus, JobView
 from workers.admin.http import Call, Endpoint
-from workers.admin.jobs import Job, JobStatus, JobView
 from workers.broker import ensure
 from workers.ops import events as event_ops
 from workers.ops import failures as ledger

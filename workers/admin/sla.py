@@ -11,7 +11,7 @@ import uuid
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, Strict, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, Strict, StringConstraints, field_validator
 from sqlalchemy import Connection, delete
 
 from db.schema import sla_policies
@@ -33,6 +33,13 @@ Clock = Annotated[str, StringConstraints(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:
 Minutes = Annotated[int, Strict(), Field(ge=1, le=sla.MAX_MINUTES)]
 
 
+def _date_text(value: object) -> object:
+    """A holiday is a date written YYYY-MM-DD, never a number taken for a timestamp."""
+    if not isinstance(value, str | date):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    return value
+
+
 class SlaPolicySet(Model):
     """One priority's policy; at least one of the two times."""
 
@@ -42,7 +49,7 @@ class SlaPolicySet(Model):
     business_hours: dict[Day, Annotated[list[tuple[Clock, Clock]], Field(max_length=24)]] | None = Field(
         default=None, description='Open intervals per weekday, e.g. {"mon": [["09:00", "17:00"]]}; '
                                   "null: around the clock")
-    holidays: list[Annotated[date, Strict()]] = Field(default_factory=list, max_length=MAX_HOLIDAYS,
+    holidays: list[Annotated[date, BeforeValidator(_date_text)]] = Field(default_factory=list, max_length=MAX_HOLIDAYS,
                                                       description="Closed days, YYYY-MM-DD")
 
     @field_validator("time_zone")

@@ -18,19 +18,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
 
-from config import SettingsError, get_settings
+from config import get_settings
 from db.engine import make_engine
-from db.tenancy import UnknownTenant
-from pipelines.control.errors import ControlError
-from pipelines.crypto import SecretKeyError
-from pipelines.errors import PermanentError
-from pipelines.inboxes import InboxConfigError
-from pipelines.lifecycle.business_hours import CalendarError
-from pipelines.lifecycle.erasure import ErasureError
-from pipelines.lifecycle.export import ExportError
-from pipelines.lifecycle.sla import PolicyError
-from workers.embedded.runtime import Runtime, ServicesUnavailable, check_database, check_maintenance, resolve
-from workers.embedded.services import ServiceError
+from pipelines.errors import Refusal, explained
+from workers.embedded.runtime import Runtime, check_database, check_maintenance, resolve
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,14 +30,10 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
-class BadInput(PermanentError):
+class BadInput(Refusal):
     """A value given on the command line that the command cannot use; its message says what would do."""
 
-
-# What a user can fix: printed as one line on stderr, exit status 1. The control plane's refusals (the API's
-# 403, 404, 409, 422) and the data lifecycle's are among them.
-KNOWN_ERRORS = (SettingsError, ServicesUnavailable, ServiceError, InboxConfigError, UnknownTenant, SecretKeyError,
-                BadInput, ControlError, ErasureError, ExportError, PolicyError, CalendarError)
+    code = "bad_input"
 
 
 def emit(data: dict[str, Any]) -> None:
@@ -55,13 +42,17 @@ def emit(data: dict[str, Any]) -> None:
 
 
 def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn the errors a user can fix into one line on stderr and exit status 1."""
+    """Turn the errors a user can fix into one line on stderr and exit status 1: those whose class says its
+    message is for the user (`pipelines.errors.explained`: every refusal, the API's 403, 404, 409 and 422 among
+    them, the services down, a setting or a tenant that does not work). Anything else is a bug: its traceback."""
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except KNOWN_ERRORS as exc:
+        except Exception as exc:
+            if not explained(exc):
+                raise
             console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise SystemExit(1) from None
 

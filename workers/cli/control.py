@@ -98,7 +98,7 @@ def admin(host: str, port: int) -> None:
     """Run the admin API (the Procfile's admin process); never expose it on the internet-facing side."""
     import uvicorn
 
-    from workers.admin import create_app
+    from workers.admin.app import create_app
     from workers.cli.common import maintenance_runtime
     from workers.embedded.runtime import check_unprivileged
 

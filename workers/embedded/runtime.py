@@ -22,6 +22,8 @@ from workers.embedded.services import EmbeddedServices
 class ServicesUnavailable(RetryableError):
     """The fleet cannot find or reach the services it needs (or they are not set up yet)."""
 
+    explained = True
+
 
 @dataclass(frozen=True)
 class Runtime:

@@ -41,6 +41,8 @@ EMBEDDED_POSTGRES_SETTINGS = {"autovacuum_naptime": "5s"}
 class ServiceError(RetryableError):
     """An embedded service could not be started, reached or stopped."""
 
+    explained = True
+
 
 @dataclass(frozen=True)
 class ServiceStatus:

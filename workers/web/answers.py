@@ -1,4 +1,8 @@
-"""The ingress's answers: acknowledgements, and errors with the body {"error": code, "detail": text}."""
+"""The ingress's answers: acknowledgements, and errors with the body {"error": code, "detail": text}.
+
+The body is `pipelines.errors.error_body`'s and the choice between 503 and 500 `failure_status`'s, the same
+as the admin API's and the console's; credentials are scrubbed from what is logged by the log's own processor
+(`config.redaction`), as in every process."""
 
 from __future__ import annotations
 
@@ -10,16 +14,21 @@ import structlog
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from pipelines.errors import is_retryable, scrub
+from pipelines.errors import Refusal, error_body, failure_status, refusal_body
+from workers.ratelimit import TokenBuckets
 from workers.web.bodies import ParseTimeout
-from workers.web.ratelimit import TokenBuckets
 
 log = structlog.get_logger("intake.ingress")
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, detail), status_code=status, headers=headers)
+
+
+def refused(exc: Refusal, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """A refusal answered with its own status and code."""
+    return JSONResponse(refusal_body(exc), status_code=exc.status, headers={**exc.headers, **(headers or {})} or None)
 
 
 def client_slowed(wait: float) -> JSONResponse:
@@ -30,13 +39,13 @@ def client_slowed(wait: float) -> JSONResponse:
 def failure(exc: BaseException, **context: str) -> JSONResponse:
     """The answer to an exception nobody handled: 503 when a dependency is unavailable (retry later),
     else 500 with an error id; the traceback is logged under that id and never sent to the client."""
-    if is_retryable(exc):  # the database, its pool or Redis unavailable, the commit queue full, a parse late
-        log.error("ingress.unavailable", error=scrub(repr(exc)), **context)
+    if failure_status(exc) == 503:  # the database, its pool or Redis unavailable, the commit queue full, a parse late
+        log.error("ingress.unavailable", error=repr(exc), **context)
         detail = str(exc) if isinstance(exc, ParseTimeout) else "the event could not be stored"
         return error(503, "unavailable", f"{detail}; retry later", {"Retry-After": "5"})
     error_id = uuid.uuid4().hex[:16]
-    log.error("ingress.internal_error", error_id=error_id, error=scrub(repr(exc)),
-              traceback=scrub("".join(traceback.format_exception(exc))), **context)
+    log.error("ingress.internal_error", error_id=error_id, error=repr(exc),
+              traceback="".join(traceback.format_exception(exc)), **context)
     return error(500, "internal_error", f"an internal error occurred; error id {error_id}")
 
 

@@ -52,11 +52,11 @@ from pipelines.channels.whatsapp import handshake
 from pipelines.crypto import SecretBox
 from workers import redis_clients
 from workers.queues import INGEST_ACTOR, INGEST_QUEUE, enqueue_async
-from workers.web.answers import Answer, accepted, client_slowed, error, failure
+from workers.ratelimit import TokenBuckets, client_key
+from workers.web.answers import Answer, accepted, client_slowed, error, failure, refused
 from workers.web.bodies import DRAIN_LIMIT_BYTES, BodyTooLarge, ParseTimeout, drain, read_body
 from workers.web.inboxes import Inbox, InboxDirectory
 from workers.web.metrics import Metrics
-from workers.web.ratelimit import TokenBuckets, client_key
 from workers.web.urls import forwarded, provider_urls
 from workers.web.writer import Enqueue, EventRow, EventWriter, Outcome, UnstorableEvent, WriterBusy
 
@@ -161,8 +161,7 @@ class Ingress:
         complete = not exc.unread
         if exc.unread and exc.drainable and headers.get("expect", "").lower() != "100-continue":
             complete = await drain(receive, DRAIN_LIMIT_BYTES)
-        return error(413, "payload_too_large", f"the body exceeds {self.body_limit(channel)} bytes",
-                     None if complete else {"Connection": "close"})
+        return refused(exc, None if complete else {"Connection": "close"})
 
     @property
     def client_rate(self) -> tuple[float, int]:
@@ -253,7 +252,7 @@ class Ingress:
         except BodyTooLarge as exc:
             return await self.too_large(receive, headers, channel, exc)
         except PayloadError as exc:
-            return error(400, "malformed_payload", str(exc))
+            return refused(exc)
         url, alternates = self.provider_url(scope, headers)
         query_string = scope.get("query_string", b"")
         query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}

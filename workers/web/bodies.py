@@ -6,19 +6,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from pipelines.channels import PayloadError
-from pipelines.errors import PermanentError, RetryableError
+from pipelines.errors import BodyTooLarge, RetryableError
 
 # An oversized body is read and discarded up to this many bytes so the client reads its 413.
 DRAIN_LIMIT_BYTES = 64 * 1_048_576
 
 
-class BodyTooLarge(PermanentError):
-    """The request body exceeds the channel's limit."""
-
-    def __init__(self, *, unread: bool, drainable: bool = True) -> None:
-        super().__init__()
-        self.unread = unread  # the rest of the body is still on the wire
-        self.drainable = drainable  # and short enough to read and discard
+__all__ = ["BodyTooLarge", "ParseTimeout", "drain", "read_body"]  # BodyTooLarge: the one of pipelines.errors
 
 
 class ParseTimeout(RetryableError):
@@ -30,14 +24,14 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
             raise PayloadError("invalid Content-Length")
         if int(declared) > limit:
-            raise BodyTooLarge(unread=True, drainable=int(declared) <= DRAIN_LIMIT_BYTES)
+            raise BodyTooLarge(limit, unread=True, drainable=int(declared) <= DRAIN_LIMIT_BYTES)
     message = await receive()
     if message["type"] != "http.request":
         raise ClientDisconnect
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):  # the usual case: the whole body in one message
         if len(body) > limit:
-            raise BodyTooLarge(unread=False)
+            raise BodyTooLarge(limit)
         return body
     chunks = [body]
     size = len(body)
@@ -48,7 +42,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(unread=message.get("more_body", False))
+            raise BodyTooLarge(limit, unread=message.get("more_body", False))
         chunks.append(chunk)
     return b"".join(chunks)
 

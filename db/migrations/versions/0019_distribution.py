@@ -3,7 +3,8 @@
 Citus (distributing by tenant) requires every unique key of a distributed table to include the distribution
 column, and a foreign key between distributed tables to include it on both sides;
 `tests/deployment/test_distribution.py` checks the whole declared schema.
-`knowledge_chunks (document_id, ordinal)` becomes `(tenant_id, document_id, ordinal)` (the same rows are unique: a document belongs to one tenant), and
+`knowledge_chunks (document_id, ordinal)` becomes `(tenant_id, document_id, ordinal)` (the same rows are
+unique: a document belongs to one tenant), and
 `contacts.merged_into_id` is checked as `(tenant_id, merged_into_id)` against `(tenant_id, id)`, which also
 states that a contact merges only into a contact of its own tenant. ON DELETE SET NULL keeps nulling the
 merge pointer only, never the tenant.

@@ -16,8 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipelines.errors import BodyTooLarge
 from workers.admin.console.sessions import COOKIE, IDLE_SECONDS, LOGIN_COOKIE, MAX_SECONDS
-from workers.admin.console.web import CSRF_FIELD, BadForm, Console, FormTooLarge, read_form, redirect, secured
+from workers.admin.console.web import CSRF_FIELD, BadForm, Console, read_form, redirect, secured
 
 MAX_KEY_CHARS = 200
 LOGIN_SECONDS = 3600
@@ -53,7 +54,7 @@ def routes(console: Console) -> list[Route]:
     async def login(request: Request) -> Response:
         try:
             form = await read_form(request)
-        except (FormTooLarge, BadForm, ClientDisconnect):
+        except (BodyTooLarge, BadForm, ClientDisconnect):
             return sign_in_page(console, request, 400, "The form could not be read; try again.")
         expected = request.cookies.get(LOGIN_COOKIE, "")
         presented = (form.get(CSRF_FIELD) or [""])[0]
@@ -78,7 +79,7 @@ def routes(console: Console) -> list[Route]:
         session = console.sessions.get(token)
         try:
             form = await read_form(request)
-        except (FormTooLarge, BadForm, ClientDisconnect):
+        except (BodyTooLarge, BadForm, ClientDisconnect):
             form = {}
         if session is not None:
             if not session.csrf_matches((form.get(CSRF_FIELD) or [""])[0]):

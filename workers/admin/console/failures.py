@@ -19,8 +19,8 @@ from starlette.routing import Route
 from db.schema import tenants
 from pipelines.control.errors import Invalid
 from workers.admin import operations as api
+from workers.admin.background import JobView
 from workers.admin.console.web import Console, Visit, checked, offset_of, page, parse_uuid, redirect
-from workers.admin.jobs import JobView
 from workers.ops import failures as ledger
 from workers.queues import QUEUES
 

@@ -15,9 +15,9 @@ from starlette.routing import Route
 from pipelines.control.errors import Invalid
 from pipelines.control.models import Listing
 from workers.admin import operations as api
+from workers.admin.background import JobView
 from workers.admin.console.failures import tenant_names
 from workers.admin.console.web import Console, Visit, checked, offset_of, page
-from workers.admin.jobs import JobView
 
 PAGE_SIZE = 50
 STATUS_CHOICES = ("", "running", "succeeded", "failed", "cancelled")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from workers.admin.console import audit, auth, conversations, events, failures, jobs, overview, tenants
 from workers.admin.console.web import Console
-
-if TYPE_CHECKING:
-    from workers.admin.app import Admin
+from workers.admin.state import Admin
 
 STATIC = Path(__file__).parent / "static"
 

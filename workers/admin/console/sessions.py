@@ -4,7 +4,7 @@ The API key typed at sign-in is checked once and then forgotten: the session rem
 for (the key's id, name and tenant), so no key is ever kept in a cookie, a URL or a page. Each session has
 its own CSRF token, which every form and every script sends back with a POST.
 
-Sessions live in the memory of the admin process, as its jobs do (see `workers.admin.jobs`): a restart
+Sessions live in the memory of the admin process, as its jobs do (see `workers.admin.background`): a restart
 signs everyone out, which for an operator console is the safe direction. They end after `IDLE_SECONDS`
 without a request, after `MAX_SECONDS` in any case, at logout, as soon as their key is revoked or its
 tenant disabled (each request looks the key up again; enabling the tenant does not bring a session back),

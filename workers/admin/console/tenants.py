@@ -29,7 +29,7 @@ from pipelines.control.models import (
 )
 from pipelines.desk.models import ConversationQuery
 from workers.admin import conversations as conversation_api
-from workers.admin import lifecycle as api
+from workers.admin import tenants as api
 from workers.admin import webhooks
 from workers.admin.console.web import Console, Visit, checked, nested, offset_of, page, parse_uuid, redirect
 

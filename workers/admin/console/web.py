@@ -1,7 +1,7 @@
 """How one console request runs: who is signed in, the CSRF check, the form, the page, the error page.
 
 A page handler is a plain function of a `Visit` (run in a worker thread, since it talks to the database).
-It acts through the admin API's own handlers (`workers.admin.lifecycle`, `workers.admin.operations`) with a
+It acts through the admin API's own handlers (`workers.admin.tenants`, `workers.admin.operations`) with a
 `Call` built here, so a change made in the console passes the same checks, runs on the same tenant-bound
 connection (row-level security) and writes the same audit row as the same change made through the API.
 """
@@ -14,27 +14,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import psycopg
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from db.schema import api_keys, tenants
-from pipelines.control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound
+from pipelines.control.errors import Invalid, NotFound
+from pipelines.control.fields import field_errors
 from pipelines.control.keys import Principal
-from pipelines.errors import PermanentError, is_retryable, underlying
+from pipelines.errors import BodyTooLarge, Refusal, failure_status, underlying
 from workers.admin.console.sessions import COOKIE, Session, Sessions
-from workers.admin.http import BodyTooLarge, Call, owned, read_body, request_id, validate
-
-if TYPE_CHECKING:
-    from workers.admin.app import Admin
+from workers.admin.http import Call, owned, read_body, request_id
+from workers.admin.state import Admin
 
 log = structlog.get_logger("intake.console")
 
@@ -96,12 +95,17 @@ def secured(response: R) -> R:
     return response
 
 
-class FormTooLarge(PermanentError):
-    """The form is over MAX_FORM_BYTES."""
-
-
-class BadForm(PermanentError):
+class BadForm(Refusal):
     """The form is not UTF-8 URL-encoded text."""
+
+    status, code = 400, "bad_form"
+
+    def __init__(self) -> None:
+        super().__init__("The form is not URL-encoded UTF-8 text.")
+
+
+# The title of the page that answers a refusal, by its status.
+TITLES = {400: "Bad form", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid"}
 
 
 @dataclass
@@ -185,7 +189,10 @@ def offset_of(raw: str) -> int:
 
 def checked(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     """`raw` validated by one of the API's models: Invalid carries the messages for each field."""
-    return validate(model, raw, "query")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise Invalid(field_errors(exc)) from None
 
 
 def nested(pairs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -204,10 +211,8 @@ def nested(pairs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:
-    try:
-        body = await read_body(request, MAX_FORM_BYTES)
-    except BodyTooLarge:
-        raise FormTooLarge from None
+    """The form, refused with BodyTooLarge past MAX_FORM_BYTES and BadForm unless URL-encoded UTF-8."""
+    body = await read_body(request, MAX_FORM_BYTES)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("application/x-www-form-urlencoded", ""):
         raise BadForm
@@ -238,10 +243,8 @@ def page(console: Console, handler: Handler, *, fragment: bool = False) -> Calla
             return redirect("/login")
         try:
             form = await read_form(request) if request.method == "POST" else {}
-        except FormTooLarge:
-            return _error(console, session, 413, "Too large", f"The form exceeds {MAX_FORM_BYTES} bytes.")
-        except BadForm:
-            return _error(console, session, 400, "Bad form", "The form is not URL-encoded UTF-8 text.")
+        except Refusal as exc:
+            return _failure(console, session, exc, rid)
         except ClientDisconnect:
             return _error(console, session, 400, "Incomplete", "The form was not received in full.")
         if request.method == "POST":
@@ -265,17 +268,16 @@ def _error(console: Console, session: Session | None, status: int, title: str, d
 
 
 def _failure(console: Console, session: Session, exc: Exception, rid: str) -> Response:
-    answers: dict[type[ControlError], tuple[int, str]] = {
-        NotFound: (404, "Not found"), Forbidden: (403, "Forbidden"), Conflict: (409, "Conflict"),
-        Invalid: (422, "Invalid")}
-    for kind, (status, title) in answers.items():
-        if isinstance(exc, kind):
-            return _error(console, session, status, title, str(exc))
+    """The page for an error: a refusal with its own status (as the API answers it), a page read past its
+    statement timeout 503, and anything else 503 or 500 as `failure_status` decides (the API's policy)."""
+    if isinstance(exc, Refusal):
+        detail = f"The form exceeds {exc.limit} bytes." if isinstance(exc, BodyTooLarge) else str(exc)
+        return _error(console, session, exc.status, TITLES.get(exc.status, "Refused"), detail)
     if isinstance(underlying(exc), psycopg.errors.QueryCanceled):
         log.warning("console.statement_timeout", request_id=rid)
         return _error(console, session, 503, "Too slow", "The database took longer than a page may take "
                       "(INTAKE_ADMIN_STATEMENT_TIMEOUT_MS). Narrow the filter, or retry later.")
-    if is_retryable(exc):
+    if failure_status(exc) == 503:
         log.error("console.unavailable", error=repr(exc), request_id=rid)
         return _error(console, session, 503, "Unavailable", "The database or Redis is unavailable; retry later.")
     error_id = uuid.uuid4().hex[:16]

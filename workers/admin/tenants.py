@@ -1,4 +1,4 @@
-"""The endpoints of the tenant lifecycle: tenants, inboxes, teams, personas and API keys."""
+"""The endpoints that create and change tenants and what they own: inboxes, teams, personas and API keys."""
 
 from __future__ import annotations
 

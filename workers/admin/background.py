@@ -1,4 +1,5 @@
-"""Long operator work (replaying or discarding failures, reprocessing events) as jobs in the admin process.
+"""Background admin jobs: long operator work (replaying or discarding failures, reprocessing events, a tenant's
+export or deletion) run in the admin process's own thread pools.
 
 A request starts a job and gets its id at once (202); `GET /v1/admin/jobs/{id}` shows its progress and
 `POST /v1/admin/jobs/{id}/cancel` asks it to stop after the batch in hand (what is done stays done: each
