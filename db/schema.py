@@ -135,12 +135,16 @@ def _tenancy(md: MetaData) -> None:
         Column("language", Text), Column("model", Text), Column("temperature", REAL),
         Column("is_default", Boolean, nullable=False, server_default=text("false")),
         _at("created_at"), _at("updated_at"),
+        # What reaches the provider beside model and temperature; an inactive persona drafts nothing (0021).
+        Column("max_tokens", Integer),
+        Column("active", Boolean, nullable=False, server_default=text("true")),
         _references_tenants(),
         UniqueConstraint("tenant_id", "name"),
         UniqueConstraint("tenant_id", "id"),
         CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
         CheckConstraint("length(language) = 2", name="language"),
         CheckConstraint("temperature BETWEEN 0 AND 2", name="temperature"),
+        CheckConstraint("max_tokens BETWEEN 1 AND 32768", name="max_tokens"),
     )
     Index("ai_personas_one_default_idx", personas.c.tenant_id, unique=True, postgresql_where=text("is_default"))
 

@@ -42,7 +42,7 @@ from pipelines.lifecycle import erasure, sla
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
-PERSONA_FIELDS = ("name", "tone", "system_prompt", "language")
+PERSONA_FIELDS = ("name", "tone", "system_prompt", "language", "model", "temperature", "max_tokens")
 
 LOAD = text("""
 SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
@@ -55,11 +55,12 @@ JOIN conversations c ON c.id = m.conversation_id
 JOIN inboxes i ON i.id = m.inbox_id
 JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN contacts ct ON ct.id = m.contact_id
--- The inbox's own persona, else the tenant's default (ai_personas, migration 0011).
+-- The inbox's own persona, else the tenant's default (ai_personas, migration 0011), skipping inactive ones (0021).
 LEFT JOIN LATERAL (
     SELECT jsonb_build_object('name', p.name, 'tone', p.tone, 'system_prompt', p.system_prompt,
-                              'language', p.language) AS persona
-    FROM ai_personas p WHERE p.tenant_id = m.tenant_id AND (p.id = i.persona_id OR p.is_default)
+                              'language', p.language, 'model', p.model, 'temperature', p.temperature,
+                              'max_tokens', p.max_tokens) AS persona
+    FROM ai_personas p WHERE p.tenant_id = m.tenant_id AND p.active AND (p.id = i.persona_id OR p.is_default)
     ORDER BY p.id IS NOT DISTINCT FROM i.persona_id DESC LIMIT 1) p ON true
 WHERE m.tenant_id = :t AND m.id = ANY(:ids) AND m.direction = 'inbound'
 """)
