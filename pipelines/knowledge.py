@@ -6,6 +6,11 @@ unchanged file (same content hash and embedding model) costs nothing. Retrieval 
 one tenant: the tenant's nearest chunks by pgvector cosine distance (exactly, or on the shared HNSW index
 for large tenants: see `nearest`) and PostgreSQL full-text search in the question's language, fused by
 reciprocal rank fusion.
+
+An import is metered like any provider call: each file that is embedded leaves an `ai_usage` row (feature
+`knowledge`), in the transaction that stores its chunks, and the monthly budget is checked before a hosted
+provider embeds (refused when spent: see `pipelines.ai.spend.require_budget`) and after (its alerts are
+that transaction's change events).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from sqlalchemy import Connection, delete, func, insert, select, text, update
 from db import direct
 from db.schema import knowledge_chunks, knowledge_documents
 from db.tenancy import TenantId
-from pipelines.ai.base import Passage, Provider
+from pipelines import changes
+from pipelines.ai import spend
+from pipelines.ai.base import Passage, Provider, Usage
 
 CHUNK_CHARS = 900
 OVERLAP_CHARS = 150
@@ -126,10 +133,19 @@ class ImportResult:
     source: str
     status: str  # "created", "updated" or "unchanged"
     chunks: int
+    usage: Usage | None = None  # the embedding call's, when one was made
+
+
+@dataclass(frozen=True)
+class Metering:
+    """What an import's spend is priced with and checked against (`INTAKE_AI_PRICES`, the tenant's budget)."""
+
+    prices: dict[str, tuple[float, float]]
+    budget_usd: float | None = None
 
 
 def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, kind: str, provider: Provider,
-                    dim: int) -> ImportResult:
+                    dim: int, before_embedding: Callable[[], None] | None = None) -> ImportResult:
     markdown = to_markdown(raw, kind)
     digest = hashlib.sha256(markdown.encode()).hexdigest()
     docs = knowledge_documents.c
@@ -139,7 +155,9 @@ def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, k
     if existing and existing.content_hash == digest and existing.embedding_model == model:
         return ImportResult(source, "unchanged", 0)
     pieces = chunk(markdown)
-    vectors, _ = provider.embed([f"{c.heading}\n{c.content}" for c in pieces]) if pieces else ([], None)
+    if pieces and before_embedding is not None:
+        before_embedding()
+    vectors, usage = provider.embed([f"{c.heading}\n{c.content}" for c in pieces]) if pieces else ([], None)
     if any(len(v) != dim for v in vectors):
         raise ValueError(f"the embedding model returns {len(vectors[0])} dimensions; the schema has {dim} "
                          "(INTAKE_EMBEDDING_DIM at migration time)")
@@ -164,17 +182,37 @@ def import_document(conn: Connection, tenant: TenantId, source: str, raw: str, k
             {"t": tenant, "d": document_id, "m": model, "ordinals": list(range(len(pieces))),
              "headings": [c.heading for c in pieces], "contents": [c.content for c in pieces],
              "embeddings": ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]})
-    return ImportResult(source, "updated" if existing else "created", len(pieces))
+    return ImportResult(source, "updated" if existing else "created", len(pieces), usage)
+
+
+def import_metered(conn: Connection, tenant: TenantId, source: str, raw: str, kind: str, provider: Provider,
+                   dim: int, metering: Metering) -> ImportResult:
+    """`import_document` paid for as any call: refused before a hosted provider embeds over budget, its usage
+    recorded, the budget's alerts the transaction's last statement."""
+    feed: list[changes.Change] = []
+
+    def within_budget() -> None:
+        if provider.name != "local":
+            spend.require_budget(conn, tenant, metering.budget_usd, feed=feed)
+
+    result = import_document(conn, tenant, source, raw, kind, provider, dim, within_budget)
+    if result.usage is not None:
+        spend.record_usage(conn, tenant, None, [("knowledge", result.usage)], metering.prices)
+        spend.check_budget(conn, tenant, metering.budget_usd, feed=feed)
+    changes.record(conn, tenant, feed)
+    return result
 
 
 def import_path(conn_factory: Callable[[], Iterator[Connection]], tenant: TenantId, path: Path, provider: Provider,
-                dim: int, on_file: Callable[[ImportResult], None] | None = None) -> list[ImportResult]:
+                dim: int, on_file: Callable[[ImportResult], None] | None = None, *,
+                metering: Metering | None = None) -> list[ImportResult]:
     """Import a file or folder, one transaction per file (a bad file does not undo the others)."""
     results = []
     for source, file in files(path):
         raw = file.read_text(encoding="utf-8", errors="replace")
         for conn in conn_factory():
-            result = import_document(conn, tenant, source, raw, SUFFIXES[file.suffix.lower()], provider, dim)
+            result = import_metered(conn, tenant, source, raw, SUFFIXES[file.suffix.lower()], provider, dim,
+                                    metering or Metering({}))
         results.append(result)
         if on_file is not None:
             on_file(result)
