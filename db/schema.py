@@ -470,6 +470,8 @@ def _knowledge(md: MetaData, dim: int) -> None:
         Column("embedding", Vector(dim), nullable=False),
         _text("embedding_model"),
         _at("created_at"),
+        # The offline multilingual sentence embedding (pipelines.ai.semantic), NULL without it (migration 0021).
+        Column("semantic", Vector(512)),
         UniqueConstraint("tenant_id", "document_id", "ordinal"),  # led by the tenant (migration 0019)
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("document_id", "knowledge_documents"),

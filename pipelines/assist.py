@@ -24,7 +24,7 @@ from db import direct
 from db.schema import ai_classifications, ai_drafts, conversations
 from db.tenancy import TenantId
 from pipelines import knowledge
-from pipelines.ai import language, taxonomy, training
+from pipelines.ai import language, semantic, taxonomy, training
 from pipelines.ai.base import (
     PROMPT_VERSION,
     Classification,
@@ -174,8 +174,9 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
         vectors, embed_usage = provider.embed([question])
         if embed_usage.tokens_in:
             results.usage.append(("embed", embed_usage))
+        meaning = semantic.encode([question])[0] if semantic.available() else None  # offline, ~6 ms
         ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(
-            conn, tenant, question, vectors[0], language=decision.language)))
+            conn, tenant, question, vectors[0], language=decision.language, meaning=meaning)))
         draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, decision.language,
                                                    classification.category, ctx.passages, ctx.persona))
         results.draft = draft

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from config import get_settings
-from db.tenancy import bind_tenant
+from db.tenancy import TenantId, bind_tenant
 from tests.admin_server import client, make_key, make_tenant
 from tests.openai_server import openai_stub
 from tests.processes import intake_ok, intake_refused, run_intake
@@ -54,7 +54,7 @@ def tenant_with_budget(op: httpx.Client, admin_engine: Engine, budget: float | N
 
 def feed_alerts(app_engine: Engine, tenant: uuid.UUID) -> list[int]:
     with app_engine.begin() as conn:
-        bind_tenant(conn, tenant)
+        bind_tenant(conn, TenantId(tenant))
         return [r[0]["budget_alert"]["threshold"] for r in conn.execute(text(
             "SELECT data FROM change_events WHERE type = 'budget.alert' ORDER BY seq"))]
 
@@ -70,7 +70,7 @@ def test_knowledge_imports_are_metered_and_stop_when_the_budget_is_spent(
     listed = intake_ok("kb", "list", "--tenant", str(tenant))
     assert [d["source"] for d in listed["items"]] == ["billing.md", "refunds.md"]  # the third waits
     with app_engine.begin() as conn:
-        bind_tenant(conn, tenant)
+        bind_tenant(conn, TenantId(tenant))
         rows = conn.execute(text("SELECT feature, provider, model, tokens_in, cost_usd, message_id FROM ai_usage")).all()
     assert [(r.feature, r.provider, r.model, r.tokens_in, float(r.cost_usd), r.message_id) for r in rows] == [
         ("knowledge", "openai", "text-embedding-3-small", 5, FILE_COST, None)] * 2
