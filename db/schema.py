@@ -135,12 +135,16 @@ def _tenancy(md: MetaData) -> None:
         Column("language", Text), Column("model", Text), Column("temperature", REAL),
         Column("is_default", Boolean, nullable=False, server_default=text("false")),
         _at("created_at"), _at("updated_at"),
+        # What reaches the provider beside model and temperature; an inactive persona drafts nothing (0021).
+        Column("max_tokens", Integer),
+        Column("active", Boolean, nullable=False, server_default=text("true")),
         _references_tenants(),
         UniqueConstraint("tenant_id", "name"),
         UniqueConstraint("tenant_id", "id"),
         CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
         CheckConstraint("length(language) = 2", name="language"),
         CheckConstraint("temperature BETWEEN 0 AND 2", name="temperature"),
+        CheckConstraint("max_tokens BETWEEN 1 AND 32768", name="max_tokens"),
     )
     Index("ai_personas_one_default_idx", personas.c.tenant_id, unique=True, postgresql_where=text("is_default"))
 
@@ -466,6 +470,8 @@ def _knowledge(md: MetaData, dim: int) -> None:
         Column("embedding", Vector(dim), nullable=False),
         _text("embedding_model"),
         _at("created_at"),
+        # The offline multilingual sentence embedding (pipelines.ai.semantic), NULL without it (migration 0021).
+        Column("semantic", Vector(512)),
         UniqueConstraint("tenant_id", "document_id", "ordinal"),  # led by the tenant (migration 0019)
         UniqueConstraint("tenant_id", "id"),
         _tenant_fk("document_id", "knowledge_documents"),

@@ -5,7 +5,7 @@ what a message needs, `think` calls the provider and reads through the function 
 writes the results with ON CONFLICT on (message, prompt version), so a retried or replayed job changes
 nothing. A hosted provider runs with no transaction open; the in-process one inside the message's own.
 
-`store` and `check_budget` append the change events of what they wrote (`message.classified`,
+`store` and `spend.check_budget` append the change events of what they wrote (`message.classified`,
 `draft.created`, `budget.alert`) to the caller's `feed`, which the caller records as its transaction's last
 statement (`pipelines.changes`). The message's part of an event is the row `store` already locks.
 """
@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Executable, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Executable, bindparam, func, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from db import direct
-from db.schema import ai_classifications, ai_drafts, ai_usage, budget_alerts, conversations
+from db.schema import ai_classifications, ai_drafts, conversations
 from db.tenancy import TenantId
 from pipelines import knowledge
-from pipelines.ai import language, taxonomy, training
+from pipelines.ai import language, semantic, taxonomy, training
 from pipelines.ai.base import (
     PROMPT_VERSION,
     Classification,
@@ -37,12 +36,13 @@ from pipelines.ai.base import (
     Provider,
     Usage,
 )
+from pipelines.ai.spend import record_usage
 from pipelines.changes import MESSAGE_COLUMNS, Change, columns, message
 from pipelines.lifecycle import erasure, sla
 
 AUTO_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
 NO_DRAFT_CATEGORIES = {"spam", "auto_reply"}
-PERSONA_FIELDS = ("name", "tone", "system_prompt", "language")
+PERSONA_FIELDS = ("name", "tone", "system_prompt", "language", "model", "temperature", "max_tokens")
 
 LOAD = text("""
 SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
@@ -55,11 +55,12 @@ JOIN conversations c ON c.id = m.conversation_id
 JOIN inboxes i ON i.id = m.inbox_id
 JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN contacts ct ON ct.id = m.contact_id
--- The inbox's own persona, else the tenant's default (ai_personas, migration 0011).
+-- The inbox's own persona, else the tenant's default (ai_personas, migration 0011), skipping inactive ones (0021).
 LEFT JOIN LATERAL (
     SELECT jsonb_build_object('name', p.name, 'tone', p.tone, 'system_prompt', p.system_prompt,
-                              'language', p.language) AS persona
-    FROM ai_personas p WHERE p.tenant_id = m.tenant_id AND (p.id = i.persona_id OR p.is_default)
+                              'language', p.language, 'model', p.model, 'temperature', p.temperature,
+                              'max_tokens', p.max_tokens) AS persona
+    FROM ai_personas p WHERE p.tenant_id = m.tenant_id AND p.active AND (p.id = i.persona_id OR p.is_default)
     ORDER BY p.id IS NOT DISTINCT FROM i.persona_id DESC LIMIT 1) p ON true
 WHERE m.tenant_id = :t AND m.id = ANY(:ids) AND m.direction = 'inbound'
 """)
@@ -173,8 +174,9 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
         vectors, embed_usage = provider.embed([question])
         if embed_usage.tokens_in:
             results.usage.append(("embed", embed_usage))
+        meaning = semantic.encode([question])[0] if semantic.available() else None  # offline, ~6 ms
         ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(
-            conn, tenant, question, vectors[0], language=decision.language)))
+            conn, tenant, question, vectors[0], language=decision.language, meaning=meaning)))
         draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, decision.language,
                                                    classification.category, ctx.passages, ctx.persona))
         results.draft = draft
@@ -348,41 +350,3 @@ def store(conn: Connection, tenant: TenantId, ctx: Context, results: Results, pr
         # Usage is recorded once, with the results it paid for (a replayed job that stores nothing, costs nothing).
         record_usage(conn, tenant, ctx.message_id, results.usage, prices)
     return stored
-
-
-def cost(usage: Usage, prices: dict[str, tuple[float, float]]) -> Decimal:
-    price_in, price_out = prices.get(usage.model, (0.0, 0.0))
-    return (Decimal(str(price_in)) * usage.tokens_in + Decimal(str(price_out)) * usage.tokens_out) / Decimal(1_000_000)
-
-
-def record_usage(conn: Connection, tenant: TenantId, message_id: uuid.UUID | None,
-                 usages: list[tuple[str, Usage]], prices: dict[str, tuple[float, float]]) -> None:
-    """One row per (feature, usage), sent together (one multi-row INSERT)."""
-    conn.execute(insert(ai_usage), [{
-        "tenant_id": tenant, "message_id": message_id, "feature": feature, "provider": usage.provider,
-        "model": usage.model, "tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
-        "cost_usd": cost(usage, prices), "latency_ms": usage.latency_ms} for feature, usage in usages])
-
-
-def check_budget(conn: Connection, tenant: TenantId, budget_usd: float | None, now: datetime | None = None, *,
-                 feed: list[Change] | None = None) -> bool:
-    """Raise the 80% and 100% alerts for this month (each once, told to `feed`); True while the tenant may
-    still spend."""
-    if not budget_usd:
-        return True
-    now = now or datetime.now(UTC)
-    month = now.date().replace(day=1)
-    spent = Decimal(conn.execute(
-        select(func.coalesce(func.sum(ai_usage.c.cost_usd), 0))
-        .where(ai_usage.c.tenant_id == tenant, ai_usage.c.created_at >= month)).scalar_one())
-    budget = Decimal(str(budget_usd))
-    for threshold in (80, 100):
-        if spent >= budget * threshold / 100:
-            alert = conn.execute(pg_insert(budget_alerts).values(
-                tenant_id=tenant, month=month, threshold=threshold, spent_usd=spent, budget_usd=budget)
-                .on_conflict_do_nothing().returning(budget_alerts.c.id)).scalar()
-            if alert is not None and feed is not None:
-                feed.append(Change("budget.alert", {"budget_alert": {
-                    "id": alert, "month": month.isoformat(), "threshold": threshold, "spent_usd": float(spent),
-                    "budget_usd": float(budget)}}, subject_id=alert))
-    return spent < budget

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 from config import Settings
 from db.tenancy import TenantId, bind_tenant
 from pipelines import assist, changes
+from pipelines.ai import spend
 from pipelines.ai.base import Provider
 from pipelines.ai.local import LocalProvider
 
@@ -56,7 +57,7 @@ def assist_messages(engine: Engine, settings: Settings, tenant: TenantId, messag
             return {"classified": 0, "drafted": 0}
         tenant_ai = contexts[0].ai
         alerts: list[changes.Change] = []
-        within = assist.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"), feed=alerts)
+        within = spend.check_budget(conn, tenant, tenant_ai.get("monthly_budget_usd"), feed=alerts)
         provider = provider_for(settings, tenant_ai, within_budget=within)
         job = Job(settings, tenant, tenant_ai.get("monthly_budget_usd"), force)
         if provider.name == "local":  # the alerts are recorded with the first message's results
@@ -117,7 +118,7 @@ def _store(conn: Connection, job: Job, ctx: assist.Context, results: assist.Resu
            feed: list[changes.Change]) -> None:
     """Store one message's results and check the budget; their events are the transaction's last statement."""
     stored = assist.store(conn, job.tenant, ctx, results, job.settings.ai_prices, force=job.force, feed=feed)
-    assist.check_budget(conn, job.tenant, job.budget_usd, feed=feed)
+    spend.check_budget(conn, job.tenant, job.budget_usd, feed=feed)
     counts["classified"] += stored["classification"]
     counts["drafted"] += stored["draft"]
     changes.record(conn, job.tenant, feed)

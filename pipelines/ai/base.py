@@ -103,6 +103,10 @@ class Persona:
     tone: str = "friendly and concise"
     system_prompt: str = ""
     language: str | None = None  # None: answer in the customer's language
+    # Sent with a hosted provider's draft; None: the tenant's model, temperature 0, the provider's own length.
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -143,46 +143,84 @@ class Trained:
     seconds: float
 
 
-def _matrix(rows: list[Counter[str]], vocabulary: dict[str, int], idf: npt.NDArray[np.float32]) -> object:
+@dataclass
+class Counted:
+    """Every text's features as numbers: one id per distinct feature (`terms`), and per text its ids and
+    counts, held in three flat arrays (CSR-like). Held while training folds: Python dicts of strings a text
+    would take about ten times as much (some 350 MB for BANKING77's 10,000 texts)."""
+
+    terms: list[str]
+    indptr: npt.NDArray[np.int64]
+    ids: npt.NDArray[np.int32]
+    counts: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def take(self, rows: Any) -> Counted:
+        """The rows given, in that order, sharing `terms`."""
+        starts, ends = self.indptr[rows], self.indptr[np.asarray(rows) + 1]
+        pieces = [np.arange(start, end) for start, end in zip(starts, ends, strict=True)]
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        return Counted(self.terms, indptr, self.ids[flat], self.counts[flat])
+
+
+def count_all(texts: list[str]) -> Counted:
+    index: dict[str, int] = {}
+    ids, counts, indptr = [], [], [0]
+    for text in texts:
+        counted = features(text)
+        ids.append(np.fromiter((index.setdefault(f, len(index)) for f in counted), dtype=np.int32, count=len(counted)))
+        counts.append(np.fromiter(counted.values(), dtype=np.float32, count=len(counted)))
+        indptr.append(indptr[-1] + len(counted))
+    empty = np.zeros(0, dtype=np.int32)
+    return Counted(list(index), np.array(indptr, dtype=np.int64), np.concatenate(ids) if ids else empty,
+                   np.concatenate(counts) if counts else empty.astype(np.float32))
+
+
+def _vocabulary(counted: Counted) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The `MAX_FEATURES` terms found in the most texts (ties: the first found first) and their idf."""
+    df = np.bincount(counted.ids, minlength=len(counted.terms))
+    chosen = np.argsort(-df, kind="stable")[:MAX_FEATURES]
+    chosen = chosen[df[chosen] > 0]
+    n = len(counted)
+    idf = (np.log((1 + n) / (1 + df[chosen])) + 1.0).astype(np.float32)
+    return chosen, idf
+
+
+def _matrix(counted: Counted, chosen: npt.NDArray[np.int64], idf: npt.NDArray[np.float32]) -> Any:
+    """Sublinear tf-idf, each row L2-normalised, over the chosen terms: built from the flat arrays at once."""
     from scipy.sparse import csr_matrix
 
-    # Each row's arrays, joined once at the end: Python lists of millions of floats would cost ten times more.
-    indptr, indices, data = [0], [], []
-    for counted in rows:
-        index = np.fromiter((vocabulary[f] for f in counted if f in vocabulary), dtype=np.int32)
-        values = np.fromiter((1.0 + math.log(counted[f]) for f in counted if f in vocabulary), dtype=np.float32)
-        if len(index):
-            values *= idf[index]
-            values /= float(np.linalg.norm(values)) or 1.0
-        indices.append(index)
-        data.append(values)
-        indptr.append(indptr[-1] + len(index))
-    empty = np.zeros(0, dtype=np.float32)
-    return csr_matrix((np.concatenate(data) if data else empty,
-                       np.concatenate(indices) if indices else empty.astype(np.int32), np.array(indptr)),
-                      shape=(len(rows), len(vocabulary)))
+    column = np.full(len(counted.terms), -1, dtype=np.int32)
+    column[chosen] = np.arange(len(chosen), dtype=np.int32)
+    columns = column[counted.ids]
+    rows = np.repeat(np.arange(len(counted), dtype=np.int32), np.diff(counted.indptr))
+    kept = columns >= 0
+    rows, columns = rows[kept], columns[kept]
+    values = (1.0 + np.log(counted.counts[kept])) * idf[columns]
+    norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(counted))).astype(np.float32)
+    values = (values / np.where(norms == 0, 1.0, norms)[rows]).astype(np.float32)
+    return csr_matrix((values, (rows, columns)), shape=(len(counted), len(chosen)), dtype=np.float32)
 
 
-def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None = None,
+def fit(texts: list[str], labels: list[str], counted: Counted | None = None,
         embedded: npt.NDArray[np.float32] | None = None) -> TenantModel:
     """Fit on every row; `embedded` (one sentence embedding a text) adds the semantic block."""
     from scipy.sparse import csr_matrix, hstack
     from sklearn.svm import LinearSVC
 
-    counted = counted if counted is not None else [features(t) for t in texts]
-    df: Counter[str] = Counter()
-    for c in counted:
-        df.update(c.keys())
-    terms = [t for t, _ in df.most_common(MAX_FEATURES)]
-    vocabulary = {t: i for i, t in enumerate(terms)}
-    n = len(texts)
-    idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms], dtype=np.float32)
+    counted = counted if counted is not None else count_all(texts)
+    chosen, idf = _vocabulary(counted)
+    vocabulary = {counted.terms[int(g)]: i for i, g in enumerate(chosen)}
     categories = sorted(set(labels))
     svm = LinearSVC(C=C, random_state=0)
-    matrix = _matrix(counted, vocabulary, idf)
+    matrix = _matrix(counted, chosen, idf)
     if embedded is not None:
         matrix = hstack([matrix, csr_matrix(embedded * SEMANTIC_WEIGHT)]).tocsr()
     svm.fit(matrix, labels)
+    del matrix  # liblinear's copy of it is gone too: the next fold's starts from here
     weights = np.asarray(svm.coef_, dtype=np.float32)
     bias = np.asarray(svm.intercept_, dtype=np.float32)
     if len(categories) == 2:  # liblinear keeps one row for two classes: the second's score
@@ -194,7 +232,7 @@ def fit(texts: list[str], labels: list[str], counted: list[Counter[str]] | None 
 
 
 def cross_validated(texts: list[str], labels: list[str], folds: int = 5, seed: int = 0,
-                    embedded: npt.NDArray[np.float32] | None = None) -> float | None:
+                    embedded: npt.NDArray[np.float32] | None = None, counted: Counted | None = None) -> float | None:
     """Accuracy on held-out folds, each fold's model trained on the others; None when a category has fewer
     examples than two folds need."""
     from sklearn.model_selection import StratifiedKFold
@@ -203,10 +241,10 @@ def cross_validated(texts: list[str], labels: list[str], folds: int = 5, seed: i
     folds = min(folds, smallest)
     if folds < 2:
         return None
-    counted = [features(t) for t in texts]
+    counted = counted if counted is not None else count_all(texts)
     right = 0
     for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(texts, labels):
-        model = fit([texts[i] for i in train], [labels[i] for i in train], [counted[i] for i in train],
+        model = fit([texts[i] for i in train], [labels[i] for i in train], counted.take(train),
                     None if embedded is None else embedded[train])
         right += sum(model.predict(texts[i], None if embedded is None else embedded[i])[0] == labels[i]
                      for i in test)
@@ -224,8 +262,9 @@ def train(rows: list[tuple[str, str]], *, folds: int = 5, use_semantic: bool | N
     if len(set(labels)) < MIN_CATEGORIES:
         return None
     embedded = semantic.encode(texts) if (semantic.available() if use_semantic is None else use_semantic) else None
-    accuracy = cross_validated(texts, labels, folds=3 if len(texts) > 20_000 else folds, embedded=embedded)
-    counted = [features(t) for t in texts]
+    counted = count_all(texts)  # once, for the folds and the final fit
+    accuracy = cross_validated(texts, labels, folds=3 if len(texts) > 20_000 else folds, embedded=embedded,
+                               counted=counted)
     model = fit(texts, labels, counted, embedded=embedded)
     if embedded is not None:
         model.lexical = fit(texts, labels, counted)

@@ -151,12 +151,18 @@ class OpenAIProvider:
         return detail[:300]
 
     def _structured(self, messages: list[dict[str, str]], response_format: dict[str, Any],
-                    model_type: type[BaseModel]) -> tuple[Any, Usage]:
+                    model_type: type[BaseModel], *, model: str | None = None, temperature: float | None = None,
+                    max_tokens: int | None = None) -> tuple[Any, Usage]:
+        """One call for a JSON answer (and one repair). `model`, `temperature` and `max_tokens` are a persona's
+        (None: the provider's model, 0, and no cap); the usage names the model that answered, priced as such."""
+        model = model or self.model
+        request: dict[str, Any] = {"model": model, "response_format": response_format,
+                                   "temperature": 0 if temperature is None else temperature}
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
         tokens_in = tokens_out = latency = 0
         for repair in (False, True):
-            data, elapsed = self._post("/chat/completions", {
-                "model": self.model, "messages": messages, "response_format": response_format, "temperature": 0,
-            })
+            data, elapsed = self._post("/chat/completions", {**request, "messages": messages})
             latency += elapsed
             usage = data.get("usage") or {}
             tokens_in += int(usage.get("prompt_tokens") or 0)
@@ -175,7 +181,7 @@ class OpenAIProvider:
                             {"role": "user", "content": "That answer is not valid JSON for the schema "
                              f"({exc.errors()[0]['msg']}). Reply with only the corrected JSON."}]
                 continue
-            return value, Usage(self.name, self.model, tokens_in, tokens_out, latency)
+            return value, Usage(self.name, model, tokens_in, tokens_out, latency)
         raise AssertionError("unreachable")
 
     def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]:
@@ -195,7 +201,8 @@ class OpenAIProvider:
         user = (f"Customer ({request.contact_name or 'unknown'}), category {request.category}:\n{request.message}"
                 f"\n\nPassages:\n{passages}")
         result, usage = self._structured([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                         DRAFT_FORMAT, DraftReply)
+                                         DRAFT_FORMAT, DraftReply, model=persona.model,
+                                         temperature=persona.temperature, max_tokens=persona.max_tokens)
         known = {p.chunk_id for p in request.passages}
         result.cited_chunk_ids = [c for c in result.cited_chunk_ids if c in known]  # never cite what was not given
         return result, usage

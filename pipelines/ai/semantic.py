@@ -42,10 +42,12 @@ def _loaded() -> Any:
         return _encoder
 
 
-def encode(texts: list[str]) -> npt.NDArray[np.float32]:
-    """One L2-normalised row per text."""
+def encode(texts: list[str], read_chars: int = READ_CHARS) -> npt.NDArray[np.float32]:
+    """One L2-normalised row per text (of which the first `read_chars` are read; what UTF-8 cannot hold, such as
+    a lone surrogate, becomes "?" first, since the encoder's tokenizer refuses it)."""
     encoder = _loaded()
-    rows = [np.asarray(encoder.encode([t[:READ_CHARS] for t in texts[i:i + BATCH]]), dtype=np.float32)
+    readable = [t[:read_chars].encode("utf-8", "replace").decode() for t in texts]
+    rows = [np.asarray(encoder.encode(readable[i:i + BATCH]), dtype=np.float32)
             for i in range(0, len(texts), BATCH)]
     matrix = np.vstack(rows) if rows else np.zeros((0, DIM), dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)

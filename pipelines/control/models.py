@@ -125,6 +125,9 @@ class TeamView(BaseModel):
     created_at: datetime
 
 
+MAX_REPLY_TOKENS = 32_768  # ai_personas.max_tokens (migration 0021)
+
+
 class PersonaCreate(Model):
     name: Name
     tone: Text = ""
@@ -132,6 +135,10 @@ class PersonaCreate(Model):
     language: Language | None = Field(default=None, description="ISO 639-1; null: the customer's language")
     model: Short | None = None
     temperature: float | None = Field(default=None, strict=True, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, strict=True, ge=1, le=MAX_REPLY_TOKENS,
+                                   description="The longest draft, in tokens; null: the provider's own limit")
+    active: bool = Field(default=True, strict=True,
+                         description="An inactive persona drafts nothing: its inboxes use the tenant's default")
     is_default: bool = False
 
 
@@ -142,6 +149,8 @@ class PersonaUpdate(Model):
     language: Language | None = None
     model: Short | None = None
     temperature: float | None = Field(default=None, strict=True, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, strict=True, ge=1, le=MAX_REPLY_TOKENS)
+    active: bool | None = Field(default=None, strict=True)
     is_default: bool | None = None
 
 
@@ -154,6 +163,8 @@ class PersonaView(BaseModel):
     language: str | None
     model: str | None
     temperature: float | None
+    max_tokens: int | None
+    active: bool
     is_default: bool
     created_at: datetime
     updated_at: datetime

@@ -1,5 +1,7 @@
 """AI personas: the voice of drafted replies. A tenant has at most one default persona; an inbox may name
-its own (`inboxes.persona_id`), else drafts use the default, else the built-in one."""
+its own (`inboxes.persona_id`), else drafts use the default, else the built-in one. An inactive persona
+(`active` false) is skipped in that order; its model, temperature and `max_tokens` reach the provider
+(`pipelines.assist.load`)."""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def create(conn: Connection, tenant: TenantId, request: PersonaCreate, actor: au
 
 def change(conn: Connection, persona_id: uuid.UUID, request: PersonaUpdate, actor: audit.Actor) -> PersonaView:
     before = get(conn, persona_id)
-    values = changed_fields(request, skip_null=("name", "tone", "system_prompt", "is_default"))
+    values = changed_fields(request, skip_null=("name", "tone", "system_prompt", "is_default", "active"))
     if "model" in values:
         _guard_model(before.model, values["model"], actor)
     if values.get("is_default"):

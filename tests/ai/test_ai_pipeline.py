@@ -72,7 +72,7 @@ def test_messages_are_classified_drafted_and_routed(server: str, app_engine: Eng
     assert status == "pending" and content.startswith("Hi Ada,") and cited
     assert "5 business days" in content  # grounded in the refunds article
     usage = rows(app_engine, inbox, "SELECT feature, provider FROM ai_usage ORDER BY feature")
-    assert usage == [("classify", "local"), ("draft", "local")]
+    assert usage == [("classify", "local"), ("draft", "local")] + [("knowledge", "local")] * 5  # a kb file each
 
 
 def test_auto_replies_are_marked_and_not_drafted(stack: dict[str, str], app_engine: Engine) -> None:

@@ -88,7 +88,7 @@ def test_a_local_job_uses_one_connection_and_one_transaction_per_message(engine:
     assert counts == {"classified": 3, "drafted": 3}
     assert len(checkouts) == 1
     assert committed_at_begin == [0, 1, 2] and len(commits) == 3
-    assert count(app_engine, inbox, ai_usage) == 3 + 3
+    assert count(app_engine, inbox, ai_usage) == 3 + 3 + 5  # classify and draft each, and a knowledge file each
 
 
 def test_a_hosted_provider_is_called_with_no_connection_held_and_no_transaction_open(

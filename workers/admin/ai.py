@@ -5,6 +5,7 @@
     DELETE /v1/admin/tenants/{id}/ai/examples   examples by ids, category and/or source
     GET    /v1/admin/tenants/{id}/ai/model      the latest model (404 while there is none)
     POST   /v1/admin/tenants/{id}/ai/train      train now and answer with the new model
+    GET    /v1/admin/tenants/{id}/ai/usage      the month's spend (?month=YYYY-MM) against the budget
     GET    /v1/admin/tenants/{id}/kb/documents  the knowledge base's documents, by source
     DELETE /v1/admin/tenants/{id}/kb/documents/{document_id}   a document and its chunks
 
@@ -16,7 +17,7 @@ background training after its commit (`workers.training`).
 from __future__ import annotations
 
 from db.tenancy import TenantId
-from pipelines.ai import documents, examples, training
+from pipelines.ai import documents, examples, spend, training
 from pipelines.control.errors import NotFound
 from pipelines.control.models import Listing, Page
 from workers.admin.data import as_fleet
@@ -82,6 +83,12 @@ def train(call: Call) -> training.ModelView:
         return training.train_tenant(conn, tenant, actor=call.actor)
 
 
+def usage(call: Call) -> spend.MonthUsage:
+    tenant = _tenant(call)
+    with as_fleet(call, tenant).begin() as conn:
+        return spend.month_usage(conn, tenant, call.query.month)
+
+
 def list_documents(call: Call) -> Listing[documents.DocumentView]:
     tenant, page = _tenant(call), call.query
     with as_fleet(call, tenant).begin() as conn:
@@ -109,6 +116,9 @@ def endpoints() -> list[Endpoint]:
                  training.ModelView, owner=TENANT),
         Endpoint("POST", f"{PREFIX}/train", "Train the tenant's classifier now (waits) and answer with it", train,
                  training.ModelView, owner=TENANT),
+        Endpoint("GET", f"{PREFIX}/usage", "The tenant's AI spend in a month (YYYY-MM, UTC; this month by "
+                 "default), by feature, provider and model, with its budget and alerts", usage, spend.MonthUsage,
+                 query=spend.MonthQuery, owner=TENANT),
         Endpoint("GET", kb, "The tenant's knowledge documents, by source", list_documents,
                  Listing[documents.DocumentView], query=Page, owner=TENANT),
         Endpoint("DELETE", kb + "/{document_id}", "Delete a knowledge document and its chunks", delete_document,

@@ -27,8 +27,12 @@ def kb() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
-    """Import Markdown, HTML and text files (a file or a folder); unchanged files cost nothing."""
+    """Import Markdown, HTML and text files (a file or a folder); unchanged files cost nothing.
+
+    Each file embedded is metered in `ai_usage` (feature `knowledge`); with a hosted provider and the month's
+    budget spent, the import stops at the first file to embed (the files before it stay imported)."""
     from pipelines import knowledge
+    from pipelines.ai import spend
     from pipelines.ai.assistant import provider_for
 
     rt = runtime()
@@ -41,7 +45,8 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
 
         raw = conn.execute(text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}).scalar()
         tenant_ai = ai_settings(raw)
-    provider = provider_for(settings, tenant_ai, within_budget=True)
+    provider = provider_for(settings, tenant_ai, within_budget=True)  # checked per file, before it embeds
+    metering = knowledge.Metering(settings.ai_prices, spend.budget_of(raw))
     found = knowledge.files(path)
     if not found:
         raise click.UsageError(f"no .md, .markdown, .html, .htm or .txt files in {path}")
@@ -54,7 +59,7 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
     with progress() as bar:
         task = bar.add_task("importing", total=len(found))
         results = knowledge.import_path(transaction, tenant, path, provider, settings.embedding_dim,
-                                        on_file=lambda _: bar.advance(task))
+                                        on_file=lambda _: bar.advance(task), metering=metering)
     engine.dispose()
     summary = {status: sum(1 for r in results if r.status == status) for status in ("created", "updated", "unchanged")}
     data = {"files": len(results), **summary, "chunks": sum(r.chunks for r in results),

@@ -231,6 +231,9 @@ def persona_options(func: Callable[P, R]) -> Callable[P, R]:
         click.option("--language", help="ISO 639-1; drafts answer in the customer's language without it."),
         click.option("--model", help="The AI model for this persona's drafts."),
         click.option("--temperature", type=float),
+        click.option("--max-tokens", type=int, help="The longest draft, in tokens (1-32768)."),
+        click.option("--active/--inactive", "active", default=None,
+                     help="An inactive persona drafts nothing: its inboxes use the tenant's default."),
         click.option("--default/--no-default", "is_default", default=None, help="The tenant's default persona."),
     ]):
         func = option(func)
@@ -264,7 +267,7 @@ def persona_list(tenant_id: uuid.UUID, limit: int, offset: int, as_json: bool) -
     """A tenant's personas."""
     with owner_transaction("tenant", tenant_id) as conn:
         show_list(personas.list_personas(conn, tenant_id, Page(limit=limit, offset=offset)), as_json,
-                  ("id", "name", "language", "is_default"))
+                  ("id", "name", "language", "model", "active", "is_default"))
 
 
 @persona.command("update")

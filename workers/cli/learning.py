@@ -1,4 +1,5 @@
-"""`intake ai examples import|list|delete` and `intake ai train`: what a tenant's classifier learns from.
+"""`intake ai examples import|list|delete`, `intake ai train` and `intake ai usage`: what a tenant's classifier
+learns from, and what its AI costs.
 
 Each command calls the function behind the admin API's endpoint (`pipelines.ai.examples`,
 `pipelines.ai.training`) in a transaction of the fleet's role bound to the tenant, so both refuse and audit
@@ -15,7 +16,7 @@ import click
 from rich.markup import escape
 
 from db.tenancy import TenantId
-from pipelines.ai import documents, examples, training
+from pipelines.ai import documents, examples, spend, training
 from workers.cli.common import BadInput, console, emit, friendly_errors, out, progress, runtime
 from workers.cli.control import actor, build, show_list
 from workers.cli.lifecycle import JSON, redis_client, tenant_transaction, uuid_argument
@@ -133,6 +134,32 @@ def train(tenant_id: str, as_json: bool) -> None:
               f"cross-validated accuracy {accuracy}, trained in {view.train_seconds:.1f} s", highlight=False)
 
 
+@click.command("usage")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
+@click.option("--month", default=None, help="YYYY-MM (UTC); this month when not given.")
+@JSON
+@friendly_errors
+def usage(tenant_id: str, month: str | None, as_json: bool) -> None:
+    """The tenant's AI spend in a month, by feature, provider and model, against its budget."""
+    tenant = uuid_argument(tenant_id, "--tenant")
+    query = build(spend.MonthQuery, {"month": month})
+    with tenant_transaction(runtime(), tenant) as conn:
+        view = spend.month_usage(conn, TenantId(tenant), query.month)
+    if as_json:
+        emit(view.model_dump(mode="json"))
+        return
+    budget = "no budget set" if view.budget_usd is None else (
+        f"budget ${view.budget_usd:,.2f} ({view.budget_used or 0:.1%} used)")
+    out.print(f"{view.month}: ${view.cost_usd:,.6f} in {view.calls} calls "
+              f"({view.tokens_in:,} tokens in, {view.tokens_out:,} out); {budget}", highlight=False)
+    for line in view.lines:
+        out.print(f"  {escape(line.feature)} {escape(line.provider)}/{escape(line.model)}: {line.calls} calls, "
+                  f"{line.tokens_in:,} in, {line.tokens_out:,} out, ${line.cost_usd:,.6f}", highlight=False)
+    for alert in view.alerts:
+        out.print(f"  alert: {alert.threshold}% reached at {alert.created_at:%Y-%m-%d %H:%M} UTC "
+                  f"(${alert.spent_usd:,.6f} of ${alert.budget_usd:,.2f})", highlight=False)
+
+
 @click.command("list")
 @click.option("--tenant", "tenant_id", required=True, help="The tenant's id.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
@@ -167,5 +194,5 @@ def kb_delete(document_id: str, tenant_id: str, as_json: bool) -> None:
         out.print(f"deleted {escape(gone.source)} ({gone.chunks} chunks)", highlight=False)
 
 
-COMMANDS = (examples_group, train)
+COMMANDS = (examples_group, train, usage)
 KB_COMMANDS = (kb_list, kb_delete)
