@@ -48,7 +48,9 @@ LOAD = text("""
 SELECT m.id, m.conversation_id, m.inbox_id, m.content, m.subject, m.metadata, m.sent_at, m.direction,
        m.contact_id, i.channel, c.last_inbound_at, ct.display_name, i.settings AS inbox_settings,
        t.settings AS tenant_settings, p.persona,
-       EXISTS (SELECT 1 FROM ai_classifications a WHERE a.message_id = m.id AND a.prompt_version = :v) AS classified,
+       -- The stored classification of this prompt version, if any: a draft decided later follows it.
+       (SELECT jsonb_build_object('category', a.category, 'language', a.language) FROM ai_classifications a
+        WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.prompt_version = :v LIMIT 1) AS classified,
        EXISTS (SELECT 1 FROM ai_drafts d WHERE d.message_id = m.id AND d.prompt_version = :v) AS drafted
 FROM messages m
 JOIN conversations c ON c.id = m.conversation_id
@@ -87,6 +89,9 @@ class Context:
     metadata: dict[str, Any] = field(default_factory=dict)
     default_language: str | None = None  # tenants.settings["default_language"]
     ai: dict[str, Any] = field(default_factory=dict)  # tenants.settings["ai"]: provider, model, budget
+    # The message's stored classification (`category`, `language`): a job that finds it and drafts alone drafts
+    # from it, and never pays the provider to classify the message again.
+    stored: dict[str, Any] | None = None
 
 
 @dataclass
@@ -132,7 +137,7 @@ def load(conn: Connection, tenant: TenantId, message_ids: list[uuid.UUID], *, fo
         contexts.append(Context(
             message_id=row.id, conversation_id=row.conversation_id, text=row.content or "", subject=row.subject,
             contact_name=row.display_name, is_latest=latest, auto_reply=auto,
-            want_classification=force or not row.classified,
+            want_classification=force or row.classified is None, stored=row.classified,
             want_draft=(not row.drafted and not auto and latest and bool(inbox_settings.get("ai_drafts", True))),
             categories=taxonomy.from_settings((row.tenant_settings or {}).get("taxonomy")),
             teams=teams, persona=persona, contact_id=row.contact_id, sent_at=row.sent_at, channel=row.channel,
@@ -154,6 +159,33 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
     if decision.source != "text":  # short or unsure: read the evidence around it
         earlier, evidence = conn_for_retrieval(lambda conn: gather_evidence(conn, tenant, ctx))
         decision = language.decide(full_text, evidence)
+    if ctx.want_classification or ctx.stored is None:
+        classification, usage = classify(conn_for_retrieval, tenant, ctx, provider, decision)
+        results.classification = classification
+        results.usage.append(("classify", usage))
+        category, draft_language = classification.category, decision.language
+    else:  # classified by an earlier job that did not draft (a repeat after a fault, or drafts turned on since)
+        category, draft_language = ctx.stored["category"], ctx.stored["language"] or decision.language
+    if ctx.want_draft and category not in NO_DRAFT_CATEGORIES:
+        if earlier is None:
+            earlier = conn_for_retrieval(lambda conn: earlier_in_conversation(conn, tenant, ctx))
+        question = retrieval_query(ctx, earlier)
+        vectors, embed_usage = provider.embed([question])
+        if embed_usage.tokens_in:
+            results.usage.append(("embed", embed_usage))
+        meaning = semantic.encode([question])[0] if semantic.available() else None  # offline, ~6 ms
+        ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(
+            conn, tenant, question, vectors[0], language=decision.language, meaning=meaning)))
+        draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, draft_language, category,
+                                                   ctx.passages, ctx.persona))
+        results.draft = draft
+        results.usage.append(("draft", usage))
+    return results
+
+
+def classify(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Provider,
+             decision: language.LanguageDecision) -> tuple[Classification, Usage]:
+    """The provider's classification of `ctx`'s message in the decided language, and what it cost."""
     # The local provider classifies with the tenant's trained model when it has one (read only when new).
     learned = conn_for_retrieval(lambda conn: training.latest(conn, tenant)) if provider.name == "local" else None
     classification, usage = provider.classify(ClassifyRequest(ctx.text, ctx.subject, ctx.categories,
@@ -165,23 +197,7 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
             "category": "auto_reply", "priority": "low",
             "reasoning": ("Marked as an automatic reply by its Auto-Submitted/Precedence headers. "
                           + classification.reasoning)[:1000]})
-    results.classification = classification
-    results.usage.append(("classify", usage))
-    if ctx.want_draft and classification.category not in NO_DRAFT_CATEGORIES:
-        if earlier is None:
-            earlier = conn_for_retrieval(lambda conn: earlier_in_conversation(conn, tenant, ctx))
-        question = retrieval_query(ctx, earlier)
-        vectors, embed_usage = provider.embed([question])
-        if embed_usage.tokens_in:
-            results.usage.append(("embed", embed_usage))
-        meaning = semantic.encode([question])[0] if semantic.available() else None  # offline, ~6 ms
-        ctx.passages = tuple(conn_for_retrieval(lambda conn: knowledge.retrieve(
-            conn, tenant, question, vectors[0], language=decision.language, meaning=meaning)))
-        draft, usage = provider.draft(DraftRequest(ctx.text, ctx.contact_name, decision.language,
-                                                   classification.category, ctx.passages, ctx.persona))
-        results.draft = draft
-        results.usage.append(("draft", usage))
-    return results
+    return classification, usage
 
 
 def with_language(classification: Classification, decision: language.LanguageDecision) -> Classification:

@@ -200,3 +200,31 @@ def test_a_refused_provider_request_goes_to_the_ledger_after_one_attempt(
     assert "(401)" in emessage and "sk-stale" not in emessage
     assert chat == ["/v1/chat/completions"]  # one call: neither the provider nor the broker asked again
     assert rows(app_engine, inbox, "SELECT count(*) FROM ai_classifications") == [(0,)]
+
+
+def test_a_message_classified_before_is_drafted_without_being_classified_again(
+        stack: dict[str, str], app_engine: Engine) -> None:
+    """A job that finds a message classified but not drafted (a repeat after a fault, or drafts turned on since)
+    drafts from the stored classification: one classification paid for, not two."""
+    from pipelines.ai.assistant import assist_messages
+    from tests.factories import deliver
+
+    inbox = new_inbox(app_engine, "api", settings={"ai_drafts": False})
+    body = orjson.dumps({"id": "r1", "type": "message", "sent_at": datetime.now(UTC).isoformat(),
+                         "text": "I was charged twice this month, how long does a refund take?",
+                         "contact": {"external_id": "c1", "name": "Ada"}})
+    (message_id,) = deliver(app_engine, inbox, body, "application/json",  # type: ignore[attr-defined]
+                            headers={"webhook-id": "w-r1"}).messages_created
+    settings = get_settings()
+    assert assist_messages(app_engine, settings, inbox.tenant_id, [message_id]) == {"classified": 1, "drafted": 0}
+    with app_engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        conn.execute(text("UPDATE inboxes SET settings = settings || '{\"ai_drafts\": true}' WHERE id = :i"),
+                     {"i": inbox.id})
+    assert assist_messages(app_engine, settings, inbox.tenant_id, [message_id]) == {"classified": 0, "drafted": 1}
+    assert assist_messages(app_engine, settings, inbox.tenant_id, [message_id]) == {"classified": 0, "drafted": 0}
+    usage = rows(app_engine, inbox, "SELECT feature, count(*) FROM ai_usage GROUP BY feature ORDER BY feature")
+    assert usage == [("classify", 1), ("draft", 1)]
+    ((category, drafted_for),) = rows(app_engine, inbox, """
+        SELECT a.category, d.message_id FROM ai_classifications a JOIN ai_drafts d ON d.message_id = a.message_id""")
+    assert (category, drafted_for) == ("billing", message_id)
