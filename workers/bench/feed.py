@@ -163,7 +163,8 @@ def throughput(stack: Stack, conn: psycopg.Connection[Any], tenants: list[Tenant
     per_event = per_item(spent, events)
     return {"events": events, "delivered": rx.count, "seconds": round(seconds, 2),
             "events_per_s": round(events / seconds, 1) if seconds > 0 else None,
-            "cpu_ms_per_event": per_event, "cpu_ms_per_event_total": round(sum(v or 0.0 for v in per_event.values()), 4),
+            "cpu_ms_per_event": per_event,
+            "cpu_ms_per_event_total": round(sum(v or 0.0 for v in per_event.values()), 4),
             "cores": cores(spent)}
 
 
