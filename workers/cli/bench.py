@@ -160,6 +160,8 @@ def feed_report(r: dict[str, Any]) -> Table:
                   f"{_ms(ft['cpu_ms_per_event_total'])}")
     table.add_row(f"ack to receiver p50 / p99 ms at {fl['rate_per_s']:,.1f}/s",
                   f"{fl['p50_ms']} / {fl['p99_ms']} ({fl['delivered']:,} of {fl['messages']:,})")
+    table.add_row("  of which stored to receiver p50 / p99 ms",
+                  f"{fl.get('stored_to_receiver_p50_ms')} / {fl.get('stored_to_receiver_p99_ms')}")
     table.add_row("load average at start, end", ", ".join(str(v) for v in r["load_average"]))
     c = r["correct"]
     table.add_row("duplicates, lost", f"{c['duplicates']}, {c['lost']}")
