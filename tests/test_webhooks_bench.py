@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from db.tenancy import TenantId, bind_tenant
 from pipelines import changes
 from tests.factories import new_inbox
+from tests.processes import intake_refused
 from workers.bench import feed
 from workers.bench.stack import Stack
 
@@ -66,3 +67,9 @@ def test_the_feed_bench_measures_rate_cpu_and_latency(stack: dict[str, str], app
         measured = feed.latency(bench, conn, tenants, send, processes=1, threads=8, progress=lambda *a: None)
     assert measured["messages"] == measured["delivered"] == 20
     assert 0 < measured["p50_ms"] <= measured["p99_ms"] < 30_000
+
+
+def test_the_feed_rate_is_refused_unless_a_sensible_number_and_nothing_starts() -> None:
+    for value in ("abc", "nan", "inf", "0", "-5", "1e9", "1,5", "", "\u202e5"):
+        refusal = intake_refused("bench", "--feed", "--feed-rate", value)
+        assert "--feed-rate" in refusal

@@ -60,6 +60,7 @@ class BenchOptions:
     ai_nice: int = 10
     lone_messages: int = 12
     quiet_seconds: float = 1.0
+    feed_rate: float | None = None  # the feed's latency phase at this rate instead of half the lower peak
     database_url: str | None = None
     admin_database_url: str | None = None
     redis_url: str | None = None
@@ -238,7 +239,7 @@ def feed_phases(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], t
     result: dict[str, Any] = {"throughput": feed.throughput(stack, conn, ids, options.events,
                                                              processes=options.processes, threads=16,
                                                              progress=progress)}
-    rate = 0.5 * min(peak, result["throughput"]["events_per_s"] or peak)
+    rate = options.feed_rate or 0.5 * min(peak, result["throughput"]["events_per_s"] or peak)
 
     def send() -> dict[str, float]:
         """Each message's acknowledgement: the first 2xx among the requests that carry it."""

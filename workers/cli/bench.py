@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
     if param.name == "scale_tenants" and min(values) < 1:
         raise click.BadParameter("every tenant count is at least 1")
     return values
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A rate that is a number (a range check lets NaN through: it compares false with both ends)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("give a number of deliveries a second")
+    return value
 
 
 @click.command()
@@ -61,12 +69,15 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
               help="Measure only the change feed's webhooks against the pipeline's rate: the ingress and the "
                    "ingest drain, then a backlog delivered to a local receiver and acknowledgement-to-receiver "
                    "latency.")
+@click.option("--feed-rate", type=click.FloatRange(1, 100_000), default=None, callback=_finite,
+              help="Pace the feed's latency phase at this many deliveries a second instead of half the lower peak "
+                   "(to compare runs at one rate).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def bench(events: int, tenants: int, processes: int, threads: int, concurrency: int, web_processes: int,
           worker_processes: int, ai_seconds: float, lone_messages: int, scale: bool, scale_tenants: tuple[int, ...],
           scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, outbound: bool, outbound_replies: int,
-          feed: bool, as_json: bool) -> None:
+          feed: bool, feed_rate: float | None, as_json: bool) -> None:
     """Run the fleet on a fresh embedded stack (or DATABASE_URL/REDIS_URL) and compare it with its ceilings.
 
     With --scale, measure the pipeline and end-to-end latency with more tenants and larger tables instead
@@ -104,7 +115,7 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
     options = BenchOptions(events=events, tenants=tenants, processes=processes, threads=threads,
                            concurrency=concurrency, web_processes=web_processes,
                            worker_processes=worker_processes, ai_seconds=ai_seconds, lone_messages=lone_messages,
-                           **urls)
+                           feed_rate=feed_rate, **urls)
     if feed:
         _show(_with_progress(lambda progress: run_feed(options, progress)), as_json, feed_report)
         return
