@@ -242,56 +242,58 @@ def deliver(engine: Engine, box: SecretBox, tenant: TenantId, endpoint_id: uuid.
     planned = sent = delivered = 0
     claiming, rate_limited, expired = True, False, False
     connections = Connections(policy.timeout)  # the pass's own, kept alive between its deliveries
-    with ThreadPoolExecutor(max_workers=policy.batch, thread_name_prefix="webhook-send") as pool:
-        while True:
-            room = policy.batch - len(flying)
-            with engine.begin() as conn:
-                bind_tenant(conn, tenant)
-                if settled:
-                    record(conn, tenant, endpoint_id, settled, policy)
-                    delivered += sum(o.delivered for o in settled)
-                    settled = []
-                endpoint, deliveries = None, []
-                if claiming and room > 0:
-                    endpoint = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
-                    if endpoint is None:  # disabled or deleted meanwhile: what is in flight is still recorded
-                        claiming = False
+    try:
+        with ThreadPoolExecutor(max_workers=policy.batch, thread_name_prefix="webhook-send") as pool:
+            while True:
+                room = policy.batch - len(flying)
+                with engine.begin() as conn:
+                    bind_tenant(conn, tenant)
+                    if settled:
+                        record(conn, tenant, endpoint_id, settled, policy)
+                        delivered += sum(o.delivered for o in settled)
+                        settled = []
+                    endpoint, deliveries = None, []
+                    if claiming and room > 0:
+                        endpoint = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
+                        if endpoint is None:  # disabled or deleted meanwhile: what is in flight is still recorded
+                            claiming = False
+                        else:
+                            if endpoint.cursor_seq < endpoint.head:
+                                planned += plan(conn, tenant, endpoint_id)
+                            limit = room
+                            if endpoint.rate_limit_per_second is not None:
+                                limit = min(limit, endpoint.rate_limit_per_second - sent)
+                            deliveries = claim(conn, tenant, endpoint_id, limit, policy.lease) if limit > 0 else []
+                if endpoint is not None and deliveries:
+                    sent += len(deliveries)
+                    try:
+                        target = checked.check(endpoint.url)
+                    except targets.UnsafeTarget as exc:
+                        settled += [failed(d, f"refused target: the URL {exc}") for d in deliveries]
                     else:
-                        if endpoint.cursor_seq < endpoint.head:
-                            planned += plan(conn, tenant, endpoint_id)
-                        limit = room
-                        if endpoint.rate_limit_per_second is not None:
-                            limit = min(limit, endpoint.rate_limit_per_second - sent)
-                        deliveries = claim(conn, tenant, endpoint_id, limit, policy.lease) if limit > 0 else []
-            if endpoint is not None and deliveries:
-                sent += len(deliveries)
-                try:
-                    target = checked.check(endpoint.url)
-                except targets.UnsafeTarget as exc:
-                    settled += [failed(d, f"refused target: the URL {exc}") for d in deliveries]
-                else:
-                    secrets = signer.secrets(endpoint)
-                    for d in deliveries:
-                        flying[pool.submit(send, connections, target, secrets, d)] = d
-            if endpoint is not None and endpoint.rate_limit_per_second is not None \
-                    and sent >= endpoint.rate_limit_per_second:
-                claiming, rate_limited = False, True  # this second's share is taken: the next job, a second later
-            if claiming and time.monotonic() >= deadline:
-                claiming, expired = False, True  # the pass hands over to a new job (and the queue's others)
-            if settled and not flying:
-                continue  # refused targets: recorded (and the next claimed) at once
-            if not flying:
-                break
-            # Recorded as they finish (those finishing together, together): a slow receiver's answer for one
-            # conversation does not hold back the next event of another.
-            done, _ = wait(flying, return_when=FIRST_COMPLETED)
-            if len(done) < len(flying):
-                more, _ = wait(flying.keys() - done, timeout=TOGETHER_SECONDS)
-                done |= more
-            for future in done:
-                del flying[future]
-                settled.append(future.result())
-    connections.close()
+                        secrets = signer.secrets(endpoint)
+                        for d in deliveries:
+                            flying[pool.submit(send, connections, target, secrets, d)] = d
+                if endpoint is not None and endpoint.rate_limit_per_second is not None \
+                        and sent >= endpoint.rate_limit_per_second:
+                    claiming, rate_limited = False, True  # this second's share is taken: the next job, a second later
+                if claiming and time.monotonic() >= deadline:
+                    claiming, expired = False, True  # the pass hands over to a new job (and the queue's others)
+                if settled and not flying:
+                    continue  # refused targets: recorded (and the next claimed) at once
+                if not flying:
+                    break
+                # Recorded as they finish (those finishing together, together): a slow receiver's answer for one
+                # conversation does not hold back the next event of another.
+                done, _ = wait(flying, return_when=FIRST_COMPLETED)
+                if len(done) < len(flying):
+                    more, _ = wait(flying.keys() - done, timeout=TOGETHER_SECONDS)
+                    done |= more
+                for future in done:
+                    del flying[future]
+                    settled.append(future.result())
+    finally:
+        connections.close()  # the idle ones; each in flight was closed or given back by its send
     if sent:
         log.info("webhooks.delivered", tenant_id=str(tenant), endpoint_id=str(endpoint_id), sent=sent,
                  delivered=delivered)
