@@ -86,7 +86,8 @@ def test_bench_feed_measures_the_feed_against_the_pipeline_and_keeps_the_books(t
     assert "ai" not in r and "e2e" not in r  # only what the feed is measured against
     shown = Console(width=200, record=True)
     shown.print(feed_report(r))
-    assert "keeps up" in shown.export_text() and "ack to receiver" in shown.export_text()
+    text = shown.export_text()
+    assert "keeps up" in text and "ack to receiver" in text
 
 
 @pytest.mark.parametrize("value", ["abc", "nan", "inf", "-inf", "0", "-5", "1e9", "1,5", "", "7\x00", "x" * 5000])
