@@ -75,21 +75,6 @@ def ingest_policy(settings: Settings | None = None) -> IngestPolicy:
                         reopen_window=timedelta(hours=settings.reopen_window_hours))
 
 
-_clients: dict[int, httpx.Client] = {}
-
-
-def webhook_client() -> httpx.Client:
-    """This process's HTTP client for webhook deliveries: pooled connections, no redirects, no proxies from the
-    environment (a delivery goes to the address that was checked, not to a proxy)."""
-    with _lock:
-        found = _clients.get(os.getpid())
-        if found is None:
-            found = httpx.Client(follow_redirects=False, trust_env=False,
-                                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
-            _clients[os.getpid()] = found
-        return found
-
-
 def secret_box() -> SecretBox:
     """The box that opens sealed secrets (inboxes', webhook endpoints'): INTAKE_SECRET_KEY, or the embedded one."""
     key = get_settings().secret_key

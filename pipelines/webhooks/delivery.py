@@ -1,14 +1,21 @@
 """Delivering one endpoint's events: plan, claim, send (with no database connection held), record.
 
-    plan     the events past the endpoint's cursor become pending deliveries (one transaction)
-    claim    up to `batch` due deliveries are leased: the first pending one of each conversation only, so an
-             event is sent after the one before it is delivered or given up (events without a conversation
-             are not ordered among themselves)
-    send     each leased delivery is POSTed, signed, in parallel, to the address checked just before
+    plan     the events past the endpoint's cursor become pending deliveries
+    claim    due deliveries are leased: the first pending one of each conversation only, so an event is sent
+             after the one before it is delivered or given up (events without a conversation are not ordered
+             among themselves)
+    send     each leased delivery is POSTed, signed, on a thread of the pass's own, to an address checked as
+             safe just before (`sending`)
     record   as the answers come in. 2xx: delivered. Otherwise the next try follows the retry schedule (a
              429's Retry-After instead), and after the last one the delivery is failed (`recover` sends it
              again). An endpoint with no 2xx for the disable window since its first failure is disabled and
              audited.
+
+A pass (`deliver`) keeps up to `batch` deliveries in flight for as long as it is given. Whenever answers come
+in, one short transaction records them all (a statement for the delivered, one for the others) and, in the
+same transaction, plans and claims as many as were settled: an answer for a conversation lets its next event
+go at once, and a fast receiver is never waiting for the slowest delivery of a batch. The pass's threads are
+its own, so a receiver that hangs holds only its own endpoint's pass.
 
 A lease outlives the HTTP timeout; a process killed mid-send leaves it to run out, and the delivery is sent
 again (the receiver sees the same `webhook-id`). No row lock or transaction is held while a receiver is
@@ -17,15 +24,14 @@ being waited for. Jobs are wake-ups only: everything this module needs to resume
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 from sqlalchemy import Connection, Engine, text
@@ -33,15 +39,20 @@ from sqlalchemy import Connection, Engine, text
 from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
 from pipelines.crypto import SecretBox
-from pipelines.webhooks import signing, targets
+from pipelines.webhooks import targets
+from pipelines.webhooks.sending import Connections, Delivery, Outcome, Targets, failed, send
 
 log = structlog.get_logger("intake.webhooks")
 
-EXCERPT_BYTES = 2048
-MAX_RETRY_AFTER = 86_400.0
 ACTOR = audit.Actor("system:webhooks")
-TOGETHER_SECONDS = 0.02
+TOGETHER_SECONDS = 0.005  # answers arriving within this of the first are recorded in its transaction
+PLAN_LIMIT = 1000
 
+ENDPOINT = text("""
+SELECT e.url, e.secret, e.previous_secret, e.previous_secret_until, e.rate_limit_per_second, e.cursor_seq,
+       coalesce((SELECT h.last_seq FROM change_feed_heads h WHERE h.tenant_id = e.tenant_id), 0) AS head
+FROM webhook_endpoints e WHERE e.id = :e AND e.enabled
+""")
 PLAN_LOCK = text("SELECT cursor_seq, event_types FROM webhook_endpoints WHERE id = :e AND enabled "
                  "FOR UPDATE SKIP LOCKED")
 PLAN = text("""
@@ -55,38 +66,44 @@ UPDATE webhook_endpoints SET cursor_seq = (SELECT max(seq) FROM batch)
 WHERE id = :e AND EXISTS (SELECT 1 FROM batch)
 RETURNING cursor_seq, (SELECT count(*) FROM planned) AS planned
 """)
+# Leased and loaded in one statement: the first pending delivery of each conversation that is due and not in
+# flight, with its event.
 CLAIM = text("""
-UPDATE webhook_attempts SET leased_until = now() + :lease, attempts = attempts + 1, updated_at = now()
-WHERE id IN (
-    SELECT a.id FROM webhook_attempts a
-    WHERE a.tenant_id = :t AND a.endpoint_id = :e AND a.status = 'pending' AND a.next_attempt_at <= now()
-      AND (a.leased_until IS NULL OR a.leased_until < now())
-      AND (a.conversation_id IS NULL OR NOT EXISTS (
-          SELECT 1 FROM webhook_attempts b
-          WHERE b.tenant_id = a.tenant_id AND b.endpoint_id = a.endpoint_id AND b.status = 'pending'
-            AND b.conversation_id = a.conversation_id AND b.event_seq < a.event_seq))
-    ORDER BY a.event_seq LIMIT :limit FOR UPDATE SKIP LOCKED)
-  AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = :e AND enabled)
-RETURNING id
+WITH claimed AS (
+    UPDATE webhook_attempts SET leased_until = now() + :lease, attempts = attempts + 1, updated_at = now()
+    WHERE id IN (
+        SELECT a.id FROM webhook_attempts a
+        WHERE a.tenant_id = :t AND a.endpoint_id = :e AND a.status = 'pending' AND a.next_attempt_at <= now()
+          AND (a.leased_until IS NULL OR a.leased_until < now())
+          AND (a.conversation_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM webhook_attempts b
+              WHERE b.tenant_id = a.tenant_id AND b.endpoint_id = a.endpoint_id AND b.status = 'pending'
+                AND b.conversation_id = a.conversation_id AND b.event_seq < a.event_seq))
+        ORDER BY a.event_seq LIMIT :limit FOR UPDATE SKIP LOCKED)
+      AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = :e AND enabled)
+    RETURNING id, event_id, event_seq, attempts)
+SELECT c.id, c.event_id, c.attempts, e.type, CAST(e.data AS text) AS data, e.created_at
+FROM claimed c LEFT JOIN change_events e ON e.tenant_id = :t AND e.seq = c.event_seq
+ORDER BY c.event_seq
 """)
-LOAD = text("""
-SELECT a.id, a.event_id, a.event_seq, a.attempts, c.type, c.data, c.created_at
-FROM webhook_attempts a LEFT JOIN change_events c ON c.tenant_id = a.tenant_id AND c.seq = a.event_seq
-WHERE a.tenant_id = :t AND a.id = ANY(:ids) ORDER BY a.event_seq
-""")
-ENDPOINT = text("SELECT url, secret, previous_secret, previous_secret_until, rate_limit_per_second "
-                "FROM webhook_endpoints WHERE id = :e")
+# Every delivered answer of a round in one statement, and the endpoint healthy again.
 DELIVERED = text("""
-UPDATE webhook_attempts SET status = 'delivered', delivered_at = now(), updated_at = now(), leased_until = NULL,
-    last_status_code = :code, last_error = NULL, response_excerpt = :excerpt
-WHERE id = :id AND status = 'pending'
+WITH done AS (
+    UPDATE webhook_attempts a SET status = 'delivered', delivered_at = now(), updated_at = now(),
+        leased_until = NULL, last_status_code = u.code, last_error = NULL, response_excerpt = u.excerpt
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS integer[]), CAST(:excerpts AS text[])) AS u(id, code, excerpt)
+    WHERE a.tenant_id = :t AND a.id = u.id AND a.status = 'pending'
+    RETURNING 1)
+UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :e AND failing_since IS NOT NULL
 """)
 RETRY = text("""
-UPDATE webhook_attempts SET status = :status, next_attempt_at = now() + :delay, updated_at = now(),
-    leased_until = NULL, last_status_code = :code, last_error = :error, response_excerpt = :excerpt
-WHERE id = :id AND status = 'pending'
+UPDATE webhook_attempts a SET status = u.status, next_attempt_at = now() + make_interval(secs => u.delay),
+    updated_at = now(), leased_until = NULL, last_status_code = u.code, last_error = u.error,
+    response_excerpt = u.excerpt
+FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:delays AS float8[]), CAST(:codes AS integer[]),
+            CAST(:errors AS text[]), CAST(:excerpts AS text[])) AS u(id, status, delay, code, error, excerpt)
+WHERE a.tenant_id = :t AND a.id = u.id AND a.status = 'pending'
 """)
-HEALTHY = text("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :e AND failing_since IS NOT NULL")
 FAILING = text("""
 UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()) WHERE id = :e
 RETURNING enabled, failing_since, now() - failing_since >= :window AS expired
@@ -116,25 +133,6 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    attempt_id: uuid.UUID
-    event_id: str
-    attempts: int
-    body: bytes | None  # None: retention removed the event before it could be sent
-
-
-@dataclass(frozen=True)
-class Outcome:
-    attempt_id: uuid.UUID
-    attempts: int
-    delivered: bool
-    status_code: int | None = None
-    error: str | None = None
-    excerpt: str | None = None
-    retry_after: float | None = None
-
-
-@dataclass(frozen=True)
 class Round:
     """What one pass over an endpoint did, and whether another should follow (at once, or after a second when
     the endpoint's rate limit was reached)."""
@@ -146,11 +144,14 @@ class Round:
     rate_limited: bool
 
 
-def body(event_type: str, created_at: datetime, data: Any) -> bytes:
-    return orjson.dumps({"type": event_type, "timestamp": created_at.astimezone(UTC).isoformat(), "data": data})
+def body(event_type: str, created_at: datetime, data: str) -> bytes:
+    """The delivery's JSON body. `data` is the event's as PostgreSQL prints it (valid JSON), put in as it is
+    rather than parsed and printed again."""
+    head = orjson.dumps({"type": event_type, "timestamp": created_at.astimezone(UTC).isoformat()})
+    return head[:-1] + b',"data":' + data.encode() + b"}"
 
 
-def plan(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, limit: int = 1000) -> int:
+def plan(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, limit: int = PLAN_LIMIT) -> int:
     """Turn the events past the endpoint's cursor into pending deliveries; how many. A second caller at the
     same time skips: the one holding the endpoint's row plans for both."""
     endpoint = conn.execute(PLAN_LOCK, {"e": endpoint_id}).first()
@@ -163,11 +164,9 @@ def plan(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, limit: int 
 
 def claim(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, limit: int, lease: timedelta
           ) -> list[Delivery]:
-    ids = [r.id for r in conn.execute(CLAIM, {"t": tenant, "e": endpoint_id, "limit": limit, "lease": lease})]
-    if not ids:
-        return []
+    rows = conn.execute(CLAIM, {"t": tenant, "e": endpoint_id, "limit": limit, "lease": lease})
     return [Delivery(r.id, str(r.event_id), r.attempts, None if r.type is None else body(r.type, r.created_at, r.data))
-            for r in conn.execute(LOAD, {"t": tenant, "ids": ids})]
+            for r in rows]
 
 
 def secrets_of(box: SecretBox, endpoint: Any, now: datetime) -> list[str]:
@@ -178,86 +177,29 @@ def secrets_of(box: SecretBox, endpoint: Any, now: datetime) -> list[str]:
     return found
 
 
-def retry_after(response: httpx.Response, now: datetime) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max((when - now).total_seconds(), 0.0), MAX_RETRY_AFTER)
-
-
-def excerpt(raw: bytes) -> str:
-    """A response's first bytes as text PostgreSQL stores: invalid UTF-8 replaced, NUL dropped."""
-    return raw[:EXCERPT_BYTES].decode("utf-8", "replace").replace("\x00", "")
-
-
-def send(client: httpx.Client, url: str, secrets: list[str], delivery: Delivery, policy: Policy) -> Outcome:
-    """POST one delivery; every failure is an Outcome, never an exception."""
-    def failed(error: str, **more: Any) -> Outcome:
-        return Outcome(delivery.attempt_id, delivery.attempts, False, error=error[:1000], **more)
-
-    if delivery.body is None:
-        return failed("the event is no longer stored (retention removed it)")
-    try:
-        target = targets.check(url, allow_private=policy.allow_private)
-    except targets.UnsafeTarget as exc:
-        return failed(f"refused target: the URL {exc}")
-    timestamp = int(datetime.now(UTC).timestamp())
-    headers = {"content-type": "application/json", "user-agent": "Intake-Webhooks/1",
-               **signing.headers(secrets, delivery.event_id, timestamp, delivery.body)}
-    request_url = httpx.URL(url)
-    extensions: dict[str, Any] = {}
-    if target.address is not None:  # connect to the address that was checked, naming the host as asked
-        headers["host"] = request_url.netloc.decode("ascii")
-        request_url = request_url.copy_with(host=target.address)
-        extensions["sni_hostname"] = target.host
-    try:
-        request = client.build_request("POST", request_url, headers=headers, content=delivery.body,
-                                       extensions=extensions, timeout=httpx.Timeout(policy.timeout))
-        response = client.send(request, stream=True, follow_redirects=False)
-        try:
-            raw = b""
-            for chunk in response.iter_raw():
-                raw += chunk
-                if len(raw) >= EXCERPT_BYTES:
-                    break
-        finally:
-            response.close()
-    except httpx.TimeoutException:
-        return failed(f"no answer within {policy.timeout:g} s")
-    except (httpx.HTTPError, OSError, ValueError) as exc:
-        return failed(f"{type(exc).__name__}: {exc}")
-    code = response.status_code
-    if 200 <= code < 300:
-        return Outcome(delivery.attempt_id, delivery.attempts, True, status_code=code, excerpt=excerpt(raw))
-    wait = retry_after(response, datetime.now(UTC)) if code == 429 else None
-    return failed(f"HTTP {code}", status_code=code, excerpt=excerpt(raw), retry_after=wait)
-
-
 def record(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, outcomes: Sequence[Outcome],
            policy: Policy) -> None:
-    """Store what the sends got, and the endpoint's health (disabling it past the window, audited)."""
-    for o in outcomes:
-        if o.delivered:
-            conn.execute(DELIVERED, {"id": o.attempt_id, "code": o.status_code, "excerpt": o.excerpt})
-            continue
-        give_up = o.attempts > len(policy.retry_delays)
-        delay = 0.0 if give_up else policy.retry_delays[o.attempts - 1]
-        if o.retry_after is not None and not give_up:
-            delay = o.retry_after
-        conn.execute(RETRY, {"id": o.attempt_id, "status": "failed" if give_up else "pending",
-                             "delay": timedelta(seconds=delay), "code": o.status_code, "error": o.error,
-                             "excerpt": o.excerpt})
-    if any(o.delivered for o in outcomes):
-        conn.execute(HEALTHY, {"e": endpoint_id})
-    elif outcomes:
+    """Store what the sends got (one statement for the delivered, one for the others), and the endpoint's
+    health (disabling it past the window, audited)."""
+    delivered = [o for o in outcomes if o.delivered]
+    if delivered:
+        conn.execute(DELIVERED, {"t": tenant, "e": endpoint_id, "ids": [o.attempt_id for o in delivered],
+                                 "codes": [o.status_code for o in delivered],
+                                 "excerpts": [o.excerpt for o in delivered]})
+    others = [o for o in outcomes if not o.delivered]
+    if others:
+        statuses, delays = [], []
+        for o in others:
+            give_up = o.attempts > len(policy.retry_delays)
+            delay = 0.0 if give_up else policy.retry_delays[o.attempts - 1]
+            if o.retry_after is not None and not give_up:
+                delay = o.retry_after
+            statuses.append("failed" if give_up else "pending")
+            delays.append(delay)
+        conn.execute(RETRY, {"t": tenant, "ids": [o.attempt_id for o in others], "statuses": statuses,
+                             "delays": delays, "codes": [o.status_code for o in others],
+                             "errors": [o.error for o in others], "excerpts": [o.excerpt for o in others]})
+    if others and not delivered:
         health = conn.execute(FAILING, {"e": endpoint_id, "window": policy.disable_after}).one()
         if health.enabled and health.expired:
             disable(conn, tenant, endpoint_id, health.failing_since, policy.disable_after)
@@ -272,44 +214,92 @@ def disable(conn: Connection, tenant: TenantId, endpoint_id: uuid.UUID, since: d
     log.warning("webhooks.endpoint.disabled", tenant_id=str(tenant), endpoint_id=str(endpoint_id))
 
 
-def deliver(engine: Engine, box: SecretBox, client: httpx.Client, tenant: TenantId, endpoint_id: uuid.UUID,
-            policy: Policy) -> Round:
-    """One pass over an endpoint: plan, claim, send in parallel (no connection held), record."""
-    with engine.begin() as conn:
-        bind_tenant(conn, tenant)
-        planned = plan(conn, tenant, endpoint_id)
-        endpoint = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
-        if endpoint is None:
-            return Round(planned, 0, 0, False, False)
-        limit = min(policy.batch, endpoint.rate_limit_per_second or policy.batch)
-        deliveries = claim(conn, tenant, endpoint_id, limit, policy.lease)
-    if not deliveries:
-        return Round(planned, 0, 0, False, False)
-    secrets = secrets_of(box, endpoint, datetime.now(UTC))
-    outcomes: list[Outcome] = []
+class Signer:
+    """The endpoint's signing secrets, opened once per sealed value rather than per round."""
 
-    def store(done: list[Outcome]) -> None:
-        with engine.begin() as conn:
-            bind_tenant(conn, tenant)
-            record(conn, tenant, endpoint_id, done, policy)
-        outcomes.extend(done)
+    def __init__(self, box: SecretBox) -> None:
+        self.box = box
+        self._opened: tuple[tuple[Any, ...], list[str]] | None = None
 
-    with ThreadPoolExecutor(max_workers=len(deliveries), thread_name_prefix="webhook-send") as pool:
-        waiting = {pool.submit(send, client, endpoint.url, secrets, d, policy) for d in deliveries}
-        while waiting:
-            # Recorded as they finish (those finishing together, together): a slow receiver's answer for one
-            # conversation does not hold back the next event of another.
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            if waiting:
-                more, waiting = wait(waiting, timeout=TOGETHER_SECONDS)
-                done |= more
-            store([f.result() for f in done])
-    delivered = sum(o.delivered for o in outcomes)
-    log.info("webhooks.delivered", tenant_id=str(tenant), endpoint_id=str(endpoint_id), sent=len(outcomes),
-             delivered=delivered)
-    # Whatever was settled may have let the next event of its conversation through: look again at once.
-    return Round(planned, len(outcomes), delivered, more=True,
-                 rate_limited=endpoint.rate_limit_per_second is not None and len(deliveries) == limit)
+    def secrets(self, endpoint: Any) -> list[str]:
+        now = datetime.now(UTC)
+        key = (endpoint.secret, endpoint.previous_secret,
+               bool(endpoint.previous_secret_until and endpoint.previous_secret_until > now))
+        if self._opened is None or self._opened[0] != key:
+            self._opened = (key, secrets_of(self.box, endpoint, now))
+        return self._opened[1]
+
+
+def deliver(engine: Engine, box: SecretBox, tenant: TenantId, endpoint_id: uuid.UUID, policy: Policy, *,
+            seconds: float = 0.0) -> Round:
+    """A pass over an endpoint: deliveries kept in flight (up to `batch`), claimed and recorded as answers come
+    in, for about `seconds` (at least one round); then what is in flight is waited for and recorded. No
+    database connection is held while a receiver is waited for."""
+    deadline = time.monotonic() + seconds
+    checked, signer = Targets(allow_private=policy.allow_private), Signer(box)
+    flying: dict[Future[Outcome], Delivery] = {}
+    settled: list[Outcome] = []
+    planned = sent = delivered = 0
+    claiming, rate_limited, expired = True, False, False
+    connections = Connections(policy.timeout)  # the pass's own, kept alive between its deliveries
+    try:
+        with ThreadPoolExecutor(max_workers=policy.batch, thread_name_prefix="webhook-send") as pool:
+            while True:
+                room = policy.batch - len(flying)
+                with engine.begin() as conn:
+                    bind_tenant(conn, tenant)
+                    if settled:
+                        record(conn, tenant, endpoint_id, settled, policy)
+                        delivered += sum(o.delivered for o in settled)
+                        settled = []
+                    endpoint, deliveries = None, []
+                    if claiming and room > 0:
+                        endpoint = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
+                        if endpoint is None:  # disabled or deleted meanwhile: what is in flight is still recorded
+                            claiming = False
+                        else:
+                            if endpoint.cursor_seq < endpoint.head:
+                                planned += plan(conn, tenant, endpoint_id)
+                            limit = room
+                            if endpoint.rate_limit_per_second is not None:
+                                limit = min(limit, endpoint.rate_limit_per_second - sent)
+                            deliveries = claim(conn, tenant, endpoint_id, limit, policy.lease) if limit > 0 else []
+                if endpoint is not None and deliveries:
+                    sent += len(deliveries)
+                    try:
+                        target = checked.check(endpoint.url)
+                    except targets.UnsafeTarget as exc:
+                        settled += [failed(d, f"refused target: the URL {exc}") for d in deliveries]
+                    else:
+                        secrets = signer.secrets(endpoint)
+                        for d in deliveries:
+                            flying[pool.submit(send, connections, target, secrets, d)] = d
+                if endpoint is not None and endpoint.rate_limit_per_second is not None \
+                        and sent >= endpoint.rate_limit_per_second:
+                    claiming, rate_limited = False, True  # this second's share is taken: the next job, a second later
+                if claiming and time.monotonic() >= deadline:
+                    claiming, expired = False, True  # the pass hands over to a new job (and the queue's others)
+                if settled and not flying:
+                    continue  # refused targets: recorded (and the next claimed) at once
+                if not flying:
+                    break
+                # Recorded as they finish (those finishing together, together): a slow receiver's answer for one
+                # conversation does not hold back the next event of another.
+                done, _ = wait(flying, return_when=FIRST_COMPLETED)
+                if len(done) < len(flying):
+                    more, _ = wait(flying.keys() - done, timeout=TOGETHER_SECONDS)
+                    done |= more
+                for future in done:
+                    del flying[future]
+                    settled.append(future.result())
+    finally:
+        connections.close()  # the idle ones; each in flight was closed or given back by its send
+    if sent:
+        log.info("webhooks.delivered", tenant_id=str(tenant), endpoint_id=str(endpoint_id), sent=sent,
+                 delivered=delivered)
+    # A pass that ran out of claimable work ends with nothing to hand over; one stopped by its time or the
+    # endpoint's rate limit may have more.
+    return Round(planned, sent, delivered, more=rate_limited or expired, rate_limited=rate_limited)
 
 
 def endpoints_of(conn: Connection, tenant: TenantId) -> list[uuid.UUID]:

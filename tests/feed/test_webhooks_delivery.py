@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import redis
 from sqlalchemy import Engine, text
 
@@ -270,8 +269,7 @@ def test_an_endpoint_failing_past_its_window_is_given_up_on_then_disabled_and_au
                 assert endpoint not in [e for _, e in due(conn)]
             policy = Policy(retry_delays=(0.1,), disable_after=timedelta(seconds=2), timeout=2, batch=4,
                             allow_private=True)
-            with httpx.Client() as http:
-                assert deliver(app_engine, box(), http, tenant, endpoint, policy).sent == 0
+            assert deliver(app_engine, box(), tenant, endpoint, policy).sent == 0
             assert len(rx.on("/feed")) == sent
     assert first.attempts == 3 and first.last_status_code == 500
     assert first.response_excerpt == "x" * 2048  # the body read up to 2 KiB, no further
@@ -299,11 +297,11 @@ def test_a_target_that_became_unsafe_is_refused_at_delivery_and_redirects_are_no
         app_engine: Engine) -> None:
     tenant = new_tenant(app_engine)
     policy = Policy(retry_delays=(0.1,), disable_after=timedelta(days=5), timeout=2, batch=4, allow_private=False)
-    with receiver() as rx, httpx.Client(follow_redirects=False, trust_env=False) as http:
+    with receiver() as rx:
         rx.answers["/moved"] = lambda r, n: (302, {"Location": rx.url + "/elsewhere"}, 0.0, None)
         loopback, _ = new_endpoint(app_engine, tenant, rx.url + "/feed")
         record(app_engine, tenant, [Change("contact.created", {"n": 1})])
-        done = deliver(app_engine, box(), http, tenant, loopback, policy)
+        done = deliver(app_engine, box(), tenant, loopback, policy)
         assert (done.sent, done.delivered) == (1, 0) and rx.on("/feed") == []
         row = attempts(app_engine, tenant, loopback)[0]
         assert "loopback" in row.last_error and row.last_status_code is None
@@ -313,6 +311,6 @@ def test_a_target_that_became_unsafe_is_refused_at_delivery_and_redirects_are_no
         rx.secrets["/moved"] = [moved_secret]
         record(app_engine, other, [Change("contact.created", {"n": 1})])
         open_policy = Policy(**{**policy.__dict__, "allow_private": True})
-        assert deliver(app_engine, box(), http, other, moved, open_policy).delivered == 0
+        assert deliver(app_engine, box(), other, moved, open_policy).delivered == 0
         assert len(rx.on("/moved")) == 1 and rx.on("/elsewhere") == []
         assert attempts(app_engine, other, moved)[0].last_status_code == 302

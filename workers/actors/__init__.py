@@ -28,12 +28,12 @@ from workers.broker import current
 from workers.middleware.jobs import job_tenant, report
 from workers.middleware.ledger import record_in, resolve_in
 from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE
-from workers.resources import engine, ingest_policy, secret_box, webhook_client, webhook_policy
+from workers.resources import engine, ingest_policy, secret_box, webhook_policy
 
 broker = current()  # actors bind to the broker installed when they are declared
 
 BUSY_DELAY_MS = 100  # a job whose tenant is busy comes back after 100-200 ms
-PASS_SECONDS = 5.0  # a deliver job keeps passing over its endpoint this long, then hands over to a new job
+PASS_SECONDS = 5.0  # a deliver job keeps its endpoint's deliveries in flight this long, then hands over to a new job
 
 
 @dramatiq.actor(queue_name=INGEST_QUEUE, actor_name=INGEST_ACTOR)
@@ -99,16 +99,10 @@ def deliver_webhooks(tenant_id: str, endpoint_id: str) -> None:
     """Passes over a webhook endpoint: plan its new events, send what is due. A wake-up only: the work is
     found in PostgreSQL, so a lost or duplicated job loses or repeats nothing."""
     broker.client.delete(wake_key(endpoint_id))
-    started, planned, sent, delivered = time.monotonic(), 0, 0, 0
-    while True:  # pass after pass while there is work, for a while: no round trip through Redis between them
-        done = deliver(engine(), secret_box(), webhook_client(), job_tenant(), uuid.UUID(endpoint_id),
-                       webhook_policy())
-        planned, sent, delivered = planned + done.planned, sent + done.sent, delivered + done.delivered
-        if not done.sent or done.rate_limited or time.monotonic() - started > PASS_SECONDS:
-            break
-    if done.more and done.sent:  # still busy: the next job goes on (a rate-limited endpoint after a second)
+    done = deliver(engine(), secret_box(), job_tenant(), uuid.UUID(endpoint_id), webhook_policy(), seconds=PASS_SECONDS)
+    if done.more:  # still busy: the next job goes on (a rate-limited endpoint after a second)
         deliver_webhooks.send_with_options(args=(tenant_id, endpoint_id), delay=1000 if done.rate_limited else None)
-    report(planned=planned, sent=sent, delivered=delivered)
+    report(planned=done.planned, sent=done.sent, delivered=done.delivered)
 
 
 @contextmanager

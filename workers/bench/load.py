@@ -24,6 +24,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    acked_at: dict[int, float] = field(default_factory=dict)  # request index -> wall clock of its 2xx's last byte
 
     @property
     def completed(self) -> int:
@@ -63,6 +64,8 @@ async def _connection(host: str, port: int, requests: list[bytes], cursor: list[
                     length = int(line[15:])
             if length:
                 await reader.readexactly(length)
+            if 200 <= status < 300:
+                result.acked_at[index] = time.time()
             result.latencies_ms.append((time.perf_counter() - sent) * 1000)
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if callable(on_done):

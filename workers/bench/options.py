@@ -27,6 +27,7 @@ class BenchOptions:
     ai_nice: int = 10
     lone_messages: int = 12
     quiet_seconds: float = 1.0
+    feed_rate: float | None = None  # the feed's latency phase at this rate instead of half the lower peak
     database_url: str | None = None
     admin_database_url: str | None = None
     redis_url: str | None = None

@@ -23,6 +23,7 @@ A millisecond of CPU per message is one core per 1,000 messages a second: the si
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -199,15 +200,52 @@ def feed_phases(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], t
     result: dict[str, Any] = {"throughput": feed.throughput(stack, conn, ids, options.events,
                                                              processes=options.processes, threads=16,
                                                              progress=progress)}
-    rate = 0.5 * min(peak, result["throughput"]["events_per_s"] or peak)
+    rate = options.feed_rate or 0.5 * min(peak, result["throughput"]["events_per_s"] or peak)
 
-    def send() -> int:
-        post(stack, ports, requests, options.concurrency, rate=rate)
-        return len({d.message_key for d in deliveries})
+    def send() -> dict[str, float]:
+        """Each message's acknowledgement: the first 2xx among the requests that carry it."""
+        result, _ = post(stack, ports, requests, options.concurrency, rate=rate)
+        acked: dict[str, float] = {}
+        for index, at in result.acked_at.items():
+            key = deliveries[index].message_key
+            acked[key] = min(at, acked.get(key, at))
+        return acked
 
     result["latency"] = {"rate_per_s": round(rate, 1), **feed.latency(
         stack, conn, ids, send, processes=options.processes, threads=16, progress=progress)}
     return result
+
+
+def run_feed(options: BenchOptions, progress: Progress) -> dict[str, Any]:
+    """`intake bench --feed`: only what the feed's targets are measured against. The ingress stores a backlog,
+    the ingest workers drain it (the pipeline's messages per second, the rate the feed must keep up with), then
+    the feed's phases run with the ingest workers still up: a backlog of change events delivered to a local
+    receiver, and acknowledgement-to-receiver latency at half the lower of the two peaks."""
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
+        progress("creating tenants and signing deliveries", None)
+        tenants = create_tenants(stack, options.tenants)
+        deliveries = generate(tenants, options.events, seed=1)
+        feed_paced = generate(tenants, min(options.events, max(500, options.events // 10)), seed=4, duplicate_rate=0.0)
+        base = "http://127.0.0.1:8000"
+        requests, feed_requests = signed(deliveries, base), signed(feed_paced, base)
+        results: dict[str, Any] = {"options": options.public(), "load_average": [round(os.getloadavg()[0], 1)]}
+        with stack.webs(options.web_processes) as ports, stack.admin() as conn:
+            progress("ingress: posting every delivery", 0.0)
+            results["ingress"] = ingress(stack, ports, requests, options.concurrency, progress)
+            with stack.workers("worker", "ingest", commands=options.worker_processes, processes=options.processes,
+                               threads=options.threads, hold=True) as release:
+                results["pipeline"] = drain(stack, conn, "pipeline: ingest workers draining the backlog", progress,
+                                            release)
+                peak = min(results["ingress"]["accepted_per_s"], results["pipeline"]["messages_per_s"]
+                           or results["ingress"]["accepted_per_s"])
+                results["feed"] = feed_phases(stack, conn, ports, tenants, feed_paced, feed_requests, peak, options,
+                                              progress)
+            results["correct"] = books(conn, deliveries + feed_paced)
+        delivered, stored = results["feed"]["throughput"]["events_per_s"], results["pipeline"]["messages_per_s"]
+        results["feed"]["keeps_up"] = bool(delivered and stored and delivered >= stored)
+        results["load_average"].append(round(os.getloadavg()[0], 1))  # the machine's, at the start and the end
+        results["python"] = sys.version.split()[0]
+        return results
 
 
 def books(conn: psycopg.Connection[Any], deliveries: list[Delivery], since: datetime | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
     if param.name == "scale_tenants" and min(values) < 1:
         raise click.BadParameter("every tenant count is at least 1")
     return values
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A rate that is a number (a range check lets NaN through: it compares false with both ends)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("give a number of deliveries a second")
+    return value
 
 
 @click.command()
@@ -57,17 +65,25 @@ def _counts(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int,
               help="Measure replies sent through the outbound queue to a local fake provider instead.")
 @click.option("--outbound-replies", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
               help="--outbound: replies in the burst (a tenth as many more are paced for latency).")
+@click.option("--feed", is_flag=True,
+              help="Measure only the change feed's webhooks against the pipeline's rate: the ingress and the "
+                   "ingest drain, then a backlog delivered to a local receiver and acknowledgement-to-receiver "
+                   "latency.")
+@click.option("--feed-rate", type=click.FloatRange(1, 100_000), default=None, callback=_finite,
+              help="Pace the feed's latency phase at this many deliveries a second instead of half the lower peak "
+                   "(to compare runs at one rate).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def bench(events: int, tenants: int, processes: int, threads: int, concurrency: int, web_processes: int,
           worker_processes: int, ai_seconds: float, lone_messages: int, scale: bool, scale_tenants: tuple[int, ...],
           scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, outbound: bool, outbound_replies: int,
-          as_json: bool) -> None:
+          feed: bool, feed_rate: float | None, as_json: bool) -> None:
     """Run the fleet on a fresh embedded stack (or DATABASE_URL/REDIS_URL) and compare it with its ceilings.
 
     With --scale, measure the pipeline and end-to-end latency with more tenants and larger tables instead
     (--events defaults to 10,000 per point then; about seven minutes on two cores) and draw a chart. With
-    --outbound, measure replies per second through the outbound queue and enqueue-to-provider latency.
+    --outbound, measure replies per second through the outbound queue and enqueue-to-provider latency. With
+    --feed, measure the change feed's webhooks (delivery rate against the pipeline's, latency, CPU) alone.
     """
     settings = get_settings()
     urls: dict[str, Any] = {"database_url": settings.database_url,
@@ -95,12 +111,15 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
         _show(results, as_json, scale_report)
         return
     from workers.bench.options import BenchOptions
-    from workers.bench.run import run
+    from workers.bench.run import run, run_feed
 
     options = BenchOptions(events=events, tenants=tenants, processes=processes, threads=threads,
                            concurrency=concurrency, web_processes=web_processes,
                            worker_processes=worker_processes, ai_seconds=ai_seconds, lone_messages=lone_messages,
-                           **urls)
+                           feed_rate=feed_rate, **urls)
+    if feed:
+        _show(_with_progress(lambda progress: run_feed(options, progress)), as_json, feed_report)
+        return
     results = _with_progress(lambda progress: run(options, progress))
     _show(results, as_json, report)
 
@@ -139,6 +158,28 @@ def outbound_report(r: dict[str, Any]) -> Table:
     return table
 
 
+def feed_report(r: dict[str, Any]) -> Table:
+    table = Table(title="intake bench --feed (local receiver)")
+    table.add_column("measure", justify="left")
+    table.add_column("value", justify="right")
+    p, ft, fl = r["pipeline"], r["feed"]["throughput"], r["feed"]["latency"]
+    table.add_row("pipeline messages/s (the rate to keep up with)", f"{p['messages_per_s']:,.1f}")
+    table.add_row(f"webhook events delivered/s ({ft['events']:,} events)", f"{ft['events_per_s']}")
+    table.add_row("keeps up", "yes" if r["feed"]["keeps_up"] else "no")
+    cpu = ft["cpu_ms_per_event"]
+    table.add_row("CPU ms per delivered event: deliver / PostgreSQL / Redis / all",
+                  f"{_ms(cpu.get('deliver'))} / {_ms(cpu.get('postgres'))} / {_ms(cpu.get('redis'))} / "
+                  f"{_ms(ft['cpu_ms_per_event_total'])}")
+    table.add_row(f"ack to receiver p50 / p99 ms at {fl['rate_per_s']:,.1f}/s",
+                  f"{fl['p50_ms']} / {fl['p99_ms']} ({fl['delivered']:,} of {fl['messages']:,})")
+    table.add_row("  of which stored to receiver p50 / p99 ms",
+                  f"{fl.get('stored_to_receiver_p50_ms')} / {fl.get('stored_to_receiver_p99_ms')}")
+    table.add_row("load average at start, end", ", ".join(str(v) for v in r["load_average"]))
+    c = r["correct"]
+    table.add_row("duplicates, lost", f"{c['duplicates']}, {c['lost']}")
+    return table
+
+
 def report(r: dict[str, Any]) -> Table:
     table = Table(title="intake bench", show_lines=False)
     table.add_column("measure", justify="left")
@@ -172,7 +213,7 @@ def report(r: dict[str, Any]) -> Table:
         table.add_row("webhook events delivered/s, deliver CPU ms per event",
                       f"{ft['events_per_s']}, {_ms(ft['cpu_ms_per_event'].get('deliver'))}",
                       f"{p['messages_per_s']:,.0f} (pipeline messages/s)", "")
-        table.add_row(f"receipt to message.received p50 / p99 ms at {fl['rate_per_s']:,.0f}/s",
+        table.add_row(f"ack to message.received p50 / p99 ms at {fl['rate_per_s']:,.0f}/s",
                       f"{fl['p50_ms']} / {fl['p99_ms']}", f"{fl['delivered']:,} of {fl['messages']:,} delivered", "")
     table.add_row("PostgreSQL commits/s, COPY rows/s", "",
                   f"{b['pg_commit_per_s']:,.0f}, {b['pg_copy_rows_per_s']:,.0f}", "")
