@@ -134,7 +134,7 @@ def test_an_instrumentation_that_keeps_state_on_the_context_traces_an_ingest_bat
                                                                                   app_engine: Engine) -> None:
     from pipelines.ingest import IngestPolicy, ingest_events
     from tests.factories import new_inbox
-    from tests.test_ingest_pipeline import api_message, store_events
+    from tests.ingest.test_ingest_pipeline import api_message, store_events
 
     inbox = new_inbox(app_engine, "api")
     sent = datetime(2026, 11, 20, 10, tzinfo=UTC)

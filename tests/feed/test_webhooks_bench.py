@@ -17,8 +17,8 @@ from sqlalchemy import Engine, text
 
 from db.tenancy import TenantId, bind_tenant
 from pipelines import changes
+from tests.deployment.test_bench import bench
 from tests.factories import new_inbox
-from tests.test_bench import bench
 from workers.bench import feed
 from workers.bench.stack import Stack
 from workers.cli.bench import feed_report
