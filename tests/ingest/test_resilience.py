@@ -23,6 +23,10 @@ from tests.fleet import CorpusTenant, PostResult, post_all, settle
 from tests.processes import INTAKE, wait_for, worker
 from workers.embedded.services import EmbeddedServices
 
+# The workers run as the Procfile's `worker` does, on the ingest queue alone: these tests keep the books of
+# storage, and AI jobs other tests left in the queue would otherwise share the threads (the AI's own
+# recovery is `test_ai_jobs_lost_with_redis_are_swept_once`).
+INGEST = ("ingest",)
 WORKER_ENV = {"INTAKE_HEARTBEAT_TIMEOUT_MS": "3000", "INTAKE_JOB_MIN_BACKOFF_MS": "200",
               "INTAKE_JOB_MAX_BACKOFF_MS": "2000", "INTAKE_JOB_MAX_RETRIES": "20"}
 
@@ -96,7 +100,7 @@ def test_worker_killed_repeatedly_while_events_flow(server: str, app_engine: Eng
 
     def kill_a_worker_mid_work() -> None:
         before = tenant.counts(app_engine)["messages"]
-        with worker(processes=1, threads=4, env=WORKER_ENV) as proc:
+        with worker(processes=1, threads=4, env=WORKER_ENV, queues=INGEST) as proc:
             wait_for(lambda: tenant.counts(app_engine)["messages"] >= before + 50, timeout=60, interval=0.1)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -105,7 +109,7 @@ def test_worker_killed_repeatedly_while_events_flow(server: str, app_engine: Eng
         kill_a_worker_mid_work()
     posted = posting.join()
     assert set(posted.codes) == {200}
-    with worker(processes=2, threads=4, env=WORKER_ENV):
+    with worker(processes=2, threads=4, env=WORKER_ENV, queues=INGEST):
         settle([tenant], app_engine, timeout=120)
     assert tenant.counts(app_engine) == tenant.expected()
     figures = books("kill -9 x3", tenant, app_engine, posted)
@@ -118,7 +122,7 @@ def test_redis_stopped_flushed_and_restarted_while_deliveries_arrive(
     services = EmbeddedServices(__import__("tests.conftest", fromlist=["TEST_HOME"]).TEST_HOME)
     tenant = CorpusTenant(app_engine, "FI", 80, seed=22)
     log = tmp_path / "worker.log"
-    with worker(processes=1, threads=4, env=WORKER_ENV, log=log):
+    with worker(processes=1, threads=4, env=WORKER_ENV, queues=INGEST, log=log):
         posting = Background(server, [tenant], concurrency=4)
         wait_for(lambda: events_stored(tenant, app_engine) > len(tenant.corpus.deliveries) // 5, timeout=60,
                  interval=0.05)  # a fifth acknowledged: the outage meets the rest in flight
@@ -145,7 +149,7 @@ def test_postgres_restarted_mid_run(server: str, app_engine: Engine, tmp_path: P
 
     tenant = CorpusTenant(app_engine, "US", 200, seed=23)
     log = tmp_path / "worker.log"
-    with worker(processes=1, threads=4, env=WORKER_ENV, log=log):
+    with worker(processes=1, threads=4, env=WORKER_ENV, queues=INGEST, log=log):
         posting = Background(server, [tenant], concurrency=4)
         # A fifth of the corpus acknowledged (the ingress's pace, whatever the workers' start-up costs):
         # the outage then meets deliveries in flight, and jobs too.
@@ -173,7 +177,7 @@ def test_ai_jobs_lost_with_redis_are_swept_once(server: str, app_engine: Engine,
                                                 stack: dict[str, str]) -> None:
     started = time.time()
     tenant = CorpusTenant(app_engine, "US", 30, seed=24)
-    with worker(processes=1, threads=4, env=WORKER_ENV, queues=("ingest",)):
+    with worker(processes=1, threads=4, env=WORKER_ENV, queues=INGEST):
         posted = asyncio.run(post_all(server, [tenant], concurrency=8))
         assert set(posted.codes) == {200}
         settle([tenant], app_engine)
