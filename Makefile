@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser pgbouncer fuzz cluster-test lint bench clean
+.PHONY: run test test-offline browser pgbouncer fuzz cluster-test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Intake needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 test: $(STAMP) browser pgbouncer
 	$(BIN)/python -m pytest
+
+# The tests that need no services (channel adapters, normalization, the error policy, the layout): a change to a
+# channel adapter is tried in a few minutes, not the whole suite's half hour.
+test-offline: $(STAMP)
+	$(BIN)/python -m pytest -m offline
 
 # The console's browser tests drive Debian's Chromium: installed here when missing and the machine allows
 # (root with apt-get); otherwise those tests skip with the reason (and fail under CI=true).

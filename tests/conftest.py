@@ -102,8 +102,9 @@ def op(base: str, operator: Keyed) -> Iterator[httpx.Client]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `offline` every test that needs no embedded services (`make test-offline` runs just those, in seconds:
-    the channel adapters, normalization, the error policy, the layout)."""
+    """Mark `offline` every test that needs no services, neither the suite's embedded ones (`stack`) nor its own
+    (a module marked `services`): `make test-offline` runs just those (the channel adapters, normalization, the
+    error policy, the layout) in a few minutes."""
     for item in items:
-        if "stack" not in getattr(item, "fixturenames", ()):
+        if "stack" not in getattr(item, "fixturenames", ()) and item.get_closest_marker("services") is None:
             item.add_marker(pytest.mark.offline)

