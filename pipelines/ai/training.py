@@ -127,6 +127,10 @@ class Loaded:
 
 
 _cache: OrderedDict[str, Loaded] = OrderedDict()
+# The version of each tenant's latest model this process found it cannot read (a format a newer release
+# wrote), so it is read and logged once per version, not once per message; a newer version is tried again.
+_unreadable: OrderedDict[str, int] = OrderedDict()
+UNREADABLE_HELD = 10_000
 _cache_lock = threading.Lock()
 
 
@@ -142,6 +146,8 @@ def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
         if held is not None and held.version == version:
             _cache.move_to_end(key)
             return held
+        if _unreadable.get(key) == version:
+            return None
     data = conn.execute(MODEL, {"t": tenant, "v": version}).scalar()
     if data is None:  # pruned between the two reads: the next message reads the newer one
         return held
@@ -149,8 +155,13 @@ def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
         loaded = Loaded(version, learned.TenantModel.from_bytes(bytes(data)))
     except (ValueError, KeyError, OSError) as exc:  # a format this process does not read: keep the rules
         log.warning("ai.model.unreadable", tenant_id=key, version=version, error=str(exc))
+        with _cache_lock:
+            _unreadable[key] = version
+            while len(_unreadable) > UNREADABLE_HELD:
+                _unreadable.popitem(last=False)
         return None
     with _cache_lock:
+        _unreadable.pop(key, None)
         _cache[key] = loaded
         _cache.move_to_end(key)
         while len(_cache) > 1 and sum(m.model.nbytes for m in _cache.values()) > CACHE_BYTES:

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from config import get_settings
 from db.tenancy import TenantId, bind_tenant
@@ -138,6 +138,39 @@ def test_trained_on_demand_and_used_with_its_version(app_engine: Engine) -> None
                                  actor=audit.Actor("tests"))
     assert intake("ai", "train", "--tenant", tenant)["version"] is None
     assert classify(app_engine, inbox, "my package is lost")["model"] == "local-lexical-v1"
+
+
+def test_a_model_this_process_cannot_read_is_read_once_per_version(app_engine: Engine) -> None:
+    inbox = new_inbox(app_engine, "api", tenant_name="Model from a newer release")
+    tenant = TenantId(inbox.tenant_id)
+    store = text("INSERT INTO ai_models (tenant_id, version, format, model) VALUES (:t, :v, :f, :m)")
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT model FROM ai_models"):
+            reads.append(statement)
+
+    event.listen(app_engine, "before_cursor_execute", count)
+    try:
+        with app_engine.begin() as conn:
+            bind_tenant(conn, inbox.tenant_id)
+            conn.execute(store, {"t": tenant, "v": 1, "f": "from-the-future", "m": b"not a model this reads"})
+        for _ in range(5):  # five messages: the bytes are read and found unreadable once
+            with app_engine.begin() as conn:
+                bind_tenant(conn, inbox.tenant_id)
+                assert training.latest(conn, tenant) is None
+        assert len(reads) == 1
+        assert classify(app_engine, inbox, "the parcel is lost")["model"] == "local-lexical-v1"  # the rules
+
+        trained = learned.train([(t, c) for c, ts in TEACHING.items() for t in ts])
+        assert trained is not None
+        with app_engine.begin() as conn:  # a newer version, readable: tried, and used
+            bind_tenant(conn, inbox.tenant_id)
+            conn.execute(store, {"t": tenant, "v": 2, "f": trained.model.format, "m": trained.model.to_bytes()})
+            loaded = training.latest(conn, tenant)
+        assert loaded is not None and loaded.version == 2 and len(reads) == 2
+    finally:
+        event.remove(app_engine, "before_cursor_execute", count)
 
 
 def test_trained_in_the_background_once_per_burst(app_engine: Engine, redis_client: redis.Redis) -> None:
