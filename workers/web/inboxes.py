@@ -13,6 +13,18 @@ flight would otherwise cost hundreds of queries).
 An inbox whose tenant is disabled is loaded as not enabled. After a rotation of its secrets an inbox carries
 the previous ones too, with the end of the overlap, which is compared with each delivery's time: the cache
 never stretches the overlap, though a new rotation or a changed expiry is seen only after `ttl`.
+
+With many inboxes that each send now and then, a `ttl` of seconds makes most deliveries a look-up. So the
+directory also listens (`listen()`): PostgreSQL tells every web process of each change to an inbox or to a
+tenant's standing in the transaction that makes it (migration 0024: `pg_notify('intake_inboxes', ...)` from
+triggers on `inboxes` and `tenants`), and the entry goes at once. While the listener is known to be alive,
+entries live `listened_ttl` seconds instead of `ttl`. It is known alive only as far as its last proof: every
+`ttl / 2` seconds without a notification it runs a statement on its session, whose answer comes after every
+notification committed before it, and entries loaded under the long lifetime are trusted for `ttl` seconds
+past the last proof. So a rotated or revoked secret, a disabled inbox or tenant, or a deleted inbox passes for
+at most `ttl` seconds even when the listener's connection dies silently; with it alive, for as long as the
+notification takes (milliseconds). A listener that fails or reconnects empties the cache. A look-up that
+was under way when a notification came is answered but not remembered: it may have read the row as it was.
 """
 
 from __future__ import annotations
@@ -27,10 +39,17 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import psycopg
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from db.tenancy import TenantId
 from pipelines.crypto import SecretBox
+
+log = structlog.get_logger("intake.ingress")
+
+CHANNEL = "intake_inboxes"  # a payload is an inbox id, or `tenant:<id>` for a change to a tenant's standing
+RECONNECT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,14 +82,20 @@ class Inbox:
 
 class InboxDirectory:
     def __init__(self, pool: AsyncConnectionPool, box: SecretBox, ttl: float = 10.0,
-                 max_entries: int = 10_000) -> None:
+                 max_entries: int = 10_000, listened_ttl: float = 0.0) -> None:
         self._pool = pool
         self._box = box
         self._ttl = ttl
+        self._listened_ttl = listened_ttl
+        self._listens = ttl > 0 and listened_ttl > ttl
         self._max_entries = max_entries
-        # Keyed by the id's integer: looked up twice a delivery, and a UUID's hash is Python code.
-        self._cache: OrderedDict[int, tuple[float, Inbox | None]] = OrderedDict()
+        # Keyed by the id's integer: looked up twice a delivery, and a UUID's hash is Python code. Each entry:
+        # (expires, whether it needs the listener's proof to be trusted, the inbox or None).
+        self._cache: OrderedDict[int, tuple[float, bool, Inbox | None]] = OrderedDict()
         self._loading: dict[int, asyncio.Future[Inbox | None]] = {}  # the queries running now, by id
+        self._trusted_until = 0.0  # the listener's last proof + ttl: entries on its word are fresh until then
+        self._changes = 0  # notifications heard: a look-up that saw one come is not remembered
+        self.listening = asyncio.Event()  # set while LISTEN is in effect (tests wait on it)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -80,7 +105,7 @@ class InboxDirectory:
         a caller that cannot know more may still trust that the id was not made up."""
         parsed = _parse(inbox_id)
         cached = self._cache.get(parsed.int) if parsed is not None else None
-        return cached is not None and cached[1] is not None
+        return cached is not None and cached[2] is not None
 
     async def get(self, inbox_id: str) -> Inbox | None:
         """The inbox the URL names (its id as written there), or None for an id no inbox has."""
@@ -90,9 +115,9 @@ class InboxDirectory:
         key = parsed.int
         now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and (not cached[1] or self._trusted_until > now):
             self._cache.move_to_end(key)
-            return cached[1]
+            return cached[2]
         loading = self._loading.get(key)
         if loading is None:
             loading = self._loading[key] = asyncio.ensure_future(self._remember(parsed))
@@ -102,11 +127,16 @@ class InboxDirectory:
 
     async def _remember(self, inbox_id: uuid.UUID) -> Inbox | None:
         key = inbox_id.int
+        changes = self._changes
         try:
             inbox = await self._load(inbox_id)
         finally:
             del self._loading[key]
-        self._cache[key] = (time.monotonic() + self._ttl, inbox)
+        if self._changes != changes:
+            return inbox  # a change was told meanwhile: this answer may predate it
+        now = time.monotonic()
+        listened = self._listens and self._trusted_until > now
+        self._cache[key] = (now + (self._listened_ttl if listened else self._ttl), listened, inbox)
         self._cache.move_to_end(key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
@@ -126,6 +156,62 @@ class InboxDirectory:
         tenant_id, channel, sealed, settings, enabled, previous, until, tenant_active = row
         return Inbox(inbox_id, TenantId(tenant_id), channel, self._box.open(sealed), settings or {},
                      enabled and tenant_active, self._box.open(previous) if previous and until else None, until)
+
+
+    def forget(self, payload: str) -> None:
+        """Drop what a notification names: an inbox's entry, or every entry of a tenant (`tenant:<id>`)."""
+        self._changes += 1
+        if payload.startswith("tenant:"):
+            tenant = payload.removeprefix("tenant:")
+            for key in [k for k, (_, _, inbox) in self._cache.items() if inbox and str(inbox.tenant_id) == tenant]:
+                del self._cache[key]
+            return
+        parsed = _parse(payload)
+        if parsed is None:
+            self.forget_all()
+        else:
+            self._cache.pop(parsed.int, None)
+
+    def forget_all(self) -> None:
+        self._changes += 1
+        self._cache.clear()
+
+    async def listen(self, dsn: str) -> None:
+        """Keep a LISTEN session on the inboxes' changes, and drop each entry a change names, until cancelled.
+
+        Every `ttl / 2` seconds without a notification, a statement proves the session alive; a session lost
+        (or one that does not answer within `ttl / 2`) empties the cache, which trusts only `ttl`-second
+        entries until the next session listens. Does nothing when `listened_ttl` is not above `ttl`, or when
+        `ttl` is 0 (no cache: every delivery reads its inbox, as tests that change inboxes between deliveries
+        want, with no notification to wait for)."""
+        if not self._listens:
+            return
+        interval = max(self._ttl / 2, 0.05)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        dsn, autocommit=True, application_name="intake-web-listen", connect_timeout=5) as conn:
+                    # Called for every notification, those that arrive with a statement's answer too.
+                    conn.add_notify_handler(lambda notice: self.forget(notice.payload))
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.forget_all()  # whatever changed while no one listened
+                    self._trusted_until = time.monotonic() + self._ttl
+                    self.listening.set()
+                    while True:
+                        async for _ in conn.notifies(timeout=interval):
+                            pass  # the handler has forgotten what it names
+                        proof = time.monotonic()
+                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=interval)
+                        self._trusted_until = proof + self._ttl
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database restarting, the session killed: forget, listen again
+                log.warning("ingress.inboxes.listener_lost", error=type(exc).__name__)
+            finally:
+                self.listening.clear()
+                self._trusted_until = 0.0
+                self.forget_all()
+            await asyncio.sleep(RECONNECT_SECONDS)
 
 
 def _retrieved(done: asyncio.Future[Inbox | None]) -> None:

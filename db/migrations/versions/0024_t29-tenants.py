@@ -15,6 +15,13 @@ else the job's own events (`own`) locked in one global order, then up to `n` wai
 that nobody holds (SKIP LOCKED), read from the waiting index alone, as `pipelines/ingest.py` did. A turn not
 taken within `wait` raises `lock_not_available`, as before.
 
+The ingress caches inbox look-ups; with thousands of inboxes that each send now and then, a lifetime of
+seconds made most deliveries a look-up. Triggers on `inboxes` (any change, an insert that may end a cached
+"no such inbox" too) and on `tenants` (its standing: disabled or deleted) now tell every listening web
+process in the transaction that makes the change (`pg_notify('intake_inboxes', inbox id | 'tenant:' id)`,
+sent at its commit), so entries can live for minutes and still go the moment their row changes
+(`workers/web/inboxes.py`).
+
 Revision ID: 0024
 Revises: 0021
 Create Date: 2026-12-07
@@ -66,6 +73,24 @@ BEGIN
     END IF;
 END
 $$;
+
+CREATE FUNCTION intake_inbox_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'tenants' THEN
+        PERFORM pg_notify('intake_inboxes', 'tenant:' || OLD.id::text);
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('intake_inboxes', NEW.id::text);
+    ELSE
+        PERFORM pg_notify('intake_inboxes', OLD.id::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER inboxes_tell_ingress AFTER INSERT OR UPDATE OR DELETE ON inboxes
+    FOR EACH ROW EXECUTE FUNCTION intake_inbox_changed();
+CREATE TRIGGER tenants_tell_ingress AFTER UPDATE OF disabled_at OR DELETE ON tenants
+    FOR EACH ROW EXECUTE FUNCTION intake_inbox_changed();
 """
 
 
@@ -74,4 +99,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER tenants_tell_ingress ON tenants")
+    op.execute("DROP TRIGGER inboxes_tell_ingress ON inboxes")
+    op.execute("DROP FUNCTION intake_inbox_changed()")
     op.execute("DROP FUNCTION intake_ingest_take(uuid, uuid[], text[], text, integer)")
