@@ -19,12 +19,13 @@ directory also listens (`listen()`): PostgreSQL tells every web process of each 
 tenant's standing in the transaction that makes it (migration 0024: `pg_notify('intake_inboxes', ...)` from
 triggers on `inboxes` and `tenants`), and the entry goes at once. While the listener is known to be alive,
 entries live `listened_ttl` seconds instead of `ttl`. It is known alive only as far as its last proof: every
-`ttl / 2` seconds without a notification it runs a statement on its session, whose answer comes after every
-notification committed before it, and entries loaded under the long lifetime are trusted for `ttl` seconds
-past the last proof. So a rotated or revoked secret, a disabled inbox or tenant, or a deleted inbox passes for
-at most `ttl` seconds even when the listener's connection dies silently; with it alive, for as long as the
-notification takes (milliseconds). A listener that fails or reconnects empties the cache. A look-up that
-was under way when a notification came is answered but not remembered: it may have read the row as it was.
+`ttl / 2` seconds it notifies the channel itself and hears that back, after every notification committed
+before it, and entries loaded under the long lifetime are trusted for `ttl` seconds past the last proof. So
+a rotated or revoked secret, a disabled inbox or tenant, or a deleted inbox passes for at most `ttl` seconds
+even when the listener's connection dies silently, or listens through a pooler that never delivers; with it
+alive, for as long as the notification takes (milliseconds). A listener that fails or reconnects empties the
+cache. A look-up that was under way when a notification came is answered but not remembered: it may have read
+the row as it was.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pipelines.crypto import SecretBox
 log = structlog.get_logger("intake.ingress")
 
 CHANNEL = "intake_inboxes"  # a payload is an inbox id, or `tenant:<id>` for a change to a tenant's standing
+PROOF = "proof:"  # a listener's own notification, heard back to prove its session alive and listening
 RECONNECT_SECONDS = 1.0
 
 
@@ -95,6 +97,8 @@ class InboxDirectory:
         self._loading: dict[int, asyncio.Future[Inbox | None]] = {}  # the queries running now, by id
         self._trusted_until = 0.0  # the listener's last proof + ttl: entries on its word are fresh until then
         self._changes = 0  # notifications heard: a look-up that saw one come is not remembered
+        self._proof = ""  # the listener's last proof, and whether it was heard back
+        self._proven = False
         self.listening = asyncio.Event()  # set while LISTEN is in effect (tests wait on it)
 
     def __len__(self) -> int:
@@ -179,11 +183,14 @@ class InboxDirectory:
     async def listen(self, dsn: str) -> None:
         """Keep a LISTEN session on the inboxes' changes, and drop each entry a change names, until cancelled.
 
-        Every `ttl / 2` seconds without a notification, a statement proves the session alive; a session lost
-        (or one that does not answer within `ttl / 2`) empties the cache, which trusts only `ttl`-second
-        entries until the next session listens. Does nothing when `listened_ttl` is not above `ttl`, or when
-        `ttl` is 0 (no cache: every delivery reads its inbox, as tests that change inboxes between deliveries
-        want, with no notification to wait for)."""
+        The session proves itself every `ttl / 2` seconds by notifying its own channel and hearing it back
+        (notifications arrive in commit order, so every change committed before the proof has been heard
+        too); entries loaded on its word are trusted for `ttl` seconds past the last proof. A proof is heard
+        or the session is lost: one that answers statements but hears nothing (LISTEN through a pooler in
+        transaction mode: set INTAKE_LISTEN_DATABASE_URL) never earns trust. A lost session empties the cache,
+        which then keeps `ttl`-second entries until a new session has proved itself. Does nothing when
+        `listened_ttl` is not above `ttl`, or when `ttl` is 0 (no cache: every delivery reads its inbox, as
+        tests that change inboxes between deliveries want, with no notification to wait for)."""
         if not self._listens:
             return
         interval = max(self._ttl / 2, 0.05)
@@ -192,17 +199,14 @@ class InboxDirectory:
                 async with await psycopg.AsyncConnection.connect(
                         dsn, autocommit=True, application_name="intake-web-listen", connect_timeout=5) as conn:
                     # Called for every notification, those that arrive with a statement's answer too.
-                    conn.add_notify_handler(lambda notice: self.forget(notice.payload))
+                    conn.add_notify_handler(lambda notice: self._heard(notice.payload))
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.forget_all()  # whatever changed while no one listened
-                    self._trusted_until = time.monotonic() + self._ttl
-                    self.listening.set()
                     while True:
+                        await self._prove(conn, interval)
+                        self.listening.set()
                         async for _ in conn.notifies(timeout=interval):
-                            pass  # the handler has forgotten what it names
-                        proof = time.monotonic()
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=interval)
-                        self._trusted_until = proof + self._ttl
+                            pass  # the handler has forgotten what each names
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database restarting, the session killed: forget, listen again
@@ -212,6 +216,30 @@ class InboxDirectory:
                 self._trusted_until = 0.0
                 self.forget_all()
             await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _prove(self, conn: psycopg.AsyncConnection[Any], interval: float) -> None:
+        """Notify the channel and hear it back within `interval`; then trust the entries `ttl` past the send."""
+        self._proof = f"{PROOF}{uuid.uuid4()}"
+        self._proven = False
+        sent = time.monotonic()
+        await asyncio.wait_for(conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._proof)), timeout=interval)
+        if not self._proven:
+            async for _ in conn.notifies(timeout=interval):
+                if self._proven:
+                    break
+        if not self._proven:
+            raise ListenerDeaf(f"no notification heard back within {interval} s")
+        self._trusted_until = sent + self._ttl
+
+    def _heard(self, payload: str) -> None:
+        if payload.startswith(PROOF):  # a proof: ours, or another web process's (nothing to forget)
+            self._proven = self._proven or payload == self._proof
+            return
+        self.forget(payload)
+
+
+class ListenerDeaf(Exception):
+    """The listener's session answers but does not hear its own notifications."""
 
 
 def _retrieved(done: asyncio.Future[Inbox | None]) -> None:
