@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     inbox_cache_size: int = Field(default=10_000, ge=16)
     # How long the ingress trusts a looked-up inbox: disabling it, or its tenant, takes effect within this.
     inbox_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # While the web process listens for inbox changes (PostgreSQL tells it of each), an entry lives this long;
+    # a change still takes effect at once, and within `inbox_cache_seconds` should the listener die. 0: off.
+    inbox_cache_listen_seconds: float = Field(default=300.0, ge=0, le=86_400)
     parse_threads: int = Field(default=4, ge=1, le=64)
     parse_deadline_seconds: float = Field(default=10.0, gt=0)
     # Longer than the idle timeout of the load balancers in front (60 s is common), so the balancer, not the

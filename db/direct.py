@@ -52,6 +52,11 @@ CURSOR = "intake.direct.cursor"
 SAVEPOINT = text("SAVEPOINT intake_savepoint")
 ROLLBACK_TO_SAVEPOINT = text("ROLLBACK TO SAVEPOINT intake_savepoint")
 RELEASE_SAVEPOINT = text("RELEASE SAVEPOINT intake_savepoint")
+# Savepoints left open to the end of the transaction (`released=False`) go by a name of their own: a later
+# `intake_savepoint` block, or an outer one, then still finds its own (rolling back to or releasing a
+# savepoint ends the ones set after it, these among them).
+ATTEMPT = text("SAVEPOINT intake_attempt")
+ROLLBACK_TO_ATTEMPT = text("ROLLBACK TO SAVEPOINT intake_attempt")
 
 
 class DirectContext:
@@ -147,19 +152,26 @@ def run(conn: Connection, statement: TextClause, params: Mapping[str, Any] | Non
 
 
 @contextmanager
-def savepoint(conn: Connection) -> Iterator[None]:
+def savepoint(conn: Connection, *, released: bool = True) -> Iterator[None]:
     """Run the block in a savepoint: kept when it ends, rolled back (and the error raised) when it raises.
 
     The transaction is usable after a block that failed, whatever the block ran (direct statements or
     SQLAlchemy's). A connection invalidated inside the block is left alone: its transaction is lost as a
     whole, and the error that lost it propagates.
+
+    With `released=False` a block that ends leaves its savepoint open until the transaction ends, a round
+    trip less (the ingest's attempts at a batch: one per job). Releasing changes nothing that commits: a
+    released subtransaction's work and ids stay the transaction's either way. Such blocks must follow one
+    another, not nest: a failing one rolls back to the latest of them.
     """
-    run(conn, SAVEPOINT)
+    run(conn, SAVEPOINT if released else ATTEMPT)
     try:
         yield
     except BaseException:
         if not conn.invalidated and not conn.closed:
-            run(conn, ROLLBACK_TO_SAVEPOINT)
-            run(conn, RELEASE_SAVEPOINT)
+            run(conn, ROLLBACK_TO_SAVEPOINT if released else ROLLBACK_TO_ATTEMPT)
+            if released:
+                run(conn, RELEASE_SAVEPOINT)
         raise
-    run(conn, RELEASE_SAVEPOINT)
+    if released:
+        run(conn, RELEASE_SAVEPOINT)

@@ -39,6 +39,19 @@ CROSS JOIN LATERAL (SELECT contact_id FROM contact_identities ci
                     WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value LIMIT 1) ci
 JOIN contacts c ON c.id = ci.contact_id
 """)
+# LOOKUP for a batch, and each owner locked (FOR KEY SHARE, in one order: by id) in the same statement, where
+# a second statement did it. The lock waits for a merge in progress and then reads the owner as it left it, so
+# an owner merged meanwhile comes back with its `merged_into_id` and its senders take the careful path.
+LOOKUP_LOCKED = text("""
+SELECT u.kind, u.value, o.id AS contact_id, o.merged_into_id
+FROM json_to_recordset(CAST(:wanted AS json)) AS u(kind text, value text)
+CROSS JOIN LATERAL (SELECT contact_id FROM contact_identities ci
+                    WHERE ci.tenant_id = :tenant AND ci.kind = u.kind AND ci.value = u.value LIMIT 1) ci
+JOIN contacts c ON c.id = ci.contact_id
+JOIN contacts o ON o.id = COALESCE(c.merged_into_id, c.id)
+ORDER BY o.id
+FOR KEY SHARE OF o
+""")
 CLAIM = text("""
 INSERT INTO contact_identities (tenant_id, contact_id, kind, value)
 SELECT :tenant, :contact, kind, value FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS t(kind, value)
@@ -168,32 +181,27 @@ def resolve_contact(
 
 MERGED = text("SELECT id, merged_into_id FROM contacts "
               "WHERE id = ANY(CAST(:ids AS uuid[])) AND merged_into_id IS NOT NULL")
-LOCK_MANY = text("SELECT id, merged_into_id FROM contacts "
-                 "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR KEY SHARE")
 
 
 def resolve_contacts(
     conn: Connection, tenant: TenantId, people: Sequence[tuple[Sequence[tuple[str, str]], str | None]], *,
     feed: list[Change] | None = None,
 ) -> list[uuid.UUID]:
-    """`resolve_contact` for a batch: one look-up and one lock for every sender already known.
+    """`resolve_contact` for a batch: one statement looks up and locks every sender already known.
 
     A sender whose identities all belong to one live contact needs nothing else; any other (new, partly
     known, spanning two contacts, or merged meanwhile) takes the careful one-by-one path.
     """
     wanted = sorted({pair for identities, _ in people for pair in identities})
-    rows = direct.rows(conn, LOOKUP, {"tenant": tenant, "wanted": _pairs(wanted)})
+    rows = direct.rows(conn, LOOKUP_LOCKED, {"tenant": tenant, "wanted": _pairs(wanted)})
     owner: dict[tuple[str, str], uuid.UUID] = {(row.kind, row.value): row.contact_id for row in rows}
+    live = {row.contact_id for row in rows if row.merged_into_id is None}
     known: dict[int, uuid.UUID] = {}
     for index, (identities, _) in enumerate(people):
         owners = {owner.get(pair) for pair in identities}
         only = owners.pop() if len(owners) == 1 else None
         if only is not None:
             known[index] = only
-    live: set[uuid.UUID] = set()
-    if known:
-        locked = direct.rows(conn, LOCK_MANY, {"ids": batch.uuids(sorted(set(known.values())))})
-        live = {row.id for row in locked if row.merged_into_id is None}
     resolved = {index: contact for index, contact in known.items() if contact in live}
     # The careful path claims rows through unique indexes; taking them in one global order (sorted by
     # identity) keeps two workers that meet the same new senders from deadlocking on each other.

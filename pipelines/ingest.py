@@ -67,44 +67,24 @@ from pipelines.outbound import statuses
 
 log = structlog.get_logger("intake.ingest")
 
-# A job runs its own events while they wait (`received`); with `retry_failed`, failed ones too.
-LEFT = text("""
-SELECT e.id FROM unnest(CAST(:ids AS uuid[])) AS u(id)
-JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
-WHERE e.status = ANY(CAST(:statuses AS text[]))
-""")
 TENANT_WAIT_MS = 1000
-# lock_timeout bounds this wait; it also bounds any later lock wait of the transaction, and with one ingest
-# transaction per tenant those are only waits on other writers (a retryable error if ever reached).
-TAKE_TENANT = text("SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(hashtextextended(:key, 0))")
-# The headers (strings only) come as JSON text, which orjson reads several times faster than psycopg's loader.
-EVENT_COLUMNS = ("e.id, e.inbox_id, e.channel, e.content_type, CAST(e.headers AS text) AS headers, e.body, "
-                 "e.received_at, e.body_purged_at, CAST(i.settings AS text) AS settings")
-# The job's own events, locked in one global order.
-LOAD_EVENTS = text(f"""
-SELECT {EVENT_COLUMNS}
-FROM unnest(CAST(:ids AS uuid[])) AS u(id)
-JOIN inbound_events e ON e.tenant_id = :t AND e.id = u.id
-JOIN inboxes i ON i.id = e.inbox_id
-WHERE e.status = ANY(CAST(:statuses AS text[]))
-ORDER BY e.received_at, e.id
-FOR UPDATE OF e
-""")
-# One table in FROM, so the plan is always the waiting index, read in order up to the limit: with a join, a
-# large tenant's skewed statistics led the planner to read all of its events by inbox (7 ms a job with a
-# million events stored, against 1 ms). The inbox's settings come by primary key, row by row. The waiting
-# index leads with the status (migration 0013), so statistics that say no event waits do not turn the plan
-# to the status index, which would read every tenant's backlog.
-LOAD_WAITING = text("""
-SELECT e.id, e.inbox_id, e.channel, e.content_type, CAST(e.headers AS text) AS headers, e.body, e.received_at,
-       e.body_purged_at, (SELECT CAST(i.settings AS text) FROM inboxes i WHERE i.id = e.inbox_id) AS settings
-FROM inbound_events e
-WHERE e.tenant_id = :t AND e.status = 'received' AND e.id <> ALL(CAST(:ids AS uuid[]))
-ORDER BY e.received_at
-LIMIT :n
-FOR UPDATE OF e SKIP LOCKED
-""")
+# An ingest job's start in one round trip (migration 0024): it binds the tenant, returns nothing when none of
+# the job's own events (`ids`, in `statuses`) waits any more, else takes the tenant's turn (waiting at most
+# `wait` ms: lock_timeout, which also bounds any later lock wait of the transaction, and with one ingest
+# transaction per tenant those are only waits on other writers, a retryable error if ever reached), and
+# returns the job's own events locked in one global order (`own`), then up to `n` of the tenant's oldest
+# waiting events that nobody holds, read from the waiting index alone. Five round trips before, each a
+# statement of its own with its own snapshot, as they still are inside the function.
+# The headers and the inbox's settings come as JSON text, which orjson reads several times faster than
+# psycopg's loader.
+TAKE = text("SELECT * FROM intake_ingest_take(:t, CAST(:ids AS uuid[]), CAST(:statuses AS text[]), :wait, :n)")
+# The batch's events are marked processed by the same statement (one round trip less than a statement of
+# their own; the two touch different tables, and the messages' foreign keys are checked at its end).
 INSERT_MESSAGES = text(f"""
+WITH processed AS (
+    UPDATE inbound_events SET status = 'processed', processed_at = now(), attempts = attempts + 1, error = NULL
+    WHERE tenant_id = :t AND id = ANY(CAST(:processed AS uuid[]))
+)
 INSERT INTO messages (tenant_id, inbox_id, conversation_id, contact_id, event_id, direction, kind, external_id,
                       rfc_message_id, subject, content, content_html, quoted_text, attachments, metadata,
                       status, sent_at, received_at)
@@ -230,32 +210,25 @@ def ingest_events(conn: Connection, tenant: TenantId, event_ids: list[uuid.UUID]
     with one multi-row insert and conversation counters move with one update. Anything unusual (a new
     sender, a merge, an email thread, a reopen) takes the careful one-by-one path. With `batch_max`, the
     batch is topped up to that many events with the tenant's oldest waiting ones. With `retry_failed`,
-    the job's own events are run again even when an earlier batch set them aside.
+    the job's own events are run again even when an earlier batch set them aside. Its first statement binds
+    the transaction to `tenant` (as `bind_tenant` does), so a caller that has not bound it yet need not.
     """
     result = IngestResult()
     statuses = ["received", "failed"] if retry_failed else ["received"]
     event_ids = list(dict.fromkeys(event_ids))
-    ids = batch.uuids(event_ids)
-    left: list[uuid.UUID] = []
-    if event_ids:
-        left = [row.id for row in direct.rows(conn, LEFT, {"t": tenant, "ids": ids, "statuses": statuses})]
-        if not left:
-            return result  # another job's batch took them all
     try:
-        direct.run(conn, TAKE_TENANT, {"key": f"intake.ingest:{tenant}", "wait": str(TENANT_WAIT_MS)})
+        rows = direct.rows(conn, TAKE, {"t": tenant, "ids": batch.uuids(event_ids), "statuses": statuses,
+                                        "wait": str(TENANT_WAIT_MS), "n": max(0, batch_max - len(event_ids))})
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
-            raise TenantBusy(left) from None
+            # Those that another batch stores meanwhile are passed over by the job that runs them again.
+            raise TenantBusy(event_ids) from None
         raise
-    rows = [(row, True) for row in direct.rows(conn, LOAD_EVENTS, {"t": tenant, "ids": ids, "statuses": statuses})]
-    if batch_max > len(event_ids):
-        waiting = direct.rows(conn, LOAD_WAITING, {"t": tenant, "ids": ids, "n": batch_max - len(event_ids)})
-        rows += [(row, False) for row in waiting]
-    rows.sort(key=lambda pair: (pair[0].received_at, pair[0].id))
+    rows.sort(key=lambda row: (row.received_at, row.id))
     parsed: list[tuple[Any, Delivery]] = []
-    for row, own in rows:
+    for row in rows:
         result.events += 1
-        result.waiting_taken += not own
+        result.waiting_taken += not row.own
         if row.body_purged_at is not None:  # retention or an erasure removed its body: nothing left to do
             direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids([row.id])})
             result.processed.append(row.id)
@@ -304,7 +277,7 @@ def _attempt(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Deliver
     A retryable error is nobody's fault: it propagates, and the whole job retries.
     """
     try:
-        with direct.savepoint(conn):
+        with direct.savepoint(conn, released=False):
             stored = _store(conn, tenant, parsed, policy)
     except Exception as exc:
         if is_retryable(exc):
@@ -354,11 +327,12 @@ def _store(conn: Connection, tenant: TenantId, parsed: list[tuple[Any, Delivery]
             stored.statuses_applied += len(applied)
             stored.changes += applied
         stored.processed.append(row.id)
-    if pending:
-        created = store_inbound_many(conn, tenant, pending, feed=stored.changes)
+    if pending:  # the insert marks the batch's events processed
+        created = store_inbound_many(conn, tenant, pending, feed=stored.changes, processed=stored.processed)
         stored.messages_created.extend(created)
         stored.duplicates += len(pending) - len(created)
-    direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
+    else:
+        direct.run(conn, MARK_PROCESSED, {"t": tenant, "ids": batch.uuids(stored.processed)})
     return stored
 
 
@@ -394,11 +368,11 @@ def _apply_edit(conn: Connection, tenant: TenantId, inbox_id: uuid.UUID, message
 
 
 def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pending], *,
-                       feed: list[Change] | None = None) -> list[uuid.UUID]:
+                       feed: list[Change] | None = None, processed: Sequence[uuid.UUID] = ()) -> list[uuid.UUID]:
     """Store a batch of inbound messages; returns the ids of those not stored before.
 
     With `feed`, the change events of what it created are appended to it: contacts, then conversations (as
-    the batch left them), then messages.
+    the batch left them), then messages. The events `processed` are marked so by the insert's statement.
     """
     opened: dict[uuid.UUID, Change] | None = None if feed is None else {}
     contacts, threads = _senders_and_threads(conn, tenant, pending, feed, opened)
@@ -420,7 +394,8 @@ def store_inbound_many(conn: Connection, tenant: TenantId, pending: list[_Pendin
             "attachments": [a.model_dump(exclude_none=True) for a in message.attachments],
             "metadata": metadata, "sent_at": message.sent_at, "received_at": p.received_at,
         })
-    inserted = direct.rows(conn, INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records)})
+    inserted = direct.rows(conn, INSERT_MESSAGES, {"t": tenant, "rows": batch.rows(records),
+                                                   "processed": batch.uuids(processed)})
     counted: list[Any] = []
     if inserted:
         counters = _counters(inserted)

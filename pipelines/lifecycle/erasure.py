@@ -53,7 +53,8 @@ MAX_VALUE = 1024
 # Shorter identities (a Telegram chat id of a few digits) would match unrelated bodies by chance.
 MIN_NEEDLE = 6
 ERASED_METADATA = '{"erased": true}'
-# The advisory lock `pipelines.ingest` takes for each batch of a tenant (TAKE_TENANT there): same key, same hash.
+# The advisory lock `pipelines.ingest` takes for each batch of a tenant (`intake_ingest_take`, migration 0024):
+# same key, same hash.
 HOLD_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 # The backlog, stored before anything is erased, in batches the size a worker takes.
 WAITING = text("SELECT id FROM inbound_events WHERE tenant_id = :t AND status = 'received' ORDER BY received_at, id")

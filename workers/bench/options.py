@@ -28,6 +28,8 @@ class BenchOptions:
     lone_messages: int = 12
     quiet_seconds: float = 1.0
     feed_rate: float | None = None  # the feed's latency phase at this rate instead of half the lower peak
+    db_rtt_ms: float | None = None  # the fleet reaches PostgreSQL through a relay with this round trip
+    redis_rtt_ms: float | None = None  # and Redis (0: counted, not delayed)
     database_url: str | None = None
     admin_database_url: str | None = None
     redis_url: str | None = None

@@ -37,6 +37,7 @@ from workers.bench import baselines, feed
 from workers.bench.load import LoadResult, load
 from workers.bench.options import BenchOptions, Progress, Request, cores, per_item
 from workers.bench.procs import wait
+from workers.bench.relay import Counts
 from workers.bench.stack import Stack, create_tenants, open_stack
 from workers.bench.traffic import Delivery, generate, signed
 from workers.queues import AI_QUEUE, bodies_key, queue_key
@@ -102,6 +103,7 @@ def drain(stack: Stack, conn: psycopg.Connection[Any], describe: str, progress: 
     total = max(1, unprocessed(conn))
     mark = now(conn)
     polls = itertools.count()
+    crossed = stack.network("worker")
     with stack.watchers.cpu.phase() as spent:
         release()
 
@@ -118,7 +120,28 @@ def drain(stack: Stack, conn: psycopg.Connection[Any], describe: str, progress: 
     assert row is not None
     messages, seconds = int(row[0]), float(row[1] or 0)
     return {"messages_per_s": round(messages / seconds, 1) if seconds else 0.0, "messages": messages,
-            "seconds": round(seconds, 2), "cpu_ms_per_message": per_item(spent, messages), "cores": cores(spent)}
+            "seconds": round(seconds, 2), "cpu_ms_per_message": per_item(spent, messages), "cores": cores(spent),
+            **network(stack, "worker", crossed, messages)}
+
+
+def network(stack: Stack, kind: str, before: dict[str, Counts], messages: int) -> dict[str, Any]:
+    """The round trips `kind`'s processes made to each relayed service since `before`: per message, and for
+    PostgreSQL per transaction (an ingest worker's transactions are its jobs). Nothing without relays."""
+    if not stack.relays:
+        return {}
+    out: dict[str, Any] = {}
+    for service, counts in stack.network(kind).items():
+        crossed = counts - before[service]
+        figures: dict[str, Any] = {"round_trips": crossed.round_trips, "connections": crossed.connections,
+                                   "rtt_ms": stack.relays[service].delay_ms,
+                                   "round_trips_per_message": round(crossed.round_trips / messages, 2)
+                                   if messages else None}
+        if service == "db":
+            figures["transactions"] = crossed.transactions
+            figures["round_trips_per_transaction"] = (round(crossed.round_trips / crossed.transactions, 2)
+                                                      if crossed.transactions else None)
+        out[service] = figures
+    return {"network": out}
 
 
 def post(stack: Stack, ports: list[int], requests: list[Request], concurrency: int, *,
@@ -168,12 +191,14 @@ def end_to_end(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], re
     progress(f"end to end: {rate:.0f} deliveries/s with the workers running", None)
     mark = now(conn)
     classified = count(conn, "SELECT count(*) FROM ai_classifications")
+    crossed = stack.network("worker")
     result, spent = post(stack, ports, requests, concurrency, rate=rate)
     wait(lambda: not waiting(conn), timeout=300, interval=0.05)
     p50, p99, messages = latency(conn, mark)
     return {"rate_per_s": round(rate, 1), "p50_ms": p50, "p99_ms": p99, "messages": messages,
             "statuses": result.statuses, "cores": cores(spent),
-            "ai_classified_meanwhile": count(conn, "SELECT count(*) FROM ai_classifications") - classified}
+            "ai_classified_meanwhile": count(conn, "SELECT count(*) FROM ai_classifications") - classified,
+            **network(stack, "worker", crossed, messages)}
 
 
 def lone(stack: Stack, conn: psycopg.Connection[Any], ports: list[int], deliveries: list[Delivery],
@@ -221,7 +246,8 @@ def run_feed(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     the ingest workers drain it (the pipeline's messages per second, the rate the feed must keep up with), then
     the feed's phases run with the ingest workers still up: a backlog of change events delivered to a local
     receiver, and acknowledgement-to-receiver latency at half the lower of the two peaks."""
-    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url,
+                    db_rtt_ms=options.db_rtt_ms, redis_rtt_ms=options.redis_rtt_ms) as stack:
         progress("creating tenants and signing deliveries", None)
         tenants = create_tenants(stack, options.tenants)
         deliveries = generate(tenants, options.events, seed=1)
@@ -279,7 +305,8 @@ def sizing(r: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run(options: BenchOptions, progress: Progress) -> dict[str, Any]:
-    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url,
+                    db_rtt_ms=options.db_rtt_ms, redis_rtt_ms=options.redis_rtt_ms) as stack:
         progress("creating tenants and signing deliveries", None)
         tenants = create_tenants(stack, options.tenants)
         deliveries = generate(tenants, options.events, seed=1)

@@ -48,6 +48,8 @@ class ScaleOptions:
     threads: int = 8
     concurrency: int = 64
     chart: Path = Path("intake-bench-scale.png")
+    db_rtt_ms: float | None = None
+    redis_rtt_ms: float | None = None
     database_url: str | None = None
     admin_database_url: str | None = None
     redis_url: str | None = None
@@ -133,7 +135,8 @@ def flatness(points: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
 def run_scale(options: ScaleOptions, progress: Progress) -> dict[str, Any]:
     from workers.bench.chart import draw
 
-    with open_stack(options.database_url, options.admin_database_url, options.redis_url) as stack:
+    with open_stack(options.database_url, options.admin_database_url, options.redis_url,
+                    db_rtt_ms=options.db_rtt_ms, redis_rtt_ms=options.redis_rtt_ms) as stack:
         progress(f"creating {max(options.tenants):,} tenants", None)
         everyone = create_tenants(stack, max(options.tenants))
         points: list[dict[str, Any]] = []

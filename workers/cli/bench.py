@@ -72,18 +72,27 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--feed-rate", type=click.FloatRange(1, 100_000), default=None, callback=_finite,
               help="Pace the feed's latency phase at this many deliveries a second instead of half the lower peak "
                    "(to compare runs at one rate).")
+@click.option("--db-rtt-ms", type=click.FloatRange(0, 1000), default=None, callback=_finite,
+              help="Put a network between the fleet and PostgreSQL: a relay the bench starts, delaying each "
+                   "direction by half this round trip, and report round trips per ingest job (0 counts them "
+                   "without a delay).")
+@click.option("--redis-rtt-ms", type=click.FloatRange(0, 1000), default=None, callback=_finite,
+              help="The same between the fleet and Redis.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def bench(events: int, tenants: int, processes: int, threads: int, concurrency: int, web_processes: int,
           worker_processes: int, ai_seconds: float, lone_messages: int, scale: bool, scale_tenants: tuple[int, ...],
           scale_stored: tuple[int, ...], scale_repeats: int, chart: Path, outbound: bool, outbound_replies: int,
-          feed: bool, feed_rate: float | None, as_json: bool) -> None:
+          feed: bool, feed_rate: float | None, db_rtt_ms: float | None, redis_rtt_ms: float | None,
+          as_json: bool) -> None:
     """Run the fleet on a fresh embedded stack (or DATABASE_URL/REDIS_URL) and compare it with its ceilings.
 
     With --scale, measure the pipeline and end-to-end latency with more tenants and larger tables instead
     (--events defaults to 10,000 per point then; about seven minutes on two cores) and draw a chart. With
     --outbound, measure replies per second through the outbound queue and enqueue-to-provider latency. With
     --feed, measure the change feed's webhooks (delivery rate against the pipeline's, latency, CPU) alone.
+    With --db-rtt-ms / --redis-rtt-ms, the fleet reaches that service through a relay that adds the round
+    trip (the bench's own sessions do not), and the pipeline's round trips per job and per message are reported.
     """
     settings = get_settings()
     urls: dict[str, Any] = {"database_url": settings.database_url,
@@ -106,7 +115,8 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
         explicit = click.get_current_context().get_parameter_source("events") is click.core.ParameterSource.COMMANDLINE
         scale_options = ScaleOptions(tenants=scale_tenants, stored=scale_stored, repeats=scale_repeats,
                                      events=events if explicit else 10_000, processes=processes, threads=threads,
-                                     concurrency=concurrency, chart=chart, **urls)
+                                     concurrency=concurrency, chart=chart, db_rtt_ms=db_rtt_ms,
+                                     redis_rtt_ms=redis_rtt_ms, **urls)
         results = _with_progress(lambda progress: run_scale(scale_options, progress))
         _show(results, as_json, scale_report)
         return
@@ -116,7 +126,7 @@ def bench(events: int, tenants: int, processes: int, threads: int, concurrency: 
     options = BenchOptions(events=events, tenants=tenants, processes=processes, threads=threads,
                            concurrency=concurrency, web_processes=web_processes,
                            worker_processes=worker_processes, ai_seconds=ai_seconds, lone_messages=lone_messages,
-                           feed_rate=feed_rate, **urls)
+                           feed_rate=feed_rate, db_rtt_ms=db_rtt_ms, redis_rtt_ms=redis_rtt_ms, **urls)
     if feed:
         _show(_with_progress(lambda progress: run_feed(options, progress)), as_json, feed_report)
         return
@@ -196,6 +206,8 @@ def report(r: dict[str, Any]) -> Table:
                   f"{b['dramatiq_noop_per_s']:,.0f} (no-op jobs)", f"{r['ratio']['pipeline_vs_noop']}")
     table.add_row("ingest worker CPU ms per message", _ms(p["cpu_ms_per_message"].get("worker")),
                   f"{_ms(b['noop_cpu_ms_per_job'])} (no-op)", "")
+    if "network" in p:
+        table.add_row(*_network_row(p["network"]), "", "")
     table.add_row("ai messages/s, worker CPU ms per message",
                   f"{a['messages_per_s']}, {_ms(a['cpu_ms_per_message'].get('worker_ai'))}",
                   f"({a['provider']} provider)", "")
@@ -230,16 +242,31 @@ def report(r: dict[str, Any]) -> Table:
     return table
 
 
+def _network_row(network: dict[str, Any]) -> tuple[str, str]:
+    """(label, value) of the pipeline's round trips through the relays: per job (PostgreSQL) and per message."""
+    parts, labels = [], []
+    if "db" in network:
+        db = network["db"]
+        labels.append(f"PostgreSQL per job / per message ({db['rtt_ms']:g} ms)")
+        parts.append(f"{db['round_trips_per_transaction']} / {db['round_trips_per_message']}")
+    if "redis" in network:
+        labels.append(f"Redis per message ({network['redis']['rtt_ms']:g} ms)")
+        parts.append(f"{network['redis']['round_trips_per_message']}")
+    return "pipeline round trips: " + ", ".join(labels), ", ".join(parts)
+
+
 def scale_report(r: dict[str, Any]) -> Table:
     table = Table(title=f"intake bench --scale (chart: {r['chart']})")
+    networked = any("network" in point["pipeline"] for point in r["points"])
     columns = ("tenants", "stored", "pipeline msg/s", "worker ms/msg", "postgres ms/msg", "total ms/msg",
-               "e2e p50 / p99 ms", "dup, lost")
+               "e2e p50 / p99 ms", *(("DB round trips per job",) if networked else ()), "dup, lost")
     for name in columns:
         table.add_column(name, justify="right")
     for point in r["points"]:
         cpu = point["pipeline"]["cpu_ms_per_message"]
+        trips = point["pipeline"].get("network", {}).get("db", {}).get("round_trips_per_transaction")
         table.add_row(f"{point['tenants']:,}", f"{point['stored']:,}", f"{point['pipeline']['messages_per_s']:,.0f}",
                       _ms(cpu.get("worker")), _ms(cpu.get("postgres")), _ms(point["pipeline_cpu_ms_per_message"]),
-                      f"{point['e2e']['p50_ms']} / {point['e2e']['p99_ms']}",
+                      f"{point['e2e']['p50_ms']} / {point['e2e']['p99_ms']}", *((str(trips),) if networked else ()),
                       f"{point['correct']['duplicates']}, {point['correct']['lost']}")
     return table

@@ -24,6 +24,7 @@ Anything else that goes wrong is a bug, answered 500 with an error id that is lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import uuid
@@ -91,7 +92,11 @@ class Ingress:
         self.redis: aioredis.Redis = redis_clients.async_client(settings, redis_url, socket_connect_timeout=1,
                                                                 socket_timeout=2)
         self.inboxes = InboxDirectory(self.pool, SecretBox(secret_key), ttl=settings.inbox_cache_seconds,
-                                      max_entries=settings.inbox_cache_size)
+                                      max_entries=settings.inbox_cache_size,
+                                      listened_ttl=settings.inbox_cache_listen_seconds)
+        # LISTEN needs a session of its own: INTAKE_LISTEN_DATABASE_URL where DATABASE_URL goes through PgBouncer.
+        self.listen_url = settings.listen_database_url or database_url
+        self.listener: asyncio.Task[None] | None = None
         self.buckets = TokenBuckets(max_keys=max(settings.inbox_cache_size, 10_000))  # per inbox
         self.client_buckets = TokenBuckets()  # per client address, charged for 401 and 404 answers
         self.parsers = ThreadPoolExecutor(settings.parse_threads, thread_name_prefix="intake-parse")
@@ -108,8 +113,13 @@ class Ingress:
     async def start(self) -> None:
         await self.pool.open(wait=False)
         self.writer.start()
+        self.listener = asyncio.create_task(self.inboxes.listen(self.listen_url))
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.listener
         await self.writer.stop()
         await self.pool.close()
         self.parsers.shutdown(wait=False, cancel_futures=True)
