@@ -68,7 +68,7 @@ from pipelines.outbound import statuses
 log = structlog.get_logger("intake.ingest")
 
 TENANT_WAIT_MS = 1000
-# An ingest job's start in one round trip (migration 0024): it binds the tenant, returns nothing when none of
+# An ingest job's start in one round trip (migration 0022): it binds the tenant, returns nothing when none of
 # the job's own events (`ids`, in `statuses`) waits any more, else takes the tenant's turn (waiting at most
 # `wait` ms: lock_timeout, which also bounds any later lock wait of the transaction, and with one ingest
 # transaction per tenant those are only waits on other writers, a retryable error if ever reached), and

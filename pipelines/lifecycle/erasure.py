@@ -53,7 +53,7 @@ MAX_VALUE = 1024
 # Shorter identities (a Telegram chat id of a few digits) would match unrelated bodies by chance.
 MIN_NEEDLE = 6
 ERASED_METADATA = '{"erased": true}'
-# The advisory lock `pipelines.ingest` takes for each batch of a tenant (`intake_ingest_take`, migration 0024):
+# The advisory lock `pipelines.ingest` takes for each batch of a tenant (`intake_ingest_take`, migration 0022):
 # same key, same hash.
 HOLD_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 # The backlog, stored before anything is erased, in batches the size a worker takes.

@@ -93,7 +93,7 @@ def test_a_job_tops_up_from_its_own_tenants_waiting_events_only(app_engine: Engi
     analyze(admin_engine, "inbound_events")  # as on a large table: hardly any event waits
     add_events(admin_engine, [theirs], 400, "received")  # another tenant's backlog
     add_events(admin_engine, [mine], 3, "received")
-    # The top-up runs inside intake_ingest_take (migration 0024), whose plans EXPLAIN does not show: the
+    # The top-up runs inside intake_ingest_take (migration 0022), whose plans EXPLAIN does not show: the
     # transaction's own statistics count what it read instead.
     with app_engine.connect() as conn, conn.begin():
         taken = conn.execute(TAKE, {"t": mine.tenant_id, "ids": "{}", "statuses": ["received"], "wait": "1000",

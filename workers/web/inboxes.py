@@ -16,7 +16,7 @@ never stretches the overlap, though a new rotation or a changed expiry is seen o
 
 With many inboxes that each send now and then, a `ttl` of seconds makes most deliveries a look-up. So the
 directory also listens (`listen()`): PostgreSQL tells every web process of each change to an inbox or to a
-tenant's standing in the transaction that makes it (migration 0024: `pg_notify('intake_inboxes', ...)` from
+tenant's standing in the transaction that makes it (migration 0022: `pg_notify('intake_inboxes', ...)` from
 triggers on `inboxes` and `tenants`), and the entry goes at once. While the listener is known to be alive,
 entries live `listened_ttl` seconds instead of `ttl`. It is known alive only as far as its last proof: every
 `ttl / 2` seconds it notifies the channel itself and hears that back, after every notification committed

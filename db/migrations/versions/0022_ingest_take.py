@@ -22,7 +22,7 @@ process in the transaction that makes the change (`pg_notify('intake_inboxes', i
 sent at its commit), so entries can live for minutes and still go the moment their row changes
 (`workers/web/inboxes.py`).
 
-Revision ID: 0024
+Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-07
 """
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0024"
+revision = "0022"
 down_revision = "0021"
 branch_labels = None
 depends_on = None
