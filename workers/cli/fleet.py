@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, get_settings
+from pipelines.ai import libraries
 from pipelines.crypto import SecretBox
 from pipelines.demo import write_private
 from workers import redis_clients
@@ -44,7 +46,9 @@ from workers.embedded.runtime import (
 )
 from workers.embedded.services import EmbeddedServices
 from workers.priority import lower
-from workers.queues import QUEUES, delayed, queue_key
+from workers.queues import AI_QUEUE, QUEUES, delayed, queue_key
+
+log = structlog.get_logger("intake.cli")
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -153,6 +157,8 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     rt = runtime()
     check_unprivileged(rt.database_url)
     settings = rt.settings
+    if not queues or AI_QUEUE in queues:
+        check_local_ai()
     env = rt.child_env(admin=False)
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
     env["dramatiq_prom_host"] = settings.metrics_host
@@ -176,6 +182,16 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # noqa: S606  (our own interpreter, our own arguments)
+
+
+def check_local_ai() -> None:
+    """The start-up check of a worker that consumes `ai`: without the local provider's libraries (the `local-ai`
+    extra) every job of a tenant on the local provider fails into the ledger, so it says so once, at start."""
+    absent = libraries.missing()
+    if absent:
+        log.warning("worker.local_ai.missing", missing=absent, extra=libraries.EXTRA,
+                    detail="jobs of tenants on the local AI provider will fail (local_ai_not_installed) until the "
+                           "extra is installed and they are replayed; hosted providers are unaffected")
 
 
 AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
