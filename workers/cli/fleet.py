@@ -33,18 +33,11 @@ from workers.cli.common import (
     runtime,
 )
 from workers.embedded.ports import Port, check_ports
-from workers.embedded.runtime import (
-    Runtime,
-    ServicesUnavailable,
-    check_database,
-    check_maintenance,
-    check_unprivileged,
-    redacted,
-    resolve,
-)
+from workers.embedded.runtime import Runtime, redacted, resolve
 from workers.embedded.services import EmbeddedServices
 from workers.priority import lower
 from workers.queues import AI_QUEUE, QUEUES
+from workers.startup import ServicesUnavailable, check_database, check_maintenance, check_unprivileged
 
 log = structlog.get_logger("intake.cli")
 
