@@ -26,7 +26,7 @@ from config import get_settings
 from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
 from pipelines.ai import examples, learned, semantic, taxonomy, training
-from pipelines.ai.assistant import assist_messages
+from pipelines.assistant import assist_messages
 from tests.admin_server import client, make_key
 from tests.factories import deliver, new_inbox
 from tests.processes import INTAKE, wait_for, worker

@@ -20,14 +20,14 @@ from sqlalchemy import Connection
 
 from config import get_settings
 from db.tenancy import TenantId, bind_tenant
-from pipelines.ai.assistant import assist_messages as run_assist
+from pipelines.assistant import assist_messages as run_assist
 from pipelines.ingest import IngestResult, TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from pipelines.webhooks.delivery import deliver
 from workers.broker import current
 from workers.middleware.jobs import job_tenant, report
 from workers.middleware.ledger import record_in, resolve_in
-from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE
+from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE, wake_key
 from workers.resources import engine, ingest_policy, secret_box, webhook_policy
 
 broker = current()  # actors bind to the broker installed when they are declared
@@ -87,11 +87,6 @@ def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
     counts = run_assist(engine(), get_settings(), job_tenant(), [uuid.UUID(m) for m in message_ids],
                         limiter=provider_limit)
     report(messages=len(message_ids), **counts)
-
-
-def wake_key(endpoint_id: str) -> str:
-    """Set while a wake-up for the endpoint waits in the queue, so a burst of changes sends one job, not many."""
-    return f"intake:webhooks:wake:{endpoint_id}"
 
 
 @dramatiq.actor(queue_name=DELIVER_QUEUE, actor_name=DELIVER_ACTOR)
