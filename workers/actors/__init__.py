@@ -16,17 +16,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
-from sqlalchemy import Connection
 
 from config import get_settings
-from db.tenancy import TenantId, bind_tenant
+from db.tenancy import bind_tenant
 from pipelines.assistant import assist_messages as run_assist
-from pipelines.ingest import IngestResult, TenantBusy
+from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from pipelines.webhooks.delivery import deliver
 from workers.broker import current
 from workers.middleware.jobs import job_tenant, report
-from workers.middleware.ledger import record_in, resolve_in
+from workers.middleware.ledger import settle_batch
 from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE, wake_key
 from workers.resources import engine, ingest_policy, secret_box, webhook_policy
 
@@ -64,21 +63,6 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
         assist_messages.send(tenant_id, [str(m) for m in result.messages_created])
     report(events=result.events, waiting_taken=result.waiting_taken, messages=len(result.messages_created),
            duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
-
-
-def settle_batch(conn: Connection, result: IngestResult, retry_failed: bool, *, tenant: TenantId) -> None:
-    """The ledger's part of an ingest batch, in its transaction: each event it set aside recorded (replayable
-    alone), and with `retry_failed` the failures of the events it stored resolved."""
-    for event_id, error in result.failed.items():
-        record_in(conn, retry_message(str(tenant), event_id), error, tenant)
-    if retry_failed and result.processed:
-        resolve_in(conn, [retry_message(str(tenant), e).message_id for e in result.processed])
-
-
-def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
-    """The job that runs one set-aside event again; its id is the event's, so its ledger row is one."""
-    message = ingest_events.message(tenant_id, [str(event_id)], retry_failed=True)
-    return message.copy(message_id=str(uuid.uuid5(event_id, "ingest_events")))
 
 
 @dramatiq.actor(queue_name=AI_QUEUE, actor_name=AI_ACTOR)
