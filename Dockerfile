@@ -20,7 +20,11 @@ COPY config ./config
 COPY db ./db
 COPY pipelines ./pipelines
 COPY workers ./workers
-RUN /opt/intake/bin/pip install --upgrade pip && /opt/intake/bin/pip install .
+# The local AI provider's libraries (the `local-ai` extra: numpy, lingua, vaderSentiment, scikit-learn; about
+# 370 MB) are in by default, as tenants use the local provider unless told otherwise. A fleet whose tenants all
+# use a hosted provider builds without them (`--build-arg INTAKE_EXTRAS=`): see docs/deployment.md.
+ARG INTAKE_EXTRAS="[local-ai]"
+RUN /opt/intake/bin/pip install --upgrade pip && /opt/intake/bin/pip install ".${INTAKE_EXTRAS}"
 
 # -- run: the environment only, as a user that is not root ----------------------------------------------
 FROM ${PYTHON_IMAGE} AS run

@@ -163,7 +163,7 @@ def think(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: Pro
         classification, usage = classify(conn_for_retrieval, tenant, ctx, provider, decision)
         results.classification = classification
         results.usage.append(("classify", usage))
-        category, draft_language = classification.category, decision.language
+        category, draft_language = classification.category, classification.language
     else:  # classified by an earlier job that did not draft (a repeat after a fault, or drafts turned on since)
         category, draft_language = ctx.stored["category"], ctx.stored["language"] or decision.language
     if ctx.want_draft and category not in NO_DRAFT_CATEGORIES:
@@ -201,8 +201,12 @@ def classify(conn_for_retrieval: Any, tenant: TenantId, ctx: Context, provider: 
 
 
 def with_language(classification: Classification, decision: language.LanguageDecision) -> Classification:
-    """The decided language, whichever provider classified; the reasoning names the evidence that decided."""
+    """The decided language, whichever provider classified; the reasoning names the evidence that decided. When
+    nothing decided (no detector in this process and no evidence around the message), the provider's own stands."""
     reasoning = classification.reasoning
+    if decision.source == "none":
+        reasoning = f"{reasoning} Language {classification.language} from the provider; {decision.reason}."[:1000]
+        return classification.model_copy(update={"reasoning": reasoning})
     if decision.reason not in reasoning:
         reasoning = f"{reasoning} Language {decision.language} from {decision.reason}."[:1000]
     return classification.model_copy(update={"language": decision.language, "reasoning": reasoning})

@@ -13,6 +13,7 @@
     │   │   ├── RateLimited             workers.admin.api: the key spent its request bucket (429)
     │   │   ├── BadForm                 workers.admin.console: a form that is not URL-encoded UTF-8 (400)
     │   │   ├── BadInput                workers.cli: a value given on the command line cannot be used (exit 1)
+    │   │   ├── LocalAIMissing          pipelines.ai.libraries: the local AI provider's work, its libraries absent (501)
     │   │   ├── ControlError            pipelines.control: a control-plane request refused as asked
     │   │   │   ├── NotFound                no such object, or not one this key may see (404)
     │   │   │   ├── Forbidden               the key may not act on this tenant, or needs operator scope (403)

@@ -6,11 +6,10 @@ import re
 import unicodedata
 from functools import lru_cache
 from html import unescape
+from typing import Protocol
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-
-from pipelines.channels.base import Identity
 
 _SPACE = re.compile(r"\s+")
 _PHONE_PREFIXES = ("whatsapp:", "tel:", "sms:", "mms:")
@@ -52,7 +51,18 @@ def email_address(raw: str) -> str | None:
     return normalized.lower() if normalized else None
 
 
-def identity(item: Identity, region: str | None) -> tuple[str, str]:
+class Handle(Protocol):
+    """A raw handle for a person as a channel gave it (`pipelines.channels.base.Identity`): read here, never
+    imported, since the channels call this module."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+
+def identity(item: Handle, region: str | None) -> tuple[str, str]:
     """(kind, value) as stored in contact_identities; unparseable handles are kept as external ids."""
     if item.kind == "phone":
         e164 = phone_e164(item.value, region)

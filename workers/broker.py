@@ -21,7 +21,6 @@ from dramatiq.middleware import (
 from config import Settings, configure_logging, get_settings
 from pipelines.errors import is_retryable
 from workers import redis_clients
-from workers.embedded.runtime import ServicesUnavailable
 from workers.middleware.dispatch import WebhookDispatch
 from workers.middleware.heap import FreezeBootHeap
 from workers.middleware.jobs import JobLog, TenantScope
@@ -30,6 +29,7 @@ from workers.middleware.logging import LogContext
 from workers.middleware.polling import PollInterval
 from workers.queues import NAMESPACE, QUEUES
 from workers.resources import engine
+from workers.startup import ServicesUnavailable
 
 
 def build_broker(settings: Settings, *, metrics: bool = False) -> RedisBroker:

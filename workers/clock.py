@@ -1,148 +1,135 @@
-"""The sweepers: stored events that were never processed, and stored messages never classified, go back
-on their queues.
+"""The clock process (`intake clock`, the Procfile's clock): what it schedules, and the loop that runs it.
 
-An event stays `received` when its enqueue failed (Redis down), when Redis lost the job (restarted empty,
-flushed), or while its job waits in a long queue. After a grace period the sweeper sends it to the `ingest`
-queue again and stamps `enqueued_at`, so a backlog is not re-sent on every sweep. Processing is idempotent,
-so a sweep that races the original job costs a little work and changes nothing.
+Every INTAKE_SWEEP_INTERVAL_SECONDS a round: Mailgun token claims past their window forgotten, stored events
+never processed sent back to `ingest`, stored messages never classified sent back to `ai` (the sweepers of
+`workers.sweeps`), then the data lifecycle's upkeep (SLA breaches every round, retention every
+INTAKE_RETENTION_INTERVAL_SECONDS: `pipelines.lifecycle.upkeep`). The counts are Prometheus gauges on
+INTAKE_CLOCK_METRICS_PORT. A round that fails (PostgreSQL or Redis away) is logged and the next one tries again.
+Run one clock per deployment (two are harmless, just wasteful).
 
-A message's `ai` job is sent after its ingest commit; if Redis loses that job the message stays
-unclassified. `AiSweep` walks forward through stored messages in time (each message is looked at once per
-clock, after INTAKE_AI_SWEEP_GRACE_SECONDS) and sends the inbound ones that have no classification back to
-the `ai` queue. While `ai` jobs are waiting in Redis it does not move: the messages it would send are most
-likely among them.
-
-Mailgun's one-time tokens are claimed in `replay_tokens` (migration 0009). A claim matters only while its
-timestamp could be accepted, 2 x INTAKE_WEBHOOK_TOLERANCE_SECONDS; `forget_replay_tokens` deletes older
-ones, a bounded batch per statement.
-
-`intake clock` runs all three every INTAKE_SWEEP_INTERVAL_SECONDS, then the data lifecycle's upkeep (SLA
-breaches every round, retention every INTAKE_RETENTION_INTERVAL_SECONDS: `pipelines.lifecycle.upkeep`), and
-serves the stuck counts as Prometheus gauges. Run one clock per deployment (two are harmless, just wasteful).
+The command line resolves the runtime and the maintenance engine and calls `run` (or `once`, for
+`intake clock --once`); the clock builds its broker here, since it sends jobs.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine, text
+from prometheus_client import Counter, Gauge, start_http_server
+from sqlalchemy import Engine
 
-log = structlog.get_logger("intake.sweeper")
+from config import Settings
+from pipelines.lifecycle.retention import RetentionPolicy
+from pipelines.lifecycle.upkeep import Lifecycle
+from workers.broker import ensure
+from workers.queues import delayed, queue_key
+from workers.sweeps import AiSweep, Send, SweepResult, forget_replay_tokens, sweep
 
-CLAIM_STUCK = text("""
-UPDATE inbound_events SET enqueued_at = now()
-WHERE id IN (SELECT id FROM inbound_events
-             WHERE status = 'received' AND received_at < now() - :grace
-               AND (enqueued_at IS NULL OR enqueued_at < now() - :grace)
-             ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-RETURNING tenant_id, id
-""")
-# One status per subquery, so each reads its own index (waiting events and settled ones are indexed apart).
-STUCK_COUNTS = text("""
-SELECT (SELECT count(*) FROM inbound_events WHERE status = 'received' AND received_at < now() - :grace) AS stuck,
-       (SELECT count(*) FROM inbound_events WHERE status = 'failed') AS failed,
-       coalesce(extract(epoch FROM now() - (SELECT min(received_at) FROM inbound_events
-                                            WHERE status = 'received')), 0) AS oldest_s
-""")
-EXPIRED_REPLAY_TOKENS = text("""
-DELETE FROM replay_tokens
-WHERE (tenant_id, inbox_id, token) IN (SELECT tenant_id, inbox_id, token FROM replay_tokens
-                                       WHERE claimed_at < now() - :older_than LIMIT :limit)
-""")
+log = structlog.get_logger("intake.clock")
 
 
-UNCLASSIFIED = text("""
-SELECT m.tenant_id, m.id FROM messages m
-WHERE m.stored_at >= :since AND m.stored_at < :until AND m.direction = 'inbound'
-  AND NOT EXISTS (SELECT 1 FROM ai_classifications a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id)
-ORDER BY m.stored_at
-""")
+@dataclass
+class Round:
+    """What one round of the clock runs, built from the settings: the sweeps and the lifecycle's upkeep."""
+
+    engine: Engine
+    send: Send
+    grace: timedelta
+    token_ttl: timedelta
+    ai_sweep: AiSweep
+    lifecycle: Lifecycle
 
 
-@dataclass(frozen=True)
-class SweepResult:
-    enqueued: int
-    stuck: int
-    failed: int
-    oldest_seconds: float
+def schedule(settings: Settings, engine: Engine) -> Round:
+    """The clock's round on `engine` (the maintenance connection), sending its jobs through the broker."""
+    broker = ensure(settings)
+    from workers.actors import assist_messages, ingest_events
+
+    def send(tenant: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
+        ingest_events.send(str(tenant), [str(e) for e in event_ids])
+
+    def send_ai(tenant: uuid.UUID, message_ids: list[uuid.UUID]) -> None:
+        assist_messages.send(str(tenant), [str(m) for m in message_ids])
+
+    def ai_backlog() -> int:  # jobs waiting on the `ai` queue, delayed ones (retries) included
+        queue = assist_messages.queue_name
+        return int(broker.client.llen(queue_key(queue))) + int(broker.client.llen(queue_key(delayed(queue))))
+
+    return Round(
+        engine, send, grace=timedelta(seconds=settings.sweep_grace_seconds),
+        token_ttl=timedelta(seconds=2 * settings.webhook_tolerance_seconds),  # past it, a token's timestamp is refused
+        ai_sweep=AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
+                         horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds)),
+        lifecycle=Lifecycle(engine, RetentionPolicy.defaults(settings), batch=settings.retention_batch,
+                            retention_every=timedelta(seconds=settings.retention_interval_seconds)))
 
 
-Send = Callable[[uuid.UUID, list[uuid.UUID]], None]
+def once(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """One round, and what it did (`intake clock --once`)."""
+    work = schedule(settings, engine)
+    forgotten = forget_replay_tokens(engine, older_than=work.token_ttl)
+    result = sweep(engine, work.send, grace=work.grace)
+    ai_enqueued = work.ai_sweep()
+    kept = work.lifecycle(datetime.now(UTC))
+    return {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
+            "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
+            "ai_window": [t.isoformat() for t in work.ai_sweep.window] if work.ai_sweep.window else None,
+            "replay_tokens_forgotten": forgotten, "sla_breaches": vars(kept.breaches),
+            "retention_removed": kept.removed.as_dict() if kept.removed else None}
 
 
-def sweep(engine: Engine, send: Send, *, grace: timedelta, limit: int = 10_000, chunk: int = 100) -> SweepResult:
-    """Enqueue events stuck longer than `grace`, at most `limit` per sweep, `chunk` per job."""
-    with engine.begin() as conn:
-        rows = conn.execute(CLAIM_STUCK, {"grace": grace, "limit": limit}).all()
-        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-        for tenant_id, event_id in rows:
-            by_tenant[tenant_id].append(event_id)
-        # Sent inside the transaction: if Redis is down the claim rolls back and the next sweep retries.
-        for tenant_id, ids in by_tenant.items():
-            for start in range(0, len(ids), chunk):
-                send(tenant_id, ids[start:start + chunk])
-    with engine.connect() as conn:
-        counts = conn.execute(STUCK_COUNTS, {"grace": grace}).one()
-    result = SweepResult(len(rows), int(counts.stuck), int(counts.failed), float(counts.oldest_s))
-    if rows:
-        log.info("sweeper.enqueued", events=len(rows), tenants=len(by_tenant))
-    return result
+def run(settings: Settings, engine: Engine) -> None:
+    """Round after round until SIGTERM or SIGINT, with the counts served as Prometheus metrics."""
+    work = schedule(settings, engine)
+    stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
+    failed = Gauge("intake_events_failed", "Stored events set aside as failed (each has a ledger row)")
+    oldest = Gauge("intake_events_oldest_unprocessed_seconds", "Age of the oldest unprocessed event")
+    swept = Gauge("intake_events_swept_last", "Events re-enqueued by the last sweep")
+    ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")
+    removed_total = Counter("intake_retention_removed", "Records retention removed (event bodies: purged)", ["what"])
+    breaches_total = Counter("intake_sla_breaches", "SLA breaches marked by the clock", ["kind"])
+    if settings.clock_metrics_port:
+        try:
+            start_http_server(settings.clock_metrics_port, addr=settings.metrics_host)
+        except OSError as exc:
+            log.warning("clock.metrics.unavailable", port=settings.clock_metrics_port, error=str(exc))
 
+    def report(result: SweepResult) -> None:
+        stuck.set(result.stuck)
+        failed.set(result.failed)
+        oldest.set(result.oldest_seconds)
+        swept.set(result.enqueued)
 
-def forget_replay_tokens(engine: Engine, *, older_than: timedelta, limit: int = 50_000) -> int:
-    """Delete the token claims made more than `older_than` ago, `limit` per transaction; how many."""
-    forgotten = 0
-    while True:
-        with engine.begin() as conn:
-            deleted = conn.execute(EXPIRED_REPLAY_TOKENS, {"older_than": older_than, "limit": limit}).rowcount
-        forgotten += deleted
-        if deleted < limit:
-            break
-    if forgotten:
-        log.info("sweeper.replay_tokens_forgotten", tokens=forgotten)
-    return forgotten
+    def upkeep() -> None:
+        done = work.lifecycle(datetime.now(UTC))
+        for kind, count in vars(done.breaches).items():
+            breaches_total.labels(kind).inc(count)
+        for what, count in (done.removed.as_dict() if done.removed else {}).items():
+            if what != "batches":
+                removed_total.labels(what).inc(count)
 
+    def sweep_ai() -> int:
+        sent = work.ai_sweep()
+        ai_swept.set(sent)
+        return sent
 
-class AiSweep:
-    """Stored inbound messages with no classification, found once each as the window moves forward."""
+    stopping = False
 
-    def __init__(self, engine: Engine, send: Send, backlog: Callable[[], int], *, grace: timedelta,
-                 horizon: timedelta, chunk: int = 50) -> None:
-        self._engine = engine
-        self._send = send
-        self._backlog = backlog
-        self._grace = grace
-        self._chunk = chunk
-        self._since: datetime | None = None
-        self._horizon = horizon
-        self.window: tuple[datetime, datetime] | None = None  # the stored_at range the last sweep looked at
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
 
-    def __call__(self) -> int:
-        """Send the unclassified messages stored since the last sweep; how many were sent."""
-        if self._backlog() > 0:
-            return 0  # `ai` jobs are waiting: the window waits too
-        with self._engine.begin() as conn:
-            now: datetime = conn.execute(text("SELECT now()")).scalar_one()
-            since = self._since if self._since is not None else now - self._horizon
-            until = now - self._grace
-            rows = conn.execute(UNCLASSIFIED, {"since": since, "until": until}).all() if until > since else []
-            by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-            for tenant_id, message_id in rows:
-                by_tenant[tenant_id].append(message_id)
-            for tenant_id, ids in by_tenant.items():
-                for start in range(0, len(ids), self._chunk):
-                    self._send(tenant_id, ids[start:start + self._chunk])
-        self._since = max(since, until)  # only once everything in the window was sent
-        self.window = (since, until)
-        if rows:
-            log.info("sweeper.ai_enqueued", messages=len(rows), tenants=len(by_tenant))
-        return len(rows)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    run_clock(engine, work.send, interval=settings.sweep_interval_seconds, grace=work.grace, on_sweep=report,
+              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=work.token_ttl, lifecycle=upkeep)
 
 
 def run_clock(engine: Engine, send: Send, *, interval: float, grace: timedelta,

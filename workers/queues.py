@@ -23,6 +23,12 @@ OUTBOUND_QUEUE, SEND_ACTOR = "outbound", "send_message"
 DELIVER_QUEUE, DELIVER_ACTOR = "deliver", "deliver_webhooks"
 
 
+def wake_key(endpoint_id: str) -> str:
+    """Set while a wake-up for the endpoint waits in the `deliver` queue (the dispatcher sets it, the job clears
+    it), so a burst of changes sends one job, not many."""
+    return f"intake:webhooks:wake:{endpoint_id}"
+
+
 # dramatiq's Redis layout (RedisBroker, 2.x), spelled out here only: a queue's job ids are a list under
 # `<namespace>:<queue>`, their bodies a hash under the same name with `.msgs`; `<queue>.DQ` is its delay queue
 # (retries and delayed jobs, moved back at their eta) and `<queue>.XQ` its dead letters (a sorted set).

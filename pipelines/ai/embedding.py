@@ -16,9 +16,11 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is the local-ai extra's: only `similarities` needs it, and imports it when called
+    import numpy as np
+    import numpy.typing as npt
 
 MODEL = "local-ngram-v1"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -64,6 +66,8 @@ def similarities(vector: Sequence[float], rows: npt.NDArray[np.float64]) -> npt.
     Only the text's own dimensions are read (a short text fills few of them); adding the others' zero
     products changes no sum.
     """
+    import numpy as np
+
     dense = np.asarray(vector, dtype=np.float64)
     used = np.flatnonzero(dense)
     if not len(rows) or not len(used):

@@ -12,12 +12,16 @@ otherwise the first of these that has something to say decides, in this order:
 5. the tenant's `default_language` setting;
 6. the detector's best guess, however unsure (English when the text has no letters at all).
 
-The detector is `lingua` (its models ship in the package), restricted to these six languages, in its
-trigram ("low accuracy") mode: about 30 MB of models per process instead of about 230 MB. Its high-accuracy
-mode reads short lines better (it puts "Hello again" at English, 61%) but not surely enough to go without
-the evidence, so the memory buys little. Only the languages Intake writes replies in count as evidence;
-a hint of any other language is ignored. The decision names what decided it, and the classification's
-reasoning repeats that.
+The detector is `lingua` (its models ship in the package; the `local-ai` extra), restricted to these six
+languages, in its trigram ("low accuracy") mode: about 30 MB of models per process instead of about 230 MB.
+Its high-accuracy mode reads short lines better (it puts "Hello again" at English, 61%) but not surely
+enough to go without the evidence, so the memory buys little. Only the languages Intake writes replies in
+count as evidence; a hint of any other language is ignored. The decision names what decided it, and the
+classification's reasoning repeats that.
+
+A process without `lingua` (a fleet on a hosted provider may leave the extra out) decides from the evidence
+alone; with none, the decision's source is `none` and a hosted provider's own answer stands
+(`pipelines.assist.with_language`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.ai import lexicons
+from pipelines.ai import lexicons, libraries
 
 LANGUAGES = ("en", "fi", "sv", "de", "es", "fr")
 SURE = 0.9  # the detector's confidence from which a text of MIN_WORDS words or more decides alone
@@ -67,8 +71,13 @@ class LanguageDecision:
     language: str  # ISO 639-1
     confidence: float
     reason: str  # "the Telegram language_code 'en'; the text alone was unsure: fi 68%"
-    source: str  # what decided: text, channel, conversation, contact, words, tenant or guess
+    source: str  # what decided: text, channel, conversation, contact, words, tenant, guess or none (no detector)
     detected: tuple[str, float] = field(default=("en", 0.0))
+
+
+def detector_available() -> bool:
+    """Whether this process has the detector (`lingua`, of the local-ai extra)."""
+    return not libraries.missing(libraries.DETECT)
 
 
 def _lingua() -> Any:
@@ -88,9 +97,10 @@ def _head(text: str) -> str:
 
 
 def detect(text: str) -> tuple[str, float]:
-    """(ISO 639-1 code, confidence) from the text alone; English with zero confidence when it has no letters."""
+    """(ISO 639-1 code, confidence) from the text alone; English with zero confidence when it has no letters, or
+    when this process has no detector."""
     head = _head(text)
-    if not _WORDS.search(head):
+    if not _WORDS.search(head) or (_detector is None and not detector_available()):
         return "en", 0.0
     best = _lingua().compute_language_confidence_values(head)[0]
     return best.language.iso_code_639_1.name.lower(), float(best.value)
@@ -149,7 +159,12 @@ def decide(text: str, evidence: Evidence | None = None) -> LanguageDecision:
     words = len(_WORDS.findall(text[:READ_CHARS]))
     if confidence >= CERTAIN or (confidence >= SURE and words >= MIN_WORDS):
         return LanguageDecision(language, confidence, f"its text, {confidence:.0%}", "text", detected)
-    unsure = f"the text alone was unsure: {language} {confidence:.0%}" if words else "the text has no words"
+    if not detector_available():
+        unsure = "no language detector in this process"
+    elif words:
+        unsure = f"the text alone was unsure: {language} {confidence:.0%}"
+    else:
+        unsure = "the text has no words"
     hint = normalise_hint(evidence.hint)
     if hint and evidence.hint is not None:
         return LanguageDecision(hint, 0.9, f"{evidence.hint_source} '{_quoted(evidence.hint)}'; {unsure}",
@@ -165,5 +180,7 @@ def decide(text: str, evidence: Evidence | None = None) -> LanguageDecision:
     default = normalise_hint(evidence.tenant_default)
     if default:
         return LanguageDecision(default, 0.5, f"the tenant's default_language; {unsure}", "tenant", detected)
+    if not detector_available():
+        return LanguageDecision(language, 0.0, f"nothing: {unsure} and no other evidence", "none", detected)
     return LanguageDecision(language, confidence, f"its text, {confidence:.0%}, nothing else to go on", "guess",
                             detected)

@@ -17,13 +17,10 @@ import math
 import threading
 import time
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from db.schema import DEFAULT_EMBEDDING_DIM
-from pipelines.ai import embedding, lexicons
+from pipelines.ai import embedding, lexicons, libraries
 from pipelines.ai.base import (
     Classification,
     ClassifyRequest,
@@ -33,6 +30,10 @@ from pipelines.ai.base import (
 )
 from pipelines.ai.language import decide as language_of
 from pipelines.ai.taxonomy import Category
+
+if TYPE_CHECKING:  # the local-ai extra's, imported where classification uses them
+    import numpy as np
+    import numpy.typing as npt
 
 MODEL = "local-lexical-v1"
 # A passage scoring below this (cosine similarity, plus 0.15 when its words matched) answers nothing: on the
@@ -98,6 +99,8 @@ def sentiment(text: str, language: str) -> tuple[str, float, list[str]]:
 @lru_cache(maxsize=64)
 def _example_vectors(categories: tuple[Category, ...]) -> tuple[npt.NDArray[np.float64], tuple[slice, ...]]:
     """Every category's description and examples embedded, one row each, and each category's rows."""
+    import numpy as np
+
     rows: list[list[float]] = []
     spans = []
     for category in categories:
@@ -129,6 +132,7 @@ class LocalProvider:
         self.embedding_dim = embedding_dim  # INTAKE_EMBEDDING_DIM: as wide as the database's column
 
     def classify(self, request: ClassifyRequest) -> tuple[Classification, Usage]:
+        libraries.require("classification", libraries.CLASSIFY)
         started = time.perf_counter()
         text = "\n".join(t for t in (request.subject, request.text) if t)[:READ_CHARS]
         decision = request.language or language_of(text)

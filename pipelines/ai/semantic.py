@@ -11,10 +11,11 @@ lexical only (`available()` is False) and every model it trains says so in its f
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy comes with the encoder (and the local-ai extra): imported by `encode`
+    import numpy as np
+    import numpy.typing as npt
 
 NAME = "use-m3"
 DIM = 512
@@ -45,6 +46,8 @@ def _loaded() -> Any:
 def encode(texts: list[str], read_chars: int = READ_CHARS) -> npt.NDArray[np.float32]:
     """One L2-normalised row per text (of which the first `read_chars` are read; what UTF-8 cannot hold, such as
     a lone surrogate, becomes "?" first, since the encoder's tokenizer refuses it)."""
+    import numpy as np
+
     encoder = _loaded()
     readable = [t[:read_chars].encode("utf-8", "replace").decode() for t in texts]
     rows = [np.asarray(encoder.encode(readable[i:i + BATCH]), dtype=np.float32)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -23,7 +24,10 @@ from sqlalchemy import Connection, text
 
 from db.tenancy import TenantId
 from pipelines import audit
-from pipelines.ai import examples, learned, taxonomy
+from pipelines.ai import examples, libraries, taxonomy
+
+if TYPE_CHECKING:  # numpy and scikit-learn (the local-ai extra): imported by training and reading a model
+    from pipelines.ai import learned
 
 log = structlog.get_logger("intake.ai.training")
 
@@ -83,7 +87,12 @@ def train_tenant(conn: Connection, tenant: TenantId, *, actor: audit.Actor | Non
     examples of its own (or only one category) gets none, and its older models are removed."""
     conn.execute(LOCK, {"t": str(tenant)})
     rows, own = training_rows(conn, tenant)
-    trained = learned.train(rows) if own else None
+    trained = None
+    if own:
+        libraries.require("training", libraries.TRAIN)
+        from pipelines.ai import learned
+
+        trained = learned.train(rows)
     if trained is None:
         conn.execute(text("DELETE FROM ai_models WHERE tenant_id = :t"), {"t": tenant})
         log.info("ai.model.none", tenant_id=str(tenant), examples=own)
@@ -135,7 +144,11 @@ _cache_lock = threading.Lock()
 
 
 def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
-    """The tenant's latest model, read from the database only when its version is new to this process."""
+    """The tenant's latest model, read from the database only when its version is new to this process; the
+    local provider asks, so a process without its libraries refuses here (`LocalAIMissing`)."""
+    libraries.require("classification", libraries.CLASSIFY)
+    from pipelines.ai import learned
+
     version = conn.execute(LATEST_VERSION, {"t": tenant}).scalar()
     key = str(tenant)
     with _cache_lock:

@@ -12,8 +12,8 @@ from sqlalchemy import Engine, text
 
 from config import get_settings
 from db.tenancy import TenantId, bind_tenant
-from pipelines.ai.assistant import assist_messages
 from pipelines.ai.language import Earlier, Evidence, decide, normalise_hint
+from pipelines.assistant import assist_messages
 from pipelines.channels import api, telegram
 from pipelines.channels.base import PayloadError, WebhookRequest
 from pipelines.inboxes import CreatedInbox

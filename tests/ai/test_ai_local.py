@@ -20,6 +20,15 @@ from pipelines.ai.taxonomy import DEFAULT, Category
 
 DATA = Path(__file__).parents[1] / "data" / "labelled_messages.tsv"
 CHAT = Path(__file__).parents[1] / "data" / "labelled_chat.tsv"
+# Ratchets: floors set at the figures last measured on these sets (README, "Classification"; docs/ai.md), the
+# text alone with no channel or conversation. Raise one when a change raises its figure; lower it only with the
+# reason written beside it, never to let a change through.
+LANGUAGE_RATCHET = 1.0  # labelled_messages: measured 1.000, every message
+CATEGORY_RATCHET = 0.91  # labelled_messages: measured 0.919
+MACRO_F1_RATCHET = 0.939  # labelled_messages: measured 0.940
+CHAT_LANGUAGE_RATCHET = 0.99  # labelled_chat: measured 0.992
+CHAT_CATEGORY_RATCHET = 0.33  # labelled_chat: measured 0.339
+CHAT_MACRO_F1_RATCHET = 0.35  # labelled_chat: measured 0.353
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def test_language_accuracy(predictions: list[tuple[dict[str, str], Classificatio
     correct = sum(1 for row, c in predictions if c.language == row["language"])
     accuracy = correct / len(predictions)
     print(f"\nlanguage accuracy {accuracy:.3f} on {len(predictions)} messages")
-    assert accuracy >= 1.0  # measured: every message
+    assert accuracy >= LANGUAGE_RATCHET
 
 
 def test_category_accuracy_and_macro_f1(predictions: list[tuple[dict[str, str], Classification]]) -> None:
@@ -63,9 +72,8 @@ def test_category_accuracy_and_macro_f1(predictions: list[tuple[dict[str, str], 
     accuracy = sum(1 for g, p in pairs if g == p) / len(pairs)
     f1 = macro_f1(pairs)
     print(f"\ncategory accuracy {accuracy:.3f}, macro-F1 {f1:.3f} on {len(pairs)} messages")
-    # Floors at the measured values (0.919, 0.940); a change that lowers them is a regression.
-    assert accuracy >= 0.91
-    assert f1 >= 0.939
+    assert accuracy >= CATEGORY_RATCHET
+    assert f1 >= MACRO_F1_RATCHET
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +96,9 @@ def test_chat_set_figures(chat_predictions: list[tuple[dict[str, str], Classific
     category = sum(1 for g, p in pairs if g == p) / len(pairs)
     f1 = macro_f1(pairs)
     print(f"\nchat set: language {language / len(pairs):.3f}, category {category:.3f}, macro-F1 {f1:.3f}")
-    # Floors at the measured values (0.992, 0.339, 0.353): the text alone, no channel or conversation.
-    assert language / len(pairs) >= 0.99
-    assert category >= 0.33
-    assert f1 >= 0.35
+    assert language / len(pairs) >= CHAT_LANGUAGE_RATCHET
+    assert category >= CHAT_CATEGORY_RATCHET
+    assert f1 >= CHAT_MACRO_F1_RATCHET
 
 
 def test_every_answer_is_explained(predictions: list[tuple[dict[str, str], Classification]]) -> None:

@@ -57,7 +57,7 @@ def hosted_inbox(app_engine: Engine) -> CreatedInbox:
 
 def draft_for(app_engine: Engine, inbox: CreatedInbox, stub: OpenAIStub) -> dict[str, Any]:
     """Deliver a message, classify and draft it, and answer with the request the stand-in got for the draft."""
-    from pipelines.ai.assistant import assist_messages
+    from pipelines.assistant import assist_messages
 
     n = uuid.uuid4().hex
     body = orjson.dumps({"id": n, "type": "message", "sent_at": datetime.now(UTC).isoformat(),

@@ -94,7 +94,7 @@ def test_auto_replies_are_marked_and_not_drafted(stack: dict[str, str], app_engi
 
 
 def test_budget_alerts_and_fallback_to_local(stack: dict[str, str], app_engine: Engine) -> None:
-    from pipelines.ai.assistant import assist_messages
+    from pipelines.assistant import assist_messages
     from tests.factories import deliver
 
     inbox = new_inbox(app_engine, "api", settings={"ai_drafts": False})
@@ -206,7 +206,7 @@ def test_a_message_classified_before_is_drafted_without_being_classified_again(
         stack: dict[str, str], app_engine: Engine) -> None:
     """A job that finds a message classified but not drafted (a repeat after a fault, or drafts turned on since)
     drafts from the stored classification: one classification paid for, not two."""
-    from pipelines.ai.assistant import assist_messages
+    from pipelines.assistant import assist_messages
     from tests.factories import deliver
 
     inbox = new_inbox(app_engine, "api", settings={"ai_drafts": False})

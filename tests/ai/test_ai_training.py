@@ -26,13 +26,17 @@ from config import get_settings
 from db.tenancy import TenantId, bind_tenant
 from pipelines import audit
 from pipelines.ai import examples, learned, semantic, taxonomy, training
-from pipelines.ai.assistant import assist_messages
+from pipelines.assistant import assist_messages
 from tests.admin_server import client, make_key
 from tests.factories import deliver, new_inbox
 from tests.processes import INTAKE, wait_for, worker
 from workers.training import pending_key, schedule
 
 BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "train.csv"
+# Ratchets: BANKING77's floor (see test_banking77_floor), a little under the mean measured over three draws;
+# raise them when the classifier gets better, never lower them to let a change through.
+BANKING77_SEMANTIC_RATCHET = 0.83  # with the semantic features: measured 0.853 (0.805, 0.91, 0.845)
+BANKING77_LEXICAL_RATCHET = 0.79  # lexical only: measured 0.818 (0.75, 0.87, 0.835)
 if not BANKING77.exists():  # the worktree's shared folder, or the one beside the repository
     BANKING77 = Path("/work/shared/data/banking77/train.csv")
 
@@ -231,4 +235,5 @@ def test_banking77_floor() -> None:
         accuracy = learned.cross_validated(texts, [c for _, c in rows], folds=5, seed=seed, embedded=embedded)
         assert accuracy is not None
         scores.append(accuracy)
-    assert sum(scores) / len(scores) >= (0.83 if semantic.available() else 0.79), scores
+    floor = BANKING77_SEMANTIC_RATCHET if semantic.available() else BANKING77_LEXICAL_RATCHET
+    assert sum(scores) / len(scores) >= floor, scores

@@ -23,8 +23,8 @@ from db.engine import make_engine
 from db.schema import ai_classifications, ai_usage
 from db.tenancy import bind_tenant
 from pipelines import knowledge
-from pipelines.ai.assistant import assist_messages
 from pipelines.ai.local import LocalProvider
+from pipelines.assistant import assist_messages
 from pipelines.inboxes import CreatedInbox
 from pipelines.ingest import IngestResult
 from tests.factories import deliver, new_inbox

@@ -19,6 +19,14 @@ from tests.factories import new_inbox
 
 DATA = Path(__file__).parents[1] / "data"
 DIM = 384
+# Ratchets: floors set at the figures last measured on the 30 held-out questions (README, "Knowledge"). Raise
+# one when a change raises its figure; lower it only with the reason written beside it.
+FOUND_RATCHET = 22  # recall@3: measured 22 of 30 (0.73)
+MRR_RATCHET = 0.588  # mean reciprocal rank: measured 0.5889
+CITED_RATCHET = 15  # the right article cited first: measured 15 of 30 (0.50)
+# Reading the question in its language against 'simple' (measured 15) and the vectors alone (measured 20): the
+# lead measured over the better of the two, 2 questions of 30.
+LANGUAGE_LEAD_RATCHET = 2
 
 
 def import_folder(engine: Engine, tenant: TenantId, folder: Path) -> None:
@@ -66,10 +74,9 @@ def test_held_out_questions_find_and_cite_the_right_article(app_engine: Engine, 
         cited += first == answer
     n = len(answerable)
     print(f"\nrecall@3 {found / n:.2f}, MRR {reciprocal / n:.2f}, right citation {cited / n:.2f} ({n} questions)")
-    # Floors at the measured values (README, "Knowledge"): a change that lowers them is a regression.
-    assert found >= 22  # 0.73
-    assert reciprocal / n >= 0.588  # 0.5889
-    assert cited >= 15  # 0.50
+    assert found >= FOUND_RATCHET
+    assert reciprocal / n >= MRR_RATCHET
+    assert cited >= CITED_RATCHET
     for question, answer in questions():
         if not answer:
             draft, _ = provider.draft(DraftRequest(question, None, "en", "other",
@@ -97,7 +104,7 @@ def test_reading_the_question_in_its_language_beats_simple_and_the_vectors_alone
     in_simple = recall_at_3(app_engine, eval_tenant, language=None)
     vectors_alone = recall_at_3(app_engine, eval_tenant, language="en", full_text=False)
     print(f"\nrecall@3 of 30: {in_english} in English, {in_simple} in 'simple', {vectors_alone} by vectors alone")
-    assert in_english >= 22 and in_english >= max(in_simple, vectors_alone) + 2  # measured: 22, 15, 20
+    assert in_english >= FOUND_RATCHET and in_english >= max(in_simple, vectors_alone) + LANGUAGE_LEAD_RATCHET
 
 
 def test_the_question_language_drops_its_stop_words(app_engine: Engine, eval_tenant: TenantId) -> None:

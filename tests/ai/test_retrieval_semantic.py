@@ -27,6 +27,13 @@ from tests.factories import new_inbox
 pytestmark = pytest.mark.skipif(not semantic.available(), reason="the `semantic` extra is not installed")
 DATA = Path(__file__).parents[1] / "data"
 DIM = 384
+# Ratchets (see above): the measured figures of the held-out questions (30) and of those written apart (68).
+HELD_OUT_FOUND_RATCHET = 26  # recall@3: measured 0.87
+HELD_OUT_MRR_RATCHET = 0.83  # mean reciprocal rank: measured 0.83
+HELD_OUT_CITED_RATCHET = 23  # the right article cited: measured 0.77
+APART_FOUND_RATCHET = 66  # recall@3: measured 0.97
+APART_MRR_RATCHET = 0.85  # mean reciprocal rank: measured 0.85
+APART_CITED_RATCHET = 51  # the right article cited: measured 0.75 (the goal is 0.90: not reached)
 
 
 @dataclass
@@ -104,9 +111,9 @@ def test_held_out_questions_with_the_meaning(app_engine: Engine, tenant: TenantI
     report("held out, lexical alone", lexical)
     overall = figures["all"]
     assert overall.questions == 30
-    assert overall.found >= 26  # ratchet: recall@3 0.87
-    assert overall.reciprocal / overall.questions >= 0.83  # ratchet: MRR 0.83
-    assert overall.cited >= 23  # ratchet: right citations 0.77
+    assert overall.found >= HELD_OUT_FOUND_RATCHET
+    assert overall.reciprocal / overall.questions >= HELD_OUT_MRR_RATCHET
+    assert overall.cited >= HELD_OUT_CITED_RATCHET
     assert overall.cited > lexical["all"].cited and overall.found >= lexical["all"].found
 
 
@@ -119,9 +126,9 @@ def test_questions_written_apart_in_six_languages(app_engine: Engine, tenant: Te
     report("written apart", figures)
     report("written apart, lexical alone", lexical)
     overall = figures["all"]
-    assert overall.found >= 66  # ratchet: recall@3 0.97
-    assert overall.reciprocal / overall.questions >= 0.85  # ratchet: MRR 0.85
-    assert overall.cited >= 51  # ratchet: right citations 0.75 (the goal is 0.90: not reached)
+    assert overall.found >= APART_FOUND_RATCHET
+    assert overall.reciprocal / overall.questions >= APART_MRR_RATCHET
+    assert overall.cited >= APART_CITED_RATCHET
     assert overall.cited > lexical["all"].cited
     for language in ("en", "fi", "sv", "de", "es", "fr"):  # the meaning never costs a language its lexical figures
         assert figures[language].found >= lexical[language].found, language

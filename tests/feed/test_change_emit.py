@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from config import get_settings
 from db.tenancy import TenantId, bind_tenant
 from pipelines import changes
-from pipelines.ai.assistant import assist_messages
+from pipelines.assistant import assist_messages
 from pipelines.inboxes import CreatedInbox
 from pipelines.ingest import IngestPolicy, ingest_events
 from pipelines.lifecycle import erasure, sla

@@ -196,8 +196,7 @@ def test_one_culprit_among_64_events_is_found_by_halving_not_one_by_one(
 
 def test_error_texts_with_nul_and_lone_surrogates_are_recorded(app_engine: Engine, admin_engine: Engine) -> None:
     from pipelines.errors import describe
-    from workers.actors import retry_message
-    from workers.middleware.ledger import record_in
+    from workers.middleware.ledger import record_in, retry_message
 
     inbox = new_inbox(app_engine, "api")
     (event_id,) = store_events(app_engine, inbox, [body(0, "x")])

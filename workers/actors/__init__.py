@@ -16,18 +16,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
-from sqlalchemy import Connection
 
 from config import get_settings
-from db.tenancy import TenantId
-from pipelines.ai.assistant import assist_messages as run_assist
-from pipelines.ingest import IngestResult, TenantBusy
+from pipelines.assistant import assist_messages as run_assist
+from pipelines.ingest import TenantBusy
 from pipelines.ingest import ingest_events as run_ingest
 from pipelines.webhooks.delivery import deliver
 from workers.broker import current
 from workers.middleware.jobs import job_tenant, report
-from workers.middleware.ledger import record_in, resolve_in
-from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE
+from workers.middleware.ledger import settle_batch
+from workers.queues import AI_ACTOR, AI_QUEUE, DELIVER_ACTOR, DELIVER_QUEUE, INGEST_ACTOR, INGEST_QUEUE, wake_key
 from workers.resources import engine, ingest_policy, secret_box, webhook_policy
 
 broker = current()  # actors bind to the broker installed when they are declared
@@ -65,32 +63,12 @@ def ingest_events(tenant_id: str, event_ids: list[str], retry_failed: bool = Fal
            duplicates=result.duplicates, statuses=result.statuses_applied, failed=len(result.failed))
 
 
-def settle_batch(conn: Connection, result: IngestResult, retry_failed: bool, *, tenant: TenantId) -> None:
-    """The ledger's part of an ingest batch, in its transaction: each event it set aside recorded (replayable
-    alone), and with `retry_failed` the failures of the events it stored resolved."""
-    for event_id, error in result.failed.items():
-        record_in(conn, retry_message(str(tenant), event_id), error, tenant)
-    if retry_failed and result.processed:
-        resolve_in(conn, [retry_message(str(tenant), e).message_id for e in result.processed])
-
-
-def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
-    """The job that runs one set-aside event again; its id is the event's, so its ledger row is one."""
-    message = ingest_events.message(tenant_id, [str(event_id)], retry_failed=True)
-    return message.copy(message_id=str(uuid.uuid5(event_id, "ingest_events")))
-
-
 @dramatiq.actor(queue_name=AI_QUEUE, actor_name=AI_ACTOR)
 def assist_messages(tenant_id: str, message_ids: list[str]) -> None:
     """Classify stored inbound messages and draft replies where the inbox asks for them."""
     counts = run_assist(engine(), get_settings(), job_tenant(), [uuid.UUID(m) for m in message_ids],
                         limiter=provider_limit)
     report(messages=len(message_ids), **counts)
-
-
-def wake_key(endpoint_id: str) -> str:
-    """Set while a wake-up for the endpoint waits in the queue, so a burst of changes sends one job, not many."""
-    return f"intake:webhooks:wake:{endpoint_id}"
 
 
 @dramatiq.actor(queue_name=DELIVER_QUEUE, actor_name=DELIVER_ACTOR)

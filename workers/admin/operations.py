@@ -25,6 +25,7 @@ from workers.admin.http import Call, Endpoint
 from workers.broker import ensure
 from workers.ops import events as event_ops
 from workers.ops import failures as ledger
+from workers.queues import INGEST_ACTOR, INGEST_QUEUE, enqueue
 
 PREFIX = "/v1/admin"
 MAX_IDS = 1000
@@ -211,11 +212,10 @@ def reprocess_events(call: Call) -> JobView:
     bound, settings = call.bound, call.admin.settings
 
     def work(job: Job) -> None:
-        ensure(settings)  # before the actors bind to it
-        from workers.actors import ingest_events
+        client = ensure(settings).client
 
-        def send(tenant: uuid.UUID, event_ids: list[str]) -> None:
-            ingest_events.send(str(tenant), event_ids, retry_failed=True)
+        def send(tenant: uuid.UUID, event_ids: list[str]) -> None:  # by name, as the web sends ingest jobs
+            enqueue(client, INGEST_QUEUE, INGEST_ACTOR, [(str(tenant), event_ids, True)])  # retry_failed
 
         with bound.begin() as conn:
             job.advance(event_ops.reprocess(conn, filters, send))

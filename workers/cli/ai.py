@@ -33,7 +33,7 @@ def kb_import(path: Path, tenant_id: str, as_json: bool) -> None:
     budget spent, the import stops at the first file to embed (the files before it stay imported)."""
     from pipelines import knowledge
     from pipelines.ai import spend
-    from pipelines.ai.assistant import provider_for
+    from pipelines.assistant import provider_for
 
     rt = runtime()
     settings = get_settings()
@@ -84,7 +84,7 @@ def ai() -> None:
 @friendly_errors
 def ai_reclassify(tenant_id: str, since: datetime | None, batch: int, as_json: bool) -> None:
     """Classify the tenant's inbound messages again with the current provider and prompt version."""
-    from pipelines.ai.assistant import assist_messages
+    from pipelines.assistant import assist_messages
 
     rt = runtime()
     settings = get_settings()

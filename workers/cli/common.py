@@ -21,7 +21,8 @@ from sqlalchemy import Engine
 from config import get_settings
 from db.engine import make_engine
 from pipelines.errors import Refusal, explained
-from workers.embedded.runtime import Runtime, check_database, check_maintenance, resolve
+from workers.embedded.runtime import Runtime, resolve
+from workers.startup import check_database, check_maintenance
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -100,7 +100,7 @@ def admin(host: str, port: int) -> None:
 
     from workers.admin.app import create_app
     from workers.cli.common import maintenance_runtime
-    from workers.embedded.runtime import check_unprivileged
+    from workers.startup import check_unprivileged
 
     rt = maintenance_runtime("intake admin")
     check_unprivileged(rt.database_url)

@@ -8,19 +8,19 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, get_settings
+from pipelines.ai import libraries
 from pipelines.crypto import SecretBox
 from pipelines.demo import write_private
 from workers import redis_clients
-from workers.broker import ensure
 from workers.cli.common import (
     admin_engine,
     admin_source,
@@ -33,18 +33,13 @@ from workers.cli.common import (
     runtime,
 )
 from workers.embedded.ports import Port, check_ports
-from workers.embedded.runtime import (
-    Runtime,
-    ServicesUnavailable,
-    check_database,
-    check_maintenance,
-    check_unprivileged,
-    redacted,
-    resolve,
-)
+from workers.embedded.runtime import Runtime, redacted, resolve
 from workers.embedded.services import EmbeddedServices
 from workers.priority import lower
-from workers.queues import QUEUES, delayed, queue_key
+from workers.queues import AI_QUEUE, QUEUES
+from workers.startup import ServicesUnavailable, check_database, check_maintenance, check_unprivileged
+
+log = structlog.get_logger("intake.cli")
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -153,6 +148,8 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     rt = runtime()
     check_unprivileged(rt.database_url)
     settings = rt.settings
+    if not queues or AI_QUEUE in queues:
+        check_local_ai()
     env = rt.child_env(admin=False)
     # dramatiq's exposition server runs in a process forked from this one and reads these at import.
     env["dramatiq_prom_host"] = settings.metrics_host
@@ -176,6 +173,16 @@ def worker(processes: int | None, threads: int | None, queues: tuple[str, ...], 
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # noqa: S606  (our own interpreter, our own arguments)
+
+
+def check_local_ai() -> None:
+    """The start-up check of a worker that consumes `ai`: without the local provider's libraries (the `local-ai`
+    extra) every job of a tenant on the local provider fails into the ledger, so it says so once, at start."""
+    absent = libraries.missing()
+    if absent:
+        log.warning("worker.local_ai.missing", missing=absent, extra=libraries.EXTRA,
+                    detail="jobs of tenants on the local AI provider will fail (local_ai_not_installed) until the "
+                           "extra is installed and they are replayed; hosted providers are unaffected")
 
 
 AI_NICE = 10  # `intake run`'s AI worker, as the Procfile's `ai` line
@@ -388,91 +395,17 @@ def _print_next_steps(base: str, demo: dict[str, Any], rt: Runtime, path: Path) 
 def clock(once: bool, as_json: bool) -> None:
     """Periodic upkeep (the Procfile's clock process): re-enqueue stored events that were never processed,
     and stored messages whose AI job was lost; forget webhook token claims past their window; mark SLA
-    breaches and apply retention."""
-    import signal
-
-    from prometheus_client import Counter, Gauge, start_http_server
-
-    from pipelines.lifecycle.retention import RetentionPolicy
-    from pipelines.lifecycle.upkeep import Lifecycle
-    from workers.clock import AiSweep, SweepResult, forget_replay_tokens, run_clock, sweep
+    breaches and apply retention (`workers.clock` schedules and runs it)."""
+    from workers import clock as process
 
     rt = maintenance_runtime("intake clock")
     settings = rt.resolved()
-    broker = ensure(settings)
-    from workers.actors import assist_messages, ingest_events
-
-    def send(tenant: uuid.UUID, event_ids: list[uuid.UUID]) -> None:
-        ingest_events.send(str(tenant), [str(e) for e in event_ids])
-
-    def send_ai(tenant: uuid.UUID, message_ids: list[uuid.UUID]) -> None:
-        assist_messages.send(str(tenant), [str(m) for m in message_ids])
-
-    def ai_backlog() -> int:  # jobs waiting on the `ai` queue, delayed ones (retries) included
-        queue = assist_messages.queue_name
-        return int(broker.client.llen(queue_key(queue))) + int(broker.client.llen(queue_key(delayed(queue))))
-
     engine = admin_engine(rt)
-    grace = timedelta(seconds=settings.sweep_grace_seconds)
-    token_ttl = timedelta(seconds=2 * settings.webhook_tolerance_seconds)  # past it, a token's timestamp is refused
-    ai_sweep = AiSweep(engine, send_ai, ai_backlog, grace=timedelta(seconds=settings.ai_sweep_grace_seconds),
-                       horizon=timedelta(seconds=settings.ai_sweep_horizon_seconds))
-    lifecycle = Lifecycle(engine, RetentionPolicy.defaults(settings), batch=settings.retention_batch,
-                          retention_every=timedelta(seconds=settings.retention_interval_seconds))
-    if once:
-        forgotten = forget_replay_tokens(engine, older_than=token_ttl)
-        result = sweep(engine, send, grace=grace)
-        ai_enqueued = ai_sweep()
-        kept = lifecycle(datetime.now(UTC))
+    try:
+        if not once:
+            process.run(settings, engine)
+            return
+        data = process.once(settings, engine)
+    finally:
         engine.dispose()
-        data = {"enqueued": result.enqueued, "stuck": result.stuck, "failed": result.failed,
-                "oldest_unprocessed_seconds": round(result.oldest_seconds, 3), "ai_enqueued": ai_enqueued,
-                "ai_window": [t.isoformat() for t in ai_sweep.window] if ai_sweep.window else None,
-                "replay_tokens_forgotten": forgotten, "sla_breaches": vars(kept.breaches),
-                "retention_removed": kept.removed.as_dict() if kept.removed else None}
-        emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))
-        return
-    stuck = Gauge("intake_events_stuck", "Stored events not processed after the grace period")
-    failed = Gauge("intake_events_failed", "Stored events set aside as failed (each has a ledger row)")
-    oldest = Gauge("intake_events_oldest_unprocessed_seconds", "Age of the oldest unprocessed event")
-    swept = Gauge("intake_events_swept_last", "Events re-enqueued by the last sweep")
-    ai_swept = Gauge("intake_ai_swept_last", "Unclassified messages sent back to the ai queue by the last sweep")
-    if settings.clock_metrics_port:
-        try:
-            start_http_server(settings.clock_metrics_port, addr=settings.metrics_host)
-        except OSError as exc:
-            console.print(f"[yellow]warning:[/] no metrics on port {settings.clock_metrics_port}: {exc}")
-
-    def report(result: SweepResult) -> None:
-        stuck.set(result.stuck)
-        failed.set(result.failed)
-        oldest.set(result.oldest_seconds)
-        swept.set(result.enqueued)
-
-    removed_total = Counter("intake_retention_removed", "Records retention removed (event bodies: purged)", ["what"])
-    breaches_total = Counter("intake_sla_breaches", "SLA breaches marked by the clock", ["kind"])
-
-    def upkeep() -> None:
-        done = lifecycle(datetime.now(UTC))
-        for kind, count in vars(done.breaches).items():
-            breaches_total.labels(kind).inc(count)
-        for what, count in (done.removed.as_dict() if done.removed else {}).items():
-            if what != "batches":
-                removed_total.labels(what).inc(count)
-
-    def sweep_ai() -> int:
-        sent = ai_sweep()
-        ai_swept.set(sent)
-        return sent
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    run_clock(engine, send, interval=settings.sweep_interval_seconds, grace=grace, on_sweep=report,
-              should_stop=lambda: stopping, ai_sweep=sweep_ai, replay_token_ttl=token_ttl, lifecycle=upkeep)
-    engine.dispose()
+    emit(data) if as_json else out.print(" ".join(f"{k}={v}" for k, v in data.items()))

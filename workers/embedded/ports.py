@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipelines.errors import PermanentError
-from workers.embedded.runtime import ServicesUnavailable
+from workers.startup import ServicesUnavailable
 
 
 class PortUnavailable(ServicesUnavailable):

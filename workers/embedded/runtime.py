@@ -1,9 +1,7 @@
 """Where the fleet's services are: the URLs from the environment, or the embedded pair under $INTAKE_HOME.
 
-And whether the database role behind a URL fits the process about to use it: the web and worker processes
-run under row-level security as a plain role, the clock and the operators' cross-tenant commands need
-`intake_maintenance`. A wrong role is refused at start, in one line, rather than discovered later as a
-clock that sees nothing or a fleet that sees everything.
+Whether the database role behind a URL fits the process about to use it is the start-up's question
+(`workers.startup`), asked of production and embedded services alike.
 """
 
 from __future__ import annotations
@@ -12,17 +10,9 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-
 from config import Settings
-from pipelines.errors import RetryableError
 from workers.embedded.services import EmbeddedServices
-
-
-class ServicesUnavailable(RetryableError):
-    """The fleet cannot find or reach the services it needs (or they are not set up yet)."""
-
-    explained = True
+from workers.startup import ServicesUnavailable
 
 
 @dataclass(frozen=True)
@@ -97,81 +87,6 @@ def resolve(settings: Settings, *, start: bool = False) -> Runtime:
         secret_key = secret_key or embedded.secret_key()
     # With REDIS_SENTINELS and no REDIS_URL the URL is empty: every client asks the Sentinels (workers.redis_clients).
     return Runtime(settings, database_url, admin_url or database_url, redis_url or "", secret_key, embedded)
-
-
-def check_database(url: str, *, what: str = "DATABASE_URL") -> None:
-    """Fail with a readable message when the database cannot be reached."""
-    try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ServicesUnavailable(f"cannot connect to PostgreSQL at {what}: {reason}") from None
-
-
-# What the connected role may do. pg_has_role() refuses a role name that does not exist, so the role is
-# looked up by oid first: before `intake migrate` there is no intake_maintenance, and no rights in it.
-ROLE_FACTS = """
-SELECT r.rolname, r.rolsuper, r.rolbypassrls,
-       coalesce((SELECT pg_has_role(current_user, m.oid, 'MEMBER') FROM pg_roles m
-                 WHERE m.rolname = 'intake_maintenance'), false) AS maintenance_member,
-       coalesce((SELECT pg_has_role(current_user, m.oid, 'USAGE') FROM pg_roles m
-                 WHERE m.rolname = 'intake_maintenance'), false) AS maintenance_usage,
-       coalesce((SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c
-                 WHERE c.oid = to_regclass('inbound_events')), false) AS owns_tables
-FROM pg_roles r WHERE r.rolname = current_user
-"""
-
-
-@dataclass(frozen=True)
-class RoleFacts:
-    """The connected role and the rights that decide which of the fleet's jobs it fits."""
-
-    name: str
-    superuser: bool
-    bypass_rls: bool
-    maintenance_member: bool
-    maintenance_usage: bool
-    owns_tables: bool
-
-
-def role_facts(url: str) -> RoleFacts:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        row = conn.execute(ROLE_FACTS).fetchone()
-    if row is None:  # current_user always has a pg_roles row; a pooler that hides it gets no benefit of doubt
-        raise ServicesUnavailable("cannot read the connected role from pg_roles")
-    return RoleFacts(*row)
-
-
-def check_unprivileged(url: str, *, what: str = "DATABASE_URL") -> None:
-    """The fleet runs under row-level security as a plain role: refuse a role that bypasses it (superuser,
-    BYPASSRLS), reads across tenants (a member of intake_maintenance), or owns the tables."""
-    role = role_facts(url)
-    if role.superuser or role.bypass_rls:
-        reason = "bypasses row-level security (superuser or BYPASSRLS)"
-    elif role.maintenance_member:
-        reason = "is a member of intake_maintenance, which reads every tenant"
-    elif role.owns_tables:
-        reason = "owns the tables (it could turn row-level security off)"
-    else:
-        return
-    raise ServicesUnavailable(
-        f"{what} connects as {role.name!r}, which {reason}; connect the web and worker processes as a plain "
-        "role such as intake_app (see the README)"
-    )
-
-
-def check_maintenance(url: str, *, command: str, what: str) -> None:
-    """Cross-tenant commands need intake_maintenance: under the fleet's role, row-level security would show
-    them nothing, and they would report an empty ledger or no stuck events instead of failing."""
-    role = role_facts(url)
-    if role.superuser or role.maintenance_usage:
-        return
-    raise ServicesUnavailable(
-        f"{command} reads across tenants and needs intake_maintenance rights, but {what} connects as "
-        f"{role.name!r}, which has none: set INTAKE_ADMIN_DATABASE_URL to the schema owner or a member of "
-        "intake_maintenance (see the README)"
-    )
 
 
 def redacted(url: str) -> str:

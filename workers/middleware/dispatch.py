@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from db.tenancy import TenantId, bind_tenant
 from pipelines.webhooks.delivery import due, endpoints_of
-from workers.queues import DELIVER_QUEUE
+from workers.queues import DELIVER_ACTOR, DELIVER_QUEUE, enqueue, wake_key
 
 log = structlog.get_logger("intake.webhooks")
 
@@ -118,13 +118,11 @@ class WebhookDispatch(dramatiq.Middleware):
         queues = worker.consumer_whitelist
         if queues and DELIVER_QUEUE not in queues:
             return
-        from workers.actors import deliver_webhooks, wake_key
-
         client = broker.client  # type: ignore[attr-defined]
 
-        def wake(tenant: TenantId, endpoint: uuid.UUID) -> None:
+        def wake(tenant: TenantId, endpoint: uuid.UUID) -> None:  # sent by name, as the web sends ingest jobs
             if client.set(wake_key(str(endpoint)), b"1", nx=True, px=WAKE_TTL_MS):
-                deliver_webhooks.send(str(tenant), str(endpoint))
+                enqueue(client, DELIVER_QUEUE, DELIVER_ACTOR, [(str(tenant), str(endpoint))])
 
         self.dispatcher = Dispatcher(self.engine(), wake, sweep_seconds=self.sweep_seconds, listen_url=self.listen_url)
         threading.Thread(target=self.dispatcher.run, name="webhook-dispatcher", daemon=True).start()

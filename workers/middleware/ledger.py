@@ -30,6 +30,8 @@ from db import direct
 from db.schema import job_failures, tenants
 from db.tenancy import TenantId, bind_tenant
 from pipelines.errors import escaped, is_retryable, scrub, underlying
+from pipelines.ingest import IngestResult
+from workers.queues import INGEST_ACTOR, INGEST_QUEUE
 
 log = structlog.get_logger("intake.ledger")
 Job = dramatiq.Message[Any] | MessageProxy
@@ -152,3 +154,21 @@ def resolve_in(conn: Connection, message_ids: list[str]) -> None:
     conn.execute(update(job_failures)
                  .where(job_failures.c.message_id.in_(message_ids), job_failures.c.status == "dead")
                  .values(status="resolved"))
+
+
+def settle_batch(conn: Connection, result: IngestResult, retry_failed: bool, *, tenant: TenantId) -> None:
+    """The ledger's part of an ingest batch, in its transaction: each event it set aside recorded (replayable
+    alone), and with `retry_failed` the failures of the events it stored resolved. The ingest actor and an
+    erasure's backlog (`workers.ops.erasure`) both settle their batches here."""
+    for event_id, error in result.failed.items():
+        record_in(conn, retry_message(str(tenant), event_id), error, tenant)
+    if retry_failed and result.processed:
+        resolve_in(conn, [retry_message(str(tenant), e).message_id for e in result.processed])
+
+
+def retry_message(tenant_id: str, event_id: uuid.UUID) -> dramatiq.Message[Any]:
+    """The job that runs one set-aside event again; its id is the event's, so its ledger row is one."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=INGEST_QUEUE, actor_name=INGEST_ACTOR, args=(tenant_id, [str(event_id)]),
+        kwargs={"retry_failed": True}, options={})  # by name: the ledger and an erasure need no actor
+    return message.copy(message_id=str(uuid.uuid5(event_id, INGEST_ACTOR)))

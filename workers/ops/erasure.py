@@ -18,8 +18,8 @@ from config import Settings
 from db.tenancy import TenantId
 from pipelines import audit
 from pipelines.lifecycle import erasure, jobs
-from workers.broker import ensure
-from workers.queues import NAMESPACE
+from workers.middleware.ledger import settle_batch
+from workers.queues import AI_ACTOR, AI_QUEUE, NAMESPACE, enqueue
 from workers.resources import ingest_policy
 
 
@@ -27,9 +27,6 @@ def erase(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | None, *, a
           settings: Settings, identity: tuple[str, str] | None = None) -> erasure.Erasure:
     """Erase the person (a contact, or an identity nobody may have yet) in the caller's transaction, bound to
     `tenant`; call `finish` after its commit."""
-    ensure(settings)  # before the actors bind to it
-    from workers.actors import settle_batch
-
     return erasure.erase_contact(conn, tenant, contact_id, actor=actor, policy=ingest_policy(settings),
                                  settle=partial(settle_batch, tenant=tenant), identity=identity)
 
@@ -40,8 +37,6 @@ def finish(client: redis.Redis, tenant: TenantId, result: erasure.Erasure) -> in
     erased = {str(i) for i in result.job_ids}
     redact = result.redactor.json if result.redactor is not None and not result.redactor.empty else None
     changed = jobs.forget_jobs(client, NAMESPACE, str(tenant), erased, redact) if erased or redact else 0
-    if result.stored:
-        from workers.actors import assist_messages
-
-        assist_messages.send(str(tenant), [str(m) for m in result.stored])
+    if result.stored:  # sent by name, as the ingest actor's own AI jobs would have been
+        enqueue(client, AI_QUEUE, AI_ACTOR, [(str(tenant), [str(m) for m in result.stored])])
     return changed
