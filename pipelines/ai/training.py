@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 import structlog
@@ -45,7 +46,9 @@ PRUNE = text("""
 DELETE FROM ai_models
 WHERE tenant_id = :t AND version <= (SELECT max(version) FROM ai_models WHERE tenant_id = :t) - :keep
 """)
-LATEST_VERSION = text("SELECT version FROM ai_models WHERE tenant_id = :t ORDER BY version DESC LIMIT 1")
+# A version and when it was made: an erasure drops a tenant's models (their words may be the person's), and the
+# next training numbers from 1 again, so a process tells a new model from the one it holds by both.
+LATEST_VERSION = text("SELECT version, created_at FROM ai_models WHERE tenant_id = :t ORDER BY version DESC LIMIT 1")
 MODEL = text("SELECT model FROM ai_models WHERE tenant_id = :t AND version = :v")
 DESCRIBE = text("""
 SELECT version, format, examples, categories, accuracy, train_seconds, created_at FROM ai_models
@@ -117,6 +120,7 @@ def describe(conn: Connection, tenant: TenantId) -> ModelView | None:
 class Loaded:
     version: int
     model: learned.TenantModel
+    created_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -132,21 +136,22 @@ _cache_lock = threading.Lock()
 
 def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
     """The tenant's latest model, read from the database only when its version is new to this process."""
-    version = conn.execute(LATEST_VERSION, {"t": tenant}).scalar()
+    row = conn.execute(LATEST_VERSION, {"t": tenant}).first()
     key = str(tenant)
     with _cache_lock:
-        if version is None:
+        if row is None:
             _cache.pop(key, None)
             return None
         held = _cache.get(key)
-        if held is not None and held.version == version:
+        if held is not None and (held.version, held.created_at) == (row.version, row.created_at):
             _cache.move_to_end(key)
             return held
+    version = row.version
     data = conn.execute(MODEL, {"t": tenant, "v": version}).scalar()
     if data is None:  # pruned between the two reads: the next message reads the newer one
         return held
     try:
-        loaded = Loaded(version, learned.TenantModel.from_bytes(bytes(data)))
+        loaded = Loaded(version, learned.TenantModel.from_bytes(bytes(data)), row.created_at)
     except (ValueError, KeyError, OSError) as exc:  # a format this process does not read: keep the rules
         log.warning("ai.model.unreadable", tenant_id=key, version=version, error=str(exc))
         return None
