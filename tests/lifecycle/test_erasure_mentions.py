@@ -359,3 +359,27 @@ def test_a_classifier_that_learned_the_persons_words_goes_and_is_trained_again_w
     assert not any(surname in term for term in learned_terms(app_engine, tenant))
     jobs.forget_jobs(redis_client, NAMESPACE, str(tenant))
     redis_client.delete(pending_key(tenant))
+
+
+def test_an_identity_spelled_inside_a_sealed_secret_leaves_the_secret_whole(
+    stack: dict[str, str], app_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """Ciphertext is not anyone's words: an external id that happens to appear inside a webhook endpoint's sealed
+    secret (any id a CRM chose may) is redacted everywhere else, and the secret still opens."""
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    box = SecretBox(os.environ["INTAKE_SECRET_KEY"])
+    sealed = box.seal({"secret": "whsec_" + "A" * 32})
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        conn.execute(text("INSERT INTO webhook_endpoints (tenant_id, url, secret, previous_secret) "
+                          "VALUES (:t, 'https://93.184.216.34/hook', :s, :s)"), {"t": tenant, "s": sealed})
+    chance = sealed[20:40]
+    deliver(app_engine, inbox, api_body("c1", f"my CRM id is {chance}", {"external_id": chance}), "application/json",
+            headers={"webhook-id": "wh-c1"})
+    erased = intake("contact", "erase", "--tenant", str(tenant), "--identity", f"external:{chance}")
+    assert erased["already_erased"] is False
+    kept = one(app_engine, tenant, "SELECT secret, previous_secret FROM webhook_endpoints")
+    assert (kept.secret, kept.previous_secret) == (sealed, sealed)
+    assert box.open(kept.secret) == {"secret": "whsec_" + "A" * 32}
+    jobs.forget_jobs(redis_client, NAMESPACE, str(tenant))
