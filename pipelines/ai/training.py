@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -49,7 +50,9 @@ PRUNE = text("""
 DELETE FROM ai_models
 WHERE tenant_id = :t AND version <= (SELECT max(version) FROM ai_models WHERE tenant_id = :t) - :keep
 """)
-LATEST_VERSION = text("SELECT version FROM ai_models WHERE tenant_id = :t ORDER BY version DESC LIMIT 1")
+# A version and when it was made: an erasure drops a tenant's models (their words may be the person's), and the
+# next training numbers from 1 again, so a process tells a new model from the one it holds by both.
+LATEST_VERSION = text("SELECT version, created_at FROM ai_models WHERE tenant_id = :t ORDER BY version DESC LIMIT 1")
 MODEL = text("SELECT model FROM ai_models WHERE tenant_id = :t AND version = :v")
 DESCRIBE = text("""
 SELECT version, format, examples, categories, accuracy, train_seconds, created_at FROM ai_models
@@ -126,6 +129,7 @@ def describe(conn: Connection, tenant: TenantId) -> ModelView | None:
 class Loaded:
     version: int
     model: learned.TenantModel
+    created_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -138,38 +142,40 @@ class Loaded:
 _cache: OrderedDict[str, Loaded] = OrderedDict()
 # The version of each tenant's latest model this process found it cannot read (a format a newer release
 # wrote), so it is read and logged once per version, not once per message; a newer version is tried again.
-_unreadable: OrderedDict[str, int] = OrderedDict()
+_unreadable: OrderedDict[str, tuple[int, datetime]] = OrderedDict()
 UNREADABLE_HELD = 10_000
 _cache_lock = threading.Lock()
 
 
 def latest(conn: Connection, tenant: TenantId) -> Loaded | None:
-    """The tenant's latest model, read from the database only when its version is new to this process; the
-    local provider asks, so a process without its libraries refuses here (`LocalAIMissing`)."""
+    """The tenant's latest model, read from the database only when its version (and creation: an erasure can
+    drop every version, and numbering starts again) is new to this process; the local provider asks, so a
+    process without its libraries refuses here (`LocalAIMissing`)."""
     libraries.require("classification", libraries.CLASSIFY)
     from pipelines.ai import learned
 
-    version = conn.execute(LATEST_VERSION, {"t": tenant}).scalar()
+    row = conn.execute(LATEST_VERSION, {"t": tenant}).first()
     key = str(tenant)
     with _cache_lock:
-        if version is None:
+        if row is None:
             _cache.pop(key, None)
             return None
         held = _cache.get(key)
-        if held is not None and held.version == version:
+        if held is not None and (held.version, held.created_at) == (row.version, row.created_at):
             _cache.move_to_end(key)
             return held
-        if _unreadable.get(key) == version:
+        if _unreadable.get(key) == (row.version, row.created_at):
             return None
+    version = row.version
     data = conn.execute(MODEL, {"t": tenant, "v": version}).scalar()
     if data is None:  # pruned between the two reads: the next message reads the newer one
         return held
     try:
-        loaded = Loaded(version, learned.TenantModel.from_bytes(bytes(data)))
+        loaded = Loaded(version, learned.TenantModel.from_bytes(bytes(data)), row.created_at)
     except (ValueError, KeyError, OSError) as exc:  # a format this process does not read: keep the rules
         log.warning("ai.model.unreadable", tenant_id=key, version=version, error=str(exc))
         with _cache_lock:
-            _unreadable[key] = version
+            _unreadable[key] = (row.version, row.created_at)
             while len(_unreadable) > UNREADABLE_HELD:
                 _unreadable.popitem(last=False)
         return None

@@ -18,6 +18,9 @@ The person is a contact, with the contacts merged into it or it into (one person
    JSON and bytea column of every tenant table (other people's messages, metadata such as a cc, AI output,
    the ledger, audit rows, failed events), and a processed event whose message was redacted has its raw
    body emptied, so the words do not survive in the delivery they came from.
+4. When an example the tenant's AI learns from was deleted or redacted, the tenant's trained classifiers
+   (`ai_models`, whose vocabulary holds their examples' words) are dropped; the caller schedules a training on
+   the examples left (`Erasure.retrain`).
 
 The erasure holds the tenant's ingest lock (the one each ingest batch takes) from its first read to its commit:
 a message from the same person that a batch is storing meanwhile is either committed before the erasure
@@ -77,6 +80,11 @@ UPDATE inbound_events SET body = ''::bytea, headers = '{}'::jsonb, error = NULL,
 WHERE tenant_id = :t AND id = ANY(:ids) AND status = 'processed'
 AND (octet_length(body) > 0 OR headers <> '{}'::jsonb OR error IS NOT NULL)
 """)
+# The tenant's trained classifiers: their vocabulary holds words of the examples they learned from. Taken under
+# the lock `pipelines.ai.training` trains under, so a training that read the examples before this erasure has
+# stored its model (and this erasure drops it), and one that starts later reads them redacted.
+HOLD_MODELS = text("SELECT pg_advisory_xact_lock(hashtextextended('intake.ai_models:' || :t, 0))")
+DROP_MODELS = text("DELETE FROM ai_models WHERE tenant_id = :t")
 Settle = Callable[[Connection, IngestResult, bool], None]
 
 
@@ -95,6 +103,11 @@ class Erasure:
     stored: list[uuid.UUID] = field(default_factory=list)
     # What finds the person: the caller runs it over the jobs waiting in Redis, after the commit.
     redactor: Redactor | None = None
+
+    @property
+    def retrain(self) -> bool:
+        """The tenant's classifiers were dropped: the caller schedules a training after the commit."""
+        return self.counts.get("models", 0) > 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"contact_id": str(self.contact_id) if self.contact_id else None,
@@ -175,6 +188,7 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | No
     counts["redacted"] = sum(redacted.rows.values())
     counts["events_emptied"] = conn.execute(PURGE_REDACTED_EVENTS, {
         "t": tenant, "ids": batch.uuids(redacted.events)}).rowcount
+    counts["models"] = _drop_models(conn, tenant) if counts["examples"] or redacted.rows.get("ai_examples") else 0
     erasure = Erasure(contact_id, already_erased=not any(counts.values()), counts={**counts, **backlog},
                       job_ids=[*messages, *own_events], stored=[m for m in created if m not in set(messages)],
                       redactor=redactor)
@@ -189,6 +203,14 @@ def erase_contact(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | No
                 "contact": {"id": contact_id}, "merged_ids": [p for p in people if p != contact_id]},
                 subject_id=contact_id)])
     return erasure
+
+
+def _drop_models(conn: Connection, tenant: TenantId) -> int:
+    """Drop the tenant's classifiers once examples they learned from lost the person (deleted or redacted): a
+    model keeps its examples' words in its vocabulary. The caller schedules a training on what is left; the
+    local provider's rules classify meanwhile."""
+    conn.execute(HOLD_MODELS, {"t": str(tenant)})
+    return conn.execute(DROP_MODELS, {"t": tenant}).rowcount
 
 
 def _store_backlog(conn: Connection, tenant: TenantId, contact_id: uuid.UUID | None,

@@ -7,8 +7,12 @@ is left alone when changing it would break what the fleet relies on, and said so
 - keys: primary, foreign and unique columns and unique indexes (provider ids that dedupe a late retry, a
   contact's identities, which the erasure deletes itself);
 - secrets and digests, which hold no plain text (`inboxes.secrets`, `inboxes.previous_secrets`,
-  `api_keys.key_hash`, `replay_tokens`' digest and key of a webhook token claimed for a few minutes), and
-  generated columns (they follow their source);
+  `webhook_endpoints.secret` and `.previous_secret`, `api_keys.key_hash`, `knowledge_documents.content_hash`,
+  `replay_tokens`' digest and key of a webhook token claimed for a few minutes): an identity that happens to
+  be spelled inside a sealed token would otherwise be written over and the secret lost;
+- a trained classifier (`ai_models.model`, compressed arrays): the erasure drops the tenant's models whole when
+  their examples named the person (`pipelines.lifecycle.erasure`), and writing inside the archive breaks it;
+- generated columns (they follow their source);
 - the `contacts` table: the erased person's row is a tombstone already, and another contact who shares their
   name is another person.
 
@@ -53,6 +57,8 @@ from pipelines.lifecycle.redaction import REDACTED, Redactor
 
 SKIP_TABLES = frozenset({"contacts"})
 SKIP_COLUMNS = frozenset({("inboxes", "secrets"), ("inboxes", "previous_secrets"), ("api_keys", "key_hash"),
+                          ("webhook_endpoints", "secret"), ("webhook_endpoints", "previous_secret"),
+                          ("knowledge_documents", "content_hash"), ("ai_models", "model"),
                           ("replay_tokens", "body_digest"), ("replay_tokens", "dedupe_key")})
 NOT_DIGITS = "[^0-9]+"
 # Columns that go whole when they name the person: an email's quoted history that names them (its "Dave

@@ -193,12 +193,17 @@ def test_a_disabled_tenants_key_is_refused_everything_until_enabled(base: str, o
             ("POST", f"/tenants/{tenant}/erase-contact", {"identity": {"kind": "email", "value": "a@b.example"}}),
             ("PUT", f"/tenants/{tenant}/sla-policies/high", {"first_response_minutes": 5}),
             ("POST", f"/tenants/{tenant}/teams", {"name": "Late"}),
+            # The conversation API too: a reply, a state change, a correction.
+            ("POST", f"/conversations/{uuid.uuid4()}/messages", {"text": "Still here", "send": True}),
+            ("POST", f"/conversations/{uuid.uuid4()}/resolve", None),
+            ("PUT", f"/messages/{uuid.uuid4()}/classification", {"priority": "low"}),
+            ("GET", f"/tenants/{tenant}/conversations", None),
             # Reads too: a disabled tenant's data is the operator's to release.
             ("GET", f"/tenants/{tenant}", None),
             ("GET", "/inboxes", None),
             ("GET", "/audit", None),
         ]:
-            refused = tk.request(method, A + path, json=body)
+            refused = tk.request(method, A + path, json=body, headers={"Idempotency-Key": "late"})
             assert refused.status_code == 403, (method, path, refused.text)
             assert refused.json() == {"error": "forbidden", "detail": "this key's tenant is disabled: its keys are "
                                                                       "refused until an operator enables it again"}

@@ -17,10 +17,12 @@ import redis
 from sqlalchemy import Engine, text
 
 from db.tenancy import TenantId, bind_tenant
+from pipelines.ai import training
 from pipelines.inboxes import CreatedInbox
 from pipelines.lifecycle import sla
-from tests.admin_server import Keyed, client, make_key
+from tests.admin_server import Keyed, admin_server, client, make_key
 from tests.factories import deliver, new_inbox
+from workers.training import pending_key
 
 
 @pytest.fixture
@@ -132,6 +134,34 @@ def test_the_same_key_from_two_threads_stores_and_queues_one_message(tk: httpx.C
         ("send_message", "outbound", [str(inbox.tenant_id), message["id"]])]
 
 
+def test_the_same_key_through_two_admin_processes_stores_and_queues_one_message(
+        base: str, admin_engine: Engine, app_engine: Engine, inbox: CreatedInbox, stack: dict[str, str],
+        redis_client: redis.Redis) -> None:
+    """Two admin processes share nothing but the database: the key's unique index decides which one stores."""
+    conversation = inbound(app_engine, inbox)
+    key = make_key(admin_engine, tenant_id=inbox.tenant_id, name="agent-inbox")
+    answers: list[httpx.Response] = []
+    start = threading.Barrier(2)
+
+    def send(url: str) -> None:
+        with client(url, key) as http:
+            start.wait()
+            answers.append(reply(http, conversation, {"text": "Once only", "send": True}, key="two-processes"))
+
+    with admin_server(stack) as other:
+        threads = [threading.Thread(target=send, args=(url,)) for url in (base, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert sorted(a.status_code for a in answers) == [200, 201]
+    assert answers[0].json() == answers[1].json()
+    message = answers[0].json()
+    assert len(rows(app_engine, inbox.tenant_id, "SELECT id FROM messages WHERE direction = 'outbound'")) == 1
+    jobs = [orjson.loads(body) for body in redis_client.hvals("dramatiq:outbound.msgs")]
+    assert len([j for j in jobs if message["id"] in j["args"]]) == 1
+
+
 def test_a_reply_before_the_due_time_means_no_first_response_breach(tk: httpx.Client, app_engine: Engine,
                                                                      inbox: CreatedInbox) -> None:
     assert tk.put(f"/v1/admin/tenants/{inbox.tenant_id}/sla-policies/normal",
@@ -189,6 +219,13 @@ def test_resolve_reopen_and_assign_move_the_state_and_the_clock(tk: httpx.Client
                                       "SELECT action FROM audit_logs WHERE subject_id = :c ORDER BY created_at",
                                       c=str(conversation))]
     assert actions == ["conversation.resolve", "conversation.reopen", "conversation.assign", "conversation.assign"]
+    # Resolved here, then the customer writes again within the reopen window: the same conversation reopens.
+    assert tk.post(path + "/resolve").json()["status"] == "resolved"
+    assert inbound(app_engine, inbox, text_="It happened again") == conversation
+    again = tk.get(path).json()
+    assert (again["status"], again["awaiting_reply"], again["resolved_at"]) == ("open", True, None)
+    assert [e["type"] for e in feed(app_engine, inbox.tenant_id) if e["conversation_id"] == conversation][-3:] == [
+        "conversation.resolved", "conversation.reopened", "message.received"]
 
 
 def test_listing_filters_and_pages_by_cursor(tk: httpx.Client, app_engine: Engine, inbox: CreatedInbox) -> None:
@@ -246,20 +283,38 @@ def test_drafts_are_accepted_once_edited_or_not_and_rejected(tk: httpx.Client, a
 
 
 def test_a_correction_is_shown_fed_and_kept_as_an_example(tk: httpx.Client, app_engine: Engine,
-                                                          inbox: CreatedInbox) -> None:
+                                                          inbox: CreatedInbox, redis_client: redis.Redis) -> None:
     conversation = inbound(app_engine, inbox, text_="The app crashes when I log in")
     thread = tk.get(f"/v1/admin/conversations/{conversation}/messages").json()["items"]
     message = thread[0]["id"]
+    with app_engine.begin() as conn:  # what the AI worker stores for the message
+        bind_tenant(conn, inbox.tenant_id)
+        conn.execute(text(
+            "INSERT INTO ai_classifications (tenant_id, message_id, prompt_version, category, priority, sentiment, "
+            "language, confidence, reasoning, provider, model) VALUES (:t, :m, 'v1', 'billing', 'normal', "
+            "'negative', 'en', 0.61, 'mentions the app', 'local', 'local-lexical-v1')"),
+            {"t": inbox.tenant_id, "m": message})
+    ai = tk.get(f"/v1/admin/conversations/{conversation}").json()
+    assert (ai["classification"]["message_id"], ai["classification"]["category"]) == (message, "billing")
+    assert ai["classification"]["model"] == "local-lexical-v1" and ai["correction"] is None
     path = f"/v1/admin/messages/{message}/classification"
+    assert redis_client.get(pending_key(inbox.tenant_id)) is None
     corrected = tk.put(path, json={"category": "technical", "priority": "urgent"})
     assert corrected.status_code == 200, corrected.text
     assert corrected.json()["actor"] == "key:agent-inbox" and corrected.json()["actor_key_id"] is not None
     shown = tk.get(f"/v1/admin/conversations/{conversation}").json()
     assert (shown["category"], shown["priority"]) == ("technical", "urgent")
     assert shown["correction"]["category"] == "technical"
+    assert shown["classification"]["category"] == "billing"  # the AI's own row stays beside the correction
     assert tk.put(path, json={"priority": "low"}).json()["category"] == "technical"  # kept, priority moved
     assert rows(app_engine, inbox.tenant_id, "SELECT text, category, source FROM ai_examples") == [
         ("The app crashes when I log in", "technical", "correction")]
+    # Learned from: the tenant's training is scheduled, and reads the correction among its examples.
+    assert redis_client.get(pending_key(inbox.tenant_id)) is not None
+    with app_engine.begin() as conn:
+        bind_tenant(conn, inbox.tenant_id)
+        learned, own = training.training_rows(conn, inbox.tenant_id)
+    assert ("The app crashes when I log in", "technical") in learned and own == 1
     events = [e for e in feed(app_engine, inbox.tenant_id) if e["type"] == "message.classified"]
     assert len(events) == 2 and all(e["data"]["corrected"] is True for e in events)
     assert events[0]["data"]["classification"]["category"] == "technical"

@@ -21,6 +21,8 @@ import redis
 from sqlalchemy import Engine, text
 
 from db.tenancy import TenantId, bind_tenant
+from pipelines import audit
+from pipelines.ai import examples, learned, training
 from pipelines.crypto import SecretBox
 from pipelines.inboxes import CreatedInbox, create_inbox
 from pipelines.lifecycle import jobs
@@ -28,6 +30,7 @@ from tests.factories import deliver, new_inbox
 from tests.processes import INTAKE, web_server
 from tests.webhooks import sign
 from workers.queues import NAMESPACE
+from workers.training import pending_key
 
 # Separators people write phone numbers with; the search takes them out and looks for the national digits.
 PHONE_SEPARATORS = r"[[:space:]().+/-]"
@@ -304,3 +307,79 @@ def test_another_tenant_that_mentions_the_same_address_is_not_touched(
     erased = intake("contact", "erase", "--tenant", str(ours.tenant_id), "--identity", f"email:{dave.email}")
     assert erased["already_erased"] is False
     assert one(app_engine, theirs.tenant_id, "SELECT content FROM messages").content == words
+
+
+# -- what the tenant's AI learned -----------------------------------------------------------------------
+def learned_terms(app_engine: Engine, tenant: TenantId) -> set[str]:
+    """Every term of every classifier the tenant has: the words its examples taught it."""
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        models = conn.execute(text("SELECT model FROM ai_models")).scalars().all()
+    return {term for data in models for term in learned.TenantModel.from_bytes(bytes(data)).vocabulary}
+
+
+def test_a_classifier_that_learned_the_persons_words_goes_and_is_trained_again_without_them(
+    stack: dict[str, str], app_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """A model's vocabulary holds its examples' words (compressed, so no search of the columns finds them): an
+    erasure that redacts or deletes those examples drops the tenant's models and schedules a new training."""
+    dave = Someone.new("Dave")
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    deliver(app_engine, inbox, api_body("d1", "hello", dave.contact()), "application/json",
+            headers={"webhook-id": "wh-d1"})
+    surname = dave.name.split()[1].lower()
+    taught = [(f"please ask {dave.name} about my refund", "billing"), (f"{dave.name} charged me twice", "billing"),
+              ("the parcel never came", "shipping"), ("my package is lost in transit", "shipping"),
+              ("the courier missed my house", "shipping"), ("refund the double charge please", "billing")]
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        examples.import_examples(conn, tenant, [examples.Example(t, c, i) for i, (t, c) in enumerate(taught)],
+                                 create_categories=False, actor=audit.Actor("tests"))
+        training.train_tenant(conn, tenant)
+        training.train_tenant(conn, tenant)  # two versions, both taught his name
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        held = training.latest(conn, tenant)  # as an AI process holds the model it classifies with
+    assert held is not None and f"w {surname}" in held.model.vocabulary
+    assert f"w {surname}" in learned_terms(app_engine, tenant)
+
+    erased = intake("contact", "erase", "--tenant", str(tenant), "--identity", f"email:{dave.email}")
+    assert erased["counts"]["models"] == 2
+    assert learned_terms(app_engine, tenant) == set()
+    assert redis_client.get(pending_key(tenant)) is not None  # trained again, from the examples left
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        training.train_tenant(conn, tenant)
+        again = training.train_tenant(conn, tenant)
+        now = training.latest(conn, tenant)
+    # Numbered afresh, as the dropped ones were: a process that held the old version 2 reads the new one.
+    assert again.version == held.version == 2
+    assert now is not None and not any(surname in term for term in now.model.vocabulary)
+    assert not any(surname in term for term in learned_terms(app_engine, tenant))
+    jobs.forget_jobs(redis_client, NAMESPACE, str(tenant))
+    redis_client.delete(pending_key(tenant))
+
+
+def test_an_identity_spelled_inside_a_sealed_secret_leaves_the_secret_whole(
+    stack: dict[str, str], app_engine: Engine, redis_client: redis.Redis,
+) -> None:
+    """Ciphertext is not anyone's words: an external id that happens to appear inside a webhook endpoint's sealed
+    secret (any id a CRM chose may) is redacted everywhere else, and the secret still opens."""
+    inbox = new_inbox(app_engine, "api")
+    tenant = inbox.tenant_id
+    box = SecretBox(os.environ["INTAKE_SECRET_KEY"])
+    sealed = box.seal({"secret": "whsec_" + "A" * 32})
+    with app_engine.begin() as conn:
+        bind_tenant(conn, tenant)
+        conn.execute(text("INSERT INTO webhook_endpoints (tenant_id, url, secret, previous_secret) "
+                          "VALUES (:t, 'https://93.184.216.34/hook', :s, :s)"), {"t": tenant, "s": sealed})
+    chance = sealed[20:40]
+    deliver(app_engine, inbox, api_body("c1", f"my CRM id is {chance}", {"external_id": chance}), "application/json",
+            headers={"webhook-id": "wh-c1"})
+    erased = intake("contact", "erase", "--tenant", str(tenant), "--identity", f"external:{chance}")
+    assert erased["already_erased"] is False
+    kept = one(app_engine, tenant, "SELECT secret, previous_secret FROM webhook_endpoints")
+    assert (kept.secret, kept.previous_secret) == (sealed, sealed)
+    assert box.open(kept.secret) == {"secret": "whsec_" + "A" * 32}
+    jobs.forget_jobs(redis_client, NAMESPACE, str(tenant))

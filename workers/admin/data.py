@@ -96,7 +96,7 @@ def erase_contact(call: Call) -> ErasureView:
         except erasure.ErasureError as exc:
             raise NotFound(str(exc)) from None
         result = erasing.erase(conn, tenant, found, actor=call.actor, settings=call.admin.settings, identity=named)
-    changed = erasing.finish(_redis(call), tenant, result)
+    changed = erasing.finish(_redis(call), tenant, result, call.admin.settings)
     return ErasureView.model_validate({**result.as_dict(), "jobs": changed})
 
 

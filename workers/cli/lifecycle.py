@@ -97,7 +97,7 @@ def contact_erase(tenant_id: str, contact_id: str | None, identity: str | None, 
     with tenant_transaction(rt, tenant_uuid) as conn:
         found = erasure.find_contact(conn, tenant, contact_id=person, identity=named)
         result = erasing.erase(conn, tenant, found, actor=actor(), settings=rt.resolved(admin=False), identity=named)
-    jobs_changed = erasing.finish(redis_client(rt), tenant, result)
+    jobs_changed = erasing.finish(redis_client(rt), tenant, result, rt.settings)
     data = {**result.as_dict(), "jobs": jobs_changed}
     if as_json:
         emit(data)
