@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +15,7 @@ from sqlalchemy import Engine, Row, text
 from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
-from tests.processes import INTAKE, wait_for, worker
+from tests.processes import run_intake, wait_for, worker
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "500"}
 
@@ -53,8 +51,7 @@ def ledger_rows(admin_engine: Engine, tenant: uuid.UUID) -> list[dict[str, objec
 
 
 def intake_json(*args: str) -> dict[str, object]:
-    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ))
+    result = run_intake(*args, "--json")
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data
@@ -183,7 +180,7 @@ def test_a_job_past_its_age_limit_is_recorded_instead_of_run_and_replays(
 
 
 def test_replay_refuses_to_guess(stack: dict[str, str]) -> None:
-    result = subprocess.run([INTAKE, "dlq", "replay"], capture_output=True, text=True, timeout=60)
+    result = run_intake("dlq", "replay")
     assert result.returncode == 2 and "--all" in result.stderr
 
 
