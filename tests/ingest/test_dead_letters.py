@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Row, text
 from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
-from tests.processes import run_intake, wait_for, worker
+from tests.processes import intake_process, run_intake, wait_for, worker
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "500"}
 
@@ -50,8 +50,10 @@ def ledger_rows(admin_engine: Engine, tenant: uuid.UUID) -> list[dict[str, objec
             "FROM job_failures WHERE tenant_id = :t"), {"t": tenant}).mappings()]
 
 
-def intake_json(*args: str) -> dict[str, object]:
-    result = run_intake(*args, "--json")
+def intake_json(*args: str, process: bool = False) -> dict[str, object]:
+    """`intake ARGS --json`, which must succeed; in a process of its own when `process` (commands run at the same
+    moment: two operators are two processes, and the test process runs one command at a time)."""
+    result = (intake_process if process else run_intake)(*args, "--json")
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data
@@ -102,7 +104,7 @@ def test_events_set_aside_are_recorded_once_and_replay_once_after_the_fix(
     # Two operators replay at the same moment: each failure is replayed exactly once.
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: intake_json("dlq", "replay", "--tenant", str(inbox.tenant_id),
-                                                   "--batch", "3"), range(2)))
+                                                   "--batch", "3", process=True), range(2)))
     assert sum(int(r["replayed"]) for r in runs) == 40  # type: ignore[call-overload]
     assert redis_client.llen("dramatiq:ingest") == 40
     assert {r["status"] for r in ledger_rows(admin_engine, inbox.tenant_id)} == {"replayed"}
