@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/intake run
 
+# The suite in two steps: every test but the timing ones over two processes (pytest-xdist; each runs embedded
+# services of its own, see tests/conftest.py), then the timing tests alone, so that the suite's own servers and
+# workers do not skew what they measure.
 test: $(STAMP) browser pgbouncer
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not timing"
+	$(BIN)/python -m pytest -m timing
 
 # The tests that need no services (channel adapters, normalization, the error policy, the layout): a change to a
-# channel adapter is tried in a few minutes, not the whole suite's half hour.
+# channel adapter is tried in a few minutes, without the fleet.
 test-offline: $(STAMP)
 	$(BIN)/python -m pytest -m offline
 

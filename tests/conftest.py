@@ -6,6 +6,8 @@ Every test works in tenants of its own, so tests never need to clean up after ea
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +55,16 @@ def stack() -> Iterator[dict[str, str]]:
     yield env
     if os.environ.get("INTAKE_TEST_KEEP_SERVICES") != "1":
         services.down()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path, for a test whose processes put Unix sockets under it: a socket's
+    path holds at most 107 bytes, and pytest's `tmp_path` under xdist (`.../popen-gw0/test_long_name0/`) leaves
+    too few of them for an embedded PostgreSQL's socket a few directories further down."""
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="ib"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

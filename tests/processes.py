@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +19,56 @@ from typing import Any
 
 import httpx
 import orjson
+import structlog
 
 INTAKE = str(Path(sys.executable).parent / "intake")
 
 
 def run_intake(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`intake ARGS` as a user runs it, in this run's environment (or `env`)."""
+    """`intake ARGS` as a user runs it, in this run's environment (or `env`, then the whole environment): its exit
+    status, stdout and stderr.
+
+    The command runs in this process, through the same entry point (`workers.cli.main:main`) and with its settings
+    read afresh from that environment. A new Python process would spend about two seconds of CPU importing the
+    project before the command did anything, and the suite runs a few hundred commands: what these tests check is
+    what a command does and prints, not how a process starts. A bug still shows as it would: an exception that
+    escapes the command is exit status 1 with its traceback on stderr. Tests about a process itself (`serve`,
+    `worker`, `run`, signals, start-up refusals) start `INTAKE` as a process."""
+    from click.testing import CliRunner  # here, not at the top: the `offline` tests need not import the CLI
+
+    from config import get_settings
+    from workers.cli.main import main
+
+    saved_env, handlers, level = dict(os.environ), logging.root.handlers[:], logging.root.level
+    structlog_config = structlog.get_config()
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        # A command may leave a connection for its process's exit to close (an engine not disposed on the way out of
+        # a refusal); exiting closes it without a word, and so does this, once the command is done.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            result = CliRunner().invoke(main, list(args), prog_name="intake", catch_exceptions=True)
+            gc.collect()
+    finally:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(saved_env)
+        get_settings.cache_clear()
+        # The command configured logging onto the stderr it was given, which is gone now: this process's own back.
+        logging.root.handlers[:], logging.root.level = handlers, level
+        structlog.configure(**structlog_config)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # as Python prints an uncaught one
+    return subprocess.CompletedProcess([INTAKE, *args], result.exit_code, result.stdout, stderr)
+
+
+def intake_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`intake ARGS` as a process of its own, for the commands whose behaviour spans processes: `services up` after
+    another process's `services down` finds the servers by their files, not by what it remembers."""
     return subprocess.run([INTAKE, *args], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ) if env is None else env)
 

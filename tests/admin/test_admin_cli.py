@@ -8,11 +8,11 @@ import subprocess
 
 import httpx
 
-from tests.processes import INTAKE, free_port, stop, wait_until_serving
+from tests.processes import INTAKE, free_port, run_intake, stop, wait_until_serving
 
 
 def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    return run_intake(*args)
 
 
 def ok(*args: str) -> dict[str, object]:

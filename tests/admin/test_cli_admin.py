@@ -6,24 +6,24 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-INTAKE = str(Path(sys.executable).parent / "intake")
+from tests.processes import intake_process, run_intake
 
 
 def intake(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=env or dict(os.environ), timeout=120)
+    return run_intake(*args, env=env)
 
 
 def test_services_up_status_down_in_a_fresh_home(tmp_path: Path, stack: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL",
                                                               "INTAKE_SECRET_KEY")}
     env["INTAKE_HOME"] = str(tmp_path / "home")
+    # Each command a process of its own, as a user runs them: each finds the servers by what the home holds.
     try:
-        first = intake("services", "up", "--json", env=env)
+        first = intake_process("services", "up", "--json", env=env)
         assert first.returncode == 0, first.stderr
         up = json.loads(first.stdout)
         assert up["postgres_running"] and up["redis_running"]
@@ -32,30 +32,30 @@ def test_services_up_status_down_in_a_fresh_home(tmp_path: Path, stack: dict[str
         password = (tmp_path / "home" / "redis_password").read_text().strip()
         assert up["redis_url"].startswith(f"redis://:{password}@127.0.0.1:")
         assert stat.S_IMODE((tmp_path / "home" / "services.json").stat().st_mode) == 0o600
-        table = intake("services", "status", env=env).stdout
+        table = intake_process("services", "status", env=env).stdout
         assert "redis://:***@127.0.0.1:" in table and password not in table
 
-        again = json.loads(intake("services", "up", "--json", env=env).stdout)
+        again = json.loads(intake_process("services", "up", "--json", env=env).stdout)
         assert again == up  # reused, not restarted
 
-        status = json.loads(intake("services", "status", "--json", env=env).stdout)
+        status = json.loads(intake_process("services", "status", "--json", env=env).stdout)
         assert status["database_url"] == up["database_url"] and status["redis_url"] == up["redis_url"]
 
-        created = intake("tenant", "create", "Persisted", "--json", env=env)
+        created = intake_process("tenant", "create", "Persisted", "--json", env=env)
         tenant_id = json.loads(created.stdout)["id"]
-        down = json.loads(intake("services", "down", "--json", env=env).stdout)
+        down = json.loads(intake_process("services", "down", "--json", env=env).stdout)
         assert not down["postgres_running"] and not down["redis_running"]
         assert down["database_url"] is None and down["redis_url"] is None
 
         # A crashed Redis leaves its pid file behind: the next `up` must see through it.
         (tmp_path / "home" / "redis" / "redis.pid").write_text("999999")
-        restarted = json.loads(intake("services", "up", "--json", env=env).stdout)
+        restarted = json.loads(intake_process("services", "up", "--json", env=env).stdout)
         assert restarted["postgres_running"] and restarted["redis_running"]
         # Data persists across runs: the tenant made before `down` is still there.
-        inbox = intake("inbox", "create", "--tenant", tenant_id, "--channel", "telegram", "--json", env=env)
+        inbox = intake_process("inbox", "create", "--tenant", tenant_id, "--channel", "telegram", "--json", env=env)
         assert inbox.returncode == 0, inbox.stderr
     finally:
-        intake("services", "down", env=env)
+        intake_process("services", "down", env=env)
 
 
 def test_tenant_and_inbox_create_print_what_scripts_need(stack: dict[str, str]) -> None:

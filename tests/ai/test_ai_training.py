@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import subprocess
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -29,7 +27,7 @@ from pipelines.ai import examples, learned, semantic, taxonomy, training
 from pipelines.assistant import assist_messages
 from tests.admin_server import client, make_key
 from tests.factories import deliver, new_inbox
-from tests.processes import INTAKE, wait_for, worker
+from tests.processes import run_intake, wait_for, worker
 from workers.training import pending_key, schedule
 
 BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "train.csv"
@@ -79,8 +77,7 @@ def classify(engine: Engine, inbox: Any, words: str) -> dict[str, Any]:
 
 
 def intake(*args: str) -> Any:
-    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, env=dict(os.environ),
-                            timeout=300)
+    result = run_intake(*args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -298,6 +298,7 @@ def linear(small: Callable[[], object], large: Callable[[], object]) -> bool:
     return large_time < 6 * small_time
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("shape", ["nul", "surrogates", "non-ascii", "ascii"])
 def test_cleaning_is_linear_in_the_text(shape: str) -> None:
     unit = {"nul": "ab\x00c", "surrogates": "ab\udc80c\ud800", "non-ascii": "äö東\U0001f600", "ascii": "abcd"}[shape]
@@ -310,6 +311,7 @@ def test_cleaning_is_linear_in_the_text(shape: str) -> None:
     assert linear(lambda: stable_key(small), lambda: stable_key(large))
 
 
+@pytest.mark.timing
 def test_api_parse_is_linear_in_the_text_and_metadata() -> None:
     def body(n: int) -> bytes:
         return api_body(text="a\x00" * (10_000 * n), metadata={"k": ["x\x00"] * (200 * n)})

@@ -318,12 +318,14 @@ def growth(fn: Any, small: Any, large: Any, repeat: int = 5, attempts: int = 3) 
     return min(ratios)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("unit", ["=?utf-8?q?a?= ", "=?", "=?utf-8?B?w6k=?==?", "x=?iso-8859-1?Q?=FC?= y"])
 def test_header_decoding_is_linear(unit: str) -> None:
     n = 500_000 // len(unit)
     assert growth(email.decode_words, unit * n, unit * (4 * n)) < 6
 
 
+@pytest.mark.timing
 def test_charset_decoding_and_mime_parsing_are_linear() -> None:
     def mime(parts: int) -> bytes:
         body = b"".join(b"--b\r\nContent-Type: text/plain; charset=x-bogus\r\n\r\nGr\xfc\xdfe\r\n" for _ in range(parts))

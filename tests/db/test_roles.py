@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
 from tests.factories import new_inbox
-from tests.processes import INTAKE, free_port, wait_for, web_server, worker
+from tests.processes import INTAKE, free_port, run_intake, wait_for, web_server, worker
 
 MAINTAINER = "e_roles_maintainer"  # a login role in intake_maintenance, as an operator would create
 OWNER = "e_roles_owner"  # a plain login role that will own a table for one test
@@ -53,7 +53,13 @@ def roles(stack: dict[str, str]) -> None:
 
 
 def intake(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`intake ARGS` as a process: for the fleet's processes, whose refusal is part of how they start."""
     return subprocess.run([INTAKE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def command(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """An operator's command, run in this process with `env` as its environment (`tests.processes.run_intake`)."""
+    return run_intake(*args, env=env)
 
 
 def fleet_only_env(stack: dict[str, str], **extra: str) -> dict[str, str]:
@@ -87,7 +93,7 @@ CROSS_TENANT = [
 
 @pytest.mark.parametrize("args", CROSS_TENANT, ids=" ".join)
 def test_cross_tenant_commands_refuse_the_fleet_role(stack: dict[str, str], args: list[str]) -> None:
-    result = intake(args, fleet_only_env(stack))
+    result = command(args, fleet_only_env(stack))
     assert_one_line_refusal(result, f"intake {args[0]}", "intake_maintenance", "'intake_app'",
                             "INTAKE_ADMIN_DATABASE_URL")
     assert "postgresql://" not in result.stderr
@@ -120,13 +126,13 @@ def test_clock_rescues_an_event_redis_lost_only_with_maintenance_rights(
             return str(conn.execute(text("SELECT status FROM inbound_events")).scalar_one())
 
     assert event_status() == "received"
-    refused = intake(["clock", "--once", "--json"], fleet_only_env(stack, INTAKE_SWEEP_GRACE_SECONDS="0"))
+    refused = command(["clock", "--once", "--json"], fleet_only_env(stack, INTAKE_SWEEP_GRACE_SECONDS="0"))
     assert_one_line_refusal(refused, "intake_maintenance")
     assert redis_client.dbsize() == 0  # nothing was sent, and nothing claimed "0 stuck"
 
     maintainer = fleet_only_env(stack, INTAKE_SWEEP_GRACE_SECONDS="0",
                                 INTAKE_ADMIN_DATABASE_URL=role_url(stack, MAINTAINER))
-    swept = intake(["clock", "--once", "--json"], maintainer)
+    swept = command(["clock", "--once", "--json"], maintainer)
     assert swept.returncode == 0, swept.stderr
     assert json.loads(swept.stdout)["enqueued"] >= 1
     with worker(processes=1, threads=2):
@@ -139,7 +145,7 @@ def test_clock_rescues_an_event_redis_lost_only_with_maintenance_rights(
 def test_cross_tenant_commands_run_with_a_maintenance_role(stack: dict[str, str], roles: None) -> None:
     env = fleet_only_env(stack, INTAKE_ADMIN_DATABASE_URL=role_url(stack, MAINTAINER))
     for args in (["dlq", "stats", "--json"], ["events", "list", "--limit", "1", "--json"]):
-        result = intake(args, env)
+        result = command(args, env)
         assert result.returncode == 0, result.stderr
         assert isinstance(json.loads(result.stdout), dict)
 
@@ -221,12 +227,12 @@ def test_run_prints_no_password_and_no_admin_url(tmp_path: Path, stack: dict[str
 
 
 def test_services_status_shows_the_fleet_url_and_not_the_admin_one(stack: dict[str, str]) -> None:
-    result = intake(["services", "status", "--json"], dict(os.environ))
+    result = command(["services", "status", "--json"], dict(os.environ))
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["database_url"] == stack["DATABASE_URL"] and status["redis_url"] == stack["REDIS_URL"]
     assert "admin_database_url" not in status and "postgres@" not in result.stdout
-    assert "postgres@" not in intake(["services", "status"], dict(os.environ)).stdout
+    assert "postgres@" not in command(["services", "status"], dict(os.environ)).stdout
 
 
 AUDIT = r"""

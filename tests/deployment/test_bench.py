@@ -20,24 +20,25 @@ pytestmark = pytest.mark.services  # starts services of its own: never `offline`
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def own_stack(tmp_path: Path) -> dict[str, str]:
-    """The environment of a bench that starts its own embedded stack under `tmp_path`, not the tests' one."""
+def own_stack(home: Path) -> dict[str, str]:
+    """The environment of a bench that starts its own embedded stack under `home` (a `short_tmp`: its PostgreSQL
+    socket lies a few directories further down), not the tests' one."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "INTAKE_ADMIN_DATABASE_URL", "INTAKE_SECRET_KEY")}
-    return env | {"TMPDIR": str(tmp_path)}
+    return env | {"TMPDIR": str(home)}
 
 
-def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
-    """`intake bench ... --json` on its own embedded stack, as a user would run it."""
+def bench(home: Path, *args: str) -> dict[str, Any]:
+    """`intake bench ... --json` on its own embedded stack under `home`, as a user would run it."""
     done = subprocess.run([INTAKE, "bench", *args, "--processes", "1", "--threads", "4", "--json"],
-                          env=own_stack(tmp_path), capture_output=True, timeout=120, check=True)
+                          env=own_stack(home), capture_output=True, timeout=120, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def test_scale_bench_draws_its_chart_and_keeps_the_books(tmp_path: Path) -> None:
-    chart = tmp_path / "scale.png"
-    r = bench(tmp_path, "--scale", "--events", "150", "--scale-tenants", "2", "--scale-stored", "0,1500",
+def test_scale_bench_draws_its_chart_and_keeps_the_books(short_tmp: Path) -> None:
+    chart = short_tmp / "scale.png"
+    r = bench(short_tmp, "--scale", "--events", "150", "--scale-tenants", "2", "--scale-stored", "0,1500",
               "--scale-repeats", "2", "--chart", str(chart))
     points = r["points"]
     assert [(p["tenants"], p["stored"]) for p in points] == [(2, 0), (2, 1500)]
@@ -56,8 +57,8 @@ def test_scale_bench_draws_its_chart_and_keeps_the_books(tmp_path: Path) -> None
     assert chart.read_bytes().startswith(PNG)
 
 
-def test_bench_reports_cpu_per_message_and_keeps_the_books(tmp_path: Path) -> None:
-    r = bench(tmp_path, "--events", "200", "--tenants", "2", "--ai-seconds", "1", "--lone-messages", "1")
+def test_bench_reports_cpu_per_message_and_keeps_the_books(short_tmp: Path) -> None:
+    r = bench(short_tmp, "--events", "200", "--tenants", "2", "--ai-seconds", "1", "--lone-messages", "1")
     books = r["correct"]
     assert books["lost"] == 0 and books["duplicates"] == 0 and books["events_unprocessed"] == 0
     assert books["messages_stored"] == books["messages_expected"] > 0
@@ -84,8 +85,8 @@ def test_bench_refuses_bad_options_before_starting_anything(args: list[str]) -> 
     assert "Invalid value" in result.output
 
 
-def test_outbound_bench_sends_every_reply_once_and_times_them(tmp_path: Path) -> None:
-    r = bench(tmp_path, "--outbound", "--outbound-replies", "30", "--tenants", "2")
+def test_outbound_bench_sends_every_reply_once_and_times_them(short_tmp: Path) -> None:
+    r = bench(short_tmp, "--outbound", "--outbound-replies", "30", "--tenants", "2")
     assert (r["sent"], r["provider_requests"], r["duplicates"], r["lost"]) == (40, 40, 0, 0)
     assert r["replies_per_s"] > 0 and r["paced_replies"] == 10
     assert r["enqueue_to_provider_p99_ms"] >= r["enqueue_to_provider_p50_ms"] > 0
@@ -99,14 +100,14 @@ def test_outbound_bench_refuses_bad_options(args: list[str]) -> None:
     assert "Invalid value" in result.output
 
 
-def ingress_cpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m workers.bench.ingress_cpu ...` on its own embedded stack."""
-    return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=own_stack(tmp_path),
+def ingress_cpu(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m workers.bench.ingress_cpu ...` on its own embedded stack under `home`."""
+    return subprocess.run([sys.executable, "-m", "workers.bench.ingress_cpu", *args], env=own_stack(home),
                           capture_output=True, text=True, timeout=120)
 
 
-def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_path: Path) -> None:
-    done = ingress_cpu(tmp_path, "--events", "40", "--rounds", "1", "--groups", "mix,twilio",
+def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(short_tmp: Path) -> None:
+    done = ingress_cpu(short_tmp, "--events", "40", "--rounds", "1", "--groups", "mix,twilio",
                        "--without", "parse,verify")
     assert done.returncode == 0, done.stderr
     medians = done.stdout.strip().splitlines()[-1]
@@ -117,7 +118,7 @@ def test_ingress_cpu_reports_each_group_with_and_without_the_door_s_steps(tmp_pa
 
 
 @pytest.mark.parametrize("steps", ["parse,commit", "parse;verify", "verify," * 2000 + "x", "ü"])
-def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(tmp_path: Path, steps: str) -> None:
-    done = ingress_cpu(tmp_path, "--without", steps)
+def test_ingress_cpu_refuses_a_step_it_cannot_leave_out(short_tmp: Path, steps: str) -> None:
+    done = ingress_cpu(short_tmp, "--without", steps)
     assert done.returncode == 2
     assert "unknown steps" in done.stderr and "parse and verify can be left out" in done.stderr

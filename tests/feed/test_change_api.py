@@ -23,7 +23,7 @@ from db.tenancy import TenantId, bind_tenant
 from pipelines import changes
 from pipelines.changes import Change
 from tests.admin_server import Keyed, admin_app, client, make_key, make_tenant
-from tests.processes import INTAKE, wait_for
+from tests.processes import INTAKE, run_intake, wait_for
 
 A = "/v1/admin"
 
@@ -216,7 +216,7 @@ def test_every_stream_shares_one_listening_connection(served: tuple[str, Any], a
 
 
 def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, "changes", *args], capture_output=True, text=True, timeout=120, check=False)
+    return run_intake("changes", *args)
 
 
 def test_the_cli_lists_and_tails_the_feed(admin_engine: Engine, app_engine: Engine) -> None:

@@ -77,8 +77,8 @@ def test_the_feed_bench_measures_rate_cpu_and_latency(stack: dict[str, str], app
 
 
 
-def test_bench_feed_measures_the_feed_against_the_pipeline_and_keeps_the_books(tmp_path: Path) -> None:
-    r = bench(tmp_path, "--feed", "--events", "200", "--tenants", "2")
+def test_bench_feed_measures_the_feed_against_the_pipeline_and_keeps_the_books(short_tmp: Path) -> None:
+    r = bench(short_tmp, "--feed", "--events", "200", "--tenants", "2")
     assert r["pipeline"]["messages_per_s"] > 0 and r["correct"]["lost"] == 0 and r["correct"]["duplicates"] == 0
     throughput, latency = r["feed"]["throughput"], r["feed"]["latency"]
     assert throughput["delivered"] == 200 and throughput["cpu_ms_per_event"]["deliver"] > 0

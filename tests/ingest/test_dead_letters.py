@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +15,7 @@ from sqlalchemy import Engine, Row, text
 from db.tenancy import bind_tenant
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
-from tests.processes import INTAKE, wait_for, worker
+from tests.processes import intake_process, run_intake, wait_for, worker
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "500"}
 
@@ -52,9 +50,10 @@ def ledger_rows(admin_engine: Engine, tenant: uuid.UUID) -> list[dict[str, objec
             "FROM job_failures WHERE tenant_id = :t"), {"t": tenant}).mappings()]
 
 
-def intake_json(*args: str) -> dict[str, object]:
-    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ))
+def intake_json(*args: str, process: bool = False) -> dict[str, object]:
+    """`intake ARGS --json`, which must succeed; in a process of its own when `process` (commands run at the same
+    moment: two operators are two processes, and the test process runs one command at a time)."""
+    result = (intake_process if process else run_intake)(*args, "--json")
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data
@@ -105,7 +104,7 @@ def test_events_set_aside_are_recorded_once_and_replay_once_after_the_fix(
     # Two operators replay at the same moment: each failure is replayed exactly once.
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: intake_json("dlq", "replay", "--tenant", str(inbox.tenant_id),
-                                                   "--batch", "3"), range(2)))
+                                                   "--batch", "3", process=True), range(2)))
     assert sum(int(r["replayed"]) for r in runs) == 40  # type: ignore[call-overload]
     assert redis_client.llen("dramatiq:ingest") == 40
     assert {r["status"] for r in ledger_rows(admin_engine, inbox.tenant_id)} == {"replayed"}
@@ -183,7 +182,7 @@ def test_a_job_past_its_age_limit_is_recorded_instead_of_run_and_replays(
 
 
 def test_replay_refuses_to_guess(stack: dict[str, str]) -> None:
-    result = subprocess.run([INTAKE, "dlq", "replay"], capture_output=True, text=True, timeout=60)
+    result = run_intake("dlq", "replay")
     assert result.returncode == 2 and "--all" in result.stderr
 
 

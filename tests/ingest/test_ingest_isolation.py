@@ -7,8 +7,6 @@ drops again), an event no adapter parses, metadata too deep to serialize, a lock
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,7 @@ from pipelines.errors import is_retryable
 from pipelines.inboxes import CreatedInbox
 from tests.factories import new_inbox
 from tests.ingest.test_ingest_pipeline import api_message, query, store_events
-from tests.processes import INTAKE, wait_for, web_server, worker
+from tests.processes import run_intake, wait_for, web_server, worker
 from tests.webhooks import sign
 
 WORKER_ENV = {"INTAKE_JOB_MIN_BACKOFF_MS": "100", "INTAKE_JOB_MAX_BACKOFF_MS": "500"}
@@ -235,8 +233,7 @@ def ledger(admin_engine: Engine, tenant: uuid.UUID) -> list[Any]:
 
 
 def intake(*args: str) -> dict[str, Any]:
-    done = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ))
+    done = run_intake(*args, "--json")
     assert done.returncode == 0, done.stderr
     data: dict[str, Any] = json.loads(done.stdout)
     return data

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from db.tenancy import bind_tenant
 from tests.fleet import CorpusTenant, PostResult, post_all, settle
-from tests.processes import INTAKE, wait_for, worker
+from tests.processes import run_intake, wait_for, worker
 from workers.embedded.services import EmbeddedServices
 
 # The workers run as the Procfile's `worker` does, on the ingest queue alone: these tests keep the books of
@@ -53,9 +52,9 @@ class Background:
 
 
 def sweep(env: dict[str, str] | None = None) -> dict[str, object]:
+    """`intake clock --once` with no grace (in this process: `drain` runs it every two seconds)."""
     env = dict(os.environ, INTAKE_SWEEP_GRACE_SECONDS="0", **(env or {}))
-    result = subprocess.run([INTAKE, "clock", "--once", "--json"], capture_output=True, text=True, env=env,
-                            timeout=60)
+    result = run_intake("clock", "--once", "--json", env=env)
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data

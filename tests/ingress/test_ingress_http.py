@@ -212,7 +212,9 @@ def test_whatsapp_subscription_handshake(ingress: str, app_engine: Engine) -> No
     assert_error(bad, 403, "invalid_verify_token")
 
 
-def test_health_readiness_and_metrics(ingress: str) -> None:
+def test_health_readiness_and_metrics(ingress: str, app_engine: Engine) -> None:
+    # A delivery of its own to count: under xdist the module's other tests may have run on another process's server.
+    assert post(ingress, new_inbox(app_engine, "api"), GENUINE["api"]).status_code == 200
     assert httpx.get(ingress + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(ingress + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}

@@ -4,7 +4,6 @@ identities or what they wrote; others are untouched, counters still add up, and 
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from pipelines.ai.local import LocalProvider
 from pipelines.ingest import IngestPolicy, ingest_events
 from pipelines.lifecycle import erasure, jobs
 from tests.factories import deliver, new_inbox
-from tests.processes import INTAKE
+from tests.processes import run_intake
 from workers.cli.main import main
 from workers.queues import NAMESPACE
 
@@ -110,7 +109,7 @@ def enqueue(client: redis.Redis, queue: str, tenant: TenantId, ids: list[uuid.UU
 
 
 def intake_json(*args: str) -> dict[str, Any]:
-    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120, check=False)
+    result = run_intake(*args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 

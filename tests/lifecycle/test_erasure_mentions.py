@@ -8,7 +8,6 @@ import json
 import os
 import random
 import string
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pipelines.crypto import SecretBox
 from pipelines.inboxes import CreatedInbox, create_inbox
 from pipelines.lifecycle import jobs
 from tests.factories import deliver, new_inbox
-from tests.processes import INTAKE, web_server
+from tests.processes import run_intake, web_server
 from tests.webhooks import sign
 from workers.queues import NAMESPACE
 from workers.training import pending_key
@@ -71,8 +70,7 @@ def api_body(external_id: str, words: str, contact: dict[str, str], **extra: Any
 
 
 def intake(*args: str) -> dict[str, Any]:
-    result = subprocess.run([INTAKE, *args, "--json"], capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ})
+    result = run_intake(*args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 

@@ -29,7 +29,7 @@ from pipelines.lifecycle.export import Manifest, checksum, export_tenant
 from pipelines.lifecycle.jobs import forget_jobs
 from pipelines.lifecycle.tables import tenant_tables
 from tests.factories import seed_tenant
-from tests.processes import INTAKE
+from tests.processes import run_intake
 from workers.cli.main import main
 from workers.queues import NAMESPACE
 
@@ -153,7 +153,7 @@ def rows_of(admin_engine: Engine, tenant: TenantId) -> dict[str, int]:
 
 
 def intake(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INTAKE, *args], capture_output=True, text=True, timeout=120, check=False)
+    return run_intake(*args)
 
 
 def test_delete_leaves_nothing_of_the_tenant_and_others_unchanged(

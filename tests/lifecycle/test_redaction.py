@@ -81,6 +81,7 @@ def test_needles_are_capped() -> None:
     assert len(many.likes) <= MAX_NEEDLES
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(("unit", "chars"), [
     ("erik.svensson@example.s", 200_000),  # a needle's prefix, again and again
     ("Erik Svensso ", 200_000), ("Erik " * 3, 200_000),
