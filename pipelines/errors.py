@@ -43,6 +43,7 @@
         ├── TenantBusy              pipelines.ingest: another batch holds the tenant (the job comes back)
         ├── WriterBusy              workers.web: the write queue is full (503)
         ├── ParseTimeout            workers.web: the body was not parsed in time (503)
+        ├── ListenerDeaf            workers.web: the inbox listener does not hear its own notification
         ├── ServicesUnavailable     workers: PostgreSQL or Redis cannot be reached or is not set up
         │   └── PortUnavailable         workers.embedded: a port `intake run` needs is taken (exit 1, naming it)
         └── ServiceError            workers: an embedded PostgreSQL or Redis did not start or stop

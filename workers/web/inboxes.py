@@ -46,6 +46,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from db.tenancy import TenantId
 from pipelines.crypto import SecretBox
+from pipelines.errors import RetryableError
 
 log = structlog.get_logger("intake.ingress")
 
@@ -238,8 +239,9 @@ class InboxDirectory:
         self.forget(payload)
 
 
-class ListenerDeaf(Exception):
-    """The listener's session answers but does not hear its own notifications."""
+class ListenerDeaf(RetryableError):
+    """The listener's session answers but does not hear its own notifications (through a pooler in transaction
+    mode, say): the listener connects again, and meanwhile entries live `ttl` seconds."""
 
 
 def _retrieved(done: asyncio.Future[Inbox | None]) -> None:
