@@ -110,12 +110,12 @@ def test_redis_through_the_relay_pays_the_delay(stack: dict[str, str]) -> None:
 
 
 @pytest.mark.services
-def test_bench_through_a_network_keeps_the_books_and_counts_a_job_s_round_trips(tmp_path: Path) -> None:
+def test_bench_through_a_network_keeps_the_books_and_counts_a_job_s_round_trips(short_tmp: Path) -> None:
     # The shortest bench that has both a pipeline and an end-to-end phase: one --scale point.
     done = subprocess.run([INTAKE, "bench", "--scale", "--events", "150", "--scale-tenants", "2", "--scale-stored", "0",
-                           "--scale-repeats", "1", "--chart", str(tmp_path / "chart.png"), "--processes", "1",
+                           "--scale-repeats", "1", "--chart", str(short_tmp / "chart.png"), "--processes", "1",
                            "--threads", "4", "--db-rtt-ms", "1", "--redis-rtt-ms", "0.5", "--json"],
-                          env=own_stack(tmp_path), capture_output=True, timeout=300, check=True)
+                          env=own_stack(short_tmp), capture_output=True, timeout=300, check=True)
     (point,) = json.loads(done.stdout)["points"]
     books = point["correct"]
     assert books["lost"] == 0 and books["duplicates"] == 0 and books["events_unprocessed"] == 0

@@ -12,6 +12,7 @@ figures are read at most once a short while per tenant (`workers.admin.cache`), 
 from __future__ import annotations
 
 import tempfile
+import threading
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -168,7 +169,14 @@ def export_tenant(call: Call) -> JobView:
         if job.cancelled:
             raise Stopped
 
+    recorded = threading.Event()  # set once the request's audit row is committed (or failed to be)
+
     def work(job: Job) -> None:
+        # The snapshot is taken after the export's own audit row commits, so the archive always holds it: a
+        # job that started first took it or not, as the threads happened to run.
+        recorded.wait(timeout=60)
+        if job.cancelled:
+            return
         job.files = Path(tempfile.mkdtemp(prefix="intake-export-"))
         # One REPEATABLE READ snapshot as the fleet's role bound to the tenant, as `intake tenant export` reads.
         with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
@@ -181,9 +189,15 @@ def export_tenant(call: Call) -> JobView:
         job.result = manifest.as_dict()
 
     job = call.admin.jobs.start(EXPORT, call.principal, 0, work, subject_id=tenant)
-    with call.transaction() as conn:  # nothing changes, but every copy of a tenant's data leaving is on record
-        audit.record(conn, actor=call.actor, action=EXPORT, tenant_id=tenant, subject_type="tenant",
-                     subject_id=tenant, after={"job_id": str(job.id)})
+    try:
+        with call.transaction() as conn:  # nothing changes, but every copy of a tenant's data leaving is on record
+            audit.record(conn, actor=call.actor, action=EXPORT, tenant_id=tenant, subject_type="tenant",
+                         subject_id=tenant, after={"job_id": str(job.id)})
+    except BaseException:
+        job.cancel.set()  # no export leaves without its record
+        raise
+    finally:
+        recorded.set()
     return job.view()
 
 
