@@ -40,7 +40,9 @@ UPGRADE = """
 CREATE FUNCTION intake_ingest_take(t uuid, ids uuid[], statuses text[], wait text, n integer)
 RETURNS TABLE (id uuid, inbox_id uuid, channel text, content_type text, headers text, body bytea,
                received_at timestamptz, body_purged_at timestamptz, settings text, own boolean)
-LANGUAGE plpgsql SECURITY INVOKER AS $$
+LANGUAGE plpgsql SECURITY INVOKER
+-- Planned for each call's tenant: a plan cached for any tenant reads every tenant's waiting rows to top up.
+SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     PERFORM set_config('app.tenant_id', t::text, true);
     IF cardinality(ids) > 0 AND NOT EXISTS (
